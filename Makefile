@@ -1,0 +1,41 @@
+# revsync: every target installs what it needs first, so a fresh clone needs only `make demo`
+# or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SCENARIO ?= passthrough
+
+.PHONY: install stack-up stack-down test lint demo bench clean
+
+install: $(VENV)/.installed
+
+# Re-install only when the dependencies change; the editable install picks up code edits.
+$(VENV)/.installed: pyproject.toml deploy/local/install-deps.sh
+	./deploy/local/install-deps.sh
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+stack-up: install
+	$(BIN)/revsync stack up
+
+stack-down: install
+	$(BIN)/revsync stack down
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+demo: install
+	$(BIN)/revsync demo
+
+bench: stack-up
+	$(BIN)/python -m bench $(SCENARIO)
+
+clean: stack-down
+	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

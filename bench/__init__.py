@@ -1,0 +1,1 @@
+"""revsync benchmarks: `make bench SCENARIO=<name>` (or `python -m bench <name>`)."""

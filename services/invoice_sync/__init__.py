@@ -1,0 +1,1 @@
+"""invoice_sync: invoices posted in the ERP, upserted on the CRM order."""

@@ -1,0 +1,1 @@
+"""order_sync: CRM order changes to ERP sales orders, and the outcome back to the CRM."""

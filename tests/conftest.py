@@ -1,0 +1,127 @@
+"""Test harness: markers by folder, and the live stack for integration and e2e tests.
+
+Endpoints come, in order of preference, from the REVSYNC_* environment variables, from
+testcontainers when a Docker engine answers, or from the local stack (`revsync stack up`),
+started once per test session and stopped again only if this session started it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from revsync.settings import Settings, StackSettings
+from revsync.stack import LocalStack
+
+ENDPOINT_VARIABLES = (
+    "REVSYNC_BOOTSTRAP_SERVERS",
+    "REVSYNC_SCHEMA_REGISTRY_URL",
+    "REVSYNC_POSTGRES_DSN",
+)
+TESTS = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test is marked by its folder: tests/unit -> unit, and so on."""
+    for item in items:
+        kind = Path(item.path).relative_to(TESTS).parts[0]
+        if kind in ("unit", "integration", "e2e"):
+            item.add_marker(getattr(pytest.mark, kind))
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    bootstrap_servers: str
+    schema_registry_url: str
+    postgres_dsn: str
+    provider: str
+    """Where they came from: "environment", "testcontainers" or "local stack"."""
+    local_stack: LocalStack | None = None
+
+
+@pytest.fixture(scope="session")
+def endpoints() -> Iterator[Endpoints]:
+    given = [name for name in ENDPOINT_VARIABLES if os.environ.get(name)]
+    if given:
+        missing = sorted(set(ENDPOINT_VARIABLES) - set(given))
+        if missing:
+            pytest.exit(f"set all of {', '.join(ENDPOINT_VARIABLES)}; missing {missing}", 2)
+        yield Endpoints(
+            os.environ["REVSYNC_BOOTSTRAP_SERVERS"],
+            os.environ["REVSYNC_SCHEMA_REGISTRY_URL"],
+            os.environ["REVSYNC_POSTGRES_DSN"],
+            "environment",
+        )
+    elif _docker_engine_answers():
+        with ExitStack() as containers:
+            yield _testcontainers(containers)
+    else:
+        stack = LocalStack(StackSettings.load())
+        was_running = stack.is_up()
+        stack.up()
+        yield Endpoints(
+            stack.kafka.bootstrap_servers,
+            stack.registry.url,
+            stack.postgres.dsn(),
+            "local stack",
+            stack,
+        )
+        if not was_running:
+            stack.down()
+
+
+@pytest.fixture(scope="session")
+def settings(endpoints: Endpoints) -> Settings:
+    return Settings(
+        bootstrap_servers=endpoints.bootstrap_servers,
+        schema_registry_url=endpoints.schema_registry_url,
+        postgres_dsn=endpoints.postgres_dsn,
+    )
+
+
+@pytest.fixture
+def local_stack(endpoints: Endpoints) -> LocalStack:
+    """The local stack itself, for tests of `revsync stack`; other providers have none."""
+    if endpoints.local_stack is None:
+        pytest.skip(f"endpoints come from the {endpoints.provider}, not the local stack")
+    return endpoints.local_stack
+
+
+def _docker_engine_answers() -> bool:
+    try:
+        return (
+            subprocess.run(
+                ["docker", "info"], capture_output=True, timeout=10, check=False
+            ).returncode
+            == 0
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+
+
+def _testcontainers(containers: ExitStack) -> Endpoints:
+    from testcontainers.community.kafka import KafkaContainer
+    from testcontainers.community.postgres import PostgresContainer
+    from testcontainers.core.container import DockerContainer
+    from testcontainers.core.wait_strategies import HttpWaitStrategy
+
+    kafka = containers.enter_context(KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft())
+    postgres = containers.enter_context(PostgresContainer("postgres:16-alpine", driver=None))
+    registry = containers.enter_context(
+        DockerContainer("apicurio/apicurio-registry:3.3.3")
+        .with_exposed_ports(8080)
+        .waiting_for(HttpWaitStrategy(8080, "/apis/ccompat/v7/subjects"))
+    )
+    host, port = registry.get_container_host_ip(), registry.get_exposed_port(8080)
+    return Endpoints(
+        kafka.get_bootstrap_server(),
+        f"http://{host}:{port}/apis/ccompat/v7",
+        postgres.get_connection_url(),
+        "testcontainers",
+    )

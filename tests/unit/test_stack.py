@@ -1,0 +1,87 @@
+"""The local stack's own logic: readiness waits, failure messages and generated config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from revsync.cli import app
+from revsync.settings import StackSettings
+from revsync.stack import Component, Kafka, StackError, wait_until_healthy
+
+
+class FakeComponent(Component):
+    """A component whose process and health the test decides."""
+
+    name = "fake"
+
+    def __init__(self, settings: StackSettings, *, running: bool, healthy_after: int | None):
+        super().__init__(settings)
+        self.running = running
+        self.healthy_after = healthy_after
+        self.probes = 0
+
+    def ports(self) -> dict[str, int]:
+        return {"api": 1}
+
+    def pid(self) -> int | None:
+        return 4242 if self.running else None
+
+    def prepare(self) -> None:
+        raise AssertionError("not used")
+
+    def spawn(self) -> None:
+        raise AssertionError("not used")
+
+    def healthy(self) -> bool:
+        self.probes += 1
+        return self.healthy_after is not None and self.probes > self.healthy_after
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> StackSettings:
+    return StackSettings(dir=tmp_path)
+
+
+def test_waiting_ends_once_the_component_answers(settings: StackSettings) -> None:
+    component = FakeComponent(settings, running=True, healthy_after=2)
+    wait_until_healthy(component, timeout_s=5)
+    assert component.probes == 3
+
+
+def test_a_component_that_never_answers_is_named_with_its_log(settings: StackSettings) -> None:
+    component = FakeComponent(settings, running=True, healthy_after=None)
+    with pytest.raises(StackError) as raised:
+        wait_until_healthy(component, timeout_s=0.3)
+    message = str(raised.value)
+    assert "fake did not become ready within 0s" in message
+    assert str(settings.dir / "logs" / "fake.log") in message
+
+
+def test_a_component_that_dies_during_start_up_shows_its_last_log_lines(
+    settings: StackSettings,
+) -> None:
+    component = FakeComponent(settings, running=False, healthy_after=None)
+    component.log.parent.mkdir(parents=True)
+    component.log.write_text("starting\nFATAL: could not bind to port\n")
+    with pytest.raises(StackError, match="fake exited during start-up") as raised:
+        wait_until_healthy(component, timeout_s=5)
+    assert "FATAL: could not bind to port" in str(raised.value)
+
+
+def test_kafka_listens_on_loopback_at_the_configured_ports(tmp_path: Path) -> None:
+    kafka = Kafka(StackSettings(dir=tmp_path, kafka_port=29092, kafka_controller_port=29093))
+    properties = dict(line.split("=", 1) for line in kafka._server_properties().splitlines())
+    assert properties["listeners"] == ("PLAINTEXT://127.0.0.1:29092,CONTROLLER://127.0.0.1:29093")
+    assert properties["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    assert properties["process.roles"] == "broker,controller"
+    assert properties["log.dirs"] == str(tmp_path / "kafka" / "data")
+    assert properties["auto.create.topics.enable"] == "false"
+
+
+def test_logs_of_an_unknown_component_is_refused() -> None:
+    result = CliRunner().invoke(app, ["stack", "logs", "zookeeper"])
+    assert result.exit_code == 2
+    assert "no component 'zookeeper'" in result.output
