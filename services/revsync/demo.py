@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
@@ -57,7 +58,23 @@ def ensure_topic(settings: Settings, topic: str, partitions: int = 1) -> bool:
         if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
             raise
         return False
+    await_topic(admin, topic)
     return True
+
+
+def await_topic(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> TopicMetadata:
+    """Wait until the broker's metadata shows ``topic`` with its partitions.
+
+    A created topic reaches the broker's metadata cache a moment after CreateTopics returns.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(topic, timeout=10).topics[topic]
+        if metadata.error is None and metadata.partitions:
+            return metadata
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topic {topic} not in the broker's metadata: {metadata.error}")
+        time.sleep(0.1)
 
 
 def send_and_read_back(

@@ -19,7 +19,7 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from typer.testing import CliRunner
 
 from revsync.cli import app
-from revsync.demo import ensure_topic, send_and_read_back
+from revsync.demo import await_topic, ensure_topic, send_and_read_back
 from revsync.settings import Settings
 from revsync.stack import LocalStack
 
@@ -82,8 +82,7 @@ def test_admin_client_creates_a_topic_once(settings: Settings) -> None:
     spec = NewTopic(topic, num_partitions=3, config={"retention.ms": "3600000"})
     admin.create_topics([spec])[topic].result(timeout=30)
 
-    described = admin.list_topics(topic, timeout=10).topics[topic]
-    assert len(described.partitions) == 3
+    assert len(await_topic(admin, topic).partitions) == 3
     resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
     config = admin.describe_configs([resource])[resource].result(timeout=10)
     assert config["retention.ms"].value == "3600000"
