@@ -18,6 +18,9 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from revsync.settings import Settings
 
+# Subjects follow TopicNameStrategy (<topic>-value). Said explicitly: confluent-kafka's default
+# first asks the registry for topic "associations", an API other registries do not serve.
+TOPIC_NAME_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
 STACK_CHECK_TOPIC = "revsync.demo.stack-check"
 STACK_CHECK_SCHEMA = {
     "type": "record",
@@ -85,7 +88,9 @@ def send_and_read_back(
     subject = f"{topic}-value"
     schema_id = registry.register_schema(subject, Schema(json.dumps(schema), "AVRO"))
     context = SerializationContext(topic, MessageField.VALUE)
-    serialize = AvroSerializer(registry, json.dumps(schema), conf={"auto.register.schemas": False})
+    serialize = AvroSerializer(
+        registry, json.dumps(schema), conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
+    )
     wire_bytes = serialize(record, context)
     assert wire_bytes is not None
 
@@ -111,7 +116,7 @@ def send_and_read_back(
         consumer.close()
     if message is None or message.error():
         raise RuntimeError(f"could not read back {topic}[{partition}]@{offset}: {message}")
-    read_back = AvroDeserializer(registry)(message.value(), context)
+    read_back = AvroDeserializer(registry, conf=TOPIC_NAME_STRATEGY)(message.value(), context)
     return RoundTrip(schema_id, partition, offset, wire_bytes, read_back)
 
 

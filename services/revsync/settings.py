@@ -166,9 +166,10 @@ class Settings(BaseSettings):
         """librdkafka configuration for a client: endpoints, pass-through, then overrides."""
         return {"bootstrap.servers": self.bootstrap_servers, **self.kafka, **overrides}
 
-    def registry_config(self) -> dict[str, str]:
+    def registry_config(self) -> dict[str, Any]:
         """Configuration for confluent-kafka's ``SchemaRegistryClient``."""
-        config = {"url": self.schema_registry_url}
+        # Without a timeout the client waits on a stalled registry forever.
+        config: dict[str, Any] = {"url": self.schema_registry_url, "timeout": 10}
         if self.schema_registry_basic_auth is not None:
             config["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
         return config

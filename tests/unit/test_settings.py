@@ -34,7 +34,7 @@ def test_endpoints_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://svc:pw@db:5432/revsync")
     settings = Settings.load()
     assert settings.kafka_config() == {"bootstrap.servers": "kafka-1:9092,kafka-2:9092"}
-    assert settings.registry_config() == {"url": "https://registry.example/apis/ccompat/v7"}
+    assert settings.registry_config()["url"] == "https://registry.example/apis/ccompat/v7"
     assert settings.postgres_dsn.get_secret_value() == "postgresql://svc:pw@db:5432/revsync"
 
 
