@@ -9,12 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from revsync.contracts.cli import schemas_app, topics_app
 from revsync.settings import Settings, SettingsError, StackSettings
 from revsync.stack import LocalStack, StackError, State, tail
 
 app = typer.Typer(help="revsync: CRM <-> ERP order-to-cash sync on Kafka.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local Kafka, schema registry and PostgreSQL.")
 app.add_typer(stack_app, name="stack")
+app.add_typer(schemas_app, name="schemas")
+app.add_typer(topics_app, name="topics")
 
 console = Console()
 errors = Console(stderr=True)

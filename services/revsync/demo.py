@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,16 +10,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic, TopicMetadata
+from confluent_kafka.admin import AdminClient, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from revsync.contracts.serde import TOPIC_NAME_STRATEGY
+from revsync.contracts.topics import await_topic
 from revsync.settings import Settings
 
-# Subjects follow TopicNameStrategy (<topic>-value). Said explicitly: confluent-kafka's default
-# first asks the registry for topic "associations", an API other registries do not serve.
-TOPIC_NAME_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
 STACK_CHECK_TOPIC = "revsync.demo.stack-check"
 STACK_CHECK_SCHEMA = {
     "type": "record",
@@ -63,21 +61,6 @@ def ensure_topic(settings: Settings, topic: str, partitions: int = 1) -> bool:
         return False
     await_topic(admin, topic)
     return True
-
-
-def await_topic(admin: AdminClient, topic: str, timeout_s: float = 30.0) -> TopicMetadata:
-    """Wait until the broker's metadata shows ``topic`` with its partitions.
-
-    A created topic reaches the broker's metadata cache a moment after CreateTopics returns.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metadata = admin.list_topics(topic, timeout=10).topics[topic]
-        if metadata.error is None and metadata.partitions:
-            return metadata
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic} not in the broker's metadata: {metadata.error}")
-        time.sleep(0.1)
 
 
 def send_and_read_back(

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     postgres_dsn: SecretStr = Field(
         default_factory=_local_postgres, description="libpq connection string for PostgreSQL."
     )
+    schemas_dir: Path = Field(
+        default=REPO_ROOT / "schemas" / "avro",
+        description="The event contracts: catalog.yaml, the .avsc files and their releases.",
+    )
     kafka: dict[str, str] = Field(
         default_factory=dict,
         description="librdkafka properties, from REVSYNC_KAFKA_<PROPERTY> variables.",

@@ -19,7 +19,8 @@ from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from typer.testing import CliRunner
 
 from revsync.cli import app
-from revsync.demo import await_topic, ensure_topic, send_and_read_back
+from revsync.contracts.topics import await_topic
+from revsync.demo import ensure_topic, send_and_read_back
 from revsync.settings import Settings
 from revsync.stack import LocalStack
 

@@ -1,0 +1,113 @@
+"""``revsync schemas docs``: an AsyncAPI 3.0 document generated from the catalog and schemas."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from typing import Any
+
+from revsync.contracts.catalog import Catalog, TopicKind, TopicPlan
+from revsync.contracts.schemas import SchemaRepository
+
+AVRO_FORMAT = "application/vnd.apache.avro+json;version=1.9.0"
+KAFKA_BINDING = "0.5.0"
+
+
+def build_document(catalog: Catalog, schemas: SchemaRepository) -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for plan in catalog.topic_plan():
+        channel_id = plan.name.replace(".", "_")
+        channels[channel_id] = _channel(plan, catalog)
+        if plan.source is None:
+            continue
+        topic = plan.source
+        message_name = topic.schema_name.rsplit(".", 1)[1]
+        messages[message_name] = {
+            "name": message_name,
+            "title": message_name,
+            "summary": schemas.definitions[topic.schema_name]["doc"],
+            "contentType": AVRO_FORMAT,
+            "payload": {"schemaFormat": AVRO_FORMAT, "schema": schemas.expanded(topic.schema_name)},
+            "bindings": {
+                "kafka": {
+                    "key": {"type": "string", "description": f"the event's {topic.key}"},
+                    "schemaIdLocation": "payload",
+                    "schemaIdPayloadEncoding": "confluent",
+                    "schemaLookupStrategy": "TopicIdStrategy",
+                    "bindingVersion": KAFKA_BINDING,
+                }
+            },
+        }
+        channels[channel_id]["messages"] = {
+            message_name: {"$ref": f"#/components/messages/{message_name}"}
+        }
+        reference = {"$ref": f"#/channels/{channel_id}/messages/{message_name}"}
+        for producer in topic.producers:
+            operations[f"{producer}.send.{channel_id}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{channel_id}"},
+                "summary": f"{producer} publishes {message_name}",
+                "messages": [reference],
+            }
+        for consumer in topic.consumers:
+            service = catalog.consumers[consumer].service
+            operations[f"{consumer}.receive.{channel_id}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{channel_id}"},
+                "summary": f"{service} consumes {message_name} as consumer group {consumer}",
+                "messages": [reference],
+                "bindings": {
+                    "kafka": {
+                        "groupId": {"type": "string", "enum": [consumer]},
+                        "bindingVersion": KAFKA_BINDING,
+                    }
+                },
+            }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "revsync order-to-cash events",
+            "version": version("revsync"),
+            "description": (
+                "Events revsync exchanges to keep a CRM and an ERP in sync. Generated from "
+                "schemas/avro/catalog.yaml and the .avsc contracts; edit those, not this."
+            ),
+        },
+        "defaultContentType": AVRO_FORMAT,
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+def _channel(plan: TopicPlan, catalog: Catalog) -> dict[str, Any]:
+    if plan.kind is TopicKind.EVENTS:
+        assert plan.source is not None
+        description = f"{plan.source.description} System of record: {plan.source.owner}."
+    else:
+        assert plan.consumer is not None
+        what = (
+            "dead letters"
+            if plan.kind is TopicKind.DEAD_LETTER
+            else (f"retry tier, delay {plan.name.rsplit('.', 1)[1]}")
+        )
+        description = (
+            f"Consumer {plan.consumer}'s {what}: the original key, value bytes and headers, "
+            "plus error headers. Only that consumer reads it."
+        )
+    return {
+        "address": plan.name,
+        "description": description,
+        "bindings": {
+            "kafka": {
+                "topic": plan.name,
+                "partitions": plan.partitions,
+                "topicConfiguration": {
+                    "cleanup.policy": plan.config["cleanup.policy"].split(","),
+                    "retention.ms": int(plan.config["retention.ms"]),
+                },
+                "bindingVersion": KAFKA_BINDING,
+            }
+        },
+    }

@@ -1,0 +1,350 @@
+"""Typed order-to-cash events: one pydantic model per Avro contract, with business validation.
+
+A test holds each model and its ``.avsc`` to the same fields, so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_EVEN, Decimal
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar, Self
+
+import pycountry
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+SCALE = Decimal("0.0001")
+
+
+def _iso_4217(code: str) -> str:
+    if pycountry.currencies.get(alpha_3=code) is None:
+        raise ValueError(f"{code!r} is not an ISO 4217 currency code")
+    return code
+
+
+def _iso_3166(code: str) -> str:
+    if pycountry.countries.get(alpha_2=code) is None:
+        raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code")
+    return code
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
+# Decimal(18, 4), as in the schemas. Amounts are never floats.
+Money = Annotated[Decimal, Field(max_digits=18, decimal_places=4, allow_inf_nan=False)]
+NonNegativeMoney = Annotated[Money, Field(ge=0)]
+Quantity = Annotated[Decimal, Field(max_digits=18, decimal_places=4, gt=0, allow_inf_nan=False)]
+CurrencyCode = Annotated[str, AfterValidator(_iso_4217)]
+CountryCode = Annotated[str, AfterValidator(_iso_3166)]
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Text = Annotated[str, Field(min_length=1)]
+
+
+def money(value: Decimal) -> Decimal:
+    """Rounds to the contracts' scale of 4 decimal places (banker's rounding)."""
+    return value.quantize(SCALE, rounding=ROUND_HALF_EVEN)
+
+
+class _Contract(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SourceSystem(StrEnum):
+    """The system that recorded the fact."""
+
+    UNKNOWN = "UNKNOWN"
+    CRM = "CRM"
+    ERP = "ERP"
+    REVSYNC = "REVSYNC"
+
+
+class CreditCheckOutcome(StrEnum):
+    """Result of the ERP's credit check."""
+
+    UNKNOWN = "UNKNOWN"
+    APPROVED = "APPROVED"
+    NOT_REQUIRED = "NOT_REQUIRED"
+    APPROVED_OVER_LIMIT = "APPROVED_OVER_LIMIT"
+
+
+class PricingOutcome(StrEnum):
+    """How the ERP's pricing compared with the CRM's."""
+
+    UNKNOWN = "UNKNOWN"
+    MATCHED = "MATCHED"
+    ADJUSTED_WITHIN_TOLERANCE = "ADJUSTED_WITHIN_TOLERANCE"
+
+
+class RejectionReason(StrEnum):
+    """Why an order was rejected."""
+
+    OTHER = "OTHER"
+    CREDIT_HOLD = "CREDIT_HOLD"
+    PRICING_MISMATCH = "PRICING_MISMATCH"
+    UNKNOWN_PRODUCT = "UNKNOWN_PRODUCT"
+    CUSTOMER_NOT_MASTERED = "CUSTOMER_NOT_MASTERED"
+    UNSUPPORTED_CURRENCY = "UNSUPPORTED_CURRENCY"
+    INVALID_ORDER = "INVALID_ORDER"
+
+
+class ShipmentCompleteness(StrEnum):
+    """Whether the order is now fully shipped."""
+
+    UNKNOWN = "UNKNOWN"
+    PARTIAL = "PARTIAL"
+    COMPLETE = "COMPLETE"
+
+
+class PaymentMethod(StrEnum):
+    """How the customer paid."""
+
+    OTHER = "OTHER"
+    WIRE = "WIRE"
+    ACH = "ACH"
+    CARD = "CARD"
+    CHECK = "CHECK"
+    DIRECT_DEBIT = "DIRECT_DEBIT"
+
+
+class Envelope(_Contract):
+    event_id: uuid.UUID
+    event_type: Text
+    occurred_at: UtcDatetime
+    source_system: SourceSystem
+    correlation_id: Text
+    causation_id: str | None = None
+    schema_version: int = Field(ge=1)
+
+
+class Address(_Contract):
+    street: Text
+    city: Text
+    state_province: str | None = None
+    postal_code: str | None = None
+    country_code: CountryCode
+
+
+class OrderLine(_Contract):
+    line_number: int = Field(ge=1)
+    crm_line_id: Text
+    sku: Text
+    product_name: Text
+    product_line: Text
+    quantity: Quantity
+    unit_of_measure: Text
+    unit_price: NonNegativeMoney
+    discount_amount: NonNegativeMoney
+    tax_amount: NonNegativeMoney
+    line_total: NonNegativeMoney
+
+    @model_validator(mode="after")
+    def _line_total_adds_up(self) -> Self:
+        gross = self.quantity * self.unit_price
+        if self.discount_amount > gross:
+            raise ValueError(
+                f"line {self.line_number}: discount_amount {self.discount_amount} exceeds "
+                f"quantity * unit_price {money(gross)}"
+            )
+        expected = money(gross - self.discount_amount)
+        if self.line_total != expected:
+            raise ValueError(
+                f"line {self.line_number}: line_total {self.line_total} is not quantity * "
+                f"unit_price - discount_amount = {expected}"
+            )
+        return self
+
+
+class ShippedLine(_Contract):
+    line_number: int = Field(ge=1)
+    sku: Text
+    quantity_shipped: Quantity
+
+
+class Event(_Contract):
+    """An event on a revsync topic: an envelope plus the business payload."""
+
+    schema_name: ClassVar[str]
+    event_type: ClassVar[str]
+
+    envelope: Envelope
+
+    @model_validator(mode="after")
+    def _envelope_matches(self) -> Self:
+        if self.envelope.event_type != self.event_type:
+            raise ValueError(
+                f"envelope.event_type is {self.envelope.event_type!r}, "
+                f"expected {self.event_type!r} for {type(self).__name__}"
+            )
+        return self
+
+    def to_avro(self) -> dict[str, Any]:
+        """The Avro datum: Decimals, datetimes, dates and UUIDs as fastavro writes them."""
+        return self.model_dump(mode="python")
+
+    @classmethod
+    def from_avro(cls, datum: dict[str, Any]) -> Self:
+        return cls.model_validate(datum)
+
+
+class OrderCreated(Event):
+    schema_name = "io.revsync.events.OrderCreated"
+    event_type = "io.revsync.order.created"
+
+    crm_order_id: Text
+    crm_order_number: Text
+    crm_account_id: Text
+    erp_customer_id: str | None = None
+    purchase_order_number: str | None = None
+    price_book_id: Text
+    currency: CurrencyCode
+    legal_entity: Text
+    region: Text
+    lines: list[OrderLine] = Field(min_length=1)
+    subtotal: NonNegativeMoney
+    discount_total: NonNegativeMoney
+    tax_total: NonNegativeMoney
+    grand_total: NonNegativeMoney
+    ordered_at: UtcDatetime
+    requested_delivery_date: date | None = None
+    billing_address: Address
+    shipping_address: Address
+
+    @model_validator(mode="after")
+    def _totals_add_up(self) -> Self:
+        numbers = [line.line_number for line in self.lines]
+        if len(set(numbers)) != len(numbers):
+            raise ValueError(f"line numbers repeat: {sorted(numbers)}")
+        sums = {
+            "subtotal": sum((line.line_total for line in self.lines), Decimal(0)),
+            "discount_total": sum((line.discount_amount for line in self.lines), Decimal(0)),
+            "tax_total": sum((line.tax_amount for line in self.lines), Decimal(0)),
+        }
+        for name, expected in sums.items():
+            if getattr(self, name) != expected:
+                raise ValueError(f"{name} {getattr(self, name)} is not the lines' sum {expected}")
+        if self.grand_total != self.subtotal + self.tax_total:
+            raise ValueError(
+                f"grand_total {self.grand_total} is not subtotal + tax_total "
+                f"{self.subtotal + self.tax_total}"
+            )
+        return self
+
+
+class OrderAccepted(Event):
+    schema_name = "io.revsync.events.OrderAccepted"
+    event_type = "io.revsync.order.accepted"
+
+    crm_order_id: Text
+    erp_order_id: Text
+    erp_order_number: Text
+    erp_customer_id: Text
+    credit_check: CreditCheckOutcome
+    pricing_outcome: PricingOutcome
+    currency: CurrencyCode
+    erp_grand_total: NonNegativeMoney
+    accepted_at: UtcDatetime
+
+
+class OrderRejected(Event):
+    schema_name = "io.revsync.events.OrderRejected"
+    event_type = "io.revsync.order.rejected"
+
+    crm_order_id: Text
+    reason_code: RejectionReason
+    message: Text
+    offending_skus: list[str] = Field(default_factory=list)
+    legal_entity: Text
+    region: Text
+    rejected_at: UtcDatetime
+
+
+class OrderCancelled(Event):
+    schema_name = "io.revsync.events.OrderCancelled"
+    event_type = "io.revsync.order.cancelled"
+
+    crm_order_id: Text
+    erp_order_id: str | None = None
+    reason: str | None = None
+    cancelled_at: UtcDatetime
+
+
+class InvoicePosted(Event):
+    schema_name = "io.revsync.events.InvoicePosted"
+    event_type = "io.revsync.invoice.posted"
+
+    crm_order_id: Text
+    erp_order_id: Text
+    erp_invoice_id: Text
+    invoice_number: Text
+    erp_customer_id: Text
+    crm_account_id: Text
+    currency: CurrencyCode
+    subtotal: NonNegativeMoney
+    tax_total: NonNegativeMoney
+    grand_total: NonNegativeMoney
+    amount_due: NonNegativeMoney
+    posting_date: date
+    due_date: date
+    payment_terms: Text
+    legal_entity: Text
+    region: Text
+    posted_at: UtcDatetime
+
+    @model_validator(mode="after")
+    def _amounts_and_dates_agree(self) -> Self:
+        if self.grand_total != self.subtotal + self.tax_total:
+            raise ValueError(
+                f"grand_total {self.grand_total} is not subtotal + tax_total "
+                f"{self.subtotal + self.tax_total}"
+            )
+        if self.amount_due > self.grand_total:
+            raise ValueError(f"amount_due {self.amount_due} exceeds grand_total {self.grand_total}")
+        if self.due_date < self.posting_date:
+            raise ValueError(f"due_date {self.due_date} is before posting_date {self.posting_date}")
+        return self
+
+
+class ShipmentConfirmed(Event):
+    schema_name = "io.revsync.events.ShipmentConfirmed"
+    event_type = "io.revsync.shipment.confirmed"
+
+    crm_order_id: Text
+    erp_order_id: Text
+    erp_shipment_id: Text
+    lines: list[ShippedLine] = Field(min_length=1)
+    carrier: Text
+    tracking_number: Text
+    tracking_url: str | None = None
+    completeness: ShipmentCompleteness
+    warehouse: str | None = None
+    shipped_at: UtcDatetime
+
+
+class PaymentReceived(Event):
+    schema_name = "io.revsync.events.PaymentReceived"
+    event_type = "io.revsync.payment.received"
+
+    crm_order_id: Text
+    erp_payment_id: Text
+    erp_invoice_id: Text
+    invoice_number: Text
+    currency: CurrencyCode
+    amount: Annotated[Money, Field(gt=0)]
+    remaining_balance: NonNegativeMoney
+    payment_method: PaymentMethod
+    received_at: UtcDatetime
+
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    OrderCreated,
+    OrderAccepted,
+    OrderRejected,
+    OrderCancelled,
+    InvoicePosted,
+    ShipmentConfirmed,
+    PaymentReceived,
+)
+EVENTS_BY_SCHEMA: dict[str, type[Event]] = {event.schema_name: event for event in EVENT_TYPES}

@@ -1,0 +1,150 @@
+"""Typed events to and from Confluent wire format, through the schema registry.
+
+Nothing auto-registers: registering is the governance step (``revsync schemas register``), and
+a subject missing from the registry stops a service at start-up, naming it.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
+from fastavro.read import SchemaResolutionError
+from pydantic import ValidationError
+
+from revsync.contracts.catalog import Catalog, TopicSpec
+from revsync.contracts.events import EVENTS_BY_SCHEMA, Event
+from revsync.contracts.schemas import SchemaRepository
+from revsync.errors import (
+    ContractError,
+    CorruptPayload,
+    IncompatibleWriterSchema,
+    NotConfluentFramed,
+    PayloadInvalid,
+    UnknownSchemaId,
+)
+
+MAGIC_BYTE = 0
+FRAME = struct.Struct(">bI")
+# Subjects follow TopicNameStrategy (<topic>-value). Said explicitly: confluent-kafka's default
+# first asks the registry for topic "associations", an API other registries do not serve.
+TOPIC_NAME_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
+# Registry error codes (Confluent API, also spoken by Apicurio's ccompat layer).
+SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND = 40401, 40403
+
+
+class SubjectNotRegistered(ContractError):
+    """A topic's subject (or its current schema) is not in the registry."""
+
+
+@dataclass(frozen=True)
+class _TopicCodec:
+    topic: TopicSpec
+    model: type[Event]
+    schema_id: int
+    serializer: AvroSerializer
+    deserializer: AvroDeserializer
+
+
+class EventSerde:
+    """Encodes and decodes the events of the catalog's topics; one per process."""
+
+    def __init__(
+        self, registry: SchemaRegistryClient, catalog: Catalog, schemas: SchemaRepository
+    ) -> None:
+        self.registry = registry
+        self.catalog = catalog
+        self.schemas = schemas
+        self._codecs: dict[str, _TopicCodec] = {}
+
+    def prepare(self, topics: list[str]) -> None:
+        """Look up every topic's registered schema now, so a missing one fails at start-up."""
+        missing = []
+        for name in topics:
+            try:
+                self._codec(name)
+            except SubjectNotRegistered as error:
+                missing.append(str(error))
+        if missing:
+            raise SubjectNotRegistered("; ".join(missing))
+
+    def serialize(self, topic: str, event: Event) -> bytes:
+        codec = self._codec(topic)
+        if not isinstance(event, codec.model):
+            raise TypeError(f"{topic} carries {codec.model.__name__}, not {type(event).__name__}")
+        data = codec.serializer(event.to_avro(), SerializationContext(topic, MessageField.VALUE))
+        assert data is not None
+        return data
+
+    def deserialize(self, topic: str, data: bytes | None) -> Event:
+        """Bytes to a validated event, or the typed error that says what is wrong with them."""
+        codec = self._codec(topic)
+        if data is None or len(data) < FRAME.size or data[0] != MAGIC_BYTE:
+            head = b"" if data is None else data[: FRAME.size]
+            raise NotConfluentFramed(
+                topic, f"no Confluent frame (magic byte 0, schema id): {head!r}"
+            )
+        schema_id = FRAME.unpack_from(data)[1]
+        try:
+            datum = codec.deserializer(data, SerializationContext(topic, MessageField.VALUE))
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                raise UnknownSchemaId(topic, schema_id) from None
+            raise
+        except SchemaResolutionError as error:
+            raise IncompatibleWriterSchema(
+                topic,
+                f"writer schema id {schema_id} does not resolve to "
+                f"{codec.topic.schema_name}: {error}",
+            ) from None
+        except (SerializationError, EOFError, ValueError, IndexError, struct.error) as error:
+            raise CorruptPayload(
+                topic, f"Avro body unreadable with writer schema id {schema_id}: {error}"
+            ) from None
+        if not isinstance(datum, dict):
+            raise IncompatibleWriterSchema(topic, f"schema id {schema_id} is not a record")
+        try:
+            return codec.model.from_avro(datum)
+        except ValidationError as error:
+            first = error.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or codec.model.__name__
+            raise PayloadInvalid(topic, field, first["msg"].removeprefix("Value error, ")) from None
+
+    def _codec(self, name: str) -> _TopicCodec:
+        codec = self._codecs.get(name)
+        if codec is None:
+            codec = self._codecs[name] = self._build(self.catalog.topic(name))
+        return codec
+
+    def _build(self, topic: TopicSpec) -> _TopicCodec:
+        schema_json = self.schemas.expanded_json(topic.schema_name)
+        try:
+            registered = self.registry.lookup_schema(
+                topic.value_subject, Schema(schema_json, "AVRO")
+            )
+        except SchemaRegistryError as error:
+            if error.error_code in (SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND):
+                raise SubjectNotRegistered(
+                    f"subject {topic.value_subject} has no registered version matching "
+                    f"{topic.schema_name}; register it first "
+                    "(revsync schemas register)"
+                ) from None
+            raise
+        assert registered.schema_id is not None
+        conf: dict[str, Any] = {
+            "auto.register.schemas": False,
+            "use.schema.id": registered.schema_id,
+            **TOPIC_NAME_STRATEGY,
+        }
+        return _TopicCodec(
+            topic=topic,
+            model=EVENTS_BY_SCHEMA[topic.schema_name],
+            schema_id=registered.schema_id,
+            serializer=AvroSerializer(self.registry, schema_json, conf=conf),
+            deserializer=AvroDeserializer(self.registry, schema_json, conf=TOPIC_NAME_STRATEGY),
+        )

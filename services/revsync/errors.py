@@ -1,0 +1,84 @@
+"""revsync's error taxonomy: every failure is typed, classed, and says what to act on."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar
+
+
+class ErrorClass(StrEnum):
+    """How a failure is handled; recorded on every dead letter."""
+
+    DESERIALIZATION = "deserialization"
+    """The bytes are not a revsync event at all (not Confluent-framed, corrupt Avro). Permanent."""
+    SCHEMA = "schema"
+    """The bytes name a schema the registry does not know, or one the reader cannot resolve."""
+    VALIDATION = "validation"
+    """A well-formed event whose content breaks the contract's business rules. Permanent."""
+    BUSINESS_RULE = "business rule"
+    """The event is valid but the business refuses it (credit hold, unknown product). Permanent."""
+    DEPENDENCY_NOT_READY = "dependency-not-ready"
+    """Something the event needs has not happened yet (the CRM does not know the order yet)."""
+    TRANSIENT = "transient"
+    """Timeouts, 5xx, 429: the same call may succeed later."""
+    UNKNOWN = "unknown"
+    """Anything unclassified; treated as permanent so it is looked at."""
+
+
+class RevsyncError(Exception):
+    """Base of every revsync error; ``error_class`` decides retry or dead letter."""
+
+    error_class: ClassVar[ErrorClass] = ErrorClass.UNKNOWN
+
+
+class ContractError(RevsyncError):
+    """The contracts themselves are wrong or missing (catalog, schemas, registry subjects)."""
+
+    error_class = ErrorClass.SCHEMA
+
+
+class DecodeError(RevsyncError):
+    """A consumed record could not become a typed event; says which topic and why."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"{topic}: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
+class NotConfluentFramed(DecodeError):
+    """The value does not start with the Confluent magic byte and a schema id."""
+
+    error_class = ErrorClass.DESERIALIZATION
+
+
+class CorruptPayload(DecodeError):
+    """Framed correctly, but the Avro body cannot be read with its writer schema."""
+
+    error_class = ErrorClass.DESERIALIZATION
+
+
+class UnknownSchemaId(DecodeError):
+    """The schema id in the frame is not in the registry."""
+
+    error_class = ErrorClass.SCHEMA
+
+    def __init__(self, topic: str, schema_id: int) -> None:
+        super().__init__(topic, f"schema id {schema_id} is not in the registry")
+        self.schema_id = schema_id
+
+
+class IncompatibleWriterSchema(DecodeError):
+    """The writer's schema cannot be resolved to the schema this consumer reads with."""
+
+    error_class = ErrorClass.SCHEMA
+
+
+class PayloadInvalid(DecodeError):
+    """The event decodes but breaks its contract's rules; ``field`` names the first culprit."""
+
+    error_class = ErrorClass.VALIDATION
+
+    def __init__(self, topic: str, field: str, reason: str) -> None:
+        super().__init__(topic, f"{field}: {reason}")
+        self.field = field

@@ -1,0 +1,163 @@
+"""One valid instance of every contract, as plain data, for any test to vary."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import TypeVar
+
+from revsync.contracts.events import (
+    Envelope,
+    Event,
+    InvoicePosted,
+    OrderAccepted,
+    OrderCancelled,
+    OrderCreated,
+    OrderRejected,
+    PaymentReceived,
+    ShipmentConfirmed,
+    SourceSystem,
+)
+
+E = TypeVar("E", bound=Event)
+
+
+def sample_envelope(event_type: str, **overrides: object) -> Envelope:
+    fields: dict[str, object] = {
+        "event_id": uuid.uuid4(),
+        "event_type": event_type,
+        "occurred_at": datetime(2026, 12, 1, 9, 30, tzinfo=UTC),
+        "source_system": SourceSystem.CRM,
+        "correlation_id": "corr-8015g00000AbCdE",
+        "causation_id": None,
+        "schema_version": 1,
+    }
+    return Envelope.model_validate({**fields, **overrides})
+
+
+def sample_order_line(number: int = 1, **overrides: object) -> dict[str, object]:
+    line: dict[str, object] = {
+        "line_number": number,
+        "crm_line_id": f"8025g00000Line{number:03d}",
+        "sku": f"SKU-{100 + number}",
+        "product_name": f"Industrial sensor model {number}",
+        "product_line": "SENSORS",
+        "quantity": Decimal("3"),
+        "unit_of_measure": "EA",
+        "unit_price": Decimal("199.9900"),
+        "discount_amount": Decimal("9.9700"),
+        "tax_amount": Decimal("114.0000"),
+        "line_total": Decimal("590.0000"),
+    }
+    return {**line, **overrides}
+
+
+ADDRESS = {
+    "street": "1 Market St",
+    "city": "San Francisco",
+    "state_province": "CA",
+    "postal_code": "94105",
+    "country_code": "US",
+}
+
+
+def sample_events() -> dict[type[Event], dict[str, object]]:
+    """Valid field values for every event type, as plain data so tests can vary any field."""
+    order_id = "8015g00000AbCdEAAV"
+    moment = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
+    return {
+        OrderCreated: {
+            "crm_order_id": order_id,
+            "crm_order_number": "00000123",
+            "crm_account_id": "0015g00000AcMeAAA",
+            "erp_customer_id": "C-10042",
+            "purchase_order_number": "PO-7781",
+            "price_book_id": "01s5g00000StdPbAAA",
+            "currency": "USD",
+            "legal_entity": "US01",
+            "region": "NA",
+            "lines": [sample_order_line(1), sample_order_line(2)],
+            "subtotal": Decimal("1180.0000"),
+            "discount_total": Decimal("19.9400"),
+            "tax_total": Decimal("228.0000"),
+            "grand_total": Decimal("1408.0000"),
+            "ordered_at": moment,
+            "requested_delivery_date": date(2026, 12, 15),
+            "billing_address": ADDRESS,
+            "shipping_address": ADDRESS,
+        },
+        OrderAccepted: {
+            "crm_order_id": order_id,
+            "erp_order_id": "SO-900001",
+            "erp_order_number": "900001",
+            "erp_customer_id": "C-10042",
+            "credit_check": "APPROVED",
+            "pricing_outcome": "MATCHED",
+            "currency": "USD",
+            "erp_grand_total": Decimal("1408.0000"),
+            "accepted_at": moment,
+        },
+        OrderRejected: {
+            "crm_order_id": order_id,
+            "reason_code": "UNKNOWN_PRODUCT",
+            "message": "SKU-999 is not sold by legal entity US01",
+            "offending_skus": ["SKU-999"],
+            "legal_entity": "US01",
+            "region": "NA",
+            "rejected_at": moment,
+        },
+        OrderCancelled: {
+            "crm_order_id": order_id,
+            "erp_order_id": "SO-900001",
+            "reason": "customer changed their mind",
+            "cancelled_at": moment,
+        },
+        InvoicePosted: {
+            "crm_order_id": order_id,
+            "erp_order_id": "SO-900001",
+            "erp_invoice_id": "INV-1",
+            "invoice_number": "US01-2026-000001",
+            "erp_customer_id": "C-10042",
+            "crm_account_id": "0015g00000AcMeAAA",
+            "currency": "USD",
+            "subtotal": Decimal("1180.0000"),
+            "tax_total": Decimal("228.0000"),
+            "grand_total": Decimal("1408.0000"),
+            "amount_due": Decimal("1408.0000"),
+            "posting_date": date(2026, 12, 2),
+            "due_date": date(2027, 1, 1),
+            "payment_terms": "NET30",
+            "legal_entity": "US01",
+            "region": "NA",
+            "posted_at": moment,
+        },
+        ShipmentConfirmed: {
+            "crm_order_id": order_id,
+            "erp_order_id": "SO-900001",
+            "erp_shipment_id": "SH-77",
+            "lines": [{"line_number": 1, "sku": "SKU-101", "quantity_shipped": Decimal("3")}],
+            "carrier": "UPS",
+            "tracking_number": "1Z999AA10123456784",
+            "tracking_url": None,
+            "completeness": "PARTIAL",
+            "warehouse": "DC-WEST",
+            "shipped_at": moment,
+        },
+        PaymentReceived: {
+            "crm_order_id": order_id,
+            "erp_payment_id": "PAY-5",
+            "erp_invoice_id": "INV-1",
+            "invoice_number": "US01-2026-000001",
+            "currency": "USD",
+            "amount": Decimal("408.0000"),
+            "remaining_balance": Decimal("1000.0000"),
+            "payment_method": "WIRE",
+            "received_at": moment,
+        },
+    }
+
+
+def sample_event(event_type: type[E], **overrides: object) -> E:
+    fields = {**sample_events()[event_type], **overrides}
+    return event_type.model_validate({"envelope": sample_envelope(event_type.event_type), **fields})

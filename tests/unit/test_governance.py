@@ -1,0 +1,241 @@
+"""Governance of the contracts: the catalog, lint rules and compatibility with released versions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from revsync.cli import app
+from revsync.contracts.asyncapi import build_document
+from revsync.contracts.catalog import CatalogError, TopicKind, load_catalog
+from revsync.contracts.lint import lint
+from revsync.contracts.schemas import ReleaseRecord, SchemaRepository, check_compatibility
+from revsync.settings import REPO_ROOT
+
+SCHEMAS_DIR = REPO_ROOT / "schemas" / "avro"
+ORDER_CREATED = "io.revsync.events.OrderCreated.avsc"
+Schema = dict[str, Any]
+
+
+@pytest.fixture
+def contracts(tmp_path: Path) -> Path:
+    """A private copy of the contracts, releases included, for a test to break."""
+    return Path(shutil.copytree(SCHEMAS_DIR, tmp_path / "avro"))
+
+
+def edit_schema(folder: Path, file: str, change: Callable[[Schema], None]) -> None:
+    path = folder / file
+    schema = json.loads(path.read_text())
+    change(schema)
+    path.write_text(json.dumps(schema))
+
+
+def field(schema: Schema, name: str) -> Schema:
+    return next(f for f in schema["fields"] if f["name"] == name)
+
+
+def findings(folder: Path) -> list[str]:
+    return [
+        str(f) for f in lint(load_catalog(folder), SchemaRepository(folder), ReleaseRecord(folder))
+    ]
+
+
+def breaks(folder: Path) -> list[str]:
+    return [
+        str(b)
+        for b in check_compatibility(
+            load_catalog(folder), SchemaRepository(folder), ReleaseRecord(folder)
+        )
+    ]
+
+
+def test_the_repository_contracts_are_clean_and_compatible() -> None:
+    assert findings(SCHEMAS_DIR) == []
+    assert breaks(SCHEMAS_DIR) == []
+
+
+def test_every_subject_has_a_release() -> None:
+    releases = ReleaseRecord(SCHEMAS_DIR)
+    for topic in load_catalog(SCHEMAS_DIR).topics:
+        assert releases.versions(topic.value_subject), topic.value_subject
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (lambda s: field(s, "crm_order_number").pop("doc"), "crm_order_number: needs a doc"),
+        (
+            lambda s: field(s, "grand_total").update(type="double"),
+            "grand_total: money must be an Avro decimal",
+        ),
+        (
+            lambda s: field(s, "ordered_at").update(type="long"),
+            "ordered_at: an _at field is a UTC timestamp-millis",
+        ),
+        (
+            lambda s: field(s, "requested_delivery_date").update(type=["null", "string"]),
+            "requested_delivery_date: a _date field is an Avro date",
+        ),
+        (
+            lambda s: field(s, "erp_customer_id").update(type=["string", "null"]),
+            'erp_customer_id: an optional field is ["null", T] with "default": null',
+        ),
+        (
+            lambda s: field(s, "crm_order_id").update(name="crmOrderId"),
+            "crmOrderId: field name 'crmOrderId' must be snake_case",
+        ),
+        (lambda s: s.update(namespace="com.example"), "OrderCreated: namespace must be"),
+        (lambda s: s.pop("doc"), "OrderCreated: needs a doc"),
+        (
+            lambda s: s["fields"].append(
+                {"name": "sales_channel", "type": "string", "doc": "Where the order came from."}
+            ),
+            "sales_channel: added since revsync.order.created.v1-value v1; a new field needs a "
+            "default",
+        ),
+    ],
+)
+def test_lint_names_file_and_field(
+    contracts: Path, change: Callable[[Schema], None], expected: str
+) -> None:
+    edit_schema(contracts, ORDER_CREATED, change)
+    assert any(
+        finding.startswith(f"{ORDER_CREATED}:") and expected in finding
+        for finding in findings(contracts)
+    ), findings(contracts)
+
+
+def test_lint_wants_enum_defaults(contracts: Path) -> None:
+    def drop_default(schema: Schema) -> None:
+        field(schema, "completeness")["type"].pop("default")
+
+    edit_schema(contracts, "io.revsync.events.ShipmentConfirmed.avsc", drop_default)
+    assert (
+        "io.revsync.events.ShipmentConfirmed.avsc:completeness<ShipmentCompleteness>: enum needs "
+        "a default symbol, so readers survive symbols added later"
+    ) in findings(contracts)
+
+
+def rename_enum_symbol(schema: Schema) -> None:
+    symbols = field(schema, "reason_code")["type"]["symbols"]
+    symbols[symbols.index("CREDIT_HOLD")] = "CREDIT_BLOCK"
+
+
+BREAKING = {
+    "field removed without default": (
+        ORDER_CREATED,
+        lambda s: s["fields"].remove(field(s, "region")),
+        "revsync.order.created.v1-value: forward incompatible with released v1: "
+        "reader_field_missing_default_value at /fields/9 (region)",
+    ),
+    "type changed": (
+        ORDER_CREATED,
+        lambda s: field(s, "crm_order_number").update(type="long"),
+        "revsync.order.created.v1-value: backward incompatible with released v1: type_mismatch",
+    ),
+    "enum symbol renamed": (
+        "io.revsync.events.OrderRejected.avsc",
+        rename_enum_symbol,
+        "revsync.order.rejected.v1-value: enum incompatible with released v1: enum "
+        "io.revsync.events.RejectionReason lost symbol(s) CREDIT_HOLD",
+    ),
+    "field added without default": (
+        ORDER_CREATED,
+        lambda s: s["fields"].append({"name": "sales_channel", "type": "string", "doc": "x"}),
+        "revsync.order.created.v1-value: backward incompatible with released v1: "
+        "reader_field_missing_default_value",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BREAKING, ids=list(BREAKING))
+def test_check_catches_a_breaking_change(contracts: Path, case: str) -> None:
+    file, change, expected = BREAKING[case]
+    edit_schema(contracts, file, change)
+    assert any(found.startswith(expected) for found in breaks(contracts)), breaks(contracts)
+    result = CliRunner().invoke(app, ["schemas", "check", "--dir", str(contracts)])
+    assert result.exit_code == 1
+    assert "break:" in result.output
+
+
+def test_an_optional_field_with_a_default_is_compatible(contracts: Path) -> None:
+    edit_schema(
+        contracts,
+        ORDER_CREATED,
+        lambda s: s["fields"].append(
+            {
+                "name": "sales_channel",
+                "type": ["null", "string"],
+                "default": None,
+                "doc": "Where the order came from.",
+            }
+        ),
+    )
+    assert breaks(contracts) == []
+    assert findings(contracts) == []
+    result = CliRunner().invoke(app, ["schemas", "release", "--dir", str(contracts)])
+    assert result.exit_code == 0, result.output
+    assert "released revsync.order.created.v1-value v2" in result.output
+    assert len(ReleaseRecord(contracts).versions("revsync.order.created.v1-value")) == 2
+
+
+def test_catalog_derives_each_consumers_retry_and_dead_letter_topics() -> None:
+    plan = {topic.name: topic for topic in load_catalog(SCHEMAS_DIR).topic_plan()}
+    assert plan["revsync.invoice-sync.retry.10s"].kind is TopicKind.RETRY
+    assert plan["revsync.invoice-sync.retry.1m"].consumer == "invoice-sync"
+    dead_letters = plan["revsync.invoice-sync.dlt"]
+    assert dead_letters.kind is TopicKind.DEAD_LETTER
+    assert dead_letters.config == {"retention.ms": str(30 * 86_400_000), "cleanup.policy": "delete"}
+    assert plan["revsync.order.rejected.v1"].config["retention.ms"] == str(30 * 86_400_000)
+    assert plan["revsync.order.created.v1"].partitions == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (
+            lambda c: c["topics"][0].update(name="orders"),
+            "does not follow revsync.<entity>.<event>.v<major>",
+        ),
+        (
+            lambda c: c["topics"][0].update(consumers=["nobody"]),
+            "names consumers not declared under consumers: nobody",
+        ),
+        (lambda c: c["defaults"].update(retention="a week"), "defaults.retention"),
+        (lambda c: c.update(compatibility="NONE"), "compatibility"),
+        (lambda c: c["topics"].append(c["topics"][0]), "topics listed twice"),
+        (lambda c: c["topics"][0].update(colour="blue"), "topics.0.colour"),
+    ],
+)
+def test_a_bad_catalog_is_refused_naming_the_entry(
+    contracts: Path, change: Callable[[dict[str, Any]], None], named: str
+) -> None:
+    path = contracts / "catalog.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    change(catalog)
+    path.write_text(yaml.safe_dump(catalog))
+    with pytest.raises(CatalogError, match=named):
+        load_catalog(contracts)
+
+
+def test_asyncapi_document_covers_every_topic_and_operation() -> None:
+    catalog = load_catalog(SCHEMAS_DIR)
+    schemas = SchemaRepository(SCHEMAS_DIR)
+    document = build_document(catalog, schemas)
+    assert document["asyncapi"] == "3.0.0"
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == {topic.name for topic in catalog.topic_plan()}
+    created = document["components"]["messages"]["OrderCreated"]
+    assert created["payload"]["schema"] == schemas.expanded("io.revsync.events.OrderCreated")
+    operations = document["operations"]
+    assert operations["order_sync.send.revsync_order_created_v1"]["action"] == "send"
+    receive = operations["invoice-sync.receive.revsync_invoice_posted_v1"]
+    assert receive["action"] == "receive"
+    assert receive["channel"] == {"$ref": "#/channels/revsync_invoice_posted_v1"}
