@@ -30,6 +30,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/revsync schemas lint
+	$(BIN)/revsync schemas check
 
 demo: install
 	$(BIN)/revsync demo

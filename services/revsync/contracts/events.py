@@ -164,12 +164,14 @@ class ShippedLine(_Contract):
 
 
 class Event(_Contract):
-    """An event on a revsync topic: an envelope plus the business payload."""
+    """An event on a revsync topic: an envelope, the order it is about, the business payload."""
 
     schema_name: ClassVar[str]
     event_type: ClassVar[str]
 
     envelope: Envelope
+    crm_order_id: Text
+    """The key of every order-to-cash topic, so one order's events keep their order."""
 
     @model_validator(mode="after")
     def _envelope_matches(self) -> Self:
@@ -193,7 +195,6 @@ class OrderCreated(Event):
     schema_name = "io.revsync.events.OrderCreated"
     event_type = "io.revsync.order.created"
 
-    crm_order_id: Text
     crm_order_number: Text
     crm_account_id: Text
     erp_customer_id: str | None = None
@@ -237,7 +238,6 @@ class OrderAccepted(Event):
     schema_name = "io.revsync.events.OrderAccepted"
     event_type = "io.revsync.order.accepted"
 
-    crm_order_id: Text
     erp_order_id: Text
     erp_order_number: Text
     erp_customer_id: Text
@@ -252,7 +252,6 @@ class OrderRejected(Event):
     schema_name = "io.revsync.events.OrderRejected"
     event_type = "io.revsync.order.rejected"
 
-    crm_order_id: Text
     reason_code: RejectionReason
     message: Text
     offending_skus: list[str] = Field(default_factory=list)
@@ -265,7 +264,6 @@ class OrderCancelled(Event):
     schema_name = "io.revsync.events.OrderCancelled"
     event_type = "io.revsync.order.cancelled"
 
-    crm_order_id: Text
     erp_order_id: str | None = None
     reason: str | None = None
     cancelled_at: UtcDatetime
@@ -275,7 +273,6 @@ class InvoicePosted(Event):
     schema_name = "io.revsync.events.InvoicePosted"
     event_type = "io.revsync.invoice.posted"
 
-    crm_order_id: Text
     erp_order_id: Text
     erp_invoice_id: Text
     invoice_number: Text
@@ -311,7 +308,6 @@ class ShipmentConfirmed(Event):
     schema_name = "io.revsync.events.ShipmentConfirmed"
     event_type = "io.revsync.shipment.confirmed"
 
-    crm_order_id: Text
     erp_order_id: Text
     erp_shipment_id: Text
     lines: list[ShippedLine] = Field(min_length=1)
@@ -327,7 +323,6 @@ class PaymentReceived(Event):
     schema_name = "io.revsync.events.PaymentReceived"
     event_type = "io.revsync.payment.received"
 
-    crm_order_id: Text
     erp_payment_id: Text
     erp_invoice_id: Text
     invoice_number: Text

@@ -1,0 +1,295 @@
+"""The contracts against the real broker and registry: every event round-trips, governance
+refuses what breaks a released version, topics apply converges, bad bytes get typed errors."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from typer.testing import CliRunner, Result
+
+from revsync.cli import app
+from revsync.contracts.catalog import Catalog, load_catalog
+from revsync.contracts.events import EVENTS_BY_SCHEMA, OrderCreated
+from revsync.contracts.schemas import SchemaRepository
+from revsync.contracts.serde import TOPIC_NAME_STRATEGY, EventSerde, SubjectNotRegistered
+from revsync.errors import (
+    CorruptPayload,
+    IncompatibleWriterSchema,
+    NotConfluentFramed,
+    PayloadInvalid,
+    UnknownSchemaId,
+)
+from revsync.settings import Settings
+from samples import sample_event, sample_order_line
+from schema_edits import BREAKING, ORDER_CREATED, add_optional_field, copy_contracts, edit_schema
+
+
+def isolated_contracts(destination: Path) -> Path:
+    """A copy of the contracts whose topics, subjects and consumers no other test uses."""
+    folder = copy_contracts(destination)
+    tag = uuid.uuid4().hex[:8]
+    path = folder / "catalog.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
+    for topic in catalog["topics"]:
+        old = topic["name"]
+        _, entity, event, major = old.split(".")
+        topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
+        topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
+        (folder / "releases" / f"{old}-value").rename(
+            folder / "releases" / f"{topic['name']}-value"
+        )
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return folder
+
+
+@pytest.fixture
+def contracts(tmp_path: Path) -> Path:
+    return isolated_contracts(tmp_path / "avro")
+
+
+@pytest.fixture
+def revsync(settings: Settings) -> Any:
+    """Runs the revsync CLI against the test session's endpoints."""
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+    }
+
+    def run(*arguments: str) -> Result:
+        return CliRunner().invoke(app, list(arguments), env=environment)
+
+    return run
+
+
+def governed(revsync: Any, contracts: Path) -> Catalog:
+    """Register the contracts and apply their topics, as a deployment does."""
+    for command in (("schemas", "register"), ("topics", "apply")):
+        result = revsync(*command, "--dir", str(contracts))
+        assert result.exit_code == 0, result.output
+    return load_catalog(contracts)
+
+
+def serde_for(settings: Settings, contracts: Path, catalog: Catalog) -> EventSerde:
+    registry = SchemaRegistryClient(settings.registry_config())
+    return EventSerde(registry, catalog, SchemaRepository(contracts))
+
+
+def test_every_event_round_trips_through_broker_and_registry(
+    settings: Settings, revsync: Any, contracts: Path
+) -> None:
+    catalog = governed(revsync, contracts)
+    serde = serde_for(settings, contracts, catalog)
+    serde.prepare([topic.name for topic in catalog.topics])
+    producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
+    events = {
+        topic.name: sample_event(EVENTS_BY_SCHEMA[topic.schema_name]) for topic in catalog.topics
+    }
+    positions: dict[str, tuple[int, int]] = {}
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        assert topic is not None
+        assert partition is not None
+        assert offset is not None
+        positions[topic] = (partition, offset)
+
+    for name, event in events.items():
+        producer.produce(
+            name, key=event.crm_order_id, value=serde.serialize(name, event), on_delivery=delivered
+        )
+    assert producer.flush(30) == 0
+    consumer = Consumer(settings.kafka_config(**{"group.id": f"test-{uuid.uuid4()}"}))
+    try:
+        for topic_name, (partition, offset) in positions.items():
+            consumer.assign([TopicPartition(topic_name, partition, offset)])
+            received = consumer.poll(30)
+            assert received is not None
+            assert received.error() is None
+            assert received.key() == events[topic_name].crm_order_id.encode()
+            assert serde.deserialize(topic_name, received.value()) == events[topic_name]
+    finally:
+        consumer.close()
+    assert set(positions) == set(events)
+
+
+def test_a_second_register_and_topics_apply_change_nothing(revsync: Any, contracts: Path) -> None:
+    governed(revsync, contracts)
+    registered = revsync("schemas", "register", "--dir", str(contracts))
+    assert registered.exit_code == 0, registered.output
+    lines = registered.output.strip().splitlines()
+    assert len(lines) == 7
+    assert all(line.endswith("unchanged") for line in lines)
+    applied = revsync("topics", "apply", "--dir", str(contracts))
+    assert applied.exit_code == 0, applied.output
+    assert "all 19 match the catalog" in applied.output
+
+
+def test_topics_apply_shows_the_difference_before_fixing_it(
+    settings: Settings, revsync: Any, contracts: Path
+) -> None:
+    catalog = governed(revsync, contracts)
+    path = contracts / "catalog.yaml"
+    raw = yaml.safe_load(path.read_text())
+    raw["topics"][0]["partitions"] = 8
+    raw["topics"][0]["retention"] = "3d"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    topic = catalog.topics[0].name
+
+    dry = revsync("topics", "apply", "--dry-run", "--dir", str(contracts))
+    assert dry.exit_code == 0, dry.output
+    assert f"add partitions  {topic}  6 -> 8" in dry.output
+    assert f"set config      {topic}  retention.ms 604800000 -> 259200000" in dry.output
+    assert "applied" not in dry.output
+
+    # The consumer's retry and dead-letter topics grow with its widest input.
+    dead_letters = catalog.dead_letter_topic(catalog.topics[0].consumers[0])
+    assert f"add partitions  {dead_letters}  6 -> 8" in dry.output
+
+    applied = revsync("topics", "apply", "--dir", str(contracts))
+    assert applied.exit_code == 0, applied.output
+    assert "applied 6 change(s)" in applied.output
+    assert "all 19 match" in revsync("topics", "apply", "--dir", str(contracts)).output
+
+
+@pytest.mark.parametrize("case", BREAKING, ids=list(BREAKING))
+def test_register_refuses_a_breaking_change(
+    settings: Settings, revsync: Any, contracts: Path, case: str
+) -> None:
+    catalog = governed(revsync, contracts)
+    file, change, _ = BREAKING[case]
+    edit_schema(contracts, file, change)
+
+    refused = revsync("schemas", "register", "--dir", str(contracts))
+
+    assert refused.exit_code == 1
+    assert "not registering: fix the breaks above" in refused.output
+    assert "break:" in refused.output
+    assert "registered" not in refused.output
+    # Nothing reached the registry: the latest version of every subject is still v1.
+    registry = SchemaRegistryClient(settings.registry_config())
+    for topic in catalog.topics:
+        assert registry.get_latest_version(topic.value_subject).version == 1
+
+
+@pytest.mark.parametrize("case", ["field removed without default", "type changed"])
+def test_the_registry_itself_refuses_what_breaks_full_transitive(
+    revsync: Any, contracts: Path, case: str
+) -> None:
+    governed(revsync, contracts)
+    file, change, _ = BREAKING[case]
+    edit_schema(contracts, file, change)
+
+    refused = revsync("schemas", "register", "--no-local-check", "--dir", str(contracts))
+
+    assert refused.exit_code == 1
+    assert "refused:" in refused.output
+    assert "the registry refused the schema (HTTP 409)" in refused.output
+
+
+def test_a_compatible_change_passes_check_and_registers_a_new_version(
+    revsync: Any, contracts: Path
+) -> None:
+    catalog = governed(revsync, contracts)
+    edit_schema(contracts, ORDER_CREATED, add_optional_field)
+
+    assert revsync("schemas", "check", "--dir", str(contracts)).exit_code == 0
+    registered = revsync("schemas", "register", "--dir", str(contracts))
+
+    assert registered.exit_code == 0, registered.output
+    order_created = catalog.topic(catalog.topics[0].name).value_subject
+    assert f"{order_created}  version 2" in registered.output
+
+
+def test_a_subject_missing_from_the_registry_fails_at_start_up(
+    settings: Settings, contracts: Path
+) -> None:
+    catalog = load_catalog(contracts)
+    serde = serde_for(settings, contracts, catalog)
+    with pytest.raises(SubjectNotRegistered) as raised:
+        serde.prepare([catalog.topics[0].name, catalog.topics[1].name])
+    message = str(raised.value)
+    assert f"subject {catalog.topics[0].value_subject} has no registered version" in message
+    assert catalog.topics[1].value_subject in message
+    assert "revsync schemas register" in message
+
+
+class TestBadBytes:
+    """Each kind of undecodable value gets its own typed error."""
+
+    @pytest.fixture
+    def setup(self, settings: Settings, revsync: Any, contracts: Path) -> tuple[EventSerde, str]:
+        catalog = governed(revsync, contracts)
+        serde = serde_for(settings, contracts, catalog)
+        topic = catalog.topics[0].name
+        serde.prepare([topic])
+        return serde, topic
+
+    @pytest.mark.parametrize(
+        "data", [b"", b'{"crm_order_id": "x"}', b"\x01\x00\x00\x00\x01xx", None]
+    )
+    def test_unframed_bytes(self, setup: tuple[EventSerde, str], data: bytes | None) -> None:
+        serde, topic = setup
+        with pytest.raises(NotConfluentFramed, match="no Confluent frame"):
+            serde.deserialize(topic, data)
+
+    def test_unknown_schema_id(self, setup: tuple[EventSerde, str]) -> None:
+        serde, topic = setup
+        with pytest.raises(UnknownSchemaId) as raised:
+            serde.deserialize(topic, b"\x00" + (2**31 - 7).to_bytes(4, "big") + b"\x02")
+        assert raised.value.schema_id == 2**31 - 7
+
+    def test_incompatible_writer_schema(
+        self, setup: tuple[EventSerde, str], settings: Settings
+    ) -> None:
+        serde, topic = setup
+        unrelated = json.dumps(
+            {
+                "type": "record",
+                "name": "Unrelated",
+                "namespace": "tests",
+                "fields": [{"name": "x", "type": "int"}],
+            }
+        )
+        other_topic = f"tests.unrelated.{uuid.uuid4().hex[:8]}"
+        registry = SchemaRegistryClient(settings.registry_config())
+        registry.register_schema(f"{other_topic}-value", Schema(unrelated, "AVRO"))
+        data = AvroSerializer(
+            registry, unrelated, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
+        )({"x": 1}, SerializationContext(other_topic, MessageField.VALUE))
+        with pytest.raises(IncompatibleWriterSchema, match="does not resolve to"):
+            serde.deserialize(topic, data)
+
+    def test_corrupt_avro_body(self, setup: tuple[EventSerde, str]) -> None:
+        serde, topic = setup
+        whole = serde.serialize(topic, sample_event(OrderCreated))
+        with pytest.raises(CorruptPayload, match="Avro body unreadable"):
+            serde.deserialize(topic, whole[:40])
+
+    def test_valid_avro_that_breaks_business_rules(
+        self, setup: tuple[EventSerde, str], settings: Settings, contracts: Path
+    ) -> None:
+        serde, topic = setup
+        datum = sample_event(OrderCreated).to_avro()
+        datum["lines"][0] = sample_order_line(1, quantity=Decimal("-3"))
+        schema = SchemaRepository(contracts).expanded_json(OrderCreated.schema_name)
+        registry = SchemaRegistryClient(settings.registry_config())
+        data = AvroSerializer(
+            registry, schema, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
+        )(datum, SerializationContext(topic, MessageField.VALUE))
+        with pytest.raises(PayloadInvalid) as raised:
+            serde.deserialize(topic, data)
+        assert raised.value.field == "lines.0.quantity"
+        assert "greater than 0" in str(raised.value)
