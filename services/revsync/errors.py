@@ -82,3 +82,34 @@ class PayloadInvalid(DecodeError):
     def __init__(self, topic: str, field: str, reason: str) -> None:
         super().__init__(topic, f"{field}: {reason}")
         self.field = field
+
+
+class TransientError(RevsyncError):
+    """A dependency failed in a way that may pass (timeout, 5xx, 429); retried in process,
+    then through the consumer's retry tiers. ``retry_after`` (seconds) is honoured."""
+
+    error_class = ErrorClass.TRANSIENT
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DependencyNotReady(RevsyncError):
+    """Something the event needs has not happened yet; retried through the tiers, later."""
+
+    error_class = ErrorClass.DEPENDENCY_NOT_READY
+
+
+class BusinessRuleViolation(RevsyncError):
+    """The business refuses the event; dead-lettered at once (retrying cannot help)."""
+
+    error_class = ErrorClass.BUSINESS_RULE
+
+
+RETRYABLE = frozenset({ErrorClass.TRANSIENT, ErrorClass.DEPENDENCY_NOT_READY})
+
+
+def classify(error: BaseException) -> ErrorClass:
+    """The class of any exception: revsync's own know theirs, anything else is unknown."""
+    return error.error_class if isinstance(error, RevsyncError) else ErrorClass.UNKNOWN

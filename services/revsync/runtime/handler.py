@@ -1,0 +1,65 @@
+"""What a service brings to the runtime: a handler that turns one event into a decision."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from revsync.contracts.events import Envelope, Event, SourceSystem
+
+# Event ids of emitted events derive from the causing event, so a re-emission after a crash
+# carries the same id and every inbox recognises it.
+EMITTED_EVENT_NAMESPACE = uuid.UUID("5b0c6f1e-3c2a-4d7e-9a51-2f6f0c8e9d10")
+
+
+@dataclass(frozen=True)
+class StateWrite:
+    """One parameterised statement against the service's own tables, run in the batch's
+    transaction with the inbox row. Writes with the same SQL are batched with executemany."""
+
+    sql: str
+    params: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class Emission:
+    """An event to publish, written to the outbox in the same transaction."""
+
+    topic: str
+    event: Event
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What handling one event decided: state to write and events to emit."""
+
+    writes: Sequence[StateWrite] = field(default_factory=tuple)
+    emits: Sequence[Emission] = field(default_factory=tuple)
+
+
+Handler = Callable[[Event], Decision]
+"""A handler does its outbound calls (with idempotency keys) and returns its decision; it
+raises a revsync error (transient, dependency-not-ready, business rule, ...) to fail."""
+
+
+def caused_envelope(
+    cause: Envelope,
+    event_type: str,
+    *,
+    source_system: SourceSystem = SourceSystem.REVSYNC,
+    occurred_at: datetime | None = None,
+    schema_version: int = 1,
+) -> Envelope:
+    """The envelope of an event caused by ``cause``: same correlation, deterministic id."""
+    return Envelope(
+        event_id=uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{cause.event_id}/{event_type}"),
+        event_type=event_type,
+        occurred_at=occurred_at or datetime.now(UTC),
+        source_system=source_system,
+        correlation_id=cause.correlation_id,
+        causation_id=str(cause.event_id),
+        schema_version=schema_version,
+    )

@@ -1,0 +1,105 @@
+"""Kafka headers revsync reads and writes: CloudEvents binary mode, tracing, and the error
+headers on retry and dead-letter records (replaced, never stacked)."""
+
+from __future__ import annotations
+
+import base64
+import traceback
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from revsync.errors import classify
+
+Headers = list[tuple[str, str | bytes | None]]
+"""Kafka headers as confluent-kafka takes them; revsync writes bytes."""
+
+ERROR_PREFIX = "revsync."
+ORIGINAL_TOPIC = "revsync.original.topic"
+ORIGINAL_PARTITION = "revsync.original.partition"
+ORIGINAL_OFFSET = "revsync.original.offset"
+ORIGINAL_TIMESTAMP = "revsync.original.timestamp"
+CONSUMER_GROUP = "revsync.consumer.group"
+SERVICE = "revsync.service"
+ERROR_CLASS = "revsync.error.class"
+ERROR_TYPE = "revsync.error.type"
+ERROR_MESSAGE = "revsync.error.message"
+ERROR_STACK = "revsync.error.stack"
+ATTEMPTS = "revsync.attempts"
+FIRST_FAILURE_AT = "revsync.first.failure.at"
+LAST_FAILURE_AT = "revsync.last.failure.at"
+CORRELATION_ID = "revsync.correlation.id"
+DUE_AT = "revsync.retry.due.at"
+TRACEPARENT = "traceparent"
+STACK_LIMIT = 4096
+MESSAGE_LIMIT = 1024
+
+
+def get(headers: Sequence[tuple[str, str | bytes | None]] | None, name: str) -> str | None:
+    for key, value in headers or ():
+        if key == name and value is not None:
+            return value.decode(errors="replace") if isinstance(value, bytes) else value
+    return None
+
+
+def without_revsync(headers: Sequence[tuple[str, str | bytes | None]] | None) -> Headers:
+    """The original headers: everything but revsync's own error headers."""
+    return [(k, v) for k, v in headers or () if not k.startswith(ERROR_PREFIX)]
+
+
+def failure_headers(
+    original: Sequence[tuple[str, str | bytes | None]] | None,
+    *,
+    error: BaseException,
+    source: tuple[str, int, int, int],
+    consumer: str,
+    service: str,
+    correlation_id: str | None,
+    now: datetime,
+    due_at: datetime | None = None,
+) -> Headers:
+    """Headers for a retry or dead-letter copy. The original coordinates and first failure
+    time survive from an earlier failure; everything else is replaced."""
+    topic, partition, offset, timestamp = source
+    first = get(original, FIRST_FAILURE_AT) or now.isoformat()
+    attempts = int(get(original, ATTEMPTS) or 0) + 1
+    stack = "".join(traceback.format_exception(error))[-STACK_LIMIT:]
+    values = {
+        ORIGINAL_TOPIC: get(original, ORIGINAL_TOPIC) or topic,
+        ORIGINAL_PARTITION: get(original, ORIGINAL_PARTITION) or str(partition),
+        ORIGINAL_OFFSET: get(original, ORIGINAL_OFFSET) or str(offset),
+        ORIGINAL_TIMESTAMP: get(original, ORIGINAL_TIMESTAMP) or str(timestamp),
+        CONSUMER_GROUP: consumer,
+        SERVICE: service,
+        ERROR_CLASS: classify(error).value,
+        ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
+        ERROR_MESSAGE: str(error)[:MESSAGE_LIMIT],
+        ERROR_STACK: stack,
+        ATTEMPTS: str(attempts),
+        FIRST_FAILURE_AT: first,
+        LAST_FAILURE_AT: now.isoformat(),
+    }
+    if correlation_id:
+        values[CORRELATION_ID] = correlation_id
+    if due_at is not None:
+        values[DUE_AT] = str(int(due_at.timestamp() * 1000))
+    return without_revsync(original) + [(k, v.encode()) for k, v in values.items()]
+
+
+def due_at(headers: Sequence[tuple[str, str | bytes | None]] | None) -> datetime | None:
+    millis = get(headers, DUE_AT)
+    return datetime.fromtimestamp(int(millis) / 1000, UTC) if millis else None
+
+
+def to_json(headers: Sequence[tuple[str, str | bytes | None]] | None) -> list[list[str]]:
+    """Headers as JSON-safe pairs (values base64), for the outbox and parked rows."""
+    return [[k, base64.b64encode(_bytes(v)).decode()] for k, v in headers or ()]
+
+
+def from_json(pairs: Sequence[Sequence[str]]) -> Headers:
+    return [(k, base64.b64decode(v)) for k, v in pairs]
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b""
+    return value.encode() if isinstance(value, str) else value

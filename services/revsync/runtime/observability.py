@@ -1,0 +1,153 @@
+"""Prometheus metrics, /healthz and /readyz, and JSON logs carrying correlation and event ids."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)
+
+CONSUMED = Counter("revsync_consumed_total", "Records taken from Kafka.", ["consumer", "topic"])
+PROCESSED = Counter(
+    "revsync_processed_total", "Events handled with their effects committed.", ["consumer", "topic"]
+)
+DUPLICATES = Counter(
+    "revsync_duplicates_skipped_total", "Redeliveries recognised by the inbox.", ["consumer"]
+)
+RETRIED = Counter(
+    "revsync_retried_total", "Failures sent to a delayed retry tier.", ["consumer", "tier"]
+)
+IN_PROCESS_RETRIES = Counter(
+    "revsync_in_process_retries_total", "Transient failures retried in process.", ["consumer"]
+)
+DEAD_LETTERED = Counter(
+    "revsync_dead_lettered_total",
+    "Records sent to the dead-letter topic.",
+    ["consumer", "topic", "error_class"],
+)
+PARKED = Counter(
+    "revsync_parked_total", "Records held behind an earlier failure of their key.", ["consumer"]
+)
+KEYS_HELD = Gauge("revsync_keys_held", "Keys waiting on a record in retry or DLT.", ["consumer"])
+HANDLER_LATENCY = Histogram(
+    "revsync_handler_latency_seconds",
+    "Time in the handler per event.",
+    ["consumer"],
+    buckets=LATENCY_BUCKETS,
+)
+EVENT_AGE = Histogram(
+    "revsync_event_age_seconds",
+    "Event age (now - occurred_at) when processed.",
+    ["consumer"],
+    buckets=AGE_BUCKETS,
+)
+OUTBOX_BACKLOG = Gauge("revsync_outbox_backlog", "Outbox rows not yet published.", ["outbox"])
+OUTBOX_OLDEST_AGE = Gauge(
+    "revsync_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["outbox"]
+)
+OUTBOX_PUBLISHED = Counter(
+    "revsync_outbox_published_total", "Outbox rows published to Kafka.", ["outbox"]
+)
+
+_correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+_event_id: ContextVar[str | None] = ContextVar("event_id", default=None)
+
+
+@contextmanager
+def event_context(correlation_id: str | None, event_id: str | None) -> Iterator[None]:
+    """Within this block every log line carries the event's correlation and event ids."""
+    tokens = (_correlation_id.set(correlation_id), _event_id.set(event_id))
+    try:
+        yield
+    finally:
+        _correlation_id.reset(tokens[0])
+        _event_id.reset(tokens[1])
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "correlation_id": _correlation_id.get(),
+            "event_id": _event_id.get(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(level: str = "INFO") -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class Liveness:
+    """The poll loop's heartbeat: alive while it beat within ``timeout_s``."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self._last = time.monotonic()
+        self.ready = False
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def alive(self) -> bool:
+        return time.monotonic() - self._last < self.timeout_s
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` (the loop is alive) and ``/readyz`` on one port."""
+
+    def __init__(self, port: int, alive: Callable[[], bool], ready: Callable[[], bool]) -> None:
+        checks = {"/healthz": alive, "/readyz": ready}
+
+        class _Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # the http.server API
+                if self.path == "/metrics":
+                    body, status, kind = generate_latest(), 200, CONTENT_TYPE_LATEST
+                elif self.path in checks:
+                    ok = checks[self.path]()
+                    body, status, kind = (
+                        (b"ok\n" if ok else b"failing\n"),
+                        (200 if ok else 503),
+                        ("text/plain"),
+                    )
+                else:
+                    body, status, kind = b"not found\n", 404, "text/plain"
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                return
+
+        self._server = ThreadingHTTPServer(("0.0.0.0", port), _Handler)  # noqa: S104
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

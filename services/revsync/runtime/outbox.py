@@ -1,0 +1,277 @@
+"""The transactional outbox: handlers' events written with their effects, and the relay that
+publishes any Debezium-compatible outbox table (revsync's own, or the ERP's) to Kafka."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from confluent_kafka import KafkaError, Message, Producer
+from psycopg import sql
+from psycopg.types.json import Jsonb
+
+from revsync.contracts.events import Event
+from revsync.contracts.serde import EventSerde
+from revsync.runtime import headers as h
+from revsync.runtime.observability import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+from revsync.runtime.storage import OUTBOX_CHANNEL
+
+if TYPE_CHECKING:
+    from revsync.runtime.consumer import Record
+
+log = logging.getLogger(__name__)
+CLOUDEVENTS_SPEC = "1.0"
+
+
+class OutboxWriter:
+    """Turns a batch's emitted events into rows of revsync's own outbox table."""
+
+    def __init__(self, serde: EventSerde, service: str) -> None:
+        self.serde = serde
+        self.source = f"/revsync/{service}"
+
+    def write(
+        self, cursor: psycopg.Cursor[Any], emissions: Sequence[tuple[Event, str, Record]]
+    ) -> None:
+        if not emissions:
+            return
+        cursor.executemany(
+            "INSERT INTO revsync_outbox (id, aggregatetype, aggregateid, type, payload, topic, "
+            "headers) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            [self._row(event, topic, cause) for event, topic, cause in emissions],
+        )
+
+    def _row(self, event: Event, topic: str, cause: Record) -> tuple[Any, ...]:
+        envelope = event.envelope
+        cloud_events = [
+            ("ce_id", str(envelope.event_id)),
+            ("ce_type", envelope.event_type),
+            ("ce_source", self.source),
+            ("ce_time", envelope.occurred_at.isoformat()),
+            ("ce_specversion", CLOUDEVENTS_SPEC),
+            ("content-type", "application/avro"),
+        ]
+        traceparent = h.get(cause.headers, h.TRACEPARENT)
+        if traceparent:
+            cloud_events.append((h.TRACEPARENT, traceparent))
+        headers = [(key, value.encode()) for key, value in cloud_events]
+        aggregate = topic.split(".")[1]
+        return (
+            envelope.event_id,
+            aggregate,
+            event.crm_order_id,
+            envelope.event_type,
+            self.serde.serialize(topic, event),
+            topic,
+            Jsonb(h.to_json(headers)),
+        )
+
+
+@dataclass(frozen=True)
+class OutboxTable:
+    """Where an outbox lives and what its columns are called (Debezium's names by default).
+
+    ``topic_column`` routes each row; without one, ``route`` is a template over the row's
+    aggregatetype (Debezium's ``outbox.event.{aggregatetype}``). ``published_column`` marks
+    published rows; without one they are deleted.
+    """
+
+    table: str = "revsync_outbox"
+    id_column: str = "id"
+    aggregate_type_column: str = "aggregatetype"
+    aggregate_id_column: str = "aggregateid"
+    type_column: str = "type"
+    payload_column: str = "payload"
+    seq_column: str = "seq"
+    topic_column: str | None = "topic"
+    headers_column: str | None = "headers"
+    created_column: str | None = "created_at"
+    published_column: str | None = "published_at"
+    route: str = "outbox.event.{aggregatetype}"
+    notify_channel: str | None = OUTBOX_CHANNEL
+
+
+class OutboxRelay:
+    """Publishes an outbox in sequence order with an idempotent producer.
+
+    Rows are found by their unpublished state, never by a high-water mark, so a row that
+    commits late with a lower sequence number is still published. Replicas elect one leader
+    through a PostgreSQL advisory lock; the others wait and take over if it goes away, so
+    normal operation publishes each row once and a crash at worst republishes (same event id).
+    Per-key order is commit order where writers of one aggregate serialise, as ERPs do.
+    """
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        kafka_config: dict[str, Any],
+        table: OutboxTable = OutboxTable(),
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+    ) -> None:
+        self.table = table
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._dsn = dsn
+        self._producer = Producer(
+            {**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        )
+        self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
+        self._stopping = False
+        self._select, self._mark = self._statements()
+
+    @property
+    def name(self) -> str:
+        return self.table.table
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self, *, max_idle_s: float | None = None) -> None:
+        """Publish until stopped (or idle as leader for ``max_idle_s``)."""
+        with (
+            psycopg.connect(self._dsn, autocommit=True) as control,
+            psycopg.connect(self._dsn) as work,
+        ):
+            if self.table.notify_channel:
+                control.execute(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(self.table.notify_channel))
+                )
+            leader = False
+            idle_since = time.monotonic()
+            while not self._stopping:
+                if not leader:
+                    leader = self._try_lead(control)
+                    if not leader:
+                        time.sleep(self.poll_interval_s)
+                        continue
+                    log.info("outbox %s: this relay is the leader", self.name)
+                published = self.publish_batch(work)
+                if published:
+                    idle_since = time.monotonic()
+                    continue
+                self._report_backlog(work)
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                self._wait_for_rows(control)
+            self._producer.flush(30)
+
+    def _try_lead(self, control: psycopg.Connection[Any]) -> bool:
+        """Session-level lock: held until this connection ends, then another replica leads."""
+        row = control.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_id,)).fetchone()
+        return bool(row and row[0])
+
+    def publish_batch(self, connection: psycopg.Connection[Any]) -> int:
+        """Publish the next unpublished rows in sequence order; returns how many went out."""
+        with connection.transaction():
+            rows = connection.execute(self._select, (self.batch_size,)).fetchall()
+            if not rows:
+                return 0
+            outcomes: dict[int, KafkaError | None] = {}
+            for index, (_, aggregate_type, key, payload, topic, headers) in enumerate(rows):
+
+                def delivered(error: KafkaError | None, _: Message, index: int = index) -> None:
+                    outcomes[index] = error
+
+                destination = topic or self.table.route.format(aggregatetype=aggregate_type)
+                self._send(destination, key, payload, h.from_json(headers or []), delivered)
+            self._producer.flush(30)
+            published = self._published_ids(rows, outcomes)
+            connection.execute(self._mark, (published,))
+        OUTBOX_PUBLISHED.labels(self.name).inc(len(published))
+        return len(published)
+
+    def _published_ids(
+        self, rows: list[tuple[Any, ...]], outcomes: dict[int, KafkaError | None]
+    ) -> list[Any]:
+        """Ids delivered, stopping each key at its first failure so none overtakes it."""
+        failed_keys: set[str] = set()
+        published = []
+        for index, row in enumerate(rows):
+            key = row[2]
+            if key in failed_keys or outcomes.get(index, KafkaError(KafkaError._TIMED_OUT)):
+                failed_keys.add(key)
+                continue
+            published.append(row[0])
+        if failed_keys:
+            log.warning("outbox %s: %d key(s) not delivered, retrying", self.name, len(failed_keys))
+        return published
+
+    def _send(
+        self, topic: str, key: str, payload: bytes, headers: h.Headers, on_delivery: Any
+    ) -> None:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=payload, headers=headers, on_delivery=on_delivery
+                )
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+
+    def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
+        if not self.table.notify_channel:
+            time.sleep(self.poll_interval_s)
+            return
+        # A NOTIFY wakes the relay at once; the timeout is the polling fallback.
+        for _ in control.notifies(timeout=self.poll_interval_s, stop_after=1):
+            pass
+
+    def _report_backlog(self, connection: psycopg.Connection[Any]) -> None:
+        t = self.table
+        pending = self._unpublished()
+        oldest = (
+            sql.SQL("extract(epoch FROM now() - min({}))").format(sql.Identifier(t.created_column))
+            if t.created_column
+            else sql.SQL("0")
+        )
+        query = sql.SQL(
+            "SELECT count(*), coalesce({oldest}, 0) FROM {table} WHERE {pending}"
+        ).format(oldest=oldest, table=sql.Identifier(t.table), pending=pending)
+        with connection.transaction():
+            count, age = connection.execute(query).fetchone()  # type: ignore[misc]
+        OUTBOX_BACKLOG.labels(self.name).set(count)
+        OUTBOX_OLDEST_AGE.labels(self.name).set(float(age))
+
+    def _unpublished(self) -> sql.Composable:
+        t = self.table
+        if t.published_column:
+            return sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
+        return sql.SQL("true")
+
+    def _statements(self) -> tuple[sql.Composed, sql.Composed]:
+        t = self.table
+        column = sql.Identifier
+        optional = [
+            column(t.topic_column) if t.topic_column else sql.SQL("NULL"),
+            column(t.headers_column) if t.headers_column else sql.SQL("NULL"),
+        ]
+        select = sql.SQL(
+            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers} "
+            "FROM {table} WHERE {pending} ORDER BY {seq} LIMIT %s FOR UPDATE"
+        ).format(
+            id=column(t.id_column),
+            aggregate_type=column(t.aggregate_type_column),
+            aggregate_id=column(t.aggregate_id_column),
+            payload=column(t.payload_column),
+            topic=optional[0],
+            headers=optional[1],
+            table=column(t.table),
+            pending=self._unpublished(),
+            seq=column(t.seq_column),
+        )
+        if t.published_column:
+            mark = sql.SQL("UPDATE {table} SET {published} = now() WHERE {id} = ANY(%s)").format(
+                table=column(t.table), published=column(t.published_column), id=column(t.id_column)
+            )
+        else:
+            mark = sql.SQL("DELETE FROM {table} WHERE {id} = ANY(%s)").format(
+                table=column(t.table), id=column(t.id_column)
+            )
+        return select, mark
