@@ -15,9 +15,16 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from typer.testing import CliRunner, Result
 
-from revsync.cli import app
+from contract_fixtures import (
+    BREAKING,
+    ORDER_CREATED,
+    add_optional_field,
+    cli_for,
+    edit_schema,
+    governed,
+    isolated_contracts,
+)
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import EVENTS_BY_SCHEMA, OrderCreated
 from revsync.contracts.schemas import SchemaRepository
@@ -31,54 +38,16 @@ from revsync.errors import (
 )
 from revsync.settings import Settings
 from samples import sample_event, sample_order_line
-from schema_edits import BREAKING, ORDER_CREATED, add_optional_field, copy_contracts, edit_schema
 
 
-def isolated_contracts(destination: Path) -> Path:
-    """A copy of the contracts whose topics, subjects and consumers no other test uses."""
-    folder = copy_contracts(destination)
-    tag = uuid.uuid4().hex[:8]
-    path = folder / "catalog.yaml"
-    catalog = yaml.safe_load(path.read_text())
-    catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
-    for topic in catalog["topics"]:
-        old = topic["name"]
-        _, entity, event, major = old.split(".")
-        topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
-        topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
-        (folder / "releases" / f"{old}-value").rename(
-            folder / "releases" / f"{topic['name']}-value"
-        )
-    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
-    return folder
+@pytest.fixture
+def revsync(settings: Settings) -> Any:
+    return cli_for(settings)
 
 
 @pytest.fixture
 def contracts(tmp_path: Path) -> Path:
     return isolated_contracts(tmp_path / "avro")
-
-
-@pytest.fixture
-def revsync(settings: Settings) -> Any:
-    """Runs the revsync CLI against the test session's endpoints."""
-    environment = {
-        "REVSYNC_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-        "REVSYNC_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
-        "REVSYNC_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
-    }
-
-    def run(*arguments: str) -> Result:
-        return CliRunner().invoke(app, list(arguments), env=environment)
-
-    return run
-
-
-def governed(revsync: Any, contracts: Path) -> Catalog:
-    """Register the contracts and apply their topics, as a deployment does."""
-    for command in (("schemas", "register"), ("topics", "apply")):
-        result = revsync(*command, "--dir", str(contracts))
-        assert result.exit_code == 0, result.output
-    return load_catalog(contracts)
 
 
 def serde_for(settings: Settings, contracts: Path, catalog: Catalog) -> EventSerde:

@@ -10,12 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from revsync.cli import app
-from revsync.contracts.asyncapi import build_document
-from revsync.contracts.catalog import CatalogError, TopicKind, load_catalog
-from revsync.contracts.lint import lint
-from revsync.contracts.schemas import ReleaseRecord, SchemaRepository, check_compatibility
-from schema_edits import (
+from contract_fixtures import (
     BREAKING,
     ORDER_CREATED,
     SCHEMAS_DIR,
@@ -24,6 +19,11 @@ from schema_edits import (
     edit_schema,
     field,
 )
+from revsync.cli import app
+from revsync.contracts.asyncapi import build_document
+from revsync.contracts.catalog import CatalogError, TopicKind, load_catalog
+from revsync.contracts.lint import lint
+from revsync.contracts.schemas import ReleaseRecord, SchemaRepository, check_compatibility
 
 
 @pytest.fixture

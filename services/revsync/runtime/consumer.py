@@ -22,7 +22,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from revsync.contracts.catalog import Catalog
@@ -219,7 +219,8 @@ class ConsumerLoop:
                     idle_since = time.monotonic()
                 else:
                     self._process_released()
-                    if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    idle = not self._paused and time.monotonic() - idle_since > (max_idle_s or 0)
+                    if max_idle_s is not None and idle:
                         break
         finally:
             self._close()
@@ -350,11 +351,13 @@ class ConsumerLoop:
         return self._unpark(key) + parked_now
 
     def _call_handler(self, event: Event) -> Decision:
+        # Exponential backoff with full jitter, unless the dependency said when to come back.
+        backoff = wait_random_exponential(multiplier=0.05, max=self.policy.in_process_max_wait_s)
+
         def wait(state: RetryCallState) -> float:
             error = state.outcome.exception() if state.outcome else None
             if isinstance(error, TransientError) and error.retry_after is not None:
                 return min(error.retry_after, self.policy.in_process_max_wait_s)
-            backoff = wait_exponential_jitter(initial=0.05, max=self.policy.in_process_max_wait_s)
             return float(backoff(state))
 
         retrying = Retrying(

@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import base64
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import TypeAlias
 
 from revsync.errors import classify
 
 Headers = list[tuple[str, str | bytes | None]]
 """Kafka headers as confluent-kafka takes them; revsync writes bytes."""
+HeadersLike: TypeAlias = (
+    Mapping[str, str | bytes | None] | Sequence[tuple[str, str | bytes | None]] | None
+)
+"""Headers as confluent-kafka may hand them over."""
+
+
+def as_list(headers: HeadersLike) -> Headers:
+    if headers is None:
+        return []
+    return list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+
 
 ERROR_PREFIX = "revsync."
 ORIGINAL_TOPIC = "revsync.original.topic"
@@ -34,20 +46,20 @@ STACK_LIMIT = 4096
 MESSAGE_LIMIT = 1024
 
 
-def get(headers: Sequence[tuple[str, str | bytes | None]] | None, name: str) -> str | None:
-    for key, value in headers or ():
+def get(headers: HeadersLike, name: str) -> str | None:
+    for key, value in as_list(headers):
         if key == name and value is not None:
             return value.decode(errors="replace") if isinstance(value, bytes) else value
     return None
 
 
-def without_revsync(headers: Sequence[tuple[str, str | bytes | None]] | None) -> Headers:
+def without_revsync(headers: HeadersLike) -> Headers:
     """The original headers: everything but revsync's own error headers."""
-    return [(k, v) for k, v in headers or () if not k.startswith(ERROR_PREFIX)]
+    return [(k, v) for k, v in as_list(headers) if not k.startswith(ERROR_PREFIX)]
 
 
 def failure_headers(
-    original: Sequence[tuple[str, str | bytes | None]] | None,
+    original: HeadersLike,
     *,
     error: BaseException,
     source: tuple[str, int, int, int],
@@ -85,14 +97,14 @@ def failure_headers(
     return without_revsync(original) + [(k, v.encode()) for k, v in values.items()]
 
 
-def due_at(headers: Sequence[tuple[str, str | bytes | None]] | None) -> datetime | None:
+def due_at(headers: HeadersLike) -> datetime | None:
     millis = get(headers, DUE_AT)
     return datetime.fromtimestamp(int(millis) / 1000, UTC) if millis else None
 
 
-def to_json(headers: Sequence[tuple[str, str | bytes | None]] | None) -> list[list[str]]:
+def to_json(headers: HeadersLike) -> list[list[str]]:
     """Headers as JSON-safe pairs (values base64), for the outbox and parked rows."""
-    return [[k, base64.b64encode(_bytes(v)).decode()] for k, v in headers or ()]
+    return [[k, base64.b64encode(_bytes(v)).decode()] for k, v in as_list(headers)]
 
 
 def from_json(pairs: Sequence[Sequence[str]]) -> Headers:

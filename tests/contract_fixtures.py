@@ -1,14 +1,20 @@
-"""Edits to a private copy of the contracts, shared by the governance tests."""
+"""Private, isolated copies of the contracts for tests to edit, register and apply."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from revsync.settings import REPO_ROOT
+import yaml
+from typer.testing import CliRunner, Result
+
+from revsync.cli import app
+from revsync.contracts.catalog import Catalog, load_catalog
+from revsync.settings import REPO_ROOT, Settings
 
 SCHEMAS_DIR = REPO_ROOT / "schemas" / "avro"
 ORDER_CREATED = "io.revsync.events.OrderCreated.avsc"
@@ -73,3 +79,44 @@ BREAKING: dict[str, tuple[str, Callable[[Schema], None], str]] = {
         "reader_field_missing_default_value",
     ),
 }
+
+
+def isolated_contracts(destination: Path) -> Path:
+    """A copy of the contracts whose topics, subjects and consumers no other test uses."""
+    folder = copy_contracts(destination)
+    tag = uuid.uuid4().hex[:8]
+    path = folder / "catalog.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
+    for topic in catalog["topics"]:
+        old = topic["name"]
+        _, entity, event, major = old.split(".")
+        topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
+        topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
+        (folder / "releases" / f"{old}-value").rename(
+            folder / "releases" / f"{topic['name']}-value"
+        )
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return folder
+
+
+def cli_for(settings: Settings) -> Callable[..., Result]:
+    """Runs the revsync CLI against the test session's endpoints."""
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+    }
+
+    def run(*arguments: str) -> Result:
+        return CliRunner().invoke(app, list(arguments), env=environment)
+
+    return run
+
+
+def governed(revsync: Callable[..., Result], contracts: Path) -> Catalog:
+    """Register the contracts and apply their topics, as a deployment does."""
+    for command in (("schemas", "register"), ("topics", "apply")):
+        result = revsync(*command, "--dir", str(contracts))
+        assert result.exit_code == 0, result.output
+    return load_catalog(contracts)
