@@ -15,7 +15,7 @@ import yaml
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from revsync.contracts.catalog import Catalog, load_catalog
+from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import (
     CreditCheckOutcome,
     Event,
@@ -132,7 +132,12 @@ class RuntimeWorld:
         return EventSerde(registry, self.catalog, SchemaRepository(self.contracts))
 
     def loop(self, handler: RecordingHandler, **policy: Any) -> ConsumerLoop:
-        defaults: dict[str, Any] = {"batch_timeout_s": 0.1, "in_process_max_wait_s": 0.2}
+        # The broker's minimum session timeout: a killed member's partitions move on quickly.
+        defaults: dict[str, Any] = {
+            "batch_timeout_s": 0.1,
+            "in_process_max_wait_s": 0.2,
+            "session_timeout_ms": 6000,
+        }
         return ConsumerLoop(
             consumer=self.consumer,
             catalog=self.catalog,
@@ -222,7 +227,3 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 3
         timer.cancel()
         consumer.close()
     return messages
-
-
-def load(contracts: Path) -> Catalog:
-    return load_catalog(contracts)

@@ -3,16 +3,28 @@ poison records, per-key order, rebalances, and the metrics that count them."""
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
+import httpx
+import psycopg
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from contract_fixtures import cli_for, governed, isolated_contracts
 from revsync.contracts.events import OrderCreated
 from revsync.runtime import headers as h
+from revsync.runtime.observability import HealthServer, Liveness
+from revsync.runtime.storage import purge_inbox
 from revsync.settings import Settings
 from runtime_support import (
     Fault,
@@ -22,6 +34,8 @@ from runtime_support import (
     with_retry_tiers,
 )
 from samples import sample_envelope, sample_event
+
+TESTS = Path(__file__).parents[1]
 
 
 @pytest.fixture
@@ -214,10 +228,170 @@ def test_a_held_key_survives_a_restart(world: RuntimeWorld) -> None:
     assert h.get(dead.headers(), h.ORIGINAL_OFFSET) is not None
 
 
-def wait_for(condition: object, timeout_s: float = 30) -> None:
-    import time
-
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     deadline = time.monotonic() + timeout_s
-    while not condition():  # type: ignore[operator]
+    while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+def spawn_worker(
+    world: RuntimeWorld, *, delay_s: float, batch_size: int, max_idle_s: float
+) -> subprocess.Popen[bytes]:
+    environment = {
+        **os.environ,
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+        "PYTHONPATH": str(TESTS),
+    }
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(TESTS / "runtime_worker.py"),
+            str(world.contracts),
+            str(delay_s),
+            str(batch_size),
+            str(max_idle_s),
+        ],
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def test_a_process_killed_mid_batch_loses_nothing_and_duplicates_nothing(
+    world: RuntimeWorld,
+) -> None:
+    events = [order(1000 + n) for n in range(200)]
+    world.produce(events)
+
+    worker = spawn_worker(world, delay_s=0.01, batch_size=50, max_idle_s=60)
+    wait_for(lambda: len(world.effects()) >= 60)
+    worker.send_signal(signal.SIGKILL)
+    worker.wait(timeout=30)
+    killed_at = len(world.effects())
+    assert killed_at < len(events), "the kill must land before the end"
+
+    restarted = spawn_worker(world, delay_s=0, batch_size=50, max_idle_s=15)
+    assert restarted.wait(timeout=120) == 0
+
+    effects = world.effects()
+    assert sorted(event_id for _, event_id in effects) == sorted(
+        str(e.envelope.event_id) for e in events
+    )
+    # Every effect has its emitted event, written in the same transaction: none lost, none twice.
+    assert world.outbox_rows() == len(events)
+
+
+def test_a_rebalance_mid_batch_loses_and_duplicates_nothing(world: RuntimeWorld) -> None:
+    events = [order(2000 + n) for n in range(400)]
+    world.produce(events)
+    first = world.loop(world.handler(delay_s=0.03), batch_size=40, keepalive_s=0.2)
+    second = world.loop(world.handler(delay_s=0.03), batch_size=40, keepalive_s=0.2)
+    threads = [
+        threading.Thread(target=loop.run, kwargs={"max_idle_s": 10}) for loop in (first, second)
+    ]
+    threads[0].start()
+    wait_for(lambda: len(world.effects()) >= 30)
+    threads[1].start()  # joins the group mid-way: partitions move while batches run
+    for thread in threads:
+        thread.join(timeout=120)
+
+    handled_by_second = len(second.handler.handled)  # type: ignore[attr-defined]
+    assert handled_by_second > 0, "the second consumer must have taken partitions over"
+    effects = world.effects()
+    assert sorted(event_id for _, event_id in effects) == sorted(
+        str(e.envelope.event_id) for e in events
+    )
+
+
+def test_a_slow_batch_keeps_its_group_membership(world: RuntimeWorld) -> None:
+    events = [order(3000 + n) for n in range(20)]
+    world.produce(events)
+    # 20 x 0.5 s in one batch, past max.poll.interval.ms = 6 s: only the keepalive saves it.
+    loop = world.loop(
+        world.handler(delay_s=0.5), batch_size=100, max_poll_interval_ms=6000, keepalive_s=0.5
+    )
+    loop.run(max_idle_s=2)
+
+    assert len(world.effects()) == len(events)
+    assert committed_total(world) == len(events)
+
+
+def test_sigterm_drains_the_current_batch_and_commits(world: RuntimeWorld) -> None:
+    events = [order(4000 + n) for n in range(60)]
+    world.produce(events)
+    worker = spawn_worker(world, delay_s=0.05, batch_size=20, max_idle_s=60)
+    wait_for(lambda: len(world.effects()) >= 5)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=60) == 0
+    done = len(world.effects())
+    assert 0 < done < len(events)
+    # What was handled is committed: nothing of it comes back to the next process.
+    assert committed_total(world) == done
+
+
+def test_metrics_and_health_endpoints_show_the_counts(world: RuntimeWorld) -> None:
+    liveness = Liveness(timeout_s=30)
+    server = HealthServer(0, liveness.alive, lambda: liveness.ready).start()
+    try:
+        event = order(5000)
+        world.produce([event, event])
+        loop = world.loop(world.handler())
+        loop.liveness = liveness
+        loop.run(max_idle_s=2)
+        base = f"http://127.0.0.1:{server.port}"
+        metrics = httpx.get(f"{base}/metrics").text
+        assert httpx.get(f"{base}/healthz").status_code == 200
+        assert httpx.get(f"{base}/readyz").status_code == 200
+    finally:
+        server.stop()
+    consumer = world.consumer
+    assert (
+        f'revsync_processed_total{{consumer="{consumer}",topic="{world.created_topic}"}} 1.0'
+        in (metrics)
+    )
+    assert f'revsync_duplicates_skipped_total{{consumer="{consumer}"}} 1.0' in metrics
+    assert f'revsync_consumed_total{{consumer="{consumer}",topic="{world.created_topic}"}} 2.0' in (
+        metrics
+    )
+    assert f'revsync_handler_latency_seconds_count{{consumer="{consumer}"}} 1.0' in metrics
+    assert f'revsync_event_age_seconds_count{{consumer="{consumer}"}} 1.0' in metrics
+
+
+def test_an_unresponsive_loop_fails_its_liveness() -> None:
+    liveness = Liveness(timeout_s=0.05)
+    assert liveness.alive()
+    time.sleep(0.1)
+    assert not liveness.alive()
+    liveness.beat()
+    assert liveness.alive()
+
+
+def test_old_inbox_rows_are_purged(world: RuntimeWorld) -> None:
+    event = order(6000)
+    world.produce([event])
+    world.loop(world.handler()).run(max_idle_s=2)
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as connection:
+        connection.execute(
+            "UPDATE revsync_inbox SET processed_at = now() - interval '20 days' "
+            "WHERE consumer = %s",
+            (world.consumer,),
+        )
+        connection.commit()
+        assert purge_inbox(connection, timedelta(days=14)) >= 1
+        remaining = connection.execute(
+            "SELECT count(*) FROM revsync_inbox WHERE consumer = %s", (world.consumer,)
+        ).fetchone()
+    assert remaining == (0,)
+
+
+def committed_total(world: RuntimeWorld) -> int:
+    consumer = Consumer(world.settings.kafka_config(**{"group.id": world.consumer}))
+    try:
+        metadata = consumer.list_topics(world.created_topic, timeout=10).topics[world.created_topic]
+        partitions = [TopicPartition(world.created_topic, p) for p in metadata.partitions]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+    finally:
+        consumer.close()

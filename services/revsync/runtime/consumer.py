@@ -63,6 +63,7 @@ class Policy:
     drain_deadline_s: float = 30.0
     keepalive_s: float = 10.0
     max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
     inbox_retention: timedelta = timedelta(days=14)
     preserve_key_order: bool = True
 
@@ -126,7 +127,6 @@ class _Batch:
 
     inbox_claims: set[str] = field(default_factory=set)
     used_claims: set[str] = field(default_factory=set)
-    unclaimed: set[str] = field(default_factory=set)
     writes: dict[str, list[Sequence[Any]]] = field(default_factory=dict)
     emissions: list[tuple[Event, str, Record]] = field(default_factory=list)
     outgoing: list[_Outgoing] = field(default_factory=list)
@@ -196,6 +196,7 @@ class ConsumerLoop:
                 "auto.offset.reset": "earliest",
                 "partition.assignment.strategy": "cooperative-sticky",
                 "max.poll.interval.ms": self.policy.max_poll_interval_ms,
+                "session.timeout.ms": self.policy.session_timeout_ms,
             }
         )
         self._consumer.subscribe(
@@ -301,9 +302,7 @@ class ConsumerLoop:
         event = decoded if isinstance(decoded, Event) else None
         if event is not None:
             event_id = str(event.envelope.event_id)
-            lazily = record.parked_seq is not None or event_id in batch.unclaimed
-            if lazily and event_id not in batch.inbox_claims:
-                batch.unclaimed.discard(event_id)
+            if record.parked_seq is not None and event_id not in batch.inbox_claims:
                 batch.inbox_claims |= self._claim([event_id])
             if event_id not in batch.inbox_claims or event_id in batch.used_claims:
                 DUPLICATES.labels(self.name).inc()
@@ -313,7 +312,6 @@ class ConsumerLoop:
             if record.parked_seq is None:
                 batch.parks.append(record)
                 PARKED.labels(self.name).inc()
-            self._unclaim(event, batch)
             return []
         if event is None:
             assert isinstance(decoded, DecodeError)
@@ -324,7 +322,6 @@ class ConsumerLoop:
                 decision = self._call_handler(event)
         except Exception as error:  # every failure is routed, none stalls
             self._fail(record, error, event, batch, held)
-            self._unclaim(event, batch)
             return []
         batch.used_claims.add(str(event.envelope.event_id))
         for write in decision.writes:
@@ -437,19 +434,6 @@ class ConsumerLoop:
         ).fetchall()
         return {row[0] for row in rows}
 
-    def _unclaim(self, event: Event | None, batch: _Batch) -> None:
-        if event is None:
-            return
-        event_id = str(event.envelope.event_id)
-        if event_id in batch.inbox_claims and event_id not in batch.used_claims:
-            batch.inbox_claims.discard(event_id)
-            batch.unclaimed.add(event_id)
-            assert self._db is not None
-            self._db.execute(
-                "DELETE FROM revsync_inbox WHERE consumer = %s AND event_id = %s",
-                (self.name, event_id),
-            )
-
     def _held_keys(self, keys: set[bytes]) -> dict[bytes, str]:
         if not self.ordering or not keys:
             return {}
@@ -478,6 +462,13 @@ class ConsumerLoop:
         assert self._db is not None
         assert self._outbox is not None
         with self._db.cursor() as cursor:
+            unused = batch.inbox_claims - batch.used_claims
+            if unused:
+                # Claimed but not handled (failed, parked, revoked mid-batch): not ours to keep.
+                cursor.execute(
+                    "DELETE FROM revsync_inbox WHERE consumer = %s AND event_id = ANY(%s::uuid[])",
+                    (self.name, list(unused)),
+                )
             for sql, params in batch.writes.items():
                 cursor.executemany(sql, params)
             self._outbox.write(cursor, batch.emissions)
@@ -652,9 +643,13 @@ class ConsumerLoop:
 
 
 def _skippable(message: Message) -> bool:
+    """True for a message that is only a report: end of partition, or a passing client error
+    (librdkafka recovers from those itself). A fatal error ends the loop."""
     error = message.error()
     if error is None:
         return False
-    if error.code() == KafkaError._PARTITION_EOF:
-        return True
-    raise KafkaException(error)
+    if error.fatal():
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer: %s", error)
+    return True
