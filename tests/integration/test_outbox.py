@@ -1,0 +1,242 @@
+"""The outbox relay against the real stack: every row published, in per-key order, by one
+leader among replicas; late-committing rows not skipped; NOTIFY wake-ups; crash recovery."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import REGISTRY
+from psycopg import sql
+
+from revsync.contracts.topics import await_topic
+from revsync.runtime import headers as h
+from revsync.runtime.outbox import OutboxRelay, OutboxTable
+from revsync.settings import Settings
+from runtime_support import prepare_database, read_topic
+
+
+@pytest.fixture
+def outbox(settings: Settings) -> Iterator[tuple[OutboxTable, str]]:
+    """A private outbox table shaped like revsync's, with NOTIFY, and a topic for it."""
+    prepare_database(settings)
+    tag = uuid.uuid4().hex[:8]
+    table = OutboxTable(table=f"test_outbox_{tag}", notify_channel=f"test_outbox_{tag}")
+    with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as db:
+        db.execute(
+            sql.SQL("CREATE TABLE {} (LIKE revsync_outbox INCLUDING ALL)").format(
+                sql.Identifier(table.table)
+            )
+        )
+        db.execute(
+            sql.SQL(
+                "CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_notify({channel}, ''); RETURN NULL; END $$"
+            ).format(
+                function=sql.Identifier(f"notify_{tag}"), channel=sql.Literal(table.notify_channel)
+            )
+        )
+        db.execute(
+            sql.SQL(
+                "CREATE TRIGGER notify AFTER INSERT ON {table} FOR EACH STATEMENT "
+                "EXECUTE FUNCTION {function}()"
+            ).format(table=sql.Identifier(table.table), function=sql.Identifier(f"notify_{tag}"))
+        )
+    topic = f"tests.outbox.{tag}"
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=30)
+    await_topic(admin, topic)
+    yield table, topic
+
+
+def insert_rows(
+    connection: psycopg.Connection[Any], table: OutboxTable, topic: str, rows: list[tuple[str, int]]
+) -> None:
+    """Rows (key, n) whose payload says which they are."""
+    connection.cursor().executemany(
+        sql.SQL(
+            "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic, headers) "
+            "VALUES (%s, 'order', %s, 'io.revsync.order.created', %s, %s, %s)"
+        ).format(sql.Identifier(table.table)),
+        [
+            (
+                uuid.uuid4(),
+                key,
+                json.dumps([key, n]).encode(),
+                topic,
+                json.dumps(h.to_json([("ce_id", f"{key}-{n}")])),
+            )
+            for key, n in rows
+        ],
+    )
+
+
+def relay(settings: Settings, table: OutboxTable, **options: Any) -> OutboxRelay:
+    return OutboxRelay(
+        dsn=settings.postgres_dsn.get_secret_value(),
+        kafka_config=settings.kafka_config(),
+        table=table,
+        **options,
+    )
+
+
+def running(relays: list[OutboxRelay]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=r.run) for r in relays]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def stop(relays: list[OutboxRelay], threads: list[threading.Thread]) -> None:
+    for r in relays:
+        r.stop()
+    for thread in threads:
+        thread.join(timeout=30)
+
+
+def test_two_replicas_publish_every_row_once_in_key_order_with_a_late_commit(
+    settings: Settings, outbox: tuple[OutboxTable, str]
+) -> None:
+    table, topic = outbox
+    dsn = settings.postgres_dsn.get_secret_value()
+    keys = [f"order-{n}" for n in range(5)]
+    with psycopg.connect(dsn) as early, psycopg.connect(dsn) as late:
+        # The late transaction takes its sequence number first and commits last.
+        insert_rows(late, table, topic, [("late-order", 0)])
+        insert_rows(early, table, topic, [(key, n) for n in range(40) for key in keys])
+        early.commit()
+        relays = [
+            relay(settings, table, poll_interval_s=0.2),
+            relay(settings, table, poll_interval_s=0.2),
+        ]
+        threads = running(relays)
+        try:
+            # Every committed row goes out; the late one, lower in sequence, is still invisible.
+            wait_for(lambda: unpublished(settings, table) == 0)
+            assert len(read_topic(settings, topic, 200, timeout_s=30)) == 200
+            late.commit()
+            wait_for(lambda: unpublished(settings, table) == 0)
+            messages = read_topic(settings, topic, 201, timeout_s=30)
+        finally:
+            stop(relays, threads)
+
+    assert len(messages) == 201
+    ce_ids = [h.get(m.headers(), "ce_id") for m in messages]
+    assert len(set(ce_ids)) == 201, "each row published once"
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for message in messages:
+        key, n = json.loads(message.value() or b"[]")
+        by_key[key].append(n)
+    assert by_key["late-order"] == [0]
+    for key in keys:
+        assert by_key[key] == list(range(40)), key
+    published = REGISTRY.get_sample_value("revsync_outbox_published_total", {"outbox": table.table})
+    assert published == 201
+
+
+def test_a_notify_wakes_the_relay_long_before_its_poll(
+    settings: Settings, outbox: tuple[OutboxTable, str]
+) -> None:
+    table, topic = outbox
+    waiting = relay(settings, table, poll_interval_s=60)
+    threads = running([waiting])
+    try:
+        time.sleep(1.0)  # the relay is now asleep on LISTEN, a minute from its next poll
+        with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
+            insert_rows(db, table, topic, [("order-x", 1)])
+        wait_for(lambda: unpublished(settings, table) == 0, timeout_s=20)
+    finally:
+        stop([waiting], threads)
+
+
+def test_a_crash_between_publish_and_mark_republishes_with_the_same_ids(
+    settings: Settings, outbox: tuple[OutboxTable, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    table, topic = outbox
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
+        insert_rows(db, table, topic, [("order-y", n) for n in range(10)])
+    crashing = relay(settings, table)
+    monkeypatch.setattr(crashing, "_mark", sql.SQL("SELECT 1/0 WHERE %s IS NOT NULL"))
+    with (
+        psycopg.connect(settings.postgres_dsn.get_secret_value()) as work,
+        pytest.raises(psycopg.errors.DivisionByZero),
+    ):
+        crashing.publish_batch(work)
+
+    recovered = relay(settings, table)
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as work:
+        assert recovered.publish_batch(work) == 10
+    messages = read_topic(settings, topic, 20)
+    ce_ids = [h.get(m.headers(), "ce_id") for m in messages]
+    assert len(messages) == 20, "at least once: the crashed batch went out, then again"
+    assert sorted(set(ce_ids)) == sorted(f"order-y-{n}" for n in range(10))
+    assert unpublished(settings, table) == 0
+
+
+def test_a_debezium_shaped_table_routes_by_aggregate_type_and_deletes(
+    settings: Settings,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    name = f"debezium_outbox_{tag}"
+    aggregate = f"invoice{tag}"
+    topic = f"outbox.event.{aggregate}"
+    admin = AdminClient(settings.kafka_config())
+    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(timeout=30)
+    await_topic(admin, topic)
+    dsn = settings.postgres_dsn.get_secret_value()
+    with psycopg.connect(dsn) as db:
+        db.execute(
+            sql.SQL(
+                "CREATE TABLE {} (seq bigserial, id uuid PRIMARY KEY, aggregatetype text, "
+                "aggregateid text, type text, payload bytea)"
+            ).format(sql.Identifier(name))
+        )
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload) "
+                "VALUES (%s, %s, 'INV-1', 'InvoicePosted', 'p')"
+            ).format(sql.Identifier(name)),
+            (uuid.uuid4(), aggregate),
+        )
+    table = OutboxTable(
+        table=name,
+        topic_column=None,
+        headers_column=None,
+        created_column=None,
+        published_column=None,
+        notify_channel=None,
+    )
+    with psycopg.connect(dsn) as work:
+        assert relay(settings, table).publish_batch(work) == 1
+        remaining = work.execute(
+            sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))
+        ).fetchone()
+    assert remaining == (0,)
+    [message] = read_topic(settings, topic, 1)
+    assert (message.key(), message.value()) == (b"INV-1", b"p")
+
+
+def unpublished(settings: Settings, table: OutboxTable) -> int:
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
+        row = db.execute(
+            sql.SQL("SELECT count(*) FROM {} WHERE published_at IS NULL").format(
+                sql.Identifier(table.table)
+            )
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.1)
