@@ -6,10 +6,10 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import passthrough
+from bench import passthrough, runtime
 from revsync.settings import Settings
 
-SCENARIOS = {"passthrough": passthrough.run}
+SCENARIOS = {"passthrough": passthrough.run, "runtime": runtime.run}
 RESULTS = Path(__file__).parent / "results"
 
 
