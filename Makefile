@@ -36,8 +36,12 @@ lint: install
 demo: install
 	$(BIN)/revsync demo
 
-bench: stack-up
+bench: stack-up $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(SCENARIO)
+
+$(VENV)/.bench-installed: $(VENV)/.installed
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
+	touch $@
 
 clean: stack-down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

@@ -11,6 +11,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -28,8 +29,11 @@ setup: dict[str, Any] = json.loads(sys.argv[1])
 events = int(sys.argv[2])
 settings = Settings.load()
 catalog = bench_catalog(settings, setup["tag"])
-serde = EventSerde(SchemaRegistryClient(settings.registry_config()), catalog,
-                   SchemaRepository(settings.schemas_dir))
+serde = EventSerde(
+    SchemaRegistryClient(settings.registry_config()),
+    catalog,
+    SchemaRepository(settings.schemas_dir),
+)
 consumer = f"faust-{setup['consumer']}"
 
 app = faust.App(
@@ -39,9 +43,11 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     web_enabled=False,
     topic_partitions=6,
+    datadir=tempfile.mkdtemp(prefix="faust-bench-"),
 )
-source = app.topic(setup["created"], key_type=bytes, value_type=bytes,
-                   key_serializer="raw", value_serializer="raw")
+source = app.topic(
+    setup["created"], key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw"
+)
 sink = app.topic(setup["accepted"], key_serializer="raw", value_serializer="raw")
 latencies: list[float] = []
 started: list[float] = []
@@ -59,7 +65,9 @@ async def handle(stream: Any) -> None:
         async with connection.transaction():
             claimed = await connection.execute(
                 "INSERT INTO revsync_inbox (consumer, event_id) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING RETURNING event_id", (consumer, event.envelope.event_id))
+                "ON CONFLICT DO NOTHING RETURNING event_id",
+                (consumer, event.envelope.event_id),
+            )
             if await claimed.fetchone():
                 erp_order_id = f"SO-{event.crm_order_id}"
                 await connection.execute(UPSERT, (event.crm_order_id, "accepted", erp_order_id))
@@ -69,13 +77,20 @@ async def handle(stream: Any) -> None:
         if len(latencies) == events:
             await app.producer.flush()
             ordered = sorted(latencies)
-            print(json.dumps({
-                "events": events,
-                "events_per_s": round(events / (time.perf_counter() - started[0])),
-                "p50_ms": round(statistics.median(ordered) * 1000, 4),
-                "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 4),
-                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "events": events,
+                        "events_per_s": round(events / (time.perf_counter() - started[0])),
+                        "p50_ms": round(statistics.median(ordered) * 1000, 4),
+                        "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 4),
+                        "peak_rss_mb": round(
+                            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1
+                        ),
+                    }
+                ),
+                flush=True,
+            )
             os._exit(0)
 
 

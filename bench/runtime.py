@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from typing import Any
 
 import psycopg
 import yaml
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -71,6 +72,7 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
         "p50_ms": revsync["p50_ms"],
         "p99_ms": revsync["p99_ms"],
         "peak_rss_mb": revsync["peak_rss_mb"],
+        "relay_peak_rss_mb": revsync["relay_peak_rss_mb"],
         "raw_events_per_s": raw["events_per_s"],
         "raw_peak_rss_mb": raw["peak_rss_mb"],
         "faust_events": faust["events"],
@@ -115,27 +117,55 @@ def prepare(settings: Settings, events: int) -> dict[str, Any]:
     sink = next(t.name for t in catalog.topics if t.name.endswith(".rejected.v1"))
     serde = EventSerde(registry, catalog, schemas)
     fill(settings, serde, created, events)
-    return {"tag": tag, "created": created, "accepted": accepted, "sink": sink,
-            "consumer": next(name for name in catalog.consumers if name.startswith("order-sync"))}
+    return {
+        "tag": tag,
+        "created": created,
+        "accepted": accepted,
+        "sink": sink,
+        "consumer": next(name for name in catalog.consumers if name.startswith("order-sync")),
+    }
 
 
 def sample_order() -> OrderCreated:
     address = Address(street="1 Market St", city="San Francisco", country_code="US")
     line = OrderLine(
-        line_number=1, crm_line_id="8025g00000Line001", sku="SKU-101",
-        product_name="Industrial sensor", product_line="SENSORS", quantity=Decimal(3),
-        unit_of_measure="EA", unit_price=Decimal("199.99"), discount_amount=Decimal("9.97"),
-        tax_amount=Decimal(114), line_total=Decimal("590.00"),
+        line_number=1,
+        crm_line_id="8025g00000Line001",
+        sku="SKU-101",
+        product_name="Industrial sensor",
+        product_line="SENSORS",
+        quantity=Decimal(3),
+        unit_of_measure="EA",
+        unit_price=Decimal("199.99"),
+        discount_amount=Decimal("9.97"),
+        tax_amount=Decimal(114),
+        line_total=Decimal("590.00"),
     )
     return OrderCreated(
-        envelope=Envelope(event_id=uuid.uuid4(), event_type=OrderCreated.event_type,
-                          occurred_at=datetime.now(UTC), source_system=SourceSystem.CRM,
-                          correlation_id="bench", schema_version=1),
-        crm_order_id="x", crm_order_number="00000001", crm_account_id="0015g00000AcMe",
-        erp_customer_id="C-10042", price_book_id="01s5g00000StdPb", currency="USD",
-        legal_entity="US01", region="NA", lines=[line], subtotal=Decimal("590.00"),
-        discount_total=Decimal("9.97"), tax_total=Decimal(114), grand_total=Decimal("704.00"),
-        ordered_at=datetime.now(UTC), billing_address=address, shipping_address=address,
+        envelope=Envelope(
+            event_id=uuid.uuid4(),
+            event_type=OrderCreated.event_type,
+            occurred_at=datetime.now(UTC),
+            source_system=SourceSystem.CRM,
+            correlation_id="bench",
+            schema_version=1,
+        ),
+        crm_order_id="x",
+        crm_order_number="00000001",
+        crm_account_id="0015g00000AcMe",
+        erp_customer_id="C-10042",
+        price_book_id="01s5g00000StdPb",
+        currency="USD",
+        legal_entity="US01",
+        region="NA",
+        lines=[line],
+        subtotal=Decimal("590.00"),
+        discount_total=Decimal("9.97"),
+        tax_total=Decimal(114),
+        grand_total=Decimal("704.00"),
+        ordered_at=datetime.now(UTC),
+        billing_address=address,
+        shipping_address=address,
     )
 
 
@@ -144,11 +174,14 @@ def fill(settings: Settings, serde: EventSerde, topic: str, events: int) -> None
     producer = Producer(settings.kafka_config(**passthrough.PRODUCER_TUNING))
     for number in range(events):
         order_id = f"8015g{number:013d}"
-        event = template.model_copy(update={
-            "crm_order_id": order_id,
-            "envelope": template.envelope.model_copy(update={"event_id": uuid.uuid4(),
-                                                             "correlation_id": order_id}),
-        })
+        event = template.model_copy(
+            update={
+                "crm_order_id": order_id,
+                "envelope": template.envelope.model_copy(
+                    update={"event_id": uuid.uuid4(), "correlation_id": order_id}
+                ),
+            }
+        )
         value = serde.serialize(topic, event)
         while True:
             try:
@@ -163,17 +196,29 @@ def variant(settings: Settings, name: str, setup: dict[str, Any], events: int) -
     """Run one variant in its own process and read its figures from its last output line."""
     command = [sys.executable, "-m", "bench.runtime", name, json.dumps(setup), str(events)]
     if name == "faust":
-        command = [sys.executable, str(Path(__file__).with_name("faust_app.py")),
-                   json.dumps(setup), str(events)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False,
-                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        command = [
+            sys.executable,
+            str(Path(__file__).with_name("faust_app.py")),
+            json.dumps(setup),
+            str(events),
+        ]
+    result = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     if result.returncode != 0:
         raise RuntimeError(f"bench variant {name} failed:\n{result.stderr[-4000:]}")
     # The figures are the last JSON line (Faust routes print() through its logger).
     lines = (result.stdout + result.stderr).splitlines()
     figures = next(
-        (json.loads(line[line.index('{"events"'):].strip()) for line in reversed(lines)
-         if '{"events"' in line),
+        (
+            json.loads(line[line.index('{"events"') :].strip())
+            for line in reversed(lines)
+            if '{"events"' in line
+        ),
         None,
     )
     if figures is None:
@@ -213,39 +258,50 @@ class BenchHandler:
 def accepted_for(event: OrderCreated, erp_order_id: str) -> OrderAccepted:
     return OrderAccepted.model_construct(
         envelope=caused_envelope(event.envelope, OrderAccepted.event_type),
-        crm_order_id=event.crm_order_id, erp_order_id=erp_order_id,
-        erp_order_number=erp_order_id, erp_customer_id=event.erp_customer_id or "C-0",
-        credit_check=CreditCheckOutcome.APPROVED, pricing_outcome=PricingOutcome.MATCHED,
-        currency=event.currency, erp_grand_total=event.grand_total,
+        crm_order_id=event.crm_order_id,
+        erp_order_id=erp_order_id,
+        erp_order_number=erp_order_id,
+        erp_customer_id=event.erp_customer_id or "C-0",
+        credit_check=CreditCheckOutcome.APPROVED,
+        pricing_outcome=PricingOutcome.MATCHED,
+        currency=event.currency,
+        erp_grand_total=event.grand_total,
         accepted_at=event.ordered_at,
     )
 
 
 def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[str, Any]:
+    """The consumer loop here; the outbox relay in a process of its own, as deployed."""
     directory = settings.schemas_dir
     catalog = bench_catalog(settings, setup["tag"])
     registry = SchemaRegistryClient(settings.registry_config())
     handler = BenchHandler(setup["accepted"])
-    dsn = settings.postgres_dsn.get_secret_value()
     loop = ConsumerLoop(
-        consumer=setup["consumer"], catalog=catalog, handler=handler,
+        consumer=setup["consumer"],
+        catalog=catalog,
+        handler=handler,
         serde=EventSerde(registry, catalog, SchemaRepository(directory)),
-        kafka_config=settings.kafka_config(), postgres_dsn=dsn,
+        kafka_config=settings.kafka_config(),
+        postgres_dsn=settings.postgres_dsn.get_secret_value(),
         policy=Policy(batch_size=1000, batch_timeout_s=0.05),
     )
-    relay = OutboxRelay(dsn=dsn, kafka_config=settings.kafka_config(), batch_size=2000,
-                        poll_interval_s=0.2)
-    threads = [threading.Thread(target=loop.run), threading.Thread(target=relay.run)]
-    for thread in threads:
-        thread.start()
-    with psycopg.connect(dsn, autocommit=True) as db:
-        while published(db, setup["accepted"]) < events:
-            time.sleep(0.05)
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "bench.runtime", "relay", json.dumps(setup), str(events)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    consumer = threading.Thread(target=loop.run)
+    consumer.start()
+    watermarks = Consumer(settings.kafka_config(**{"group.id": f"bench-{uuid.uuid4()}"}))
+    partitions = watermarks.list_topics(setup["accepted"], timeout=10).topics[setup["accepted"]]
+    while emitted(watermarks, setup["accepted"], list(partitions.partitions)) < events:
+        time.sleep(0.05)
     finished = time.perf_counter()
+    watermarks.close()
     loop.stop()
-    relay.stop()
-    for thread in threads:
-        thread.join()
+    consumer.join()
+    relay.send_signal(signal.SIGTERM)
+    relay_figures = json.loads((relay.communicate(timeout=60)[0] or "{}").strip().splitlines()[-1])
     assert handler.started is not None
     latencies = sorted(handler.latencies)
     return {
@@ -254,13 +310,26 @@ def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[
         "p50_ms": round(statistics.median(latencies) * 1000, 4),
         "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 4),
         "peak_rss_mb": peak_rss_mb(),
+        "relay_peak_rss_mb": relay_figures["peak_rss_mb"],
     }
 
 
-def published(db: psycopg.Connection[Any], topic: str) -> int:
-    row = db.execute("SELECT count(*) FROM revsync_outbox WHERE topic = %s AND published_at "
-                     "IS NOT NULL", (topic,)).fetchone()
-    return int(row[0]) if row else 0
+def emitted(consumer: Consumer, topic: str, partitions: list[int]) -> int:
+    return sum(
+        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+    )
+
+
+def run_relay(settings: Settings, setup: dict[str, Any], events: int) -> dict[str, Any]:
+    relay = OutboxRelay(
+        dsn=settings.postgres_dsn.get_secret_value(),
+        kafka_config=settings.kafka_config(),
+        batch_size=2000,
+        poll_interval_s=0.2,
+    )
+    signal.signal(signal.SIGTERM, lambda *_: relay.stop())
+    relay.run()
+    return {"events": events, "peak_rss_mb": peak_rss_mb()}
 
 
 def run_raw(settings: Settings, setup: dict[str, Any], events: int) -> dict[str, Any]:
@@ -272,7 +341,7 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-VARIANTS = {"revsync": run_revsync, "raw": run_raw}
+VARIANTS = {"revsync": run_revsync, "raw": run_raw, "relay": run_relay}
 
 if __name__ == "__main__":
     figures = VARIANTS[sys.argv[1]](Settings.load(), json.loads(sys.argv[2]), int(sys.argv[3]))

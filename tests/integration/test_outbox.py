@@ -29,12 +29,17 @@ def outbox(settings: Settings) -> tuple[OutboxTable, str]:
     """A private outbox table shaped like revsync's, with NOTIFY, and a topic for it."""
     prepare_database(settings)
     tag = uuid.uuid4().hex[:8]
-    table = OutboxTable(table=f"test_outbox_{tag}", notify_channel=f"test_outbox_{tag}")
+    # Marks published rows (published_at) instead of deleting them, as an ERP may want.
+    table = OutboxTable(
+        table=f"test_outbox_{tag}",
+        notify_channel=f"test_outbox_{tag}",
+        published_column="published_at",
+    )
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as db:
         db.execute(
-            sql.SQL("CREATE TABLE {} (LIKE revsync_outbox INCLUDING ALL)").format(
-                sql.Identifier(table.table)
-            )
+            sql.SQL(
+                "CREATE TABLE {} (LIKE revsync_outbox INCLUDING ALL, published_at timestamptz)"
+            ).format(sql.Identifier(table.table))
         )
         db.execute(
             sql.SQL(

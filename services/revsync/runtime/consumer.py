@@ -174,6 +174,11 @@ class ConsumerLoop:
         self._producer: Producer | None = None
         self._db: psycopg.Connection[Any] | None = None
         self._outbox: OutboxWriter | None = None
+        self._retrying = self._build_retrying()
+        self._latency = HANDLER_LATENCY.labels(consumer)
+        self._age = EVENT_AGE.labels(consumer)
+        self._duplicates = DUPLICATES.labels(consumer)
+        self._parked = PARKED.labels(consumer)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -305,13 +310,13 @@ class ConsumerLoop:
             if record.parked_seq is not None and event_id not in batch.inbox_claims:
                 batch.inbox_claims |= self._claim([event_id])
             if event_id not in batch.inbox_claims or event_id in batch.used_claims:
-                DUPLICATES.labels(self.name).inc()
+                self._duplicates.inc()
                 self._done(record, batch)
                 return self._resolve(key, record, batch, held)
         if self.ordering and key is not None and held.get(key) not in (None, record.blocker_id):
             if record.parked_seq is None:
                 batch.parks.append(record)
-                PARKED.labels(self.name).inc()
+                self._parked.inc()
             return []
         if event is None:
             assert isinstance(decoded, DecodeError)
@@ -330,7 +335,7 @@ class ConsumerLoop:
         batch.processed += 1
         PROCESSED.labels(self.name, record.origin[0]).inc()
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
-        EVENT_AGE.labels(self.name).observe(max(age, 0.0))
+        self._age.observe(max(age, 0.0))
         self._done(record, batch)
         return self._resolve(key, record, batch, held)
 
@@ -348,6 +353,25 @@ class ConsumerLoop:
         return self._unpark(key) + parked_now
 
     def _call_handler(self, event: Event) -> Decision:
+        """The handler, and only after a transient failure the bounded in-process retries."""
+        started = time.perf_counter()
+        try:
+            return self.handler(event)
+        except TransientError as failure:
+            # Tenacity takes over from the failure already seen, so the success path pays
+            # nothing for it: that failure counts as attempt one and the backoff follows it.
+            seen: list[TransientError] = [failure]
+
+            def attempt() -> Decision:
+                if seen:
+                    raise seen.pop()
+                return self.handler(event)
+
+            return self._retrying(attempt)
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    def _build_retrying(self) -> Retrying:
         # Exponential backoff with full jitter, unless the dependency said when to come back.
         backoff = wait_random_exponential(multiplier=0.05, max=self.policy.in_process_max_wait_s)
 
@@ -357,18 +381,14 @@ class ConsumerLoop:
                 return min(error.retry_after, self.policy.in_process_max_wait_s)
             return float(backoff(state))
 
-        retrying = Retrying(
+        retries = IN_PROCESS_RETRIES.labels(self.name)
+        return Retrying(
             stop=stop_after_attempt(self.policy.in_process_attempts),
             wait=wait,
             retry=retry_if_exception_type(TransientError),
-            before_sleep=lambda _: IN_PROCESS_RETRIES.labels(self.name).inc(),
+            before_sleep=lambda _: retries.inc(),
             reraise=True,
         )
-        started = time.perf_counter()
-        try:
-            return retrying(self.handler, event)
-        finally:
-            HANDLER_LATENCY.labels(self.name).observe(time.perf_counter() - started)
 
     def _fail(
         self,

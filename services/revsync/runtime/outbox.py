@@ -91,7 +91,7 @@ class OutboxTable:
     topic_column: str | None = "topic"
     headers_column: str | None = "headers"
     created_column: str | None = "created_at"
-    published_column: str | None = "published_at"
+    published_column: str | None = None
     route: str = "outbox.event.{aggregatetype}"
     notify_channel: str | None = OUTBOX_CHANNEL
 

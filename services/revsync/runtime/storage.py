@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS revsync_inbox (
 CREATE INDEX IF NOT EXISTS revsync_inbox_processed_at ON revsync_inbox (processed_at);
 
 -- Debezium outbox event router columns (id, aggregatetype, aggregateid, type, payload), plus
--- the topic, Kafka headers, and the bookkeeping of the relay.
+-- the topic and Kafka headers. The relay deletes what it has published, so the table holds
+-- only the backlog.
 CREATE TABLE IF NOT EXISTS revsync_outbox (
     seq           bigserial   UNIQUE,
     id            uuid        PRIMARY KEY,
@@ -28,11 +29,8 @@ CREATE TABLE IF NOT EXISTS revsync_outbox (
     payload       bytea       NOT NULL,
     topic         text        NOT NULL,
     headers       jsonb       NOT NULL DEFAULT '[]',
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    published_at  timestamptz
+    created_at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS revsync_outbox_unpublished ON revsync_outbox (seq)
-    WHERE published_at IS NULL;
 CREATE OR REPLACE FUNCTION revsync_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$;
 DROP TRIGGER IF EXISTS revsync_outbox_notify ON revsync_outbox;
