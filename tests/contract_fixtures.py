@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner, Result
 
 from revsync.cli import app
@@ -88,6 +89,8 @@ def isolated_contracts(destination: Path) -> Path:
     path = folder / "catalog.yaml"
     catalog = yaml.safe_load(path.read_text())
     catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
+    # Few partitions: a test session creates many of these catalogs on one small broker.
+    catalog["defaults"]["partitions"] = 3
     for topic in catalog["topics"]:
         old = topic["name"]
         _, entity, event, major = old.split(".")
@@ -120,3 +123,14 @@ def governed(revsync: Callable[..., Result], contracts: Path) -> Catalog:
         result = revsync(*command, "--dir", str(contracts))
         assert result.exit_code == 0, result.output
     return load_catalog(contracts)
+
+
+def drop_topics(settings: Settings, contracts: Path) -> None:
+    """Delete every topic of an isolated catalog, so test sessions do not pile them up."""
+    names = [topic.name for topic in load_catalog(contracts).topic_plan()]
+    admin = AdminClient(settings.kafka_config())
+    existing = set(admin.list_topics(timeout=10).topics)
+    doomed = [name for name in names if name in existing]
+    if doomed:
+        for future in admin.delete_topics(doomed).values():
+            future.result(timeout=30)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -29,6 +30,7 @@ DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 POSTGRES_USER = "revsync"
 # Databases the stack creates: one for revsync's services, one for the registry's storage.
 POSTGRES_DATABASES = ("revsync", "registry")
+OPEN_FILES = 262_144
 
 
 class StackError(RuntimeError):
@@ -115,6 +117,7 @@ class Component(ABC):
                 cwd=self.home,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
+                preexec_fn=_raise_open_file_limit,
             )
         _children[process.pid] = process
         self._pid_file().write_text(str(process.pid))
@@ -546,6 +549,17 @@ def _postgres_bindir() -> Path:
         "postgres: the PostgreSQL server (initdb, pg_ctl) is not installed; "
         "install Debian's package: apt-get install -y postgresql"
     )
+
+
+def _raise_open_file_limit() -> None:
+    """A broker keeps several files open per partition; give it room beyond a shell's default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for wanted in (OPEN_FILES, hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), max(hard, wanted)))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 # Processes this interpreter started, so that stopping them also reaps them.

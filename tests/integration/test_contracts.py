@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from contract_fixtures import (
     ORDER_CREATED,
     add_optional_field,
     cli_for,
+    drop_topics,
     edit_schema,
     governed,
     isolated_contracts,
@@ -46,8 +48,10 @@ def revsync(settings: Settings) -> Any:
 
 
 @pytest.fixture
-def contracts(tmp_path: Path) -> Path:
-    return isolated_contracts(tmp_path / "avro")
+def contracts(settings: Settings, tmp_path: Path) -> Iterator[Path]:
+    folder = isolated_contracts(tmp_path / "avro")
+    yield folder
+    drop_topics(settings, folder)
 
 
 def serde_for(settings: Settings, contracts: Path, catalog: Catalog) -> EventSerde:
@@ -119,13 +123,13 @@ def test_topics_apply_shows_the_difference_before_fixing_it(
 
     dry = revsync("topics", "apply", "--dry-run", "--dir", str(contracts))
     assert dry.exit_code == 0, dry.output
-    assert f"add partitions  {topic}  6 -> 8" in dry.output
+    assert f"add partitions  {topic}  3 -> 8" in dry.output
     assert f"set config      {topic}  retention.ms 604800000 -> 259200000" in dry.output
     assert "applied" not in dry.output
 
     # The consumer's retry and dead-letter topics grow with its widest input.
     dead_letters = catalog.dead_letter_topic(catalog.topics[0].consumers[0])
-    assert f"add partitions  {dead_letters}  6 -> 8" in dry.output
+    assert f"add partitions  {dead_letters}  3 -> 8" in dry.output
 
     applied = revsync("topics", "apply", "--dir", str(contracts))
     assert applied.exit_code == 0, applied.output

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -25,7 +25,7 @@ from runtime_support import prepare_database, read_topic
 
 
 @pytest.fixture
-def outbox(settings: Settings) -> tuple[OutboxTable, str]:
+def outbox(settings: Settings) -> Iterator[tuple[OutboxTable, str]]:
     """A private outbox table shaped like revsync's, with NOTIFY, and a topic for it."""
     prepare_database(settings)
     tag = uuid.uuid4().hex[:8]
@@ -59,7 +59,8 @@ def outbox(settings: Settings) -> tuple[OutboxTable, str]:
     admin = AdminClient(settings.kafka_config())
     admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=30)
     await_topic(admin, topic)
-    return table, topic
+    yield table, topic
+    admin.delete_topics([topic])[topic].result(timeout=30)
 
 
 def insert_rows(

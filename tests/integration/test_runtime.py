@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from contract_fixtures import cli_for, governed, isolated_contracts
+from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from revsync.contracts.events import OrderCreated
 from revsync.runtime import headers as h
 from revsync.runtime.observability import HealthServer, Liveness
@@ -39,12 +39,13 @@ TESTS = Path(__file__).parents[1]
 
 
 @pytest.fixture
-def world(settings: Settings, tmp_path: Path) -> RuntimeWorld:
+def world(settings: Settings, tmp_path: Path) -> Iterator[RuntimeWorld]:
     contracts = isolated_contracts(tmp_path / "avro")
     with_retry_tiers(contracts, ["1s", "2s"])
     catalog = governed(cli_for(settings), contracts)
     prepare_database(settings)
-    return RuntimeWorld(settings, contracts, catalog)
+    yield RuntimeWorld(settings, contracts, catalog)
+    drop_topics(settings, contracts)
 
 
 def order(number: int) -> OrderCreated:
