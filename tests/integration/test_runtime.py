@@ -86,7 +86,8 @@ def test_a_transient_failure_that_recovers_is_retried_in_process_and_processed_o
 
     world.loop(handler).run(max_idle_s=2)
 
-    assert [order_id for order_id, _ in world.effects()] == [
+    # Two keys, two partitions maybe: no order between them, one effect each.
+    assert sorted(order_id for order_id, _ in world.effects()) == [
         flaky.crm_order_id,
         order(3).crm_order_id,
     ]
