@@ -26,6 +26,7 @@ from revsync.contracts.events import (
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
+from revsync.runtime import headers as h
 from revsync.runtime.consumer import ConsumerLoop, Policy
 from revsync.runtime.handler import Decision, Emission, StateWrite, caused_envelope
 from revsync.runtime.storage import migrate
@@ -157,6 +158,7 @@ class RuntimeWorld:
         *,
         topic: str | None = None,
         raw: Iterable[tuple[bytes, bytes]] = (),
+        headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
         """Events (serialized) and raw (key, value) pairs, in that order, to one partition
         per key."""
@@ -168,6 +170,7 @@ class RuntimeWorld:
                 destination,
                 key=event.crm_order_id.encode(),
                 value=serde.serialize(destination, event),
+                headers=headers,
             )
         for key, value in raw:
             producer.produce(destination, key=key, value=value)
@@ -182,6 +185,13 @@ class RuntimeWorld:
                 (self.consumer,),
             ).fetchall()
         return [(row[0], row[1]) for row in rows]
+
+    def outbox_headers(self) -> list[h.Headers]:
+        with psycopg.connect(self.settings.postgres_dsn.get_secret_value()) as connection:
+            rows = connection.execute(
+                "SELECT headers FROM revsync_outbox WHERE topic = %s", (self.accepted_topic,)
+            ).fetchall()
+        return [h.from_json(row[0]) for row in rows]
 
     def outbox_rows(self) -> int:
         with psycopg.connect(self.settings.postgres_dsn.get_secret_value()) as connection:

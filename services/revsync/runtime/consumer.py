@@ -46,6 +46,7 @@ from revsync.runtime.observability import (
     event_context,
 )
 from revsync.runtime.outbox import OutboxWriter
+from revsync.runtime.storage import purge_inbox
 
 log = logging.getLogger(__name__)
 RELEASED = "released"
@@ -65,6 +66,8 @@ class Policy:
     max_poll_interval_ms: int = 300_000
     session_timeout_ms: int = 45_000
     inbox_retention: timedelta = timedelta(days=14)
+    inbox_purge_interval_s: float = 600.0
+    maintenance_interval_s: float = 1.0
     preserve_key_order: bool = True
 
 
@@ -175,6 +178,8 @@ class ConsumerLoop:
         self._db: psycopg.Connection[Any] | None = None
         self._outbox: OutboxWriter | None = None
         self._retrying = self._build_retrying()
+        self._last_maintenance = 0.0
+        self._last_purge = time.monotonic()
         self._latency = HANDLER_LATENCY.labels(consumer)
         self._age = EVENT_AGE.labels(consumer)
         self._duplicates = DUPLICATES.labels(consumer)
@@ -188,7 +193,9 @@ class ConsumerLoop:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         self.serde.prepare(self.inputs)
-        self._db = psycopg.connect(self._dsn)
+        # Autocommit, so that only explicit transaction() blocks group statements: a stray
+        # read can never leave an implicit transaction open around the next batch.
+        self._db = psycopg.connect(self._dsn, autocommit=True)
         self._outbox = OutboxWriter(self.serde, self.service)
         self._producer = Producer(
             {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
@@ -224,7 +231,7 @@ class ConsumerLoop:
                     self._run_batch(records)
                     idle_since = time.monotonic()
                 else:
-                    self._process_released()
+                    self._maintain()
                     idle = not self._paused and time.monotonic() - idle_since > (max_idle_s or 0)
                     if max_idle_s is not None and idle:
                         break
@@ -544,6 +551,19 @@ class ConsumerLoop:
         if errors or remaining:
             raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
 
+    def _maintain(self) -> None:
+        """While idle, at most once a maintenance interval: released keys, then old inbox rows."""
+        now = time.monotonic()
+        if now - self._last_maintenance < self.policy.maintenance_interval_s:
+            return
+        self._last_maintenance = now
+        self._process_released()
+        if now - self._last_purge >= self.policy.inbox_purge_interval_s and self._db is not None:
+            self._last_purge = now
+            purged = purge_inbox(self._db, self.policy.inbox_retention)
+            if purged:
+                log.info("purged %d inbox rows older than %s", purged, self.policy.inbox_retention)
+
     def _process_released(self) -> None:
         """Keys an operator released (discarding their blocker): handle what they parked."""
         if not self.ordering or self._db is None:
@@ -573,7 +593,7 @@ class ConsumerLoop:
 
     def _reconnect_db(self) -> None:
         if self._db is not None and self._db.closed:
-            self._db = psycopg.connect(self._dsn)
+            self._db = psycopg.connect(self._dsn, autocommit=True)
 
     # --- Kafka positions -------------------------------------------------------------------
 

@@ -137,7 +137,7 @@ class OutboxRelay:
         """Publish until stopped (or idle as leader for ``max_idle_s``)."""
         with (
             psycopg.connect(self._dsn, autocommit=True) as control,
-            psycopg.connect(self._dsn) as work,
+            psycopg.connect(self._dsn, autocommit=True) as work,
         ):
             if self.table.notify_channel:
                 control.execute(
