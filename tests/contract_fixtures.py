@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import yaml
 from confluent_kafka.admin import AdminClient
 from typer.testing import CliRunner, Result
@@ -134,3 +135,10 @@ def drop_topics(settings: Settings, contracts: Path) -> None:
     if doomed:
         for future in admin.delete_topics(doomed).values():
             future.result(timeout=30)
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
+        # Emitted events no relay published: their topics are gone now.
+        connection.execute(
+            "DELETE FROM revsync_outbox WHERE topic = ANY(%s) AND "
+            "to_regclass('revsync_outbox') IS NOT NULL",
+            (names,),
+        )

@@ -246,3 +246,25 @@ def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.1)
+
+
+def test_undeliverable_rows_hold_back_their_key_only(
+    settings: Settings, outbox: tuple[OutboxTable, str]
+) -> None:
+    table, topic = outbox
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
+        insert_rows(db, table, f"{topic}.missing", [("stuck", 0), ("stuck", 1)])
+        insert_rows(db, table, topic, [("free", 0), ("free", 1), ("free", 2)])
+    blocked = relay(settings, table, delivery_timeout_ms=2000, blocked_retry_s=60)
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as work:
+        first = blocked.publish_batch(work)
+        second = blocked.publish_batch(work)
+
+    assert first + second == 3
+    messages = read_topic(settings, topic, 3)
+    assert [json.loads(m.value() or b"[]") for m in messages] == [
+        ["free", 0],
+        ["free", 1],
+        ["free", 2],
+    ]
+    assert unpublished(settings, table) == 2, "the stuck key's rows wait, in order"

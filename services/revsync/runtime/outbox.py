@@ -114,13 +114,25 @@ class OutboxRelay:
         table: OutboxTable = OutboxTable(),
         batch_size: int = 500,
         poll_interval_s: float = 1.0,
+        blocked_retry_s: float = 30.0,
+        delivery_timeout_ms: int = 10_000,
     ) -> None:
         self.table = table
+        self.blocked_retry_s = blocked_retry_s
+        self._blocked: dict[str, float] = {}
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self._dsn = dsn
         self._producer = Producer(
-            {**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+            {
+                **kafka_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                # A row that cannot be delivered is reported within this, not after minutes.
+                "message.timeout.ms": delivery_timeout_ms,
+                "topic.metadata.propagation.max.ms": min(delivery_timeout_ms, 30_000),
+            }
         )
         self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
         self._stopping = False
@@ -168,9 +180,18 @@ class OutboxRelay:
         return bool(row and row[0])
 
     def publish_batch(self, connection: psycopg.Connection[Any]) -> int:
-        """Publish the next unpublished rows in sequence order; returns how many went out."""
+        """Publish the next unpublished rows in sequence order; returns how many went out.
+
+        A key whose row could not be delivered (a missing topic, a broker refusal) is set
+        aside for ``blocked_retry_s``: its later rows wait, so none overtakes it, while every
+        other key flows on. One bad row never stalls the outbox.
+        """
+        now = time.monotonic()
+        self._blocked = {key: until for key, until in self._blocked.items() if until > now}
         with connection.transaction():
-            rows = connection.execute(self._select, (self.batch_size,)).fetchall()
+            rows = connection.execute(
+                self._select, (list(self._blocked), self.batch_size)
+            ).fetchall()
             if not rows:
                 return 0
             outcomes: dict[int, KafkaError | None] = {}
@@ -191,16 +212,25 @@ class OutboxRelay:
         self, rows: list[tuple[Any, ...]], outcomes: dict[int, KafkaError | None]
     ) -> list[Any]:
         """Ids delivered, stopping each key at its first failure so none overtakes it."""
-        failed_keys: set[str] = set()
+        failed: dict[str, KafkaError] = {}
         published = []
         for index, row in enumerate(rows):
             key = row[2]
-            if key in failed_keys or outcomes.get(index, KafkaError(KafkaError._TIMED_OUT)):
-                failed_keys.add(key)
+            error = outcomes.get(index, KafkaError(KafkaError._TIMED_OUT))
+            if key in failed or error is not None:
+                failed.setdefault(key, error or KafkaError(KafkaError._TIMED_OUT))
                 continue
             published.append(row[0])
-        if failed_keys:
-            log.warning("outbox %s: %d key(s) not delivered, retrying", self.name, len(failed_keys))
+        retry_at = time.monotonic() + self.blocked_retry_s
+        for key, error in failed.items():
+            self._blocked[key] = retry_at
+            log.warning(
+                "outbox %s: key %s not delivered (%s); retrying in %.0fs",
+                self.name,
+                key,
+                error,
+                self.blocked_retry_s,
+            )
         return published
 
     def _send(
@@ -254,7 +284,8 @@ class OutboxRelay:
         ]
         select = sql.SQL(
             "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers} "
-            "FROM {table} WHERE {pending} ORDER BY {seq} LIMIT %s FOR UPDATE"
+            "FROM {table} WHERE {pending} AND {aggregate_id} <> ALL(%s) "
+            "ORDER BY {seq} LIMIT %s FOR UPDATE"
         ).format(
             id=column(t.id_column),
             aggregate_type=column(t.aggregate_type_column),
