@@ -1,5 +1,6 @@
 """The runtime scenario's handler semantics on faust-streaming, written as a Faust user would:
 per event, one transaction for the inbox row and the state upsert, then the emitted event.
+Its latency figures are per event, from taken off the stream to its transaction committed.
 
     python bench/faust_app.py SETUP_JSON EVENTS
 """

@@ -8,7 +8,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -21,7 +21,7 @@ from revsync.contracts.topics import await_topic
 from revsync.runtime import headers as h
 from revsync.runtime.outbox import OutboxRelay, OutboxTable
 from revsync.settings import Settings
-from runtime_support import prepare_database, read_topic
+from runtime_support import prepare_database, read_topic, wait_for
 
 
 @pytest.fixture
@@ -239,13 +239,6 @@ def unpublished(settings: Settings, table: OutboxTable) -> int:
         ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def test_undeliverable_rows_hold_back_their_key_only(

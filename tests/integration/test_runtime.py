@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from runtime_support import (
     RuntimeWorld,
     prepare_database,
     read_topic,
+    wait_for,
     with_retry_tiers,
 )
 from samples import sample_envelope, sample_event
@@ -249,13 +249,6 @@ def test_a_held_key_survives_a_restart_until_an_operator_releases_it(
         )
     world.loop(world.handler()).run(max_idle_s=3)
     assert world.effects() == [(key, str(second.envelope.event_id))]
-
-
-def wait_for(condition: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.1)
 
 
 def spawn_worker(
