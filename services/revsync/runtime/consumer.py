@@ -46,7 +46,7 @@ from revsync.runtime.observability import (
     event_context,
 )
 from revsync.runtime.outbox import OutboxWriter
-from revsync.runtime.storage import purge_inbox
+from revsync.runtime.storage import migrate, purge_inbox
 
 log = logging.getLogger(__name__)
 RELEASED = "released"
@@ -138,7 +138,6 @@ class _Batch:
     holds: dict[bytes, str] = field(default_factory=dict)
     releases: set[bytes] = field(default_factory=set)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
-    processed: int = 0
 
 
 class ConsumerLoop:
@@ -196,6 +195,7 @@ class ConsumerLoop:
         # Autocommit, so that only explicit transaction() blocks group statements: a stray
         # read can never leave an implicit transaction open around the next batch.
         self._db = psycopg.connect(self._dsn, autocommit=True)
+        migrate(self._db)
         self._outbox = OutboxWriter(self.serde, self.service)
         self._producer = Producer(
             {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
@@ -339,7 +339,6 @@ class ConsumerLoop:
         for write in decision.writes:
             batch.writes.setdefault(write.sql, []).append(write.params)
         batch.emissions += [(emission.event, emission.topic, record) for emission in decision.emits]
-        batch.processed += 1
         PROCESSED.labels(self.name, record.origin[0]).inc()
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
         self._age.observe(max(age, 0.0))
