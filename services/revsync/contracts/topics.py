@@ -101,8 +101,6 @@ def apply_changes(admin: AdminClient, catalog: Catalog, changes: list[TopicChang
     settings = sorted({change.topic for change in changes if change.kind is ChangeKind.SET_CONFIG})
     if creates:
         _wait(admin.create_topics([_new_topic(topic) for topic in creates]))
-        for topic in creates:
-            await_topic(admin, topic.name)
     if grows:
         _wait(admin.create_partitions([NewPartitions(t.name, t.partitions) for t in grows]))
     if settings:
@@ -121,6 +119,22 @@ def apply_changes(admin: AdminClient, catalog: Catalog, changes: list[TopicChang
                 ]
             )
         )
+    _await_convergence(admin, catalog)
+
+
+def _await_convergence(admin: AdminClient, catalog: Catalog) -> None:
+    """Wait until the broker reports what was applied: partition counts and configs reach its
+    metadata a moment after the calls return, and a second apply must find nothing to do."""
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while True:
+        pending = [
+            c for c in plan_changes(admin, catalog) if c.kind is not ChangeKind.CANNOT_SHRINK
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaException(f"topics still differ from the catalog: {pending[0]}")
+        time.sleep(0.2)
 
 
 def await_topic(
