@@ -325,9 +325,9 @@ class TimedLoop(ConsumerLoop):
 
     batches: list[tuple[float, int]]
 
-    def _run_batch(self, records: list[Record]) -> None:
+    def _run_batch(self, records: list[Record], releasing: frozenset[bytes] = frozenset()) -> None:
         began = time.perf_counter()
-        super()._run_batch(records)
+        super()._run_batch(records, releasing)
         self.batches = getattr(self, "batches", [])
         self.batches.append((time.perf_counter() - began, len(records)))
 

@@ -260,12 +260,12 @@ class ConsumerLoop:
 
     # --- one batch -------------------------------------------------------------------------
 
-    def _run_batch(self, records: list[Record]) -> None:
+    def _run_batch(self, records: list[Record], releasing: frozenset[bytes] = frozenset()) -> None:
         due, waiting = self._split_due(records)
         for record in due:
             CONSUMED.labels(self.name, record.topic).inc()
         try:
-            batch = self._process(due)
+            batch = self._process(due, releasing)
         except (psycopg.Error, KafkaException) as error:
             # Nothing of this batch is committed: go back to its start and try again.
             log.warning("batch failed, rewinding: %s", error)
@@ -277,7 +277,7 @@ class ConsumerLoop:
         for topic, partition, offset, until in waiting:
             self._pause_until(topic, partition, offset, until)
 
-    def _process(self, records: list[Record]) -> _Batch:
+    def _process(self, records: list[Record], releasing: frozenset[bytes]) -> _Batch:
         assert self._db is not None
         batch = _Batch()
         with self._db.transaction():
@@ -286,6 +286,10 @@ class ConsumerLoop:
                 [str(event.envelope.event_id) for _, event in work if isinstance(event, Event)]
             )
             held = self._held_keys({r.key for r, _ in work if r.key is not None})
+            for key in releasing:
+                # Released by an operator: the hold goes in this transaction, with the work.
+                held.pop(key, None)
+                batch.releases.add(key)
             while work:
                 record, decoded = work.popleft()
                 self._keepalive()
@@ -567,28 +571,22 @@ class ConsumerLoop:
         """Keys an operator released (discarding their blocker): handle what they parked."""
         if not self.ordering or self._db is None:
             return
-        with self._db.transaction():
-            rows = self._db.execute(
-                "SELECT DISTINCT h.record_key FROM revsync_key_holds h JOIN revsync_parked p "
-                "ON p.consumer = h.consumer AND p.record_key = h.record_key "
-                "WHERE h.consumer = %s AND h.blocker = %s AND (p.topic, p.partition) IN "
-                "(SELECT t, p FROM unnest(%s::text[], %s::int[]) AS a(t, p))",
-                (
-                    self.name,
-                    RELEASED,
-                    [t for t, _ in self._assigned],
-                    [p for _, p in self._assigned],
-                ),
-            ).fetchall()
-            released = [bytes(row[0]) for row in rows]
-            if not released:
-                return
-            self._db.execute(
-                "DELETE FROM revsync_key_holds WHERE consumer = %s AND record_key = ANY(%s)",
-                (self.name, released),
-            )
-        records = [record for key in released for record in self._unpark(key)]
-        self._run_batch(records)
+        rows = self._db.execute(
+            "SELECT DISTINCT h.record_key FROM revsync_key_holds h JOIN revsync_parked p "
+            "ON p.consumer = h.consumer AND p.record_key = h.record_key "
+            "WHERE h.consumer = %s AND h.blocker = %s AND (p.topic, p.partition) IN "
+            "(SELECT t, p FROM unnest(%s::text[], %s::int[]) AS a(t, p))",
+            (
+                self.name,
+                RELEASED,
+                [t for t, _ in self._assigned],
+                [p for _, p in self._assigned],
+            ),
+        ).fetchall()
+        released = frozenset(bytes(row[0]) for row in rows)
+        if released:
+            records = [record for key in sorted(released) for record in self._unpark(key)]
+            self._run_batch(records, releasing=released)
 
     def _reconnect_db(self) -> None:
         if self._db is not None and self._db.closed:
