@@ -7,6 +7,7 @@ started once per test session and stopped again only if this session started it.
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 from collections.abc import Iterator
@@ -73,6 +74,8 @@ def endpoints() -> Iterator[Endpoints]:
             stack,
         )
         if not was_running:
+            # Kafka clients the tests left behind would log their reconnects after the run.
+            gc.collect()
             stack.down()
 
 

@@ -248,6 +248,7 @@ class ConsumerLoop:
             self._consumer.close()
         if self._db is not None:
             self._db.close()
+        self._producer = self._consumer = self._db = None
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(p.topic, p.partition) for p in partitions}
