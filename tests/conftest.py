@@ -2,7 +2,7 @@
 
 Endpoints come, in order of preference, from the REVSYNC_* environment variables, from
 testcontainers when a Docker engine answers, or from the local stack (`revsync stack up`),
-started once per test session and stopped again only if this session started it.
+started once per test run and stopped again only if that run started it.
 """
 
 from __future__ import annotations
