@@ -261,3 +261,24 @@ def test_undeliverable_rows_hold_back_their_key_only(
         ["free", 2],
     ]
     assert unpublished(settings, table) == 2, "the stuck key's rows wait, in order"
+
+
+def test_a_row_the_producer_refuses_holds_back_its_key_only(
+    settings: Settings, outbox: tuple[OutboxTable, str]
+) -> None:
+    table, topic = outbox
+    dsn = settings.postgres_dsn.get_secret_value()
+    with psycopg.connect(dsn) as db:
+        db.execute(
+            sql.SQL(
+                "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic) "
+                "VALUES (%s, 'order', 'huge', 'io.revsync.order.created', %s, %s)"
+            ).format(sql.Identifier(table.table)),
+            (uuid.uuid4(), b"x" * 2_000_000, topic),
+        )
+        insert_rows(db, table, topic, [("free", 0)])
+    with psycopg.connect(dsn) as work:
+        assert relay(settings, table, blocked_retry_s=60).publish_batch(work) == 1
+    [message] = read_topic(settings, topic, 1)
+    assert json.loads(message.value() or b"[]") == ["free", 0]
+    assert unpublished(settings, table) == 1

@@ -230,8 +230,9 @@ class ConsumerLoop:
                 if records:
                     self._run_batch(records)
                     idle_since = time.monotonic()
-                else:
-                    self._maintain()
+                # Every iteration, busy or not: released keys must not wait for a quiet moment.
+                self._maintain()
+                if not records:
                     idle = not self._paused and time.monotonic() - idle_since > (max_idle_s or 0)
                     if max_idle_s is not None and idle:
                         break
@@ -302,7 +303,10 @@ class ConsumerLoop:
                 # What the record held back comes next, before anything later in the batch.
                 work.extendleft((r, self._decode(r)) for r in reversed(released))
                 if record.parked_seq is None:
-                    batch.positions[(record.topic, record.partition)] = record.offset + 1
+                    # max: a record parked earlier in this batch may be handled late, after
+                    # its key was released; the position must never move back.
+                    where = (record.topic, record.partition)
+                    batch.positions[where] = max(batch.positions.get(where, 0), record.offset + 1)
             self._flush(batch)
         KEYS_HELD.labels(self.name).set(len(held))
         return batch
@@ -470,8 +474,10 @@ class ConsumerLoop:
             return {}
         assert self._db is not None
         rows = self._db.execute(
+            # Locked, so that a member releasing one of these keys waits for this batch's
+            # parked rows to commit, and then finds them.
             "SELECT record_key, blocker FROM revsync_key_holds "
-            "WHERE consumer = %s AND record_key = ANY(%s)",
+            "WHERE consumer = %s AND record_key = ANY(%s) ORDER BY record_key FOR UPDATE",
             (self.name, list(keys)),
         ).fetchall()
         return {bytes(key): blocker for key, blocker in rows}
@@ -556,7 +562,7 @@ class ConsumerLoop:
             raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
 
     def _maintain(self) -> None:
-        """While idle, at most once a maintenance interval: released keys, then old inbox rows."""
+        """At most once a maintenance interval: released keys, then old inbox rows."""
         now = time.monotonic()
         if now - self._last_maintenance < self.policy.maintenance_interval_s:
             return

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
@@ -215,7 +215,7 @@ class OutboxRelay:
         failed: dict[str, KafkaError] = {}
         published = []
         for index, row in enumerate(rows):
-            key = row[2]
+            key = row[2] or ""
             error = outcomes.get(index, KafkaError(KafkaError._TIMED_OUT))
             if key in failed or error is not None:
                 failed.setdefault(key, error or KafkaError(KafkaError._TIMED_OUT))
@@ -244,6 +244,10 @@ class OutboxRelay:
                 return
             except BufferError:
                 self._producer.poll(0.05)
+            except KafkaException as refused:
+                # Refused locally (too large, bad topic name): a failed delivery of this row.
+                on_delivery(refused.args[0], None)
+                return
 
     def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
         if not self.table.notify_channel:
@@ -284,7 +288,7 @@ class OutboxRelay:
         ]
         select = sql.SQL(
             "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers} "
-            "FROM {table} WHERE {pending} AND {aggregate_id} <> ALL(%s) "
+            "FROM {table} WHERE {pending} AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
             "ORDER BY {seq} LIMIT %s FOR UPDATE"
         ).format(
             id=column(t.id_column),
