@@ -11,8 +11,9 @@ import uuid
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 
+from revsync.demo import ensure_topic
 from revsync.settings import Settings
 
 PARTITIONS = 4
@@ -22,11 +23,9 @@ PRODUCER_TUNING = {"linger.ms": 5, "batch.size": 262144, "enable.idempotence": T
 
 def run(settings: Settings, events: int) -> dict[str, Any]:
     source, sink = (f"bench.passthrough.{role}.{uuid.uuid4().hex[:8]}" for role in ("in", "out"))
+    for topic in (source, sink):
+        ensure_topic(settings, topic, partitions=PARTITIONS)
     admin = AdminClient(settings.kafka_config())
-    for future in admin.create_topics(
-        [NewTopic(topic, num_partitions=PARTITIONS) for topic in (source, sink)]
-    ).values():
-        future.result(timeout=30)
     try:
         produce_s = fill(settings, source, sink, events)
         passthrough_s = pass_through(settings, source, sink, events)

@@ -13,11 +13,11 @@ from typing import Any
 
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 from psycopg import sql
 
-from revsync.contracts.topics import await_topic
+from revsync.demo import ensure_topic
 from revsync.runtime import headers as h
 from revsync.runtime.outbox import OutboxRelay, OutboxTable
 from revsync.settings import Settings
@@ -56,10 +56,9 @@ def outbox(settings: Settings) -> Iterator[tuple[OutboxTable, str]]:
             ).format(table=sql.Identifier(table.table), function=sql.Identifier(f"notify_{tag}"))
         )
     topic = f"tests.outbox.{tag}"
-    admin = AdminClient(settings.kafka_config())
-    admin.create_topics([NewTopic(topic, num_partitions=3)])[topic].result(timeout=30)
-    await_topic(admin, topic)
+    ensure_topic(settings, topic, partitions=3)
     yield table, topic
+    admin = AdminClient(settings.kafka_config())
     admin.delete_topics([topic])[topic].result(timeout=30)
 
 
@@ -194,9 +193,7 @@ def test_a_debezium_shaped_table_routes_by_aggregate_type_and_deletes(
     name = f"debezium_outbox_{tag}"
     aggregate = f"invoice{tag}"
     topic = f"outbox.event.{aggregate}"
-    admin = AdminClient(settings.kafka_config())
-    admin.create_topics([NewTopic(topic, num_partitions=1)])[topic].result(timeout=30)
-    await_topic(admin, topic)
+    ensure_topic(settings, topic)
     dsn = settings.postgres_dsn.get_secret_value()
     with psycopg.connect(dsn) as db:
         db.execute(
