@@ -97,9 +97,9 @@ def isolated_contracts(destination: Path) -> Path:
         _, entity, event, major = old.split(".")
         topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
         topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
-        (folder / "releases" / f"{old}-value").rename(
-            folder / "releases" / f"{topic['name']}-value"
-        )
+        released = folder / "releases" / f"{old}-value"
+        if released.exists():  # only Avro topics have released schemas
+            released.rename(folder / "releases" / f"{topic['name']}-value")
     path.write_text(yaml.safe_dump(catalog, sort_keys=False))
     return folder
 

@@ -64,10 +64,11 @@ def test_every_event_round_trips_through_broker_and_registry(
 ) -> None:
     catalog = governed(revsync, contracts)
     serde = serde_for(settings, contracts, catalog)
-    serde.prepare([topic.name for topic in catalog.topics])
+    serde.prepare([topic.name for topic in catalog.avro_topics])
     producer = Producer(settings.kafka_config(**{"enable.idempotence": True}))
     events = {
-        topic.name: sample_event(EVENTS_BY_SCHEMA[topic.schema_name]) for topic in catalog.topics
+        topic.name: sample_event(EVENTS_BY_SCHEMA[topic.avro_schema])
+        for topic in catalog.avro_topics
     }
     positions: dict[str, tuple[int, int]] = {}
 
@@ -107,7 +108,7 @@ def test_a_second_register_and_topics_apply_change_nothing(revsync: Any, contrac
     assert all(line.endswith("unchanged") for line in lines)
     applied = revsync("topics", "apply", "--dir", str(contracts))
     assert applied.exit_code == 0, applied.output
-    assert "all 19 match the catalog" in applied.output
+    assert "all 20 match the catalog" in applied.output
 
 
 def test_topics_apply_shows_the_difference_before_fixing_it(
@@ -119,7 +120,7 @@ def test_topics_apply_shows_the_difference_before_fixing_it(
     raw["topics"][0]["partitions"] = 8
     raw["topics"][0]["retention"] = "3d"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    topic = catalog.topics[0].name
+    topic = catalog.avro_topics[0].name
 
     dry = revsync("topics", "apply", "--dry-run", "--dir", str(contracts))
     assert dry.exit_code == 0, dry.output
@@ -128,13 +129,13 @@ def test_topics_apply_shows_the_difference_before_fixing_it(
     assert "applied" not in dry.output
 
     # The consumer's retry and dead-letter topics grow with its widest input.
-    dead_letters = catalog.dead_letter_topic(catalog.topics[0].consumers[0])
+    dead_letters = catalog.dead_letter_topic(catalog.avro_topics[0].consumers[0])
     assert f"add partitions  {dead_letters}  3 -> 8" in dry.output
 
     applied = revsync("topics", "apply", "--dir", str(contracts))
     assert applied.exit_code == 0, applied.output
     assert "applied 6 change(s)" in applied.output
-    assert "all 19 match" in revsync("topics", "apply", "--dir", str(contracts)).output
+    assert "all 20 match" in revsync("topics", "apply", "--dir", str(contracts)).output
 
 
 @pytest.mark.parametrize("case", BREAKING, ids=list(BREAKING))
@@ -153,7 +154,7 @@ def test_register_refuses_a_breaking_change(
     assert "registered" not in refused.output
     # Nothing reached the registry: the latest version of every subject is still v1.
     registry = SchemaRegistryClient(settings.registry_config())
-    for topic in catalog.topics:
+    for topic in catalog.avro_topics:
         assert registry.get_latest_version(topic.value_subject).version == 1
 
 
@@ -182,7 +183,7 @@ def test_a_compatible_change_passes_check_and_registers_a_new_version(
     registered = revsync("schemas", "register", "--dir", str(contracts))
 
     assert registered.exit_code == 0, registered.output
-    order_created = catalog.topic(catalog.topics[0].name).value_subject
+    order_created = catalog.topic(catalog.avro_topics[0].name).value_subject
     assert f"{order_created}  version 2" in registered.output
 
 
@@ -192,10 +193,10 @@ def test_a_subject_missing_from_the_registry_fails_at_start_up(
     catalog = load_catalog(contracts)
     serde = serde_for(settings, contracts, catalog)
     with pytest.raises(SubjectNotRegistered) as raised:
-        serde.prepare([catalog.topics[0].name, catalog.topics[1].name])
+        serde.prepare([catalog.avro_topics[0].name, catalog.avro_topics[1].name])
     message = str(raised.value)
-    assert f"subject {catalog.topics[0].value_subject} has no registered version" in message
-    assert catalog.topics[1].value_subject in message
+    assert f"subject {catalog.avro_topics[0].value_subject} has no registered version" in message
+    assert catalog.avro_topics[1].value_subject in message
     assert "revsync schemas register" in message
 
 
@@ -206,7 +207,7 @@ class TestBadBytes:
     def setup(self, settings: Settings, revsync: Any, contracts: Path) -> tuple[EventSerde, str]:
         catalog = governed(revsync, contracts)
         serde = serde_for(settings, contracts, catalog)
-        topic = catalog.topics[0].name
+        topic = catalog.avro_topics[0].name
         serde.prepare([topic])
         return serde, topic
 

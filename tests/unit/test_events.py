@@ -52,8 +52,8 @@ def test_every_model_agrees_with_its_avsc_field_by_field(event_type: type[Event]
 
 
 def test_every_catalog_topic_has_a_model_with_its_event_type() -> None:
-    for topic in load_catalog(SCHEMAS_DIR).topics:
-        assert EVENTS_BY_SCHEMA[topic.schema_name].event_type == topic.event_type
+    for topic in load_catalog(SCHEMAS_DIR).avro_topics:
+        assert EVENTS_BY_SCHEMA[topic.avro_schema].event_type == topic.event_type
 
 
 def order(**overrides: object) -> OrderCreated:

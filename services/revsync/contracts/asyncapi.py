@@ -5,10 +5,11 @@ from __future__ import annotations
 from importlib.metadata import version
 from typing import Any
 
-from revsync.contracts.catalog import Catalog, TopicKind, TopicPlan
+from revsync.contracts.catalog import Catalog, TopicFormat, TopicKind, TopicPlan, TopicSpec
 from revsync.contracts.schemas import SchemaRepository
 
 AVRO_FORMAT = "application/vnd.apache.avro+json;version=1.9.0"
+JSON_SCHEMA_FORMAT = "application/schema+json;version=draft-07"
 KAFKA_BINDING = "0.5.0"
 
 
@@ -22,23 +23,7 @@ def build_document(catalog: Catalog, schemas: SchemaRepository) -> dict[str, Any
         if plan.source is None:
             continue
         topic = plan.source
-        message_name = topic.schema_name.rsplit(".", 1)[1]
-        messages[message_name] = {
-            "name": message_name,
-            "title": message_name,
-            "summary": schemas.definitions[topic.schema_name]["doc"],
-            "contentType": AVRO_FORMAT,
-            "payload": {"schemaFormat": AVRO_FORMAT, "schema": schemas.expanded(topic.schema_name)},
-            "bindings": {
-                "kafka": {
-                    "key": {"type": "string", "description": f"the event's {topic.key}"},
-                    "schemaIdLocation": "payload",
-                    "schemaIdPayloadEncoding": "confluent",
-                    "schemaLookupStrategy": "TopicIdStrategy",
-                    "bindingVersion": KAFKA_BINDING,
-                }
-            },
-        }
+        message_name, messages[message_name] = _message(topic, schemas)
         channels[channel_id]["messages"] = {
             message_name: {"$ref": f"#/components/messages/{message_name}"}
         }
@@ -78,6 +63,45 @@ def build_document(catalog: Catalog, schemas: SchemaRepository) -> dict[str, Any
         "channels": channels,
         "operations": operations,
         "components": {"messages": messages},
+    }
+
+
+def _message(topic: TopicSpec, schemas: SchemaRepository) -> tuple[str, dict[str, Any]]:
+    key = {"type": "string", "description": f"the event's {topic.key}"}
+    if topic.format is TopicFormat.SALESFORCE_CDC:
+        return "OrderChangeEvent", {
+            "name": "OrderChangeEvent",
+            "title": "OrderChangeEvent",
+            "summary": topic.description,
+            "contentType": "application/json",
+            "payload": {
+                "schemaFormat": JSON_SCHEMA_FORMAT,
+                "schema": {
+                    "type": "object",
+                    "description": (
+                        "A Salesforce Change Data Capture event: ChangeEventHeader plus the "
+                        "changed fields; optionally wrapped with its replayId and schema id."
+                    ),
+                },
+            },
+            "bindings": {"kafka": {"key": key, "bindingVersion": KAFKA_BINDING}},
+        }
+    name = topic.avro_schema.rsplit(".", 1)[1]
+    return name, {
+        "name": name,
+        "title": name,
+        "summary": schemas.definitions[topic.avro_schema]["doc"],
+        "contentType": AVRO_FORMAT,
+        "payload": {"schemaFormat": AVRO_FORMAT, "schema": schemas.expanded(topic.avro_schema)},
+        "bindings": {
+            "kafka": {
+                "key": key,
+                "schemaIdLocation": "payload",
+                "schemaIdPayloadEncoding": "confluent",
+                "schemaLookupStrategy": "TopicIdStrategy",
+                "bindingVersion": KAFKA_BINDING,
+            }
+        },
     }
 
 

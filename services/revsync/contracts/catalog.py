@@ -54,6 +54,16 @@ class Owner(StrEnum):
     REVSYNC = "revsync"
 
 
+class TopicFormat(StrEnum):
+    """How a topic's values are written."""
+
+    AVRO = "avro"
+    """revsync's governed Avro contracts, Confluent wire format, TopicNameStrategy subjects."""
+    SALESFORCE_CDC = "salesforce-cdc"
+    """Salesforce Change Data Capture events as JSON, as a CDC bridge writes them. Salesforce
+    owns that shape; revsync validates it on reading and registers no schema for it."""
+
+
 class TopicKind(StrEnum):
     """What a topic is for."""
 
@@ -98,7 +108,8 @@ class ConsumerSpec(_Strict):
 
 class TopicSpec(_Strict):
     name: str
-    schema_name: str = Field(alias="schema")
+    format: TopicFormat = TopicFormat.AVRO
+    schema_name: str | None = Field(default=None, alias="schema")
     key: str
     owner: Owner
     producers: list[str]
@@ -114,7 +125,18 @@ class TopicSpec(_Strict):
             raise ValueError(
                 f"topic {self.name!r} does not follow revsync.<entity>.<event>.v<major>"
             )
+        if (self.format is TopicFormat.AVRO) != (self.schema_name is not None):
+            raise ValueError(
+                f"topic {self.name}: an Avro topic names its schema, and only an Avro topic does"
+            )
         return self
+
+    @property
+    def avro_schema(self) -> str:
+        """The full name of the topic's Avro contract."""
+        if self.schema_name is None:
+            raise CatalogError(f"topic {self.name} carries {self.format}, not an Avro contract")
+        return self.schema_name
 
     @property
     def value_subject(self) -> str:
@@ -171,11 +193,23 @@ class Catalog(_Strict):
                 )
         return self
 
+    @property
+    def avro_topics(self) -> list[TopicSpec]:
+        """The topics with a governed Avro contract: registered, checked and documented."""
+        return [topic for topic in self.topics if topic.format is TopicFormat.AVRO]
+
     def topic(self, name: str) -> TopicSpec:
         for topic in self.topics:
             if topic.name == name:
                 return topic
         raise CatalogError(f"topic {name!r} is not in the catalog")
+
+    def topic_for(self, schema_name: str) -> TopicSpec:
+        """The topic that carries the contract ``schema_name``."""
+        for topic in self.avro_topics:
+            if topic.schema_name == schema_name:
+                return topic
+        raise CatalogError(f"no topic in the catalog carries {schema_name}")
 
     def consumed_by(self, consumer: str) -> list[TopicSpec]:
         return [topic for topic in self.topics if consumer in topic.consumers]

@@ -79,7 +79,7 @@ def check_command(directory: SchemasDir = None) -> None:
     if breaks:
         raise typer.Exit(1)
     console.print(
-        f"check: {len(contracts.catalog.topics)} subjects compatible with every released "
+        f"check: {len(contracts.catalog.avro_topics)} subjects compatible with every released "
         f"version ({contracts.catalog.compatibility})"
     )
 

@@ -37,15 +37,15 @@ def lint(catalog: Catalog, schemas: SchemaRepository, releases: ReleaseRecord) -
         if file != f"{name}.avsc":
             findings.append(Finding(file, name, f"file must be named {name}.avsc"))
         findings += _named_type(file, definition, None, "")
-    for topic in catalog.topics:
-        if topic.schema_name not in schemas.definitions:
+    for topic in catalog.avro_topics:
+        if topic.avro_schema not in schemas.definitions:
             findings.append(
-                Finding("catalog.yaml", topic.name, f"schema {topic.schema_name} has no .avsc")
+                Finding("catalog.yaml", topic.name, f"schema {topic.avro_schema} has no .avsc")
             )
             continue
-        file = schemas.files[topic.schema_name].name
+        file = schemas.files[topic.avro_schema].name
         findings += _fields_added_without_default(
-            file, topic.value_subject, schemas, releases, topic.schema_name
+            file, topic.value_subject, schemas, releases, topic.avro_schema
         )
     return sorted(set(findings))
 

@@ -39,10 +39,10 @@ def register_contracts(
     """Per subject: set the catalog's compatibility level, then register every released
     version in order and the working tree last. Already registered versions are left as they
     are, so a second run changes nothing."""
-    for topic in catalog.topics:
+    for topic in catalog.avro_topics:
         subject = topic.value_subject
         registry.set_compatibility(subject_name=subject, level=catalog.compatibility.value)
-        history = [*releases.versions(subject), schemas.expanded_json(topic.schema_name)]
+        history = [*releases.versions(subject), schemas.expanded_json(topic.avro_schema)]
         compact = list(dict.fromkeys(_compact(schema_json) for schema_json in history))
         for schema_json in compact:
             yield _register(registry, subject, schema_json)

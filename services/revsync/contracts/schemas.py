@@ -146,8 +146,8 @@ def check_compatibility(
     """
     breaks: list[Break] = []
     checker = ReaderWriterCompatibilityChecker()  # type: ignore[no-untyped-call]
-    for topic in catalog.topics:
-        current = schemas.parsed(topic.schema_name)
+    for topic in catalog.avro_topics:
+        current = schemas.parsed(topic.avro_schema)
         for version, released_json in enumerate(releases.versions(topic.value_subject), 1):
             released = parse_avro(released_json)
             directions = [("backward", current, released)]
@@ -174,8 +174,8 @@ def release_changed(
 ) -> list[tuple[str, int]]:
     """Record the working tree as a new release of every subject that changed."""
     released = []
-    for topic in catalog.topics:
-        current = schemas.expanded_json(topic.schema_name)
+    for topic in catalog.avro_topics:
+        current = schemas.expanded_json(topic.avro_schema)
         history = releases.versions(topic.value_subject)
         if not history or _canonical(history[-1]) != _canonical(current):
             released.append((topic.value_subject, releases.release(topic.value_subject, current)))

@@ -100,7 +100,7 @@ class EventSerde:
             raise IncompatibleWriterSchema(
                 topic,
                 f"writer schema id {schema_id} does not resolve to "
-                f"{codec.topic.schema_name}: {error}",
+                f"{codec.topic.avro_schema}: {error}",
             ) from None
         except (SerializationError, EOFError, ValueError, IndexError, struct.error) as error:
             raise CorruptPayload(
@@ -122,7 +122,7 @@ class EventSerde:
         return codec
 
     def _build(self, topic: TopicSpec) -> _TopicCodec:
-        schema_json = self.schemas.expanded_json(topic.schema_name)
+        schema_json = self.schemas.expanded_json(topic.avro_schema)
         try:
             registered = self.registry.lookup_schema(
                 topic.value_subject, Schema(schema_json, "AVRO")
@@ -131,7 +131,7 @@ class EventSerde:
             if error.error_code in (SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND):
                 raise SubjectNotRegistered(
                     f"subject {topic.value_subject} has no registered version matching "
-                    f"{topic.schema_name}; register it first "
+                    f"{topic.avro_schema}; register it first "
                     "(revsync schemas register)"
                 ) from None
             raise
@@ -143,7 +143,7 @@ class EventSerde:
         }
         return _TopicCodec(
             topic=topic,
-            model=EVENTS_BY_SCHEMA[topic.schema_name],
+            model=EVENTS_BY_SCHEMA[topic.avro_schema],
             schema_id=registered.schema_id,
             serializer=AvroSerializer(self.registry, schema_json, conf=conf),
             deserializer=AvroDeserializer(self.registry, schema_json, conf=TOPIC_NAME_STRATEGY),
