@@ -34,7 +34,6 @@ from revsync.contracts.events import (
     Address,
     CreditCheckOutcome,
     Envelope,
-    Event,
     OrderAccepted,
     OrderCreated,
     OrderLine,
@@ -46,7 +45,7 @@ from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
 from revsync.runtime.consumer import ConsumerLoop, Policy, Record
-from revsync.runtime.handler import Decision, Emission, StateWrite, caused_envelope
+from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
 from revsync.runtime.outbox import OutboxRelay
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
@@ -243,7 +242,7 @@ class BenchHandler:
         self.latencies: list[float] = []
         self.started: float | None = None
 
-    def __call__(self, event: Event) -> Decision:
+    def __call__(self, event: Inbound) -> Decision:
         began = time.perf_counter()
         if self.started is None:
             self.started = began

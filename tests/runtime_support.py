@@ -29,7 +29,7 @@ from revsync.contracts.serde import EventSerde
 from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
 from revsync.runtime import headers as h
 from revsync.runtime.consumer import ConsumerLoop, Policy
-from revsync.runtime.handler import Decision, Emission, StateWrite, caused_envelope
+from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
 
@@ -78,7 +78,9 @@ class RecordingHandler:
     delay_s: float = 0.0
     handled: list[str] = field(default_factory=list)
 
-    def __call__(self, event: Event) -> Decision:
+    def __call__(self, inbound: Inbound) -> Decision:
+        assert isinstance(inbound, Event)
+        event = inbound
         fault = self.faults.get(event.crm_order_id)
         if fault is not None:
             fault.apply()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from revsync.contracts.events import Envelope, Event, SourceSystem
 
@@ -40,9 +40,32 @@ class Decision:
     emits: Sequence[Emission] = field(default_factory=tuple)
 
 
-Handler = Callable[[Event], Decision]
-"""A handler does its outbound calls (with idempotency keys) and returns its decision; it
-raises a revsync error (transient, dependency-not-ready, business rule, ...) to fail."""
+class Inbound(Protocol):
+    """What a consumer hands its handler: a revsync event, or an input in a system's own shape
+    (a Salesforce change event) that its decoder gave an envelope, so the inbox, the logs and
+    the retry headers treat both alike."""
+
+    @property
+    def envelope(self) -> Envelope: ...
+
+
+class Handler(Protocol):
+    """Does one input's outbound calls (with idempotency keys) and returns its decision; raises
+    a revsync error (transient, dependency-not-ready, business rule, ...) to fail."""
+
+    def __call__(self, inbound: Inbound, /) -> Decision: ...
+
+
+@runtime_checkable
+class BatchHandler(Handler, Protocol):
+    """A handler that can also take many inputs at once, to batch its outbound calls.
+
+    The loop gives :meth:`handle_many` at most one input per key, so a key's later inputs still
+    wait for the outcome of its earlier ones; each result is that input's decision, or the
+    error it failed with (a transient one is then retried alone, through ``__call__``).
+    """
+
+    def handle_many(self, inbounds: Sequence[Inbound], /) -> Sequence[Decision | Exception]: ...
 
 
 def caused_envelope(
@@ -52,10 +75,16 @@ def caused_envelope(
     source_system: SourceSystem = SourceSystem.REVSYNC,
     occurred_at: datetime | None = None,
     schema_version: int = 1,
+    identity: str | None = None,
 ) -> Envelope:
-    """The envelope of an event caused by ``cause``: same correlation, deterministic id."""
+    """The envelope of an event caused by ``cause``: same correlation, deterministic id.
+
+    The id derives from the cause, or from ``identity`` when the fact is one per business
+    object (an order is created once, whichever change event revealed it): then two causes of
+    the same fact emit the same id, and every inbox downstream keeps only one.
+    """
     return Envelope(
-        event_id=uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{cause.event_id}/{event_type}"),
+        event_id=uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{identity or cause.event_id}/{event_type}"),
         event_type=event_type,
         occurred_at=occurred_at or datetime.now(UTC),
         source_system=source_system,

@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -18,7 +19,12 @@ from psycopg.types.json import Jsonb
 from revsync.contracts.events import Event
 from revsync.contracts.serde import EventSerde
 from revsync.runtime import headers as h
-from revsync.runtime.observability import OUTBOX_BACKLOG, OUTBOX_OLDEST_AGE, OUTBOX_PUBLISHED
+from revsync.runtime.observability import (
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PUBLISHED,
+    Liveness,
+)
 from revsync.runtime.storage import OUTBOX_CHANNEL
 
 if TYPE_CHECKING:
@@ -48,18 +54,7 @@ class OutboxWriter:
 
     def _row(self, event: Event, topic: str, cause: Record) -> tuple[Any, ...]:
         envelope = event.envelope
-        cloud_events = [
-            ("ce_id", str(envelope.event_id)),
-            ("ce_type", envelope.event_type),
-            ("ce_source", self.source),
-            ("ce_time", envelope.occurred_at.isoformat()),
-            ("ce_specversion", CLOUDEVENTS_SPEC),
-            ("content-type", "application/avro"),
-        ]
-        traceparent = h.get(cause.headers, h.TRACEPARENT)
-        if traceparent:
-            cloud_events.append((h.TRACEPARENT, traceparent))
-        headers = [(key, value.encode()) for key, value in cloud_events]
+        headers = cloud_event_headers(event, self.source, h.get(cause.headers, h.TRACEPARENT))
         aggregate = topic.split(".")[1]
         return (
             envelope.event_id,
@@ -72,6 +67,41 @@ class OutboxWriter:
         )
 
 
+def cloud_event_headers(event: Event, source: str, traceparent: str | None = None) -> h.Headers:
+    """CloudEvents Kafka binary-mode headers for an Avro event, and the trace it belongs to."""
+    envelope = event.envelope
+    pairs = [
+        ("ce_id", str(envelope.event_id)),
+        ("ce_type", envelope.event_type),
+        ("ce_source", source),
+        ("ce_time", envelope.occurred_at.isoformat()),
+        ("ce_specversion", CLOUDEVENTS_SPEC),
+        ("content-type", "application/avro"),
+    ]
+    if traceparent:
+        pairs.append((h.TRACEPARENT, traceparent))
+    return [(key, value.encode()) for key, value in pairs]
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One unpublished row, as a :data:`RowEncoder` sees it."""
+
+    id: Any
+    aggregate_type: str
+    aggregate_id: str | None
+    type: str
+    payload: Any
+    topic: str | None
+    headers: h.Headers
+    created_at: datetime | None
+
+
+RowEncoder = Callable[[OutboxRow], tuple[str, bytes, h.Headers]]
+"""Turns a row whose payload is not ready to publish (an ERP's own JSON) into its topic,
+value bytes and headers; raises if the row cannot be published."""
+
+
 @dataclass(frozen=True)
 class OutboxTable:
     """Where an outbox lives and what its columns are called (Debezium's names by default).
@@ -82,6 +112,7 @@ class OutboxTable:
     """
 
     table: str = "revsync_outbox"
+    """Optionally schema-qualified: ``erp.outbox``."""
     id_column: str = "id"
     aggregate_type_column: str = "aggregatetype"
     aggregate_id_column: str = "aggregateid"
@@ -116,8 +147,14 @@ class OutboxRelay:
         poll_interval_s: float = 1.0,
         blocked_retry_s: float = 30.0,
         delivery_timeout_ms: int = 10_000,
+        encoder: RowEncoder | None = None,
+        liveness: Liveness | None = None,
     ) -> None:
+        """Rows are published as they are, unless an ``encoder`` translates them; a row it
+        refuses is set aside like an undelivered one, with its key."""
         self.table = table
+        self.encoder = encoder
+        self.liveness = liveness
         self.blocked_retry_s = blocked_retry_s
         self._blocked: dict[str, float] = {}
         self.batch_size = batch_size
@@ -158,6 +195,8 @@ class OutboxRelay:
             leader = False
             idle_since = time.monotonic()
             while not self._stopping:
+                if self.liveness is not None:
+                    self.liveness.beat()
                 if not leader:
                     leader = self._try_lead(control)
                     if not leader:
@@ -195,13 +234,35 @@ class OutboxRelay:
             if not rows:
                 return 0
             outcomes: dict[int, KafkaError | None] = {}
-            for index, (_, aggregate_type, key, payload, topic, headers) in enumerate(rows):
+            for index, (
+                row_id,
+                aggregate_type,
+                key,
+                payload,
+                topic,
+                headers,
+                kind,
+                created,
+            ) in enumerate(rows):
 
                 def delivered(error: KafkaError | None, _: Message, index: int = index) -> None:
                     outcomes[index] = error
 
                 destination = topic or self.table.route.format(aggregatetype=aggregate_type)
-                self._send(destination, key, payload, h.from_json(headers or []), delivered)
+                pairs = h.from_json(headers or [])
+                if self.encoder is not None:
+                    row = OutboxRow(
+                        row_id, aggregate_type, key, kind, payload, topic, pairs, created
+                    )
+                    try:
+                        destination, payload, pairs = self.encoder(row)
+                    except Exception as refused:  # this row waits; the others go on
+                        log.error(
+                            "outbox %s: row %s not publishable: %s", self.name, row_id, refused
+                        )
+                        outcomes[index] = KafkaError(KafkaError._BAD_MSG, str(refused))
+                        continue
+                self._send(destination, key, payload, pairs, delivered)
             self._producer.flush(30)
             published = self._published_ids(rows, outcomes)
             connection.execute(self._mark, (published,))
@@ -267,7 +328,7 @@ class OutboxRelay:
         )
         query = sql.SQL(
             "SELECT count(*), coalesce({oldest}, 0) FROM {table} WHERE {pending}"
-        ).format(oldest=oldest, table=sql.Identifier(t.table), pending=pending)
+        ).format(oldest=oldest, table=sql.Identifier(*t.table.split(".")), pending=pending)
         with connection.transaction():
             count, age = connection.execute(query).fetchone()  # type: ignore[misc]
         OUTBOX_BACKLOG.labels(self.name).set(count)
@@ -282,13 +343,16 @@ class OutboxRelay:
     def _statements(self) -> tuple[sql.Composed, sql.Composed]:
         t = self.table
         column = sql.Identifier
+        table = sql.Identifier(*t.table.split("."))
         optional = [
             column(t.topic_column) if t.topic_column else sql.SQL("NULL"),
             column(t.headers_column) if t.headers_column else sql.SQL("NULL"),
+            column(t.created_column) if t.created_column else sql.SQL("NULL"),
         ]
         select = sql.SQL(
-            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers} "
-            "FROM {table} WHERE {pending} AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
+            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers}, "
+            "{type}, {created} FROM {table} WHERE {pending} "
+            "AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
             "ORDER BY {seq} LIMIT %s FOR UPDATE"
         ).format(
             id=column(t.id_column),
@@ -297,16 +361,18 @@ class OutboxRelay:
             payload=column(t.payload_column),
             topic=optional[0],
             headers=optional[1],
-            table=column(t.table),
+            type=column(t.type_column),
+            created=optional[2],
+            table=table,
             pending=self._unpublished(),
             seq=column(t.seq_column),
         )
         if t.published_column:
             mark = sql.SQL("UPDATE {table} SET {published} = now() WHERE {id} = ANY(%s)").format(
-                table=column(t.table), published=column(t.published_column), id=column(t.id_column)
+                table=table, published=column(t.published_column), id=column(t.id_column)
             )
         else:
             mark = sql.SQL("DELETE FROM {table} WHERE {id} = ANY(%s)").format(
-                table=column(t.table), id=column(t.id_column)
+                table=table, id=column(t.id_column)
             )
         return select, mark
