@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from revsync.demo import ensure_topic
+from revsync.probe import ensure_topic
 from revsync.settings import Settings
 
 PARTITIONS = 4

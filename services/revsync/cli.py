@@ -1,4 +1,4 @@
-"""The ``revsync`` command line: the local stack, and the demo."""
+"""The ``revsync`` command line: the local stack, the contracts, and the services."""
 
 from __future__ import annotations
 
@@ -91,10 +91,29 @@ def stack_logs(
         console.print(tail(item.log, lines), markup=False, highlight=False)
 
 
-@app.command("demo")
-def demo() -> None:
+@app.command("run")
+def run_service(
+    service: Annotated[
+        str,
+        typer.Argument(help="order-sync, invoice-sync, fulfillment-sync or erp-outbox-publisher"),
+    ],
+) -> None:
+    """Run one service in the foreground until SIGTERM, as production does."""
+    from revsync.errors import RevsyncError
+    from revsync.host import NAMES, run
+
+    if service not in NAMES:
+        raise _fail(f"unknown service {service!r}; one of {', '.join(NAMES)}")
+    try:
+        run(service)
+    except (SettingsError, RevsyncError) as error:
+        raise _fail(str(error)) from None
+
+
+@stack_app.command("check")
+def stack_check() -> None:
     """Start the stack, send one event through Kafka and the registry, and read it back."""
-    from revsync.demo import run_stack_check
+    from revsync.probe import run_stack_check
 
     stack = _local_stack()
     try:

@@ -1,4 +1,4 @@
-"""The demo's stack check: one Avro event through the broker and the registry and back."""
+"""`revsync stack check`: one Avro event through the broker and the registry and back."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from revsync.contracts.serde import TOPIC_NAME_STRATEGY
 from revsync.contracts.topics import await_topic
 from revsync.settings import Settings
 
-STACK_CHECK_TOPIC = "revsync.demo.stack-check"
+STACK_CHECK_TOPIC = "revsync.probe.stack-check"
 STACK_CHECK_SCHEMA = {
     "type": "record",
     "name": "StackChecked",
-    "namespace": "io.revsync.demo",
-    "doc": "A probe sent by `revsync demo` to show the broker and the registry at work.",
+    "namespace": "io.revsync.probe",
+    "doc": "A probe sent by `revsync stack check` to show the broker and the registry at work.",
     "fields": [
         {"name": "check_id", "type": "string", "doc": "Unique id of this check."},
         {
@@ -89,7 +89,7 @@ def send_and_read_back(
 
     consumer = Consumer(
         settings.kafka_config(
-            **{"group.id": f"revsync-demo-{uuid.uuid4()}", "enable.auto.commit": False}
+            **{"group.id": f"revsync-probe-{uuid.uuid4()}", "enable.auto.commit": False}
         )
     )
     try:

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 from psycopg import sql
 
-from revsync.demo import ensure_topic
+from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
 from revsync.runtime.outbox import OutboxRelay, OutboxTable
 from revsync.settings import Settings

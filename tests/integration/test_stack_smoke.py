@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from revsync.cli import app
 from revsync.contracts.topics import await_topic
-from revsync.demo import ensure_topic, send_and_read_back
+from revsync.probe import ensure_topic, send_and_read_back
 from revsync.settings import Settings
 from revsync.stack import LocalStack
 
@@ -150,8 +150,8 @@ def test_a_taken_port_is_refused_naming_it(tmp_path: Path, monkeypatch: pytest.M
     assert not list(tmp_path.glob("*.pid")), "nothing may start when a port is taken"
 
 
-def test_demo_sends_one_event_and_reads_it_back(local_stack: LocalStack) -> None:
-    result = CliRunner().invoke(app, ["demo"])
+def test_stack_check_sends_one_event_and_reads_it_back(local_stack: LocalStack) -> None:
+    result = CliRunner().invoke(app, ["stack", "check"])
     assert result.exit_code == 0, result.output
     assert "round trip intact" in result.output
 
