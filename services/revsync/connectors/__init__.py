@@ -1,0 +1,1 @@
+"""Adapters to the external systems: the CRM (Salesforce REST) and the ERP."""
