@@ -1,0 +1,536 @@
+"""The Salesforce CRM adapter: REST calls for records, queries and upserts, with Salesforce's
+failures translated into revsync's error taxonomy.
+
+Authentication is the OAuth 2.0 client-credentials flow; the access token is shared by every
+thread and refreshed once when Salesforce reports the session invalid. Numbers travel as JSON
+numbers and come back as :class:`~decimal.Decimal`, so money never passes through a float.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+from pydantic import SecretStr
+
+from revsync.connectors.http import (
+    pooled_client,
+    raise_for_transient,
+    retry_after_s,
+    transport_failure,
+)
+from revsync.errors import (
+    BusinessRuleViolation,
+    DependencyNotReady,
+    RevsyncError,
+    TransientError,
+)
+
+SYSTEM = "salesforce"
+BATCH_LIMIT = 200
+"""Most records one sObject Collections request may carry."""
+INVALID_SESSION = "INVALID_SESSION_ID"
+NOT_FOUND = "NOT_FOUND"
+REFERENCE_MISSING = "INVALID_CROSS_REFERENCE_KEY"
+TRANSIENT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
+"""Error codes that say "try again later" whatever the HTTP status (the API limit is a 403)."""
+REFUSED_CREDENTIALS = frozenset({"invalid_client", "invalid_grant", "invalid_client_id"})
+
+
+# --- JSON with exact numbers ----------------------------------------------------------------
+
+
+def decode_json(raw: bytes | str) -> Any:
+    """Salesforce JSON with every fractional number as a Decimal (never a float)."""
+    return json.loads(raw, parse_float=Decimal)
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON in which Decimals are written as JSON numbers digit for digit, and dates and
+    datetimes as ISO 8601 strings; the standard encoder can do neither."""
+    return "".join(_encode(value)).encode()
+
+
+def _encode(value: Any) -> Iterator[str]:
+    if value is None or isinstance(value, bool | int | float | str):
+        yield json.dumps(value, allow_nan=False)
+    elif isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} is not a JSON number")
+        yield str(value)
+    elif isinstance(value, datetime):
+        yield json.dumps(iso_datetime(value))
+    elif isinstance(value, date):
+        yield json.dumps(value.isoformat())
+    elif isinstance(value, Mapping):
+        yield "{"
+        for index, (name, item) in enumerate(value.items()):
+            if not isinstance(name, str):
+                raise TypeError(f"JSON object keys are strings, not {name!r}")
+            yield ("," if index else "") + json.dumps(name) + ":"
+            yield from _encode(item)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "["
+        for index, item in enumerate(value):
+            if index:
+                yield ","
+            yield from _encode(item)
+        yield "]"
+    else:
+        raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def iso_datetime(moment: datetime) -> str:
+    """A timezone-aware datetime as Salesforce reads it, in UTC with milliseconds."""
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError(f"{moment} has no timezone; Salesforce datetimes are absolute")
+    utc = (moment - offset).replace(tzinfo=None)
+    return utc.isoformat(timespec="milliseconds") + "Z"
+
+
+# --- Configuration and results ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SalesforceConfig:
+    """Where the org is and how revsync signs in to it (a connected app's client credentials)."""
+
+    instance_url: str
+    client_id: str
+    client_secret: SecretStr = field(repr=False)
+    api_version: str = "v62.0"
+    client_name: str = "revsync"
+    """Sent as ``Sforce-Call-Options: client=<client_name>``; change events caused by revsync
+    carry it in their ``changeOrigin``, which is how revsync recognises its own echoes."""
+    timeout_s: float = 10.0
+    max_connections: int = 20
+    token_url: str | None = None
+    """Default: ``instance_url`` + ``/services/oauth2/token``."""
+
+    @property
+    def resolved_token_url(self) -> str:
+        return self.token_url or self.instance_url.rstrip("/") + "/services/oauth2/token"
+
+
+@dataclass(frozen=True)
+class CrmFieldError:
+    """One error Salesforce reported for a record."""
+
+    status_code: str
+    message: str
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    id: str
+    created: bool
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """The outcome of one record of an sObject Collections request."""
+
+    id: str | None
+    success: bool
+    created: bool
+    errors: tuple[CrmFieldError, ...]
+    sobject: str = ""
+    external_id_field: str = ""
+    external_id: str = ""
+    """Which record this is: the sObject, and the key it was upserted by."""
+
+    @property
+    def subject(self) -> str:
+        """The record as error messages name it, e.g. ``Invoice__c ERP_Invoice_Id__c=INV-1``."""
+        return f"{self.sobject} {self.external_id_field}={self.external_id}"
+
+    def error(self) -> RevsyncError | None:
+        """The typed exception for a failed record (None when it succeeded)."""
+        if self.success:
+            return None
+        not_found = (
+            RecordNotFound(self.sobject, self.external_id)
+            if self.external_id_field == "Id"
+            else None
+        )
+        return _typed_failure(self.subject, self.errors, not_found)
+
+    def raise_for_failure(self) -> None:
+        """Raise :meth:`error`, if there is one."""
+        failure = self.error()
+        if failure is not None:
+            raise failure
+
+
+# --- Errors -------------------------------------------------------------------------------
+
+
+class CrmAuthFailed(TransientError):
+    """Salesforce refused revsync's credentials or its fresh session. Retried: credentials may
+    be rotated, or a connected app re-enabled, without a redeploy."""
+
+
+class CrmRejected(BusinessRuleViolation):
+    """Salesforce refused a record for good (validation rule, missing field, unknown field)."""
+
+    def __init__(
+        self, subject: str, status_code: str, message: str, fields: Sequence[str] = ()
+    ) -> None:
+        where = f" on {', '.join(fields)}" if fields else ""
+        super().__init__(f"Salesforce refused {subject}: {status_code}{where}: {message}")
+        self.subject = subject
+        self.status_code = status_code
+        self.fields = tuple(fields)
+        self.message = message
+
+
+class RecordNotFound(DependencyNotReady):
+    """The record does not exist (yet) in Salesforce."""
+
+    def __init__(self, sobject: str, record_id: str) -> None:
+        super().__init__(f"Salesforce has no {sobject} {record_id}")
+        self.sobject = sobject
+        self.record_id = record_id
+
+
+class CrmReferenceMissing(DependencyNotReady):
+    """A lookup (such as ``Order__c``) points at a record Salesforce does not have yet."""
+
+    def __init__(self, subject: str, fields: Sequence[str], message: str) -> None:
+        super().__init__(
+            f"Salesforce cannot link {subject}: {', '.join(fields) or 'a lookup'} references "
+            f"a record that does not exist yet: {message}"
+        )
+        self.subject = subject
+        self.fields = tuple(fields)
+        self.message = message
+
+
+def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
+    """Salesforce's REST error list ``[{"message", "errorCode", "fields"}]``."""
+    if not isinstance(body, list):
+        return ()
+    return tuple(
+        CrmFieldError(
+            str(item.get("errorCode") or item.get("statusCode") or "UNKNOWN_EXCEPTION"),
+            str(item.get("message", "")),
+            tuple(item.get("fields") or ()),
+        )
+        for item in body
+        if isinstance(item, Mapping)
+    )
+
+
+def _typed_failure(
+    subject: str,
+    errors: Sequence[CrmFieldError],
+    not_found: RevsyncError | None,
+    retry_after: float | None = None,
+) -> RevsyncError:
+    """The most actionable exception for a set of errors: try-again-later beats not-yet,
+    which beats refused."""
+    for error in errors:
+        if error.status_code in TRANSIENT_CODES:
+            return TransientError(
+                f"{SYSTEM}: {error.status_code} for {subject}: {error.message}",
+                retry_after=retry_after,
+            )
+    for error in errors:
+        if error.status_code == NOT_FOUND and not_found is not None:
+            return not_found
+    for error in errors:
+        if error.status_code == REFERENCE_MISSING:
+            return CrmReferenceMissing(subject, error.fields, error.message)
+    if not errors:
+        return CrmRejected(subject, "UNKNOWN_EXCEPTION", "no error detail in the answer")
+    first = errors[0]
+    return CrmRejected(subject, first.status_code, first.message, first.fields)
+
+
+# --- The client -------------------------------------------------------------------------------
+
+
+class SalesforceClient:
+    """Calls one Salesforce org; safe to share between threads."""
+
+    def __init__(self, config: SalesforceConfig) -> None:
+        self._config = config
+        self._api = f"/services/data/{config.api_version}"
+        self._http = pooled_client(
+            config.instance_url,
+            timeout_s=config.timeout_s,
+            max_connections=config.max_connections,
+            headers={
+                "Accept": "application/json",
+                "Sforce-Call-Options": f"client={config.client_name}",
+            },
+        )
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # The calls the services make.
+
+    def get(
+        self, sobject: str, record_id: str, fields: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """One record by id, all fields unless ``fields`` names some."""
+        params = {"fields": ",".join(fields)} if fields else None
+        body = self._call(
+            "GET",
+            f"{self._api}/sobjects/{sobject}/{quote(record_id, safe='')}",
+            subject=f"{sobject} {record_id}",
+            not_found=RecordNotFound(sobject, record_id),
+            params=params,
+        )
+        return _without_attributes(body)
+
+    def related(self, sobject: str, record_id: str, relationship: str) -> list[dict[str, Any]]:
+        """The records of a child relationship, e.g. an Order's ``OrderItems``, every page."""
+        return self._all_pages(
+            f"{self._api}/sobjects/{sobject}/{quote(record_id, safe='')}/{relationship}",
+            None,
+            subject=f"{sobject} {record_id} {relationship}",
+            not_found=RecordNotFound(sobject, record_id),
+        )
+
+    def query(self, soql: str) -> list[dict[str, Any]]:
+        """Every record a SOQL query selects, following ``nextRecordsUrl`` page by page."""
+        return self._all_pages(
+            f"{self._api}/query", {"q": soql}, subject=f"query {soql!r}", not_found=None
+        )
+
+    def update(self, sobject: str, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Change some fields of an existing record."""
+        self._call(
+            "PATCH",
+            f"{self._api}/sobjects/{sobject}/{quote(record_id, safe='')}",
+            subject=f"{sobject} {record_id}",
+            not_found=RecordNotFound(sobject, record_id),
+            body=dict(fields),
+        )
+
+    def upsert(
+        self,
+        sobject: str,
+        external_id_field: str,
+        external_id: str,
+        fields: Mapping[str, Any],
+    ) -> UpsertResult:
+        """Create or update the record whose ``external_id_field`` is ``external_id``."""
+        body = {name: value for name, value in fields.items() if name != external_id_field}
+        answer = self._call(
+            "PATCH",
+            f"{self._api}/sobjects/{sobject}/{external_id_field}/{quote(external_id, safe='')}",
+            subject=f"{sobject} {external_id_field}={external_id}",
+            not_found=RecordNotFound(sobject, external_id) if external_id_field == "Id" else None,
+            body=body,
+        )
+        if not isinstance(answer, Mapping) or not answer.get("id"):
+            raise CrmRejected(
+                f"{sobject} {external_id_field}={external_id}",
+                "UNKNOWN_EXCEPTION",
+                "the upsert answer names no record id",
+            )
+        return UpsertResult(str(answer["id"]), bool(answer.get("created")))
+
+    def upsert_many(
+        self,
+        sobject: str,
+        external_id_field: str,
+        records: Sequence[Mapping[str, Any]],
+    ) -> list[RecordResult]:
+        """Upsert records by ``external_id_field`` in sObject Collections requests of at most
+        :data:`BATCH_LIMIT`, each record on its own (``allOrNone`` false). The results are in
+        input order; a failed record's :meth:`RecordResult.error` says what to do about it."""
+        results: list[RecordResult] = []
+        path = f"{self._api}/composite/sobjects/{sobject}/{external_id_field}"
+        for start in range(0, len(records), BATCH_LIMIT):
+            chunk = records[start : start + BATCH_LIMIT]
+            keys = [str(record.get(external_id_field, "")) for record in chunk]
+            answer = self._call(
+                "PATCH",
+                path,
+                subject=f"{len(chunk)} {sobject} records",
+                not_found=None,
+                body={
+                    "allOrNone": False,
+                    "records": [{"attributes": {"type": sobject}, **record} for record in chunk],
+                },
+            )
+            if not isinstance(answer, list) or len(answer) != len(chunk):
+                raise CrmRejected(
+                    f"{len(chunk)} {sobject} records",
+                    "UNKNOWN_EXCEPTION",
+                    f"expected {len(chunk)} results, got {answer!r:.200}",
+                )
+            results += [
+                RecordResult(
+                    id=item.get("id"),
+                    success=bool(item.get("success")),
+                    created=bool(item.get("created")),
+                    errors=_field_errors(item.get("errors")),
+                    sobject=sobject,
+                    external_id_field=external_id_field,
+                    external_id=key,
+                )
+                for item, key in zip(answer, keys, strict=True)
+            ]
+        return results
+
+    # Plumbing.
+
+    def _all_pages(
+        self,
+        path: str,
+        params: dict[str, str] | None,
+        *,
+        subject: str,
+        not_found: RevsyncError | None,
+    ) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        next_path: str | None = path
+        while next_path is not None:
+            page = self._call("GET", next_path, subject=subject, not_found=not_found, params=params)
+            records += [_without_attributes(record) for record in page.get("records", ())]
+            next_path = None if page.get("done", True) else page.get("nextRecordsUrl")
+            params = None
+        return records
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        subject: str,
+        not_found: RevsyncError | None,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+    ) -> Any:
+        """Send one API request with the shared token; an invalid session is refreshed and
+        the request sent once more."""
+        token = self._current_token()
+        response = self._send(method, path, token, params, body)
+        if _is_invalid_session(response):
+            response = self._send(method, path, self._refresh(token), params, body)
+            if _is_invalid_session(response):
+                raise CrmAuthFailed(
+                    f"{SYSTEM}: a freshly issued session was refused on {method} {path}"
+                )
+        if response.is_success:
+            return decode_json(response.content) if response.content else None
+        raise_for_transient(SYSTEM, response)
+        errors = _field_errors(_decoded_or_none(response))
+        if not errors:
+            errors = (CrmFieldError(f"HTTP_{response.status_code}", response.text[:200]),)
+        raise _typed_failure(subject, errors, not_found, retry_after_s(response))
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        params: dict[str, str] | None,
+        body: Any,
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        content = None
+        if body is not None:
+            content = encode_json(body)
+            headers["Content-Type"] = "application/json"
+        try:
+            return self._http.request(method, path, params=params, content=content, headers=headers)
+        except httpx.TransportError as error:
+            raise transport_failure(SYSTEM, f"{method} {path}", error) from error
+
+    def _current_token(self) -> str:
+        token = self._token
+        return token if token is not None else self._refresh(None)
+
+    def _refresh(self, stale: str | None) -> str:
+        """A new access token, unless another thread already replaced ``stale``."""
+        with self._token_lock:
+            if self._token is not None and self._token != stale:
+                return self._token
+            self._token = self._fetch_token()
+            return self._token
+
+    def _fetch_token(self) -> str:
+        config = self._config
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": config.client_id,
+            "client_secret": config.client_secret.get_secret_value(),
+        }
+        try:
+            response = self._http.post(config.resolved_token_url, data=form)
+        except httpx.TransportError as error:
+            raise transport_failure(SYSTEM, "token request", error) from error
+        raise_for_transient(SYSTEM, response)
+        answer = _decoded_or_none(response)
+        if response.is_success and isinstance(answer, Mapping) and answer.get("access_token"):
+            return str(answer["access_token"])
+        reason = answer.get("error") if isinstance(answer, Mapping) else None
+        refused = "were refused" if reason in REFUSED_CREDENTIALS else "were not accepted"
+        raise CrmAuthFailed(
+            f"{SYSTEM}: the client credentials of connected app {config.client_id!r} {refused} "
+            f"(HTTP {response.status_code}, {reason or 'no error code'})"
+        )
+
+
+def _is_invalid_session(response: httpx.Response) -> bool:
+    return response.status_code == 401 and any(
+        error.status_code == INVALID_SESSION for error in _field_errors(_decoded_or_none(response))
+    )
+
+
+def _decoded_or_none(response: httpx.Response) -> Any:
+    try:
+        return decode_json(response.content) if response.content else None
+    except ValueError:
+        return None
+
+
+def _without_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in record.items() if name != "attributes"}
+
+
+__all__ = [
+    "BATCH_LIMIT",
+    "CrmAuthFailed",
+    "CrmFieldError",
+    "CrmReferenceMissing",
+    "CrmRejected",
+    "RecordNotFound",
+    "RecordResult",
+    "SalesforceClient",
+    "SalesforceConfig",
+    "UpsertResult",
+    "decode_json",
+    "encode_json",
+    "iso_datetime",
+]
