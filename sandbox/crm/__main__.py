@@ -1,0 +1,52 @@
+"""``python -m sandbox.crm``: serve the simulated org until SIGTERM or SIGINT.
+
+Prints ``{"url": ...}`` on one line once it listens, so a parent process can find it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from types import FrameType
+
+from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, CrmSimulator
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m sandbox.crm", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--bootstrap-servers", required=True, help="Kafka, for change events")
+    parser.add_argument("--cdc-topic", default="revsync.order.crm-change.v1")
+    parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
+    parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
+    parser.add_argument("--seed", type=int, default=None, help="fault dice seed")
+    options = parser.parse_args(argv)
+
+    simulator = CrmSimulator(
+        kafka_config={"bootstrap.servers": options.bootstrap_servers},
+        cdc_topic=options.cdc_topic,
+        client_id=options.client_id,
+        client_secret=options.client_secret,
+        host=options.host,
+        port=options.port,
+        seed=options.seed,
+    ).start()
+    stopping = threading.Event()
+
+    def stop(_signal: int, _frame: FrameType | None) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    sys.stdout.write(json.dumps({"url": simulator.url}) + "\n")
+    sys.stdout.flush()
+    stopping.wait()
+    simulator.stop()
+
+
+if __name__ == "__main__":
+    main()

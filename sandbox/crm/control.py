@@ -1,0 +1,96 @@
+"""A typed client of the CRM simulator's control API, for the demo and the end-to-end tests."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from revsync.connectors.salesforce import decode_json, encode_json
+
+
+class CrmSandbox:
+    """Seeds, drives and inspects a running CRM simulator as a sales rep and an operator.
+    Use it with :func:`contextlib.closing`, or call :meth:`close`."""
+
+    def __init__(self, url: str, timeout_s: float = 60.0) -> None:
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/__sandbox", timeout=timeout_s)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def insert(self, sobject: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Create records (Accounts, Product2, Pricebook2...) and return their ids."""
+        answer = self._call("POST", f"/records/{sobject}", {"records": list(records)})
+        return list(answer["ids"])
+
+    def create_orders(
+        self, orders: Sequence[Mapping[str, Any]], *, activate: bool = True
+    ) -> list[str]:
+        """Create Draft orders, each with its ``items``, then activate them, as a rep would;
+        one transaction, so one change event per step and order."""
+        answer = self._call("POST", "/orders", {"orders": list(orders), "activate": activate})
+        return list(answer["ids"])
+
+    def cancel_order(self, order_id: str, reason: str) -> None:
+        self._call("POST", f"/orders/{order_id}/cancel", {"reason": reason})
+
+    def delete(self, sobject: str, record_id: str) -> None:
+        self._call("DELETE", f"/records/{sobject}/{record_id}")
+
+    def records(self, sobject: str, **equal_to: str) -> list[dict[str, Any]]:
+        """Every record of ``sobject`` whose fields have these values (as text; "null")."""
+        answer = self._call("GET", f"/records/{sobject}", params=equal_to)
+        return list(answer["records"])
+
+    def stats(self) -> dict[str, Any]:
+        return dict(self._call("GET", "/stats"))
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._call("GET", "/counters"))
+
+    def set_faults(self, **faults: float) -> dict[str, Any]:
+        """The HTTP fault knobs (error_rate, throttle_rate, throttle_status, latency_ms...)."""
+        return dict(self._call("PUT", "/faults", faults))
+
+    def set_cdc(
+        self,
+        *,
+        duplicate_rate: float | None = None,
+        gap_rate: float | None = None,
+        overflow_after: int | None = None,
+        overflow_off: bool = False,
+    ) -> dict[str, Any]:
+        """Change some CDC fault knobs; ``overflow_off`` turns overflow events off again."""
+        changes: dict[str, Any] = {}
+        if duplicate_rate is not None:
+            changes["duplicate_rate"] = duplicate_rate
+        if gap_rate is not None:
+            changes["gap_rate"] = gap_rate
+        if overflow_after is not None or overflow_off:
+            changes["overflow_after"] = overflow_after
+        return dict(self._call("PUT", "/cdc", changes))
+
+    def set_query_page_size(self, page_size: int) -> None:
+        self._call("PUT", "/query", {"page_size": page_size})
+
+    def expire_sessions(self) -> int:
+        """Invalidate every issued access token; the number invalidated."""
+        return int(self._call("PUT", "/sessions/expire")["expired"])
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        params: Mapping[str, str] | None = None,
+    ) -> Any:
+        content = None if body is None else encode_json(body)
+        headers = {"Content-Type": "application/json"} if content else None
+        response = self._http.request(method, path, content=content, headers=headers, params=params)
+        if response.is_error:
+            raise RuntimeError(
+                f"CRM sandbox {method} {path}: HTTP {response.status_code}: {response.text}"
+            )
+        return decode_json(response.content) if response.content else None

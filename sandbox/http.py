@@ -1,0 +1,252 @@
+"""The simulators' HTTP server: JSON routes, fault knobs, and a control API.
+
+Routes under ``/__sandbox/`` are the control API (faults, seeding, inspection) and never
+suffer faults; every other route does, as set with ``PUT /__sandbox/faults``.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+CONTROL_PREFIX = "/__sandbox/"
+
+
+@dataclass
+class Faults:
+    """What goes wrong, and how often. Rates are probabilities per API request."""
+
+    error_rate: float = 0.0
+    """Answer 503 without doing the work."""
+    error_status: int = 503
+    throttle_rate: float = 0.0
+    """Answer ``throttle_status`` with ``Retry-After: retry_after_s`` without doing the work."""
+    throttle_status: int = 429
+    """429, or 403 as Salesforce answers when the org's API request limit is spent."""
+    retry_after_s: int = 1
+    latency_ms: int = 0
+    """Added before every API answer."""
+    timeout_rate: float = 0.0
+    """Do the work, then hold the answer for ``hang_s``: the caller times out not knowing
+    whether the call happened, the case idempotency keys exist for."""
+    hang_s: float = 15.0
+
+    def update(self, changes: dict[str, Any]) -> None:
+        for name, value in changes.items():
+            if name not in self.__dataclass_fields__:
+                raise KeyError(name)
+            setattr(self, name, type(getattr(self, name))(value))
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    params: dict[str, str]
+    """Named groups of the matched route."""
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    """Lower-cased names."""
+    body: Any
+    """Decoded JSON, or a dict of the first value of each field of a form-encoded body."""
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class HttpFailure(Exception):
+    """Raised by a route to answer with an error body."""
+
+    def __init__(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status)
+        self.response = Response(status, body, headers or {})
+
+
+Route = Callable[[Request], Response]
+JsonLoads = Callable[[bytes], Any]
+JsonDumps = Callable[[Any], bytes]
+
+
+def _default_dumps(body: Any) -> bytes:
+    return json.dumps(body).encode()
+
+
+class JsonServer:
+    """A threaded HTTP/1.1 server (keep-alive) dispatching to regex routes."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        seed: int | None = None,
+        *,
+        loads: JsonLoads = json.loads,
+        dumps: JsonDumps = _default_dumps,
+    ) -> None:
+        """``loads`` and ``dumps`` replace the JSON codec, e.g. to keep numbers exact."""
+        self.faults = Faults()
+        self.loads = loads
+        self.dumps = dumps
+        self._random = random.Random(seed)  # noqa: S311 - fault dice, not secrets
+        self._random_lock = threading.Lock()
+        self._routes: list[tuple[str, re.Pattern[str], Route, bool]] = []
+        self.counters: dict[str, int] = {}
+        self._counter_lock = threading.Lock()
+        self.route("GET", CONTROL_PREFIX + "faults", lambda _: Response(body=asdict(self.faults)))
+        self.route("PUT", CONTROL_PREFIX + "faults", self._set_faults)
+        self.route("GET", CONTROL_PREFIX + "counters", lambda _: Response(body=self.counters))
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def route(self, method: str, pattern: str, handler: Route, *, faults: bool = True) -> None:
+        """Serve ``method`` on paths matching ``pattern``; ``faults=False`` spares a route
+        outside the control API (a sign-in endpoint, say) from the fault knobs."""
+        self._routes.append((method, re.compile(f"^{pattern}$"), handler, faults))
+
+    def count(self, name: str, amount: int = 1) -> None:
+        with self._counter_lock:
+            self.counters[name] = self.counters.get(name, 0) + amount
+
+    def start(self) -> JsonServer:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def serve_forever(self) -> None:
+        self._server.serve_forever()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _set_faults(self, request: Request) -> Response:
+        try:
+            self.faults.update(request.body or {})
+        except (KeyError, TypeError, ValueError) as error:
+            raise HttpFailure(400, {"error": f"bad fault setting: {error}"}) from None
+        return Response(body=asdict(self.faults))
+
+    def _chance(self, rate: float) -> bool:
+        if rate <= 0:
+            return False
+        with self._random_lock:
+            return self._random.random() < rate
+
+    def dispatch(self, request: Request) -> tuple[Response, float]:
+        """The answer to ``request``, and how long to hold it back."""
+        allowed = False
+        for method, pattern, handler, faulty in self._routes:
+            match = pattern.match(request.path)
+            if match is None:
+                continue
+            allowed = True
+            if method != request.method:
+                continue
+            request.params = match.groupdict()
+            if not faulty or request.path.startswith(CONTROL_PREFIX):
+                return self._run(handler, request), 0.0
+            return self._faulty(handler, request)
+        if allowed:
+            return Response(405, {"error": f"{request.method} not allowed"}), 0.0
+        return Response(404, [{"errorCode": "NOT_FOUND", "message": "no such resource"}]), 0.0
+
+    def _faulty(self, handler: Route, request: Request) -> tuple[Response, float]:
+        faults = self.faults
+        delay = faults.latency_ms / 1000
+        if self._chance(faults.throttle_rate):
+            self.count("faults.throttled")
+            headers = {"Retry-After": str(faults.retry_after_s)}
+            body = [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "request limit exceeded"}]
+            return Response(faults.throttle_status, body, headers), delay
+        if self._chance(faults.error_rate):
+            self.count("faults.errors")
+            return Response(faults.error_status, [{"errorCode": "SERVER_UNAVAILABLE"}]), delay
+        response = self._run(handler, request)
+        if self._chance(faults.timeout_rate):
+            self.count("faults.timeouts")
+            delay += faults.hang_s
+        return response, delay
+
+    @staticmethod
+    def _run(handler: Route, request: Request) -> Response:
+        try:
+            return handler(request)
+        except HttpFailure as failure:
+            return failure.response
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class _Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            # Headers and body go out as two writes; with Nagle on, the body waits for the
+            # client's delayed ACK (40 ms) on every keep-alive request.
+            disable_nagle_algorithm = True
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                form = self.headers.get("Content-Type", "").startswith(
+                    "application/x-www-form-urlencoded"
+                )
+                try:
+                    if form:
+                        body: Any = {
+                            name: values[0] for name, values in parse_qs(raw.decode()).items()
+                        }
+                    else:
+                        body = server.loads(raw) if raw else None
+                except (UnicodeDecodeError, ValueError):
+                    self._answer(Response(400, [{"errorCode": "JSON_PARSER_ERROR"}]), 0.0)
+                    return
+                request = Request(
+                    self.command,
+                    parts.path,
+                    {},
+                    parse_qs(parts.query),
+                    {name.lower(): value for name, value in self.headers.items()},
+                    body,
+                )
+                self._answer(*server.dispatch(request))
+
+            def _answer(self, response: Response, delay: float) -> None:
+                if delay:
+                    time.sleep(delay)
+                payload = b"" if response.body is None else server.dumps(response.body)
+                try:
+                    self.send_response(response.status)
+                    for name, value in response.headers.items():
+                        self.send_header(name, value)
+                    if payload:
+                        self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the caller gave up waiting (a timeout fault)
+
+            do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve  # noqa: N815 - http.server API
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        return _Handler

@@ -1,0 +1,563 @@
+"""The Salesforce adapter against the CRM simulator, and the simulator's change events on Kafka.
+
+Each failure Salesforce can answer with is provoked for real over HTTP and must come out of the
+adapter as the error class the runtime acts on: retry (transient), wait (dependency not ready)
+or dead-letter (refused).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sandbox.crm import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    INTEGRATION_USER_ID,
+    SALES_REP_USER_ID,
+    CrmSandbox,
+    CrmSimulator,
+)
+from sandbox.http import Faults
+
+from revsync.connectors.salesforce import (
+    BATCH_LIMIT,
+    CrmAuthFailed,
+    CrmReferenceMissing,
+    CrmRejected,
+    RecordNotFound,
+    SalesforceClient,
+    SalesforceConfig,
+    decode_json,
+)
+from revsync.errors import DependencyNotReady, ErrorClass, TransientError, classify
+from revsync.probe import ensure_topic
+from revsync.settings import Settings
+from runtime_support import read_topic
+
+REST_ORIGIN = "com/salesforce/api/rest/62.0;client=revsync"
+
+
+@pytest.fixture(scope="module")
+def simulator(settings: Settings) -> Iterator[CrmSimulator]:
+    topic = f"revsync.test.crm-change.{uuid.uuid4().hex[:8]}"
+    ensure_topic(settings, topic)
+    crm = CrmSimulator(kafka_config=settings.kafka_config(), cdc_topic=topic, seed=7).start()
+    yield crm
+    crm.stop()
+
+
+@pytest.fixture(scope="module")
+def sandbox(simulator: CrmSimulator) -> Iterator[CrmSandbox]:
+    with closing(CrmSandbox(simulator.url)) as control:
+        yield control
+
+
+@pytest.fixture(autouse=True)
+def calm(simulator: CrmSimulator) -> Iterator[None]:
+    """Every test starts, and leaves, without faults."""
+    yield
+    simulator.server.faults = Faults()
+    simulator.cdc.knobs.update({"duplicate_rate": 0, "gap_rate": 0, "overflow_after": None})
+    simulator.query_page_size = 2000
+
+
+@pytest.fixture
+def crm(simulator: CrmSimulator) -> Iterator[SalesforceClient]:
+    with SalesforceClient(config(simulator)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def account(sandbox: CrmSandbox) -> str:
+    return sandbox.insert("Account", [{"Name": "Acme GmbH", "ERP_Customer_Id__c": "C-10001"}])[0]
+
+
+@pytest.fixture(scope="module")
+def product(sandbox: CrmSandbox) -> str:
+    return sandbox.insert(
+        "Product2", [{"Name": "Widget", "ProductCode": "W-1", "Family": "Widgets"}]
+    )[0]
+
+
+def config(simulator: CrmSimulator, **changes: Any) -> SalesforceConfig:
+    options: dict[str, Any] = {
+        "instance_url": simulator.url,
+        "client_id": DEFAULT_CLIENT_ID,
+        "client_secret": SecretStr(DEFAULT_CLIENT_SECRET),
+        "timeout_s": 5.0,
+        **changes,
+    }
+    return SalesforceConfig(**options)
+
+
+def an_order(account: str, product: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "AccountId": account,
+        "EffectiveDate": "2025-12-01",
+        "CurrencyIsoCode": "EUR",
+        "PoNumber": "PO-1",
+        **fields,
+        "items": [
+            {
+                "Product2Id": product,
+                "SKU__c": "W-1",
+                "Quantity": 3,
+                "UnitPrice": Decimal("19.99"),
+                "Discount__c": Decimal("1.50"),
+            }
+        ],
+    }
+
+
+def an_invoice(order: str, number: int, **fields: Any) -> dict[str, Any]:
+    return {
+        "ERP_Invoice_Id__c": f"INV-{number}",
+        "Name": f"INV-{number:06d}",
+        "Order__c": order,
+        "Total__c": Decimal("100.0000"),
+        "Status__c": "Posted",
+        **fields,
+    }
+
+
+def calls(simulator: CrmSimulator, route: str) -> int:
+    return simulator.server.counters.get(route, 0)
+
+
+def change_events(settings: Settings, simulator: CrmSimulator, keys: set[str]) -> list[Any]:
+    """The change events keyed by ``keys``, in the order Kafka holds them."""
+    messages = read_topic(settings, simulator.cdc.topic, simulator.cdc.counters.sent, 20)
+    events = []
+    for message in messages:
+        key = message.key()
+        value = message.value()
+        assert key is not None
+        assert value is not None
+        if key.decode() in keys:
+            events.append(decode_json(value))
+    return events
+
+
+# --- Sign-in ----------------------------------------------------------------------------------
+
+
+def test_the_token_is_fetched_once_and_refreshed_once_when_the_session_expires(
+    simulator: CrmSimulator, sandbox: CrmSandbox, crm: SalesforceClient, account: str
+) -> None:
+    before = calls(simulator, "oauth.token")
+    assert crm.get("Account", account)["Name"] == "Acme GmbH"
+    assert crm.get("Account", account, ["Name"]) == {"Name": "Acme GmbH"}
+    assert calls(simulator, "oauth.token") == before + 1
+
+    assert sandbox.expire_sessions() >= 1
+    assert crm.get("Account", account)["ERP_Customer_Id__c"] == "C-10001"
+    assert calls(simulator, "oauth.token") == before + 2
+
+
+def test_threads_that_all_meet_an_expired_session_share_one_refresh(
+    simulator: CrmSimulator, sandbox: CrmSandbox, crm: SalesforceClient, account: str
+) -> None:
+    crm.get("Account", account)
+    sandbox.expire_sessions()
+    before = calls(simulator, "oauth.token")
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            crm.get("Account", account)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
+    assert calls(simulator, "oauth.token") == before + 1
+
+
+def test_a_session_refused_twice_is_an_auth_failure(
+    simulator: CrmSimulator, crm: SalesforceClient, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Forgetful(set[str]):
+        """Issues tokens it never honours."""
+
+        def add(self, token: str) -> None:
+            pass
+
+    crm.get("Account", account)
+    monkeypatch.setattr(simulator, "_tokens", Forgetful())
+    with pytest.raises(CrmAuthFailed, match="freshly issued session was refused"):
+        crm.get("Account", account)
+
+
+def test_refused_credentials_are_an_auth_failure_that_keeps_the_secret(
+    simulator: CrmSimulator, account: str
+) -> None:
+    secret = "wrong-secret-do-not-print"
+    settings = config(simulator, client_secret=SecretStr(secret))
+    with SalesforceClient(settings) as crm, pytest.raises(CrmAuthFailed) as caught:
+        crm.get("Account", account)
+    assert "were refused" in str(caught.value)
+    assert "invalid_client" in str(caught.value)
+    assert secret not in str(caught.value)
+    assert secret not in repr(caught.value)
+    assert secret not in repr(settings)
+    assert classify(caught.value) is ErrorClass.TRANSIENT
+
+
+# --- Writes -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def order(sandbox: CrmSandbox, account: str, product: str) -> str:
+    return sandbox.create_orders([an_order(account, product)])[0]
+
+
+def test_upsert_by_external_id_creates_then_updates(crm: SalesforceClient, order: str) -> None:
+    key = f"INV-{uuid.uuid4().hex[:8]}"
+    first = crm.upsert("Invoice__c", "ERP_Invoice_Id__c", key, an_invoice(order, 1))
+    second = crm.upsert(
+        "Invoice__c", "ERP_Invoice_Id__c", key, {"Status__c": "Paid", "Amount_Due__c": 0}
+    )
+    assert first.created
+    assert not second.created
+    assert first.id == second.id
+    assert first.id.startswith("a0X")
+    assert len(first.id) == 18
+    stored = crm.get("Invoice__c", first.id)
+    assert (stored["ERP_Invoice_Id__c"], stored["Status__c"]) == (key, "Paid")
+
+
+def test_collections_upsert_sends_at_most_200_records_a_call_and_keeps_input_order(
+    simulator: CrmSimulator, crm: SalesforceClient, order: str
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    invoices = [an_invoice(order, n, ERP_Invoice_Id__c=f"INV-{run}-{n}") for n in range(450)]
+    before = calls(simulator, "api.collections.upsert")
+
+    results = crm.upsert_many("Invoice__c", "ERP_Invoice_Id__c", invoices)
+
+    assert (
+        calls(simulator, "api.collections.upsert") == before + 3 == before + 450 // BATCH_LIMIT + 1
+    )
+    assert [r.external_id for r in results] == [i["ERP_Invoice_Id__c"] for i in invoices]
+    assert all(r.success and r.created and r.error() is None for r in results)
+    again = crm.upsert_many("Invoice__c", "ERP_Invoice_Id__c", invoices[:5])
+    assert [r.id for r in again] == [r.id for r in results[:5]]
+    assert not any(r.created for r in again)
+
+
+def test_each_refused_record_of_a_collection_is_typed_and_names_its_field(
+    crm: SalesforceClient, order: str
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    good = an_invoice(order, 1, ERP_Invoice_Id__c=f"INV-{run}-ok")
+    no_total = {**an_invoice(order, 2, ERP_Invoice_Id__c=f"INV-{run}-1"), "Total__c": None}
+    negative = an_invoice(order, 3, ERP_Invoice_Id__c=f"INV-{run}-2", Amount_Due__c=-1)
+    unknown_order = an_invoice(
+        order, 4, ERP_Invoice_Id__c=f"INV-{run}-3", Order__c="801" + "9" * 15
+    )
+    unknown_field = an_invoice(order, 5, ERP_Invoice_Id__c=f"INV-{run}-4", Colour__c="red")
+
+    results = crm.upsert_many(
+        "Invoice__c", "ERP_Invoice_Id__c", [good, no_total, negative, unknown_order, unknown_field]
+    )
+
+    assert [r.success for r in results] == [True, False, False, False, False]
+    missing, refused, dangling, unknown = (r.error() for r in results[1:])
+    assert isinstance(missing, CrmRejected)
+    assert (missing.status_code, missing.fields) == ("REQUIRED_FIELD_MISSING", ("Total__c",))
+    assert str(missing).startswith(
+        f"Salesforce refused Invoice__c ERP_Invoice_Id__c=INV-{run}-1: REQUIRED_FIELD_MISSING "
+        "on Total__c: "
+    )
+    assert isinstance(refused, CrmRejected)
+    assert (refused.status_code, refused.fields) == (
+        "FIELD_CUSTOM_VALIDATION_EXCEPTION",
+        ("Amount_Due__c",),
+    )
+    assert isinstance(dangling, CrmReferenceMissing)
+    assert dangling.fields == ("Order__c",)
+    assert isinstance(dangling, DependencyNotReady)
+    assert "Order__c" in str(dangling)
+    assert isinstance(unknown, CrmRejected)
+    assert (unknown.status_code, unknown.fields) == ("INVALID_FIELD", ("Colour__c",))
+    with pytest.raises(CrmRejected):
+        results[1].raise_for_failure()
+
+
+def test_status_updates_keyed_by_id_of_an_order_the_crm_lacks_are_not_ready(
+    crm: SalesforceClient, order: str
+) -> None:
+    missing_order = "801" + "8" * 15
+    results = crm.upsert_many(
+        "Order",
+        "Id",
+        [
+            {"Id": order, "Billing_Status__c": "Invoiced"},
+            {"Id": missing_order, "Billing_Status__c": "Paid"},
+        ],
+    )
+    assert results[0].success
+    assert not results[0].created
+    assert isinstance(results[1].error(), RecordNotFound)
+    assert crm.get("Order", order, ["Billing_Status__c"])["Billing_Status__c"] == "Invoiced"
+
+
+def test_single_record_refusals_and_missing_records(crm: SalesforceClient, order: str) -> None:
+    with pytest.raises(CrmRejected) as too_long:
+        crm.update("Order", order, {"ERP_Message__c": "x" * 256})
+    assert too_long.value.status_code == "STRING_TOO_LONG"
+    assert too_long.value.fields == ("ERP_Message__c",)
+    assert classify(too_long.value) is ErrorClass.BUSINESS_RULE
+
+    with pytest.raises(CrmReferenceMissing, match="Order__c"):
+        crm.upsert(
+            "Shipment__c",
+            "ERP_Shipment_Id__c",
+            "SHP-X",
+            {"Order__c": "801" + "7" * 15, "Tracking_Number__c": "1Z999"},
+        )
+    with pytest.raises(CrmRejected, match="REQUIRED_FIELD_MISSING on Tracking_Number__c"):
+        crm.upsert("Shipment__c", "ERP_Shipment_Id__c", "SHP-Y", {"Order__c": order})
+    with pytest.raises(CrmRejected, match="INVALID_TYPE_ON_FIELD_IN_RECORD"):
+        crm.update("Order", order, {"EffectiveDate": "next tuesday"})
+
+    absent = "801" + "6" * 15
+    with pytest.raises(RecordNotFound) as not_found:
+        crm.get("Order", absent)
+    assert (not_found.value.sobject, not_found.value.record_id) == ("Order", absent)
+    with pytest.raises(RecordNotFound):
+        crm.update("Order", absent, {"ERP_Status__c": "Accepted"})
+    with pytest.raises(RecordNotFound):
+        crm.related("Order", absent, "OrderItems")
+
+
+# --- Transient failures -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [403, 429])
+def test_the_api_limit_is_transient_and_carries_retry_after(
+    simulator: CrmSimulator, crm: SalesforceClient, account: str, status: int
+) -> None:
+    crm.get("Account", account)
+    simulator.server.faults.update(
+        {"throttle_rate": 1, "throttle_status": status, "retry_after_s": 7}
+    )
+    with pytest.raises(TransientError) as caught:
+        crm.get("Account", account)
+    assert caught.value.retry_after == 7.0
+    assert not isinstance(caught.value, CrmAuthFailed)
+
+
+def test_unavailable_and_timed_out_calls_are_transient(
+    simulator: CrmSimulator, account: str
+) -> None:
+    with SalesforceClient(config(simulator, timeout_s=0.5)) as crm:
+        crm.get("Account", account)
+        simulator.server.faults.update({"error_rate": 1})
+        with pytest.raises(TransientError, match="503"):
+            crm.get("Account", account)
+        simulator.server.faults = Faults(timeout_rate=1, hang_s=1.5)
+        with pytest.raises(TransientError, match="timed out"):
+            crm.get("Account", account)
+
+
+def test_a_dropped_connection_is_transient() -> None:
+    dead = SalesforceConfig("http://127.0.0.1:9", "id", SecretStr("secret"), timeout_s=1)
+    with SalesforceClient(dead) as crm, pytest.raises(TransientError, match="failed"):
+        crm.get("Account", "001000000000001AAA")
+
+
+# --- Reads ------------------------------------------------------------------------------------
+
+
+def test_decimals_round_trip_digit_for_digit(crm: SalesforceClient, order: str) -> None:
+    exact = Decimal("1234567.8901")
+    beyond_float = Decimal("12345678901234567.8901")
+    created = crm.upsert(
+        "Invoice__c",
+        "ERP_Invoice_Id__c",
+        f"INV-{uuid.uuid4().hex[:8]}",
+        an_invoice(order, 9, Total__c=exact, Subtotal__c=beyond_float),
+    )
+    stored = crm.get("Invoice__c", created.id)
+    assert stored["Total__c"] == exact
+    assert isinstance(stored["Total__c"], Decimal)
+    assert stored["Subtotal__c"] == beyond_float
+    items = crm.related("Order", order, "OrderItems")
+    assert [(i["OrderItemNumber"], i["TotalPrice"]) for i in items] == [
+        ("0000000001", Decimal("58.47"))
+    ]
+    assert crm.get("Order", order)["TotalAmount"] == Decimal("58.47")
+
+
+def test_query_follows_next_records_url_page_by_page(
+    simulator: CrmSimulator, sandbox: CrmSandbox, crm: SalesforceClient
+) -> None:
+    family = f"Family-{uuid.uuid4().hex[:6]}"
+    codes = [f"P-{n:03d}" for n in range(120)]
+    sandbox.insert("Product2", [{"Name": c, "ProductCode": c, "Family": family} for c in codes])
+    sandbox.set_query_page_size(50)
+    before = calls(simulator, "api.query.more")
+
+    # SOQL with values the test made itself, not SQL built from input.
+    in_family = f"FROM Product2 WHERE Family = '{family}'"
+    rows = crm.query(f"SELECT Id, ProductCode {in_family} ORDER BY ProductCode")
+
+    assert [row["ProductCode"] for row in rows] == codes
+    assert calls(simulator, "api.query.more") == before + 2
+    picked = crm.query(
+        f"select ProductCode {in_family} and ProductCode in ('P-001', 'P-007', 'P-404') "
+        "order by ProductCode desc limit 5"
+    )
+    assert picked == [{"ProductCode": "P-007"}, {"ProductCode": "P-001"}]
+    with pytest.raises(CrmRejected, match="MALFORMED_QUERY"):
+        crm.query("SELECT FROM WHERE")
+    with pytest.raises(CrmRejected, match="INVALID_FIELD"):
+        crm.query("SELECT Colour__c FROM Product2")
+
+
+# --- Change data capture ----------------------------------------------------------------------
+
+
+def test_a_rep_creating_activating_and_cancelling_an_order_sends_its_change_events(
+    settings: Settings,
+    simulator: CrmSimulator,
+    sandbox: CrmSandbox,
+    crm: SalesforceClient,
+    account: str,
+    product: str,
+) -> None:
+    order = sandbox.create_orders([an_order(account, product)])[0]
+    sandbox.cancel_order(order, "customer changed their mind")
+    crm.update("Order", order, {"ERP_Status__c": "Cancelled"})
+
+    created, activated, cancelled, acknowledged = change_events(settings, simulator, {order})
+
+    header = created["payload"]["ChangeEventHeader"]
+    assert header["entityName"] == "Order"
+    assert header["recordIds"] == [order]
+    assert (header["changeType"], header["changeOrigin"]) == ("CREATE", "")
+    assert header["commitUser"] == SALES_REP_USER_ID
+    assert header["changedFields"] == []
+    assert created["payload"]["Status"] == "Draft"
+    assert created["payload"]["AccountId"] == account
+    assert created["payload"]["TotalAmount"] == Decimal("58.47")
+    assert "ActivatedDate" not in created["payload"]
+
+    header = activated["payload"]["ChangeEventHeader"]
+    assert header["changeType"] == "UPDATE"
+    assert set(header["changedFields"]) == {"Status", "ActivatedDate", "LastModifiedDate"}
+    assert activated["payload"]["Status"] == "Activated"
+    assert header["transactionKey"] == created["payload"]["ChangeEventHeader"]["transactionKey"]
+    assert header["sequenceNumber"] == 2
+    assert cancelled["payload"]["Cancel_Reason__c"] == "customer changed their mind"
+
+    header = acknowledged["payload"]["ChangeEventHeader"]
+    assert (header["changeOrigin"], header["commitUser"]) == (REST_ORIGIN, INTEGRATION_USER_ID)
+    assert header["changedFields"] == ["ERP_Status__c", "LastModifiedDate"]
+    replay_ids = [e["replayId"] for e in (created, activated, cancelled, acknowledged)]
+    assert replay_ids == sorted(replay_ids)
+    assert len(set(replay_ids)) == 4
+
+
+def test_cdc_knobs_send_duplicates_gaps_and_an_overflow(
+    settings: Settings,
+    simulator: CrmSimulator,
+    sandbox: CrmSandbox,
+    account: str,
+    product: str,
+) -> None:
+    sandbox.set_cdc(duplicate_rate=1)
+    doubled = sandbox.create_orders([an_order(account, product)], activate=False)[0]
+    sandbox.set_cdc(duplicate_rate=0, gap_rate=1)
+    gapped = sandbox.create_orders([an_order(account, product)])[0]
+    sandbox.set_cdc(gap_rate=0, overflow_after=3)
+    overflowed = sandbox.create_orders([an_order(account, product) for _ in range(3)])
+    sandbox.delete("Order", overflowed[0])
+
+    events = change_events(
+        settings, simulator, {doubled, gapped, *overflowed, "000000000000000AAA"}
+    )
+
+    first, second, *rest = events
+    assert first == second
+    assert first["payload"]["ChangeEventHeader"]["changeType"] == "CREATE"
+    gaps = rest[:2]
+    assert [g["payload"]["ChangeEventHeader"]["changeType"] for g in gaps] == [
+        "GAP_CREATE",
+        "GAP_UPDATE",
+    ]
+    assert all(set(g["payload"]) == {"ChangeEventHeader"} for g in gaps)
+    assert all(g["payload"]["ChangeEventHeader"]["recordIds"] == [gapped] for g in gaps)
+    bulk = [e["payload"]["ChangeEventHeader"] for e in rest[2:6]]
+    assert [h["changeType"] for h in bulk] == ["CREATE", "UPDATE", "CREATE", "GAP_OVERFLOW"]
+    assert bulk[3]["recordIds"] == ["000000000000000AAA"]
+    assert bulk[3]["entityName"] == "Order"
+    assert len({h["transactionKey"] for h in bulk}) == 1
+    deleted = rest[6]["payload"]
+    assert deleted["ChangeEventHeader"]["changeType"] == "DELETE"
+    assert set(deleted) == {"ChangeEventHeader"}
+    assert len(rest) == 7
+
+
+def test_a_thousand_orders_in_one_call_and_the_stats(
+    simulator: CrmSimulator, sandbox: CrmSandbox, account: str, product: str
+) -> None:
+    before = simulator.cdc.counters.sent
+    ids = sandbox.create_orders([an_order(account, product) for _ in range(1000)])
+    assert len(set(ids)) == 1000
+    assert simulator.cdc.counters.sent == before + 2000
+    stats = sandbox.stats()
+    assert stats["records"]["Order"] >= 1000
+    assert stats["orders"]["Status"]["Activated"] >= 1000
+    assert stats["cdc"]["failed"] == 0
+    assert sandbox.records("Order", Id=ids[0])[0]["Status"] == "Activated"
+
+
+def test_the_simulator_runs_as_a_process_until_sigterm(settings: Settings) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox.crm",
+            "--port",
+            "0",
+            "--bootstrap-servers",
+            settings.bootstrap_servers,
+            "--cdc-topic",
+            "revsync.test.crm-change.unused",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        url = json.loads(process.stdout.readline())["url"]
+        answer = httpx.post(
+            url + "/services/oauth2/token",
+            data={
+                "grant_type": "client_credentials",
+                "client_id": DEFAULT_CLIENT_ID,
+                "client_secret": DEFAULT_CLIENT_SECRET,
+            },
+        )
+        assert answer.json()["token_type"] == "Bearer"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
