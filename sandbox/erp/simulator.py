@@ -1,0 +1,388 @@
+"""The ERP simulator: the reference REST API of ``revsync.connectors.erp`` over PostgreSQL
+schema ``erp``, the control API, and the background progression of orders."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from decimal import Decimal
+from typing import Any, Literal, TypeVar
+from urllib.parse import unquote
+
+from psycopg import sql
+from pydantic import BaseModel, Field, ValidationError
+
+from sandbox.erp import orders
+from sandbox.erp.control import ErpStats
+from sandbox.erp.orders import CancelBody, OrderBody, StrictBody, amount
+from sandbox.erp.progression import Clock, Progression
+from sandbox.erp.store import Connection, ConnectionPool, connect, migrate, reset
+from sandbox.http import CONTROL_PREFIX, HttpFailure, JsonServer, Request, Response
+
+API = "/api/v1"
+DEFAULT_API_TOKEN = "sandbox-erp-token"  # noqa: S105 - the sandbox's published default
+STATUSES = ("open", "invoiced", "shipped", "cancelled")
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class CustomerSeed(StrictBody):
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    crm_account_id: str | None = None
+    legal_entity: str = Field(min_length=1)
+    status: Literal["active", "blocked", "credit_hold"] = "active"
+    credit_limit: Decimal = Field(ge=0, allow_inf_nan=False)
+    currency: str = Field(min_length=3, max_length=3)
+
+
+class ProductSeed(StrictBody):
+    sku: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    product_line: str = Field(min_length=1)
+    unit_of_measure: str = "EA"
+    active: bool = True
+    legal_entities: list[str] = Field(default_factory=list)
+    """Where the product is sold; empty means every legal entity."""
+
+
+class PriceEntrySeed(StrictBody):
+    sku: str = Field(min_length=1)
+    unit_price: Decimal = Field(ge=0, allow_inf_nan=False)
+
+
+class PriceBookSeed(StrictBody):
+    id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    currency: str = Field(min_length=3, max_length=3)
+    legal_entity: str = Field(min_length=1)
+    entries: list[PriceEntrySeed] = Field(default_factory=list)
+
+
+class CustomersSeed(StrictBody):
+    customers: list[CustomerSeed]
+
+
+class ProductsSeed(StrictBody):
+    products: list[ProductSeed]
+
+
+class PriceBooksSeed(StrictBody):
+    price_books: list[PriceBookSeed]
+
+
+def _parse(model: type[M], body: Any) -> M:
+    try:
+        return model.model_validate(body if body is not None else {})
+    except ValidationError as error:
+        details = error.errors(include_url=False, include_context=False, include_input=False)
+        raise HttpFailure(
+            400,
+            {
+                "code": "invalid_request",
+                "message": "; ".join(
+                    f"{'.'.join(map(str, d['loc'])) or 'body'}: {d['msg']}" for d in details
+                ),
+            },
+        ) from None
+
+
+def _not_found(what: str) -> HttpFailure:
+    return HttpFailure(404, {"code": "not_found", "message": f"no {what}"})
+
+
+class ErpSimulator:
+    """The simulated ERP on ``host:port`` (0: any free port), its state in ``dsn``."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        api_token: str = DEFAULT_API_TOKEN,
+        invoice_delay_s: float = 0.5,
+        ship_delay_s: float = 1.0,
+        payment_delay_s: float = -1.0,
+        reset: bool = False,
+        tick_s: float = 0.1,
+        pool_size: int = 16,
+        seed: int | None = None,
+    ) -> None:
+        self._dsn = dsn
+        self._token = f"Bearer {api_token}".encode()
+        self._reset_at_start = reset
+        self.clock = Clock()
+        self.clock.update(
+            {
+                "invoice_delay_s": invoice_delay_s,
+                "ship_delay_s": ship_delay_s,
+                "payment_delay_s": payment_delay_s,
+            }
+        )
+        self.server = JsonServer(host, port, seed=seed)
+        self._pool = ConnectionPool(dsn, pool_size)
+        self.progression = Progression(dsn, self.clock, tick_s=tick_s)
+        self._routes()
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    def start(self) -> ErpSimulator:
+        with connect(self._dsn) as connection:
+            migrate(connection)
+            if self._reset_at_start:
+                reset(connection)
+        self.server.start()
+        self.progression.start()
+        return self
+
+    def stop(self) -> None:
+        self.progression.stop()
+        self.server.stop()
+        self._pool.close()
+
+    def _routes(self) -> None:
+        api = self._api
+        api("GET", r"/customers/(?P<id>[^/]+)", self._customer)
+        api("GET", r"/products", self._products)
+        api("GET", r"/price-books/(?P<id>[^/]+)", self._price_book)
+        api("POST", r"/sales-orders", self._create_order)
+        api("GET", r"/sales-orders", self._find_orders)
+        api("POST", r"/sales-orders/(?P<external_id>[^/]+)/cancel", self._cancel_order)
+        control = self.server.route
+        control("POST", CONTROL_PREFIX + "customers", self._seed_customers)
+        control("POST", CONTROL_PREFIX + "products", self._seed_products)
+        control("POST", CONTROL_PREFIX + "price-books", self._seed_price_books)
+        control("GET", CONTROL_PREFIX + "stats", self._stats)
+        control("GET", CONTROL_PREFIX + "sales-orders", self._all_orders)
+        control("GET", CONTROL_PREFIX + "clock", lambda _: Response(body=self.clock.settings()))
+        control("PUT", CONTROL_PREFIX + "clock", self._set_clock)
+        control("POST", CONTROL_PREFIX + "reset", self._reset)
+
+    def _api(self, method: str, pattern: str, handler: Callable[[Request], Response]) -> None:
+        def authorised(request: Request) -> Response:
+            given = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(given, self._token):
+                raise HttpFailure(
+                    401, {"code": "unauthorized", "message": "a valid bearer token is required"}
+                )
+            request.params = {name: unquote(value) for name, value in request.params.items()}
+            return handler(request)
+
+        self.server.route(method, API + pattern, authorised)
+
+    # --- the ERP API ------------------------------------------------------------------
+
+    def _customer(self, request: Request) -> Response:
+        with self._pool.connection() as connection:
+            row = connection.execute(
+                "SELECT * FROM erp.customers WHERE id = %s", (request.params["id"],)
+            ).fetchone()
+        if row is None:
+            raise _not_found(f"customer {request.params['id']!r}")
+        return Response(body={**row, "credit_limit": amount(row["credit_limit"])})
+
+    def _products(self, request: Request) -> Response:
+        skus = request.query.get("sku", [])
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT * FROM erp.products WHERE sku = ANY(%s) ORDER BY sku", (skus,)
+            ).fetchall()
+        return Response(body={"items": rows})
+
+    def _price_book(self, request: Request) -> Response:
+        with self._pool.connection() as connection:
+            book = connection.execute(
+                "SELECT * FROM erp.price_books WHERE id = %s", (request.params["id"],)
+            ).fetchone()
+            if book is None:
+                raise _not_found(f"price book {request.params['id']!r}")
+            entries = connection.execute(
+                "SELECT sku, unit_price FROM erp.price_book_entries WHERE price_book_id = %s "
+                "ORDER BY sku",
+                (book["id"],),
+            ).fetchall()
+        return Response(
+            body={
+                **book,
+                "entries": [
+                    {"sku": e["sku"], "unit_price": amount(e["unit_price"])} for e in entries
+                ],
+            }
+        )
+
+    def _create_order(self, request: Request) -> Response:
+        key = _idempotency_key(request)
+        body = _parse(OrderBody, request.body)
+        self.server.count("sales_orders.create_requests")
+        fingerprint = orders.request_hash("create", request.body)
+        with (
+            self._pool.connection() as connection,
+            self._counting_refusals(),
+            connection.transaction(),
+        ):
+            replay = orders.claim_key(connection, key, fingerprint)
+            if replay is not None:
+                self.server.count("sales_orders.idempotent_replays")
+                return replay
+            order, lines = orders.book(connection, body)
+            document = orders.document(order, lines)
+            orders.store_answer(connection, key, 201, document)
+        return Response(201, document)
+
+    def _cancel_order(self, request: Request) -> Response:
+        key = _idempotency_key(request)
+        external_id = request.params["external_id"]
+        body = _parse(CancelBody, request.body)
+        fingerprint = orders.request_hash(f"cancel {external_id}", request.body)
+        with (
+            self._pool.connection() as connection,
+            self._counting_refusals(),
+            connection.transaction(),
+        ):
+            replay = orders.claim_key(connection, key, fingerprint)
+            if replay is not None:
+                self.server.count("sales_orders.idempotent_replays")
+                return replay
+            document = orders.cancel(connection, external_id, body.reason)
+            orders.store_answer(connection, key, 200, document)
+        return Response(200, document)
+
+    def _find_orders(self, request: Request) -> Response:
+        external_id = request.query.get("external_id", [""])[0]
+        if not external_id:
+            raise HttpFailure(
+                400, {"code": "invalid_request", "message": "external_id is required"}
+            )
+        with self._pool.connection() as connection:
+            return Response(body={"items": orders.documents(connection, external_id)})
+
+    @contextmanager
+    def _counting_refusals(self) -> Iterator[None]:
+        """Counts the 409s and 422s the block answers with, letting them through."""
+        try:
+            yield
+        except HttpFailure as failure:
+            if failure.response.status == 409:
+                self.server.count("sales_orders.duplicate_external_ids")
+            elif failure.response.status == 422:
+                self.server.count("sales_orders.rejected")
+            raise
+
+    # --- the control API ---------------------------------------------------------------
+
+    def _seed_customers(self, request: Request) -> Response:
+        seed = _parse(CustomersSeed, request.body)
+        with self._pool.connection() as connection, connection.transaction():
+            _upsert(connection, "customers", "id", [c.model_dump() for c in seed.customers])
+        return Response(body={"upserted": len(seed.customers)})
+
+    def _seed_products(self, request: Request) -> Response:
+        seed = _parse(ProductsSeed, request.body)
+        with self._pool.connection() as connection, connection.transaction():
+            _upsert(connection, "products", "sku", [p.model_dump() for p in seed.products])
+        return Response(body={"upserted": len(seed.products)})
+
+    def _seed_price_books(self, request: Request) -> Response:
+        """Replaces each book's entries as a whole, so a seed is the book's full price list."""
+        seed = _parse(PriceBooksSeed, request.body)
+        with self._pool.connection() as connection, connection.transaction():
+            books = [book.model_dump(exclude={"entries"}) for book in seed.price_books]
+            _upsert(connection, "price_books", "id", books)
+            cursor = connection.cursor()
+            cursor.execute(
+                "DELETE FROM erp.price_book_entries WHERE price_book_id = ANY(%s)",
+                ([book.id for book in seed.price_books],),
+            )
+            cursor.executemany(
+                "INSERT INTO erp.price_book_entries (price_book_id, sku, unit_price) "
+                "VALUES (%s, %s, %s)",
+                [
+                    (book.id, entry.sku, entry.unit_price)
+                    for book in seed.price_books
+                    for entry in book.entries
+                ],
+            )
+        return Response(body={"upserted": len(seed.price_books)})
+
+    def _stats(self, _: Request) -> Response:
+        with self._pool.connection() as connection:
+            by_status = {
+                row["status"]: row["n"]
+                for row in connection.execute(
+                    "SELECT status, count(*) AS n FROM erp.sales_orders GROUP BY status"
+                )
+            }
+            totals = connection.execute(
+                "SELECT (SELECT count(*) FROM erp.invoices) AS invoices, "
+                "(SELECT count(*) FROM erp.shipments) AS shipments, "
+                "(SELECT count(*) FROM erp.payments) AS payments, "
+                "(SELECT count(*) FROM erp.outbox) AS outbox_rows"
+            ).fetchone()
+        assert totals is not None
+        counters = dict(self.server.counters)
+        stats = ErpStats(
+            sales_orders={status: by_status.get(status, 0) for status in STATUSES},
+            create_requests=counters.get("sales_orders.create_requests", 0),
+            idempotent_replays=counters.get("sales_orders.idempotent_replays", 0),
+            duplicate_external_ids=counters.get("sales_orders.duplicate_external_ids", 0),
+            rejected=counters.get("sales_orders.rejected", 0),
+            invoices=totals["invoices"],
+            shipments=totals["shipments"],
+            payments=totals["payments"],
+            outbox_rows=totals["outbox_rows"],
+        )
+        return Response(body=asdict(stats))
+
+    def _all_orders(self, request: Request) -> Response:
+        external_id = request.query.get("external_id", [None])[0]
+        with self._pool.connection() as connection:
+            return Response(body={"items": orders.documents(connection, external_id)})
+
+    def _set_clock(self, request: Request) -> Response:
+        try:
+            self.clock.update(request.body or {})
+        except (TypeError, ValueError) as error:
+            raise HttpFailure(400, {"code": "invalid_request", "message": str(error)}) from None
+        return Response(body=self.clock.settings())
+
+    def _reset(self, _: Request) -> Response:
+        with self._pool.connection() as connection:
+            reset(connection)
+        self.server.counters.clear()
+        return Response(body={"reset": True})
+
+
+def _upsert(connection: Connection, table: str, key: str, rows: list[dict[str, Any]]) -> None:
+    """Inserts ``rows`` into ``erp.<table>``, replacing any row with the same ``key``."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    query = sql.SQL(
+        "INSERT INTO {table} ({columns}) VALUES ({values}) "
+        "ON CONFLICT ({key}) DO UPDATE SET {updates}"
+    ).format(
+        table=sql.Identifier("erp", table),
+        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
+        values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
+        key=sql.Identifier(key),
+        updates=sql.SQL(", ").join(
+            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(column))
+            for column in columns
+            if column != key
+        ),
+    )
+    connection.cursor().executemany(query, rows)
+
+
+def _idempotency_key(request: Request) -> str:
+    key = request.headers.get("idempotency-key", "").strip()
+    if not key:
+        raise HttpFailure(
+            400, {"code": "idempotency_key_required", "message": "Idempotency-Key is required"}
+        )
+    return key

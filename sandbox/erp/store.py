@@ -1,0 +1,224 @@
+"""The ERP simulator's PostgreSQL schema ``erp``, and a small pool of connections to it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+
+OUTBOX_CHANNEL = "erp_outbox"
+
+SCHEMA = f"""
+CREATE SCHEMA IF NOT EXISTS erp;
+
+CREATE TABLE IF NOT EXISTS erp.customers (
+    id             text PRIMARY KEY,
+    name           text NOT NULL,
+    crm_account_id text,
+    legal_entity   text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('active', 'blocked', 'credit_hold')),
+    credit_limit   numeric(18, 4) NOT NULL,
+    currency       char(3) NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erp.products (
+    sku             text PRIMARY KEY,
+    name            text NOT NULL,
+    product_line    text NOT NULL,
+    unit_of_measure text NOT NULL,
+    active          boolean NOT NULL,
+    legal_entities  text[] NOT NULL DEFAULT '{{}}'
+);
+CREATE TABLE IF NOT EXISTS erp.price_books (
+    id           text PRIMARY KEY,
+    name         text NOT NULL,
+    currency     char(3) NOT NULL,
+    legal_entity text NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erp.price_book_entries (
+    price_book_id text NOT NULL REFERENCES erp.price_books ON DELETE CASCADE,
+    sku           text NOT NULL,
+    unit_price    numeric(18, 4) NOT NULL,
+    PRIMARY KEY (price_book_id, sku)
+);
+
+CREATE SEQUENCE IF NOT EXISTS erp.sales_order_numbers;
+CREATE SEQUENCE IF NOT EXISTS erp.invoice_numbers;
+CREATE SEQUENCE IF NOT EXISTS erp.shipment_numbers;
+CREATE SEQUENCE IF NOT EXISTS erp.payment_numbers;
+
+CREATE TABLE IF NOT EXISTS erp.sales_orders (
+    id                      text PRIMARY KEY,
+    number                  text NOT NULL UNIQUE,
+    external_id             text NOT NULL UNIQUE,
+    customer_id             text NOT NULL REFERENCES erp.customers,
+    currency                char(3) NOT NULL,
+    price_book_id           text NOT NULL,
+    legal_entity            text NOT NULL,
+    region                  text NOT NULL,
+    po_number               text,
+    requested_delivery_date date,
+    ship_to                 jsonb NOT NULL,
+    subtotal                numeric(18, 4) NOT NULL,
+    tax_total               numeric(18, 4) NOT NULL,
+    grand_total             numeric(18, 4) NOT NULL,
+    credit_check            text NOT NULL,
+    pricing_outcome         text NOT NULL,
+    status                  text NOT NULL
+        CHECK (status IN ('open', 'invoiced', 'shipped', 'cancelled')),
+    cancel_reason           text,
+    correlation_id          text,
+    created_at              timestamptz NOT NULL DEFAULT now(),
+    status_changed_at       timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS sales_orders_progress ON erp.sales_orders (status, status_changed_at);
+CREATE TABLE IF NOT EXISTS erp.sales_order_lines (
+    sales_order_id  text NOT NULL REFERENCES erp.sales_orders ON DELETE CASCADE,
+    line_number     integer NOT NULL,
+    sku             text NOT NULL,
+    quantity        numeric(18, 4) NOT NULL,
+    unit_price      numeric(18, 4) NOT NULL,
+    list_price      numeric(18, 4) NOT NULL,
+    discount_amount numeric(18, 4) NOT NULL,
+    tax_amount      numeric(18, 4) NOT NULL,
+    line_total      numeric(18, 4) NOT NULL,
+    PRIMARY KEY (sales_order_id, line_number)
+);
+
+-- A key is claimed by the request that succeeds with it; its answer is replayed to retries.
+CREATE TABLE IF NOT EXISTS erp.idempotency_keys (
+    key          text PRIMARY KEY,
+    request_hash text NOT NULL,
+    status       integer,
+    response     jsonb,
+    created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS erp.invoices (
+    id             text PRIMARY KEY,
+    number         text NOT NULL UNIQUE,
+    sales_order_id text NOT NULL UNIQUE REFERENCES erp.sales_orders,
+    currency       char(3) NOT NULL,
+    subtotal       numeric(18, 4) NOT NULL,
+    tax_total      numeric(18, 4) NOT NULL,
+    grand_total    numeric(18, 4) NOT NULL,
+    amount_due     numeric(18, 4) NOT NULL,
+    posting_date   date NOT NULL,
+    due_date       date NOT NULL,
+    payment_terms  text NOT NULL,
+    status         text NOT NULL CHECK (status IN ('posted', 'paid')),
+    posted_at      timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS invoices_unpaid ON erp.invoices (posted_at) WHERE status = 'posted';
+CREATE TABLE IF NOT EXISTS erp.shipments (
+    id              text PRIMARY KEY,
+    number          text NOT NULL UNIQUE,
+    sales_order_id  text NOT NULL UNIQUE REFERENCES erp.sales_orders,
+    carrier         text NOT NULL,
+    tracking_number text NOT NULL,
+    tracking_url    text,
+    completeness    text NOT NULL,
+    warehouse       text,
+    lines           jsonb NOT NULL,
+    shipped_at      timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS erp.payments (
+    id          text PRIMARY KEY,
+    number      text NOT NULL UNIQUE,
+    invoice_id  text NOT NULL UNIQUE REFERENCES erp.invoices,
+    amount      numeric(18, 4) NOT NULL,
+    currency    char(3) NOT NULL,
+    method      text NOT NULL,
+    received_at timestamptz NOT NULL
+);
+
+-- Debezium outbox event router columns; published_at lets a relay mark rather than delete.
+CREATE TABLE IF NOT EXISTS erp.outbox (
+    id            uuid PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid   text NOT NULL,
+    type          text NOT NULL,
+    payload       jsonb NOT NULL,
+    seq           bigserial UNIQUE,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    published_at  timestamptz
+);
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON erp.outbox (seq) WHERE published_at IS NULL;
+CREATE OR REPLACE FUNCTION erp.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$;
+DROP TRIGGER IF EXISTS outbox_notify ON erp.outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON erp.outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION erp.outbox_notify();
+"""
+
+RESET = """
+TRUNCATE erp.outbox, erp.payments, erp.shipments, erp.invoices, erp.idempotency_keys,
+    erp.sales_order_lines, erp.sales_orders, erp.price_book_entries, erp.price_books,
+    erp.products, erp.customers RESTART IDENTITY;
+ALTER SEQUENCE erp.sales_order_numbers RESTART;
+ALTER SEQUENCE erp.invoice_numbers RESTART;
+ALTER SEQUENCE erp.shipment_numbers RESTART;
+ALTER SEQUENCE erp.payment_numbers RESTART;
+"""
+
+Connection = psycopg.Connection[DictRow]
+
+
+def connect(dsn: str) -> Connection:
+    """An autocommit connection: every unit of work opens its own ``transaction()``."""
+    return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+
+
+def migrate(connection: Connection) -> None:
+    """Create schema ``erp`` and its tables if missing; safe for simulators starting at once."""
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext('revsync.sandbox.erp'))")
+        connection.execute(SCHEMA)
+
+
+def reset(connection: Connection) -> None:
+    """Empty every table and restart every document number."""
+    with connection.transaction():
+        connection.execute(RESET)
+
+
+class ConnectionPool:
+    """At most ``size`` connections shared by the server's threads.
+
+    The HTTP server starts a thread per client connection, so connections are lent per
+    request rather than kept per thread.
+    """
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self._dsn = dsn
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size)
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        with self._slots:
+            try:
+                connection = self._idle.get_nowait()
+            except queue.Empty:
+                connection = connect(self._dsn)
+            healthy = False
+            try:
+                yield connection
+                healthy = True
+            finally:
+                # A connection that saw an error other than a rolled-back transaction goes.
+                idle = connection.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                if healthy or idle:
+                    self._idle.put(connection)
+                else:
+                    connection.close()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
