@@ -211,6 +211,13 @@ class Catalog(_Strict):
                 return topic
         raise CatalogError(f"no topic in the catalog carries {schema_name}")
 
+    def consumer_of(self, service: str) -> str:
+        """The consumer (and Kafka group) that service package ``service`` runs."""
+        for name, consumer in self.consumers.items():
+            if consumer.service == service:
+                return name
+        raise CatalogError(f"no consumer in the catalog belongs to service {service}")
+
     def consumed_by(self, consumer: str) -> list[TopicSpec]:
         return [topic for topic in self.topics if consumer in topic.consumers]
 

@@ -1,0 +1,475 @@
+"""order_sync's decisions, free of I/O: which CRM changes matter, what canonical event a CRM
+order becomes, whether the ERP may take it, and what each outcome tells the CRM."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from order_sync.rules import OrderRules
+from revsync.connectors.cdc import ChangeType, RecordChange
+from revsync.connectors.erp import (
+    Address,
+    Customer,
+    CustomerStatus,
+    PriceBook,
+    Product,
+    SalesOrder,
+    SalesOrderLine,
+    SalesOrderRequest,
+)
+from revsync.contracts.events import (
+    CreditCheckOutcome,
+    Envelope,
+    OrderAccepted,
+    OrderCancelled,
+    OrderCreated,
+    OrderRejected,
+    PricingOutcome,
+    RejectionReason,
+    SourceSystem,
+)
+from revsync.runtime.handler import caused_envelope
+
+ORDER = "Order"
+ACTIVATED = "Activated"
+CANCELLED = "Cancelled"
+CRM_MESSAGE_LIMIT = 255
+"""ERP_Message__c is a Text(255) field."""
+
+ORDER_FIELDS = (
+    "Id",
+    "OrderNumber",
+    "AccountId",
+    "Pricebook2Id",
+    "CurrencyIsoCode",
+    "Status",
+    "EffectiveDate",
+    "ActivatedDate",
+    "PoNumber",
+    "Legal_Entity__c",
+    "Region__c",
+    "Requested_Delivery_Date__c",
+    "BillingStreet",
+    "BillingCity",
+    "BillingState",
+    "BillingPostalCode",
+    "BillingCountryCode",
+    "ShippingStreet",
+    "ShippingCity",
+    "ShippingState",
+    "ShippingPostalCode",
+    "ShippingCountryCode",
+    "ERP_Order_Id__c",
+    "Cancel_Reason__c",
+    "LastModifiedDate",
+)
+
+
+@dataclass(frozen=True)
+class Integration:
+    """Who revsync is in the CRM, to recognise the changes it made itself."""
+
+    client_name: str
+    """What revsync sends as ``Sforce-Call-Options: client=``; it shows in changeOrigin."""
+    user_id: str | None = None
+    """The integration user; its commits are revsync's too."""
+
+    def made(self, change: RecordChange) -> bool:
+        header = change.header
+        by_user = self.user_id is not None and header.commitUser == self.user_id
+        return header.origin_client == self.client_name or by_user
+
+
+@dataclass(frozen=True)
+class Ignore:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refetch:
+    """Read these orders as they are now and emit what their state says."""
+
+    record_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Salesforce dropped the details of a large transaction: read every order that moved on
+    to a synced state since it committed."""
+
+    since: datetime
+
+
+Plan = Ignore | Refetch | Reconcile
+
+
+def plan(change: RecordChange, integration: Integration) -> Plan:
+    """What a change event asks for. Only an order reaching Activated or Cancelled does;
+    revsync's own write-backs are ignored, so nothing echoes."""
+    header = change.header
+    if change.entity != ORDER:
+        return Ignore(f"{change.entity} changes are not synced")
+    if integration.made(change):
+        return Ignore("revsync's own change")
+    if header.changeType is ChangeType.GAP_OVERFLOW:
+        # An overflow event names no real record (its one id is the empty id).
+        return Reconcile(header.committed_at)
+    if not header.recordIds:
+        return Ignore("the change names no records")
+    if header.changeType.is_gap:
+        # Salesforce could not send the fields: the record itself says what happened.
+        return Refetch(tuple(header.recordIds))
+    if header.changeType in (ChangeType.DELETE, ChangeType.UNDELETE):
+        return Ignore("only draft orders can be deleted, and drafts are not synced")
+    status = change.fields.get("Status")
+    if status in (ACTIVATED, CANCELLED):
+        return Refetch(tuple(header.recordIds))
+    return Ignore("no status change" if status is None else f"status {status} is not synced")
+
+
+def reconcile_query(since: datetime) -> str:
+    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    # SOQL, not SQL: every part is a constant or a formatted timestamp.
+    return (
+        f"SELECT Id FROM {ORDER} WHERE SystemModstamp >= {stamp} "  # noqa: S608
+        f"AND Status IN ('{ACTIVATED}', '{CANCELLED}') ORDER BY SystemModstamp"
+    )
+
+
+class InvalidCrmOrder(ValueError):
+    """The CRM order cannot become a canonical event; the message says which field and why."""
+
+
+def canonical(
+    cause: Envelope,
+    order: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    erp_customer_id: str | None,
+) -> OrderCreated | OrderCancelled | None:
+    """The canonical event for a CRM order in its current state, None while it is a draft.
+
+    Ids derive from the order, not the change that revealed it, so a duplicate change, a gap
+    re-read and a reconciliation all emit the same event and downstream inboxes keep one.
+    """
+    status = order.get("Status")
+    order_id = str(order["Id"])
+    try:
+        if status == ACTIVATED:
+            return _created(cause, order, items, erp_customer_id)
+        if status == CANCELLED:
+            return OrderCancelled(
+                envelope=caused_envelope(
+                    cause,
+                    OrderCancelled.event_type,
+                    source_system=SourceSystem.CRM,
+                    occurred_at=_datetime(order.get("LastModifiedDate")) or cause.occurred_at,
+                    identity=order_id,
+                ),
+                crm_order_id=order_id,
+                erp_order_id=order.get("ERP_Order_Id__c"),
+                reason=order.get("Cancel_Reason__c"),
+                cancelled_at=_datetime(order.get("LastModifiedDate")) or cause.occurred_at,
+            )
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise InvalidCrmOrder(
+            f"order {order.get('OrderNumber', order_id)}: {where}: "
+            f"{first['msg'].removeprefix('Value error, ')}"
+        ) from None
+    return None
+
+
+def _created(
+    cause: Envelope,
+    order: Mapping[str, Any],
+    items: Sequence[Mapping[str, Any]],
+    erp_customer_id: str | None,
+) -> OrderCreated:
+    lines = [
+        {
+            "line_number": int(item["OrderItemNumber"]),
+            "crm_line_id": item["Id"],
+            "sku": item.get("SKU__c"),
+            "product_name": item.get("Product_Name__c"),
+            "product_line": item.get("Product_Line__c"),
+            "quantity": _decimal(item.get("Quantity")),
+            "unit_of_measure": item.get("Unit_Of_Measure__c") or "EA",
+            "unit_price": _decimal(item.get("UnitPrice")),
+            "discount_amount": _decimal(item.get("Discount__c") or 0),
+            "tax_amount": _decimal(item.get("Tax__c") or 0),
+            "line_total": _decimal(item.get("TotalPrice")),
+        }
+        for item in sorted(items, key=lambda item: str(item.get("OrderItemNumber")))
+    ]
+    subtotal = sum((line["line_total"] for line in lines), Decimal(0))
+    tax = sum((line["tax_amount"] for line in lines), Decimal(0))
+    activated = _datetime(order.get("ActivatedDate")) or cause.occurred_at
+    order_id = str(order["Id"])
+    return OrderCreated.model_validate(
+        {
+            "envelope": caused_envelope(
+                cause,
+                OrderCreated.event_type,
+                source_system=SourceSystem.CRM,
+                occurred_at=activated,
+                identity=order_id,
+            ),
+            "crm_order_id": order_id,
+            "crm_order_number": order.get("OrderNumber"),
+            "crm_account_id": order.get("AccountId"),
+            "erp_customer_id": erp_customer_id,
+            "purchase_order_number": order.get("PoNumber"),
+            "price_book_id": order.get("Pricebook2Id"),
+            "currency": order.get("CurrencyIsoCode"),
+            "legal_entity": order.get("Legal_Entity__c"),
+            "region": order.get("Region__c"),
+            "lines": lines,
+            "subtotal": subtotal,
+            "discount_total": sum((line["discount_amount"] for line in lines), Decimal(0)),
+            "tax_total": tax,
+            "grand_total": subtotal + tax,
+            "ordered_at": activated,
+            "requested_delivery_date": order.get("Requested_Delivery_Date__c"),
+            "billing_address": _address(order, "Billing"),
+            "shipping_address": _address(order, "Shipping"),
+        }
+    )
+
+
+def _address(order: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    return {
+        "street": order.get(f"{kind}Street"),
+        "city": order.get(f"{kind}City"),
+        "state_province": order.get(f"{kind}State"),
+        "postal_code": order.get(f"{kind}PostalCode"),
+        "country_code": order.get(f"{kind}CountryCode"),
+    }
+
+
+def _decimal(value: Any) -> Any:
+    # Salesforce numbers arrive as Decimals (never floats); anything else fails validation.
+    return Decimal(str(value)) if isinstance(value, int | Decimal) else value
+
+
+def _datetime(value: Any) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: RejectionReason
+    message: str
+    skus: tuple[str, ...] = ()
+
+
+def validate(
+    order: OrderCreated,
+    customer: Customer | None,
+    products: Mapping[str, Product],
+    price_book: PriceBook | None,
+    rules: OrderRules,
+) -> Rejection | None:
+    """Whether the ERP may take the order; the first rule it breaks, if any."""
+    if order.erp_customer_id is None:
+        return Rejection(
+            RejectionReason.CUSTOMER_NOT_MASTERED,
+            f"account {order.crm_account_id} has no ERP customer id",
+        )
+    if customer is None:
+        return Rejection(
+            RejectionReason.CUSTOMER_NOT_MASTERED,
+            f"ERP customer {order.erp_customer_id} does not exist",
+        )
+    if customer.legal_entity != order.legal_entity:
+        return Rejection(
+            RejectionReason.CUSTOMER_NOT_MASTERED,
+            f"ERP customer {customer.id} is mastered in {customer.legal_entity}, "
+            f"not {order.legal_entity}",
+        )
+    if customer.status is CustomerStatus.CREDIT_HOLD:
+        return Rejection(RejectionReason.CREDIT_HOLD, f"ERP customer {customer.id} is on hold")
+    if customer.status is CustomerStatus.BLOCKED:
+        return Rejection(RejectionReason.OTHER, f"ERP customer {customer.id} is blocked")
+    if order.currency not in rules.currencies:
+        allowed = ", ".join(sorted(rules.currencies))
+        return Rejection(
+            RejectionReason.UNSUPPORTED_CURRENCY,
+            f"{order.legal_entity} does not invoice in {order.currency} (only {allowed})",
+        )
+    if price_book is None:
+        return Rejection(
+            RejectionReason.PRICING_MISMATCH, f"price book {order.price_book_id} is not in the ERP"
+        )
+    if price_book.currency != order.currency:
+        return Rejection(
+            RejectionReason.UNSUPPORTED_CURRENCY,
+            f"price book {price_book.id} is in {price_book.currency}, "
+            f"the order in {order.currency}",
+        )
+    unknown = tuple(
+        line.sku
+        for line in order.lines
+        if line.sku not in products
+        or not products[line.sku].active
+        or order.legal_entity not in products[line.sku].legal_entities
+    )
+    if unknown:
+        return Rejection(
+            RejectionReason.UNKNOWN_PRODUCT,
+            f"not sold by {order.legal_entity}: {', '.join(unknown)}",
+            unknown,
+        )
+    mispriced = tuple(
+        line.sku
+        for line in order.lines
+        if not _price_agrees(line.unit_price, price_book.prices.get(line.sku), rules)
+    )
+    if mispriced:
+        return Rejection(
+            RejectionReason.PRICING_MISMATCH,
+            f"prices differ from price book {price_book.id} by more than "
+            f"{rules.price_tolerance:%}: {', '.join(mispriced)}",
+            mispriced,
+        )
+    if rules.require_po_number and not order.purchase_order_number:
+        return Rejection(
+            RejectionReason.INVALID_ORDER, f"{order.legal_entity} orders need a PO number"
+        )
+    if rules.max_order_total is not None and order.grand_total > rules.max_order_total:
+        return Rejection(
+            RejectionReason.INVALID_ORDER,
+            f"grand total {order.grand_total} {order.currency} is over the "
+            f"{rules.max_order_total} limit for automatic entry",
+        )
+    return None
+
+
+ERP_REASONS = {
+    "CREDIT_HOLD": RejectionReason.CREDIT_HOLD,
+    "CREDIT_LIMIT_EXCEEDED": RejectionReason.CREDIT_HOLD,
+    "UNKNOWN_PRODUCT": RejectionReason.UNKNOWN_PRODUCT,
+    "PRICING_MISMATCH": RejectionReason.PRICING_MISMATCH,
+    "CUSTOMER_BLOCKED": RejectionReason.CUSTOMER_NOT_MASTERED,
+    "CUSTOMER_NOT_MASTERED": RejectionReason.CUSTOMER_NOT_MASTERED,
+    "UNSUPPORTED_CURRENCY": RejectionReason.UNSUPPORTED_CURRENCY,
+    "UNKNOWN_PRICE_BOOK": RejectionReason.PRICING_MISMATCH,
+    "INVALID_ORDER": RejectionReason.INVALID_ORDER,
+}
+
+
+def erp_rejection(code: str, message: str, skus: Sequence[str]) -> Rejection:
+    """The ERP's own refusal (it checks credit, which revsync cannot) as a rejection."""
+    reason = ERP_REASONS.get(code, RejectionReason.OTHER)
+    return Rejection(reason, f"the ERP refused the order ({code}): {message}", tuple(skus))
+
+
+def _price_agrees(crm_price: Decimal, erp_price: Decimal | None, rules: OrderRules) -> bool:
+    if erp_price is None:
+        return False
+    if erp_price == 0:
+        return crm_price == 0
+    return abs(crm_price - erp_price) / erp_price <= rules.price_tolerance
+
+
+def sales_order_request(order: OrderCreated) -> SalesOrderRequest:
+    address = order.shipping_address
+    assert order.erp_customer_id is not None  # validated before
+    return SalesOrderRequest(
+        external_id=order.crm_order_id,
+        customer_id=order.erp_customer_id,
+        currency=order.currency,
+        price_book_id=order.price_book_id,
+        legal_entity=order.legal_entity,
+        region=order.region,
+        po_number=order.purchase_order_number,
+        requested_delivery_date=order.requested_delivery_date,
+        ship_to=Address(
+            street=address.street,
+            city=address.city,
+            state_province=address.state_province,
+            postal_code=address.postal_code,
+            country_code=address.country_code,
+        ),
+        lines=tuple(
+            SalesOrderLine(
+                line_number=line.line_number,
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=line.unit_price,
+                discount_amount=line.discount_amount,
+                tax_amount=line.tax_amount,
+            )
+            for line in order.lines
+        ),
+        correlation_id=order.envelope.correlation_id,
+    )
+
+
+def idempotency_key(action: str, crm_order_id: str) -> str:
+    """One key per order and action: a retry of the same call is recognised by the ERP."""
+    return f"revsync:order-sync:{action}:{crm_order_id}"
+
+
+def accepted(order: OrderCreated, sales_order: SalesOrder, now: datetime) -> OrderAccepted:
+    return OrderAccepted(
+        envelope=caused_envelope(order.envelope, OrderAccepted.event_type, occurred_at=now),
+        crm_order_id=order.crm_order_id,
+        erp_order_id=sales_order.id,
+        erp_order_number=sales_order.number,
+        erp_customer_id=sales_order.customer_id,
+        credit_check=CreditCheckOutcome(sales_order.credit_check),
+        pricing_outcome=PricingOutcome(sales_order.pricing_outcome),
+        currency=sales_order.currency,
+        erp_grand_total=sales_order.grand_total,
+        accepted_at=sales_order.created_at,
+    )
+
+
+def rejected(
+    cause: Envelope,
+    crm_order_id: str,
+    rejection: Rejection,
+    legal_entity: str | None,
+    region: str | None,
+    now: datetime,
+) -> OrderRejected:
+    return OrderRejected(
+        envelope=caused_envelope(cause, OrderRejected.event_type, occurred_at=now),
+        crm_order_id=crm_order_id,
+        reason_code=rejection.reason,
+        message=rejection.message,
+        offending_skus=list(rejection.skus),
+        legal_entity=legal_entity or "UNKNOWN",
+        region=region or "UNKNOWN",
+        rejected_at=now,
+    )
+
+
+def crm_accepted_fields(sales_order: SalesOrder) -> dict[str, Any]:
+    return {
+        "ERP_Order_Id__c": sales_order.id,
+        "ERP_Order_Number__c": sales_order.number,
+        "ERP_Status__c": "Accepted",
+        "ERP_Message__c": None,
+    }
+
+
+def crm_rejected_fields(rejection: Rejection) -> dict[str, Any]:
+    """The compensating write-back: the CRM user sees why the ERP did not take the order."""
+    message = f"{rejection.reason.value}: {rejection.message}"
+    if len(message) > CRM_MESSAGE_LIMIT:
+        message = message[: CRM_MESSAGE_LIMIT - 1] + "…"
+    return {"ERP_Status__c": "Rejected", "ERP_Message__c": message}
+
+
+def crm_cancelled_fields(reason: str | None) -> dict[str, Any]:
+    return {"ERP_Status__c": "Cancelled", "ERP_Message__c": reason}

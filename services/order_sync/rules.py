@@ -1,0 +1,81 @@
+"""Order acceptance rules, configurable per legal entity and per region.
+
+The rules file (YAML) has a ``default`` section, then overrides under ``regions`` and
+``legal_entities``; for an order, its legal entity's settings win over its region's, and
+those over the defaults. Unknown keys are refused, so a misspelt rule fails at start-up.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from revsync.errors import ContractError
+
+DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
+
+
+class RulesError(ContractError):
+    """The rules file is missing or malformed; the message names the file and the entry."""
+
+
+class OrderRules(BaseModel):
+    """What an order must satisfy to become an ERP sales order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    currencies: frozenset[str] = Field(min_length=1)
+    """Currencies the legal entity invoices in."""
+    price_tolerance: Decimal = Field(ge=0, le=1)
+    """Largest relative difference between a CRM unit price and the ERP price book's."""
+    require_po_number: bool = False
+    """Whether the customer's purchase order number is mandatory."""
+    max_order_total: Decimal | None = Field(default=None, gt=0)
+    """Orders above this grand total need manual entry in the ERP."""
+
+
+class _Overrides(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    currencies: frozenset[str] | None = None
+    price_tolerance: Decimal | None = Field(default=None, ge=0, le=1)
+    require_po_number: bool | None = None
+    max_order_total: Decimal | None = Field(default=None, gt=0)
+
+
+class RuleBook(BaseModel):
+    """Every rule set, resolved per order by :meth:`for_order`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    default: OrderRules
+    regions: dict[str, _Overrides] = Field(default_factory=dict)
+    legal_entities: dict[str, _Overrides] = Field(default_factory=dict)
+
+    def for_order(self, legal_entity: str, region: str) -> OrderRules:
+        merged: dict[str, Any] = self.default.model_dump()
+        for overrides in (self.regions.get(region), self.legal_entities.get(legal_entity)):
+            if overrides is not None:
+                merged |= overrides.model_dump(exclude_none=True)
+        return OrderRules.model_validate(merged)
+
+    @classmethod
+    def load(cls, path: Path = DEFAULT_RULES) -> Self:
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise RulesError(f"no order rules at {path}") from None
+        except yaml.YAMLError as error:
+            raise RulesError(f"{path}: not valid YAML: {error}") from None
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}"
+                for issue in error.errors()
+            )
+            raise RulesError(f"{path}: {problems}") from None

@@ -1,0 +1,221 @@
+"""order_sync's wiring: its handler, binding the decisions in :mod:`order_sync.logic` to the
+CRM and ERP adapters and to the catalog's topics.
+
+One consumer group, ``order-sync``, reads three inputs, all keyed by the CRM order id so one
+order's inputs keep their order: the CRM's change events (captured into canonical events),
+and those canonical order-created and order-cancelled events (placed into, or cancelled in,
+the ERP).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from order_sync import logic
+from order_sync.rules import RuleBook
+from revsync.connectors.cache import TtlCache
+from revsync.connectors.cdc import RecordChange
+from revsync.connectors.erp import (
+    Customer,
+    ErpPort,
+    ErpRejected,
+    PriceBook,
+    Product,
+)
+from revsync.connectors.salesforce import RecordNotFound, SalesforceClient
+from revsync.contracts.catalog import Catalog
+from revsync.contracts.events import (
+    Envelope,
+    Event,
+    OrderAccepted,
+    OrderCancelled,
+    OrderCreated,
+    OrderRejected,
+    RejectionReason,
+)
+from revsync.errors import RevsyncError
+from revsync.runtime.handler import Decision, Emission, Inbound
+
+log = logging.getLogger(__name__)
+CONSUMER = "order-sync"
+
+
+class UnexpectedInput(RevsyncError):
+    """An input order_sync has no handling for (a catalog that routes it a foreign topic)."""
+
+
+class OrderSync:
+    """The ``order-sync`` handler."""
+
+    def __init__(
+        self,
+        *,
+        crm: SalesforceClient,
+        erp: ErpPort,
+        rules: RuleBook,
+        integration: logic.Integration,
+        catalog: Catalog,
+        master_data_ttl_s: float = 60.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.crm = crm
+        self.erp = erp
+        self.rules = rules
+        self.integration = integration
+        self.clock = clock
+        self.topics: dict[type[Event], str] = {
+            model: catalog.topic_for(model.schema_name).name
+            for model in (OrderCreated, OrderCancelled, OrderAccepted, OrderRejected)
+        }
+        # Master data changes rarely; an order needs it at once. Cached briefly, per item.
+        self._accounts: TtlCache[str, str | None] = TtlCache(master_data_ttl_s)
+        self._customers: TtlCache[str, Customer | None] = TtlCache(master_data_ttl_s)
+        self._price_books: TtlCache[str, PriceBook | None] = TtlCache(master_data_ttl_s)
+        self._products: TtlCache[str, Product | None] = TtlCache(master_data_ttl_s)
+
+    def __call__(self, inbound: Inbound) -> Decision:
+        if isinstance(inbound, RecordChange):
+            return self.capture(inbound)
+        if isinstance(inbound, OrderCreated):
+            return self.place(inbound)
+        if isinstance(inbound, OrderCancelled):
+            return self.cancel(inbound)
+        raise UnexpectedInput(f"order-sync does not handle {inbound.envelope.event_type}")
+
+    # --- CRM change events -> canonical events ----------------------------------------------
+
+    def capture(self, change: RecordChange) -> Decision:
+        step = logic.plan(change, self.integration)
+        if isinstance(step, logic.Ignore):
+            return Decision()
+        if isinstance(step, logic.Reconcile):
+            found = self.crm.query(logic.reconcile_query(step.since))
+            record_ids: tuple[str, ...] = tuple(str(row["Id"]) for row in found)
+            log.info("change overflow: reconciling %d orders", len(record_ids))
+        else:
+            record_ids = step.record_ids
+        emits: list[Emission] = []
+        for record_id in record_ids:
+            emits += self._capture_order(change.envelope, record_id)
+        return Decision(emits=emits)
+
+    def _capture_order(self, cause: Envelope, record_id: str) -> list[Emission]:
+        try:
+            order = self.crm.get(logic.ORDER, record_id, logic.ORDER_FIELDS)
+        except RecordNotFound:
+            # Deleted since the change: only drafts can be deleted, and drafts are not synced.
+            log.warning("order %s changed but is no longer in the CRM; nothing to sync", record_id)
+            return []
+        status = order.get("Status")
+        if status not in (logic.ACTIVATED, logic.CANCELLED):
+            return []
+        items = (
+            self.crm.related(logic.ORDER, record_id, "OrderItems")
+            if status == logic.ACTIVATED
+            else []
+        )
+        try:
+            event = logic.canonical(cause, order, items, self._erp_customer_id(order))
+        except logic.InvalidCrmOrder as error:
+            rejection = logic.Rejection(RejectionReason.INVALID_ORDER, str(error))
+            return [self._reject(cause, record_id, rejection, order)]
+        return [] if event is None else [self._emit(event)]
+
+    def _erp_customer_id(self, order: dict[str, Any]) -> str | None:
+        account_id = order.get("AccountId")
+        if not account_id:
+            return None
+        return self._accounts.get_or_load(
+            str(account_id),
+            lambda: self.crm.get("Account", str(account_id), ["ERP_Customer_Id__c"]).get(
+                "ERP_Customer_Id__c"
+            ),
+        )
+
+    # --- canonical events -> the ERP, and the outcome back to the CRM ------------------------
+
+    def place(self, order: OrderCreated) -> Decision:
+        rules = self.rules.for_order(order.legal_entity, order.region)
+        customer = (
+            self._customers.get_or_load(
+                order.erp_customer_id, lambda: self.erp.customer(order.erp_customer_id or "")
+            )
+            if order.erp_customer_id
+            else None
+        )
+        price_book = self._price_books.get_or_load(
+            order.price_book_id, lambda: self.erp.price_book(order.price_book_id)
+        )
+        rejection = logic.validate(order, customer, self._products_for(order), price_book, rules)
+        if rejection is None:
+            try:
+                sales_order = self.erp.create_sales_order(
+                    logic.sales_order_request(order),
+                    logic.idempotency_key("create", order.crm_order_id),
+                )
+            except ErpRejected as refusal:
+                rejection = logic.erp_rejection(refusal.code, refusal.message, refusal.skus)
+            else:
+                self.crm.update(
+                    logic.ORDER, order.crm_order_id, logic.crm_accepted_fields(sales_order)
+                )
+                return Decision(
+                    emits=[self._emit(logic.accepted(order, sales_order, self.clock()))]
+                )
+        return Decision(
+            emits=[self._reject(order.envelope, order.crm_order_id, rejection, None, order)]
+        )
+
+    def _products_for(self, order: OrderCreated) -> dict[str, Product]:
+        skus = {line.sku for line in order.lines}
+        missing = [sku for sku in skus if not self._products.has(sku)]
+        if missing:
+            found = self.erp.products(missing)
+            for sku in missing:
+                self._products.put(sku, found.get(sku))
+        known = {sku: self._products.get(sku) for sku in skus}
+        return {sku: product for sku, product in known.items() if product is not None}
+
+    def cancel(self, cancelled: OrderCancelled) -> Decision:
+        reason = cancelled.reason or "cancelled in the CRM"
+        try:
+            self.erp.cancel_sales_order(
+                cancelled.crm_order_id,
+                reason,
+                logic.idempotency_key("cancel", cancelled.crm_order_id),
+            )
+        except ErpRejected as refusal:
+            # The ERP has gone too far (invoiced, shipped): the CRM user must know it stands.
+            message = f"not cancelled in the ERP ({refusal.code}): {refusal.message}"
+            self.crm.update(
+                logic.ORDER,
+                cancelled.crm_order_id,
+                {"ERP_Message__c": message[: logic.CRM_MESSAGE_LIMIT]},
+            )
+            return Decision()
+        self.crm.update(logic.ORDER, cancelled.crm_order_id, logic.crm_cancelled_fields(reason))
+        return Decision()
+
+    # --- emissions ---------------------------------------------------------------------------
+
+    def _reject(
+        self,
+        cause: Envelope,
+        crm_order_id: str,
+        rejection: logic.Rejection,
+        order: dict[str, Any] | None,
+        created: OrderCreated | None = None,
+    ) -> Emission:
+        """The compensating write-back to the CRM, then the rejection event."""
+        self.crm.update(logic.ORDER, crm_order_id, logic.crm_rejected_fields(rejection))
+        legal_entity = created.legal_entity if created else (order or {}).get("Legal_Entity__c")
+        region = created.region if created else (order or {}).get("Region__c")
+        return self._emit(
+            logic.rejected(cause, crm_order_id, rejection, legal_entity, region, self.clock())
+        )
+
+    def _emit(self, event: Event) -> Emission:
+        return Emission(self.topics[type(event)], event)
