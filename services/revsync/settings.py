@@ -195,6 +195,83 @@ class Settings(BaseSettings):
         return _load(cls)
 
 
+class ServiceSettings(BaseSettings):
+    """What a running service needs beyond the endpoints (``revsync run <service>``): the CRM
+    and ERP it talks to, its health port, and how its consumer loop batches and retries.
+
+    The CRM and ERP settings have no defaults: a service must be told where they are.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    crm_instance_url: str | None = Field(
+        default=None, description="Salesforce instance URL, e.g. https://acme.my.salesforce.com."
+    )
+    crm_client_id: str | None = Field(default=None, description="Connected app consumer key.")
+    crm_client_secret: SecretStr | None = Field(
+        default=None, description="Connected app consumer secret."
+    )
+    crm_api_version: str = Field(
+        default="v62.0", pattern=r"^v\d+\.\d$", description="Salesforce REST API version."
+    )
+    crm_client_name: str = Field(
+        default="revsync",
+        min_length=1,
+        description="Sent as Sforce-Call-Options client=; changes carrying it are not echoed.",
+    )
+    crm_integration_user_id: str | None = Field(
+        default=None, description="The integration user's id; its changes are not echoed."
+    )
+    erp_base_url: str | None = Field(default=None, description="The ERP REST API's base URL.")
+    erp_api_token: SecretStr | None = Field(default=None, description="ERP API bearer token.")
+    erp_outbox_dsn: SecretStr | None = Field(
+        default=None, description="libpq DSN of the ERP database holding its outbox."
+    )
+    erp_outbox_table: str = Field(
+        default="erp.outbox", description="The ERP's outbox table (Debezium outbox columns)."
+    )
+    erp_outbox_published_column: str | None = Field(
+        default="published_at",
+        description="Column the publisher stamps on published rows; unset: rows are deleted.",
+    )
+    erp_outbox_channel: str | None = Field(
+        default="erp_outbox", description="NOTIFY channel the ERP signals new outbox rows on."
+    )
+    order_rules: Path | None = Field(
+        default=None, description="order_sync's acceptance rules (YAML); default: bundled."
+    )
+    http_timeout_s: float = Field(default=10.0, gt=0, description="CRM and ERP call timeout.")
+    master_data_ttl_s: float = Field(
+        default=60.0, ge=0, description="How long customers, products and prices are cached."
+    )
+    health_port: int = Field(
+        default=8080, ge=0, le=65535, description="/metrics, /healthz and /readyz (0: any)."
+    )
+    log_level: str = Field(
+        default="INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="Log level."
+    )
+    batch_size: int = Field(default=500, ge=1, le=10_000, description="Records per batch.")
+    session_timeout_ms: int = Field(
+        default=45_000, ge=6_000, description="Kafka consumer group session timeout."
+    )
+    max_poll_interval_ms: int = Field(
+        default=300_000, ge=10_000, description="Longest batch before the group drops a member."
+    )
+    in_process_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of a transient failure before a retry tier."
+    )
+
+    def required(self, *names: str) -> None:
+        """Fail, naming every missing variable, unless all of ``names`` are set."""
+        missing = [f"{ENV_PREFIX}{name.upper()}" for name in names if getattr(self, name) is None]
+        if missing:
+            raise SettingsError(f"this service needs {', '.join(missing)}")
+
+    @classmethod
+    def load(cls) -> ServiceSettings:
+        return _load(cls)
+
+
 class _KafkaPassthrough(PydanticBaseSettingsSource):
     """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables into the ``kafka`` field."""
 
@@ -218,6 +295,7 @@ def kafka_env_name(key: str) -> str:
 def known_variables() -> frozenset[str]:
     """Every ``REVSYNC_*`` name revsync reads, apart from the Kafka pass-through."""
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
+    names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{STACK_PREFIX}{field.upper()}" for field in StackSettings.model_fields}
     return frozenset(names)
 

@@ -95,6 +95,9 @@ def configure_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per HTTP call is per-message logging; their failures reach us as errors.
+    for chatty in ("httpx", "httpx2", "httpcore"):
+        logging.getLogger(chatty).setLevel(max(root.level, logging.WARNING))
 
 
 class Liveness:
