@@ -33,8 +33,9 @@ lint: install
 	$(BIN)/revsync schemas lint
 	$(BIN)/revsync schemas check
 
+# The order-to-cash demo; pass options with DEMO_ARGS="--orders 200".
 demo: install
-	$(BIN)/revsync demo
+	$(BIN)/python -m sandbox.demo $(DEMO_ARGS)
 
 bench: stack-up $(VENV)/.bench-installed
 	$(BIN)/python -m bench $(SCENARIO)

@@ -1,0 +1,326 @@
+"""The whole order-to-cash pipeline on one machine, for the demo, the end-to-end tests and
+the benchmark: the governance step, both sandboxes, and every service as its own process
+(``revsync run <service>``), exactly as production runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from revsync.contracts.catalog import Catalog, TopicFormat, load_catalog
+from revsync.host import ERP_OUTBOX_PUBLISHER, SERVICES
+from revsync.settings import Settings
+from sandbox.crm.control import CrmSandbox
+from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, INTEGRATION_USER_ID
+from sandbox.erp.control import ErpSandbox
+from sandbox.erp.simulator import DEFAULT_API_TOKEN
+from sandbox.scenario import SHIPPED, PlannedOrder
+
+REPO = Path(__file__).resolve().parents[1]
+REVSYNC = Path(sys.executable).with_name("revsync")
+METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+class PipelineError(RuntimeError):
+    """A part of the pipeline would not start, or died; the message names it and its log."""
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    health_port: int | None = None
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, timeout_s: float = 30) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Where every pushed order stands in the CRM, judged against what it should reach."""
+
+    counts: Mapping[str, int]
+    """accepted, rejected, invoiced, shipped: orders the CRM shows in each state."""
+    settled: int
+    """Orders in their expected end state."""
+    wrong: Sequence[str]
+    """Orders in a final state other than the expected one (each a line saying how)."""
+    pending: int
+
+
+@dataclass
+class Pipeline:
+    """Start with :meth:`start`, stop with :meth:`stop`."""
+
+    settings: Settings
+    workdir: Path
+    schemas_dir: Path
+    invoice_delay_s: float = 0.5
+    ship_delay_s: float = 1.0
+    service_env: Mapping[str, str] = field(default_factory=dict)
+    processes: dict[str, Process] = field(default_factory=dict)
+    crm_url: str = ""
+    erp_url: str = ""
+    planned: dict[str, str] = field(default_factory=dict)
+    """CRM order id -> expected end state, for every order pushed."""
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.catalog: Catalog = load_catalog(self.schemas_dir)
+        self.cdc_topic = next(
+            t.name for t in self.catalog.topics if t.format is TopicFormat.SALESFORCE_CDC
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, report: Callable[[str], None] = lambda _: None) -> Pipeline:
+        try:
+            report("registering the contracts and applying the topics")
+            for command in (("schemas", "register"), ("topics", "apply")):
+                self._revsync(*command, "--dir", str(self.schemas_dir))
+            report("starting the CRM and ERP sandboxes")
+            self.crm_url = self._sandbox(
+                "crm",
+                ["--bootstrap-servers", self.settings.bootstrap_servers],
+                ["--cdc-topic", self.cdc_topic],
+            )
+            self.erp_url = self._sandbox(
+                "erp",
+                ["--dsn", self.settings.postgres_dsn.get_secret_value(), "--reset"],
+                ["--invoice-delay-s", str(self.invoice_delay_s)],
+                ["--ship-delay-s", str(self.ship_delay_s)],
+            )
+            self.crm = CrmSandbox(self.crm_url)
+            self.erp = ErpSandbox(self.erp_url)
+            report(f"starting {', '.join((*SERVICES, ERP_OUTBOX_PUBLISHER))}")
+            for name in (*SERVICES, ERP_OUTBOX_PUBLISHER):
+                self._service(name)
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            process.stop()
+        for client in (getattr(self, "crm", None), getattr(self, "erp", None)):
+            if client is not None:
+                client.close()
+
+    def restart(self, name: str) -> None:
+        """Stop one service and start it again, as a deployment would."""
+        self.processes.pop(name).stop()
+        self._service(name)
+        self._wait_ready([name])
+
+    # --- orders ------------------------------------------------------------------------------
+
+    def push(self, orders: Sequence[PlannedOrder], chunk: int = 250) -> list[str]:
+        """Create and activate the orders in the CRM, as sales reps would."""
+        ids: list[str] = []
+        for start in range(0, len(orders), chunk):
+            part = orders[start : start + chunk]
+            created = self.crm.create_orders([order.record for order in part])
+            ids += created
+            self.planned.update(
+                {order_id: order.expected for order_id, order in zip(created, part, strict=True)}
+            )
+        return ids
+
+    def outcome(self) -> Outcome:
+        records = {record["Id"]: record for record in self.crm.records("Order")}
+        counts: Counter[str] = Counter()
+        settled, wrong = 0, []
+        for order_id, expected in self.planned.items():
+            record = records.get(order_id, {})
+            state = _state(record)
+            for name in state:
+                counts[name] += 1
+            if expected == SHIPPED:
+                if {"accepted", "invoiced", "shipped"} <= state:
+                    settled += 1
+                elif "rejected" in state:
+                    wrong.append(f"{order_id}: rejected: {record.get('ERP_Message__c')}")
+            elif "rejected" in state:
+                message = str(record.get("ERP_Message__c") or "")
+                if message.startswith(f"{expected}:"):
+                    settled += 1
+                else:
+                    wrong.append(f"{order_id}: expected {expected}, got {message}")
+            elif "accepted" in state:
+                wrong.append(f"{order_id}: expected {expected}, but the ERP accepted it")
+        return Outcome(counts, settled, wrong, len(self.planned) - settled - len(wrong))
+
+    def wait_settled(
+        self, timeout_s: float, on_progress: Callable[[Outcome], None] = lambda _: None
+    ) -> Outcome:
+        """Until every pushed order is in its end state, or ``timeout_s`` passes."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._check_alive()
+            outcome = self.outcome()
+            on_progress(outcome)
+            if outcome.pending == 0 or time.monotonic() > deadline:
+                return outcome
+            time.sleep(0.5)
+
+    def metrics(self) -> Counter[str]:
+        """Every service's ``revsync_*_total`` counters, summed by name (and error class)."""
+        totals: Counter[str] = Counter()
+        for process in self.processes.values():
+            if process.health_port is None or not process.alive():
+                continue
+            try:
+                text = httpx.get(f"http://127.0.0.1:{process.health_port}/metrics").text
+            except httpx.HTTPError:
+                continue
+            for name, labels, value in METRIC.findall(text):
+                totals[name] += int(float(value))
+                error_class = re.search(r'error_class="([^"]+)"', labels)
+                if error_class:
+                    totals[f"{name}:{error_class[1]}"] += int(float(value))
+        return totals
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def service_environment(self, health_port: int) -> dict[str, str]:
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith("REVSYNC_")},
+            "REVSYNC_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
+            "REVSYNC_SCHEMA_REGISTRY_URL": self.settings.schema_registry_url,
+            "REVSYNC_POSTGRES_DSN": self.settings.postgres_dsn.get_secret_value(),
+            "REVSYNC_SCHEMAS_DIR": str(self.schemas_dir),
+            "REVSYNC_CRM_INSTANCE_URL": self.crm_url,
+            "REVSYNC_CRM_CLIENT_ID": DEFAULT_CLIENT_ID,
+            "REVSYNC_CRM_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
+            "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
+            "REVSYNC_ERP_BASE_URL": self.erp_url,
+            "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
+            "REVSYNC_HEALTH_PORT": str(health_port),
+            "REVSYNC_SESSION_TIMEOUT_MS": "6000",
+            **self.service_env,
+        }
+
+    def _revsync(self, *arguments: str) -> None:
+        result = subprocess.run(
+            [str(REVSYNC), *arguments],
+            env=self.service_environment(0),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise PipelineError(f"revsync {' '.join(arguments)} failed:\n{result.stderr}")
+
+    def _sandbox(self, name: str, *options: list[str]) -> str:
+        log = self.workdir / f"sandbox-{name}.log"
+        popen = subprocess.Popen(
+            [sys.executable, "-m", f"sandbox.{name}", "--port", "0"]
+            + [word for option in options for word in option],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log.open("wb"),
+        )
+        process = self.processes[f"sandbox-{name}"] = Process(f"sandbox-{name}", popen, log)
+        assert popen.stdout is not None
+        line = _read_line(popen.stdout, timeout_s=60)
+        if not line:
+            raise PipelineError(f"the {name} sandbox did not start; see {log}")
+        if not process.alive():
+            raise PipelineError(f"the {name} sandbox died; see {log}")
+        return str(json.loads(line)["url"])
+
+    def _service(self, name: str) -> None:
+        port = _free_port()
+        log = self.workdir / f"{name}.log"
+        popen = subprocess.Popen(
+            [str(REVSYNC), "run", name],
+            cwd=REPO,
+            env=self.service_environment(port),
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes[name] = Process(name, popen, log, port)
+
+    def _wait_ready(self, names: Sequence[str] | None = None, timeout_s: float = 90) -> None:
+        waiting = [self.processes[name] for name in names or (*SERVICES, ERP_OUTBOX_PUBLISHER)]
+        deadline = time.monotonic() + timeout_s
+        while waiting:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                names_left = ", ".join(process.name for process in waiting)
+                raise PipelineError(f"not ready after {timeout_s:.0f}s: {names_left}")
+            waiting = [process for process in waiting if not _ready(process)]
+            time.sleep(0.2)
+
+    def _check_alive(self) -> None:
+        for process in self.processes.values():
+            if not process.alive():
+                tail = process.log.read_text(errors="replace").splitlines()[-15:]
+                raise PipelineError(
+                    f"{process.name} exited ({process.popen.returncode}); {process.log}:\n"
+                    + "\n".join(tail)
+                )
+
+
+def _state(record: Mapping[str, Any]) -> set[str]:
+    state = set()
+    if record.get("ERP_Status__c") == "Accepted":
+        state.add("accepted")
+    if record.get("ERP_Status__c") == "Rejected":
+        state.add("rejected")
+    if record.get("Billing_Status__c") in ("Invoiced", "Partially Paid", "Paid"):
+        state.add("invoiced")
+    if record.get("Delivery_Status__c") == "Shipped":
+        state.add("shipped")
+    return state
+
+
+def _ready(process: Process) -> bool:
+    try:
+        response = httpx.get(f"http://127.0.0.1:{process.health_port}/readyz", timeout=2)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _read_line(stream: IO[bytes], timeout_s: float) -> str:
+    """The first line a child prints, or "" if it prints none in time."""
+    import selectors
+
+    with selectors.DefaultSelector() as selector:
+        selector.register(stream, selectors.EVENT_READ)
+        if not selector.select(timeout_s):
+            return ""
+    return stream.readline().decode()
