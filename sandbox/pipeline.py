@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import yaml
 
-from revsync.contracts.catalog import Catalog, TopicFormat, load_catalog
+from revsync.contracts.catalog import CATALOG_FILE, Catalog, TopicFormat, load_catalog
 from revsync.host import ERP_OUTBOX_PUBLISHER, SERVICES
 from revsync.settings import Settings
 from sandbox.crm.control import CrmSandbox
@@ -32,6 +35,28 @@ from sandbox.scenario import SHIPPED, PlannedOrder
 REPO = Path(__file__).resolve().parents[1]
 REVSYNC = Path(sys.executable).with_name("revsync")
 METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
+
+
+def private_contracts(source: Path, destination: Path, partitions: int | None = None) -> Path:
+    """A copy of the contracts whose topics, subjects and consumer groups are renamed with a
+    fresh tag, so a run shares no Kafka or registry state with any other."""
+    folder = Path(shutil.copytree(source, destination))
+    tag = uuid.uuid4().hex[:8]
+    path = folder / CATALOG_FILE
+    catalog = yaml.safe_load(path.read_text())
+    catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
+    if partitions is not None:
+        catalog["defaults"]["partitions"] = partitions
+    for topic in catalog["topics"]:
+        old = topic["name"]
+        _, entity, event, major = old.split(".")
+        topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
+        topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
+        released = folder / "releases" / f"{old}-value"
+        if released.exists():  # only Avro topics have released schemas
+            released.rename(folder / "releases" / f"{topic['name']}-value")
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+    return folder
 
 
 class PipelineError(RuntimeError):

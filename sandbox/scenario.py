@@ -101,7 +101,7 @@ def seed(crm: CrmSandbox, erp: ErpSandbox, rng: random.Random) -> MasterData:
                 f"{entity.code} list prices",
                 entity.currency,
                 entity.code,
-                {sku: _price(data.prices[sku], entity) for sku in (*SKUS, DISCONTINUED)},
+                {sku: list_price(data.prices[sku], entity) for sku in (*SKUS, DISCONTINUED)},
             )
             for entity in ENTITIES
         ]
@@ -173,7 +173,7 @@ def _order(
     items = []
     for number, sku in enumerate(skus, 1):
         quantity = Decimal(rng.randint(1, 12))
-        price = _price(data.prices[sku], entity)
+        price = list_price(data.prices[sku], entity)
         if flaw == "pricing_mismatch" and number == 1:
             price = (price * Decimal("1.07")).quantize(CENT)
         discount = (quantity * price * Decimal("0.05")).quantize(CENT) if rng.random() < 0.3 else 0
@@ -220,7 +220,8 @@ def _line(sku: str) -> str:
     return next(line for line in PRODUCT_LINES if line.startswith(sku[:3]))
 
 
-def _price(base: Decimal, entity: LegalEntity) -> Decimal:
+def list_price(base: Decimal, entity: LegalEntity) -> Decimal:
+    """A product's list price in the legal entity's currency."""
     factor = {"USD": Decimal(1), "CAD": Decimal("1.35"), "EUR": Decimal("0.92")}.get(
         entity.currency, Decimal("0.79")
     )

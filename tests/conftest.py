@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import gc
 import os
+import random
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from sandbox.pipeline import Pipeline
 
+from contract_fixtures import isolated_contracts
 from revsync.settings import Settings, StackSettings
 from revsync.stack import LocalStack
+from runtime_support import with_retry_tiers
 
 ENDPOINT_VARIABLES = (
     "REVSYNC_BOOTSTRAP_SERVERS",
@@ -128,3 +132,36 @@ def _testcontainers(containers: ExitStack) -> Endpoints:
         postgres.get_connection_url(),
         "testcontainers",
     )
+
+
+# --- end to end: the whole pipeline per test -------------------------------------------------
+
+# Short tiers, so a test sees a failure retried through every one of them in seconds.
+E2E_RETRY_TIERS = ["1s", "2s", "4s"]
+
+
+@pytest.fixture
+def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
+    started: list[Pipeline] = []
+
+    def start(invoice_delay_s: float = 0.0, ship_delay_s: float = 0.0) -> Pipeline:
+        contracts = isolated_contracts(tmp_path / "contracts")
+        with_retry_tiers(contracts, E2E_RETRY_TIERS)
+        pipeline = Pipeline(
+            settings=settings,
+            workdir=tmp_path / "logs",
+            schemas_dir=contracts,
+            invoice_delay_s=invoice_delay_s,
+            ship_delay_s=ship_delay_s,
+        )
+        started.append(pipeline)
+        return pipeline.start()
+
+    yield start
+    for pipeline in started:
+        pipeline.stop()
+
+
+@pytest.fixture
+def rng() -> random.Random:
+    return random.Random(20261201)  # noqa: S311 - a repeatable order mix

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from confluent_kafka.admin import AdminClient
+from sandbox.pipeline import private_contracts
 from typer.testing import CliRunner, Result
 
 from revsync.cli import app
@@ -85,23 +84,8 @@ BREAKING: dict[str, tuple[str, Callable[[Schema], None], str]] = {
 
 def isolated_contracts(destination: Path) -> Path:
     """A copy of the contracts whose topics, subjects and consumers no other test uses."""
-    folder = copy_contracts(destination)
-    tag = uuid.uuid4().hex[:8]
-    path = folder / "catalog.yaml"
-    catalog = yaml.safe_load(path.read_text())
-    catalog["consumers"] = {f"{name}-{tag}": spec for name, spec in catalog["consumers"].items()}
     # Few partitions: a test session creates many of these catalogs on one small broker.
-    catalog["defaults"]["partitions"] = 3
-    for topic in catalog["topics"]:
-        old = topic["name"]
-        _, entity, event, major = old.split(".")
-        topic["name"] = f"revsync.{entity}-{tag}.{event}.{major}"
-        topic["consumers"] = [f"{name}-{tag}" for name in topic["consumers"]]
-        released = folder / "releases" / f"{old}-value"
-        if released.exists():  # only Avro topics have released schemas
-            released.rename(folder / "releases" / f"{topic['name']}-value")
-    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
-    return folder
+    return private_contracts(SCHEMAS_DIR, destination, partitions=3)
 
 
 def cli_for(settings: Settings) -> Callable[..., Result]:

@@ -540,8 +540,19 @@ class CrmSimulator:
         for name, value in values.items():
             coerced[name] = coerce(sobject, name, value)
             spec = sobject.fields[name]
-            # Ids are the org's to give; an item stays with the order it was created on.
-            if name == "Id" or (api and not spec.writable) or (existing and name == "OrderId"):
+            # Ids are the org's to give (a seed may bring its own, as a data migration does);
+            # an item stays with the order it was created on.
+            seeded_id = name == "Id" and not api and existing is None
+            if seeded_id and (
+                not str(coerced[name]).startswith(sobject.prefix)
+                or coerced[name] in self._records[sobject.name]
+            ):
+                raise FieldError("INVALID_ID_FIELD", f"invalid or taken id: {value}", [name])
+            if (
+                (name == "Id" and not seeded_id)
+                or (api and not spec.writable)
+                or (existing and name == "OrderId")
+            ):
                 raise FieldError(
                     "INVALID_FIELD_FOR_INSERT_UPDATE",
                     f"Unable to create/update fields: {name}",
