@@ -318,9 +318,7 @@ def validate(
     unknown = tuple(
         line.sku
         for line in order.lines
-        if line.sku not in products
-        or not products[line.sku].active
-        or order.legal_entity not in products[line.sku].legal_entities
+        if line.sku not in products or not products[line.sku].sold_by(order.legal_entity)
     )
     if unknown:
         return Rejection(

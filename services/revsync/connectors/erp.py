@@ -119,6 +119,10 @@ class Product:
     unit_of_measure: str
     active: bool
     legal_entities: frozenset[str]
+    """Where it is sold; empty: by every legal entity."""
+
+    def sold_by(self, legal_entity: str) -> bool:
+        return self.active and (not self.legal_entities or legal_entity in self.legal_entities)
 
 
 @dataclass(frozen=True)
