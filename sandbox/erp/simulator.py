@@ -216,29 +216,34 @@ class ErpSimulator:
         )
 
     def _create_order(self, request: Request) -> Response:
-        key = _idempotency_key(request)
         body = _parse(OrderBody, request.body)
         self.server.count("sales_orders.create_requests")
-        fingerprint = orders.request_hash("create", request.body)
-        with (
-            self._pool.connection() as connection,
-            self._counting_refusals(),
-            connection.transaction(),
-        ):
-            replay = orders.claim_key(connection, key, fingerprint)
-            if replay is not None:
-                self.server.count("sales_orders.idempotent_replays")
-                return replay
+
+        def book(connection: Connection) -> tuple[int, dict[str, Any]]:
             order, lines = orders.book(connection, body)
-            document = orders.document(order, lines)
-            orders.store_answer(connection, key, 201, document)
-        return Response(201, document)
+            return 201, orders.document(order, lines)
+
+        return self._idempotently(request, "create", book)
 
     def _cancel_order(self, request: Request) -> Response:
-        key = _idempotency_key(request)
         external_id = request.params["external_id"]
         body = _parse(CancelBody, request.body)
-        fingerprint = orders.request_hash(f"cancel {external_id}", request.body)
+
+        def cancel(connection: Connection) -> tuple[int, dict[str, Any]]:
+            return 200, orders.cancel(connection, external_id, body.reason)
+
+        return self._idempotently(request, f"cancel {external_id}", cancel)
+
+    def _idempotently(
+        self,
+        request: Request,
+        action: str,
+        work: Callable[[Connection], tuple[int, dict[str, Any]]],
+    ) -> Response:
+        """Run ``work`` once per idempotency key: a repeat of the same request gets the stored
+        answer, in the same transaction that claims the key."""
+        key = _idempotency_key(request)
+        fingerprint = orders.request_hash(action, request.body)
         with (
             self._pool.connection() as connection,
             self._counting_refusals(),
@@ -248,9 +253,9 @@ class ErpSimulator:
             if replay is not None:
                 self.server.count("sales_orders.idempotent_replays")
                 return replay
-            document = orders.cancel(connection, external_id, body.reason)
-            orders.store_answer(connection, key, 200, document)
-        return Response(200, document)
+            status, document = work(connection)
+            orders.store_answer(connection, key, status, document)
+        return Response(status, document)
 
     def _find_orders(self, request: Request) -> Response:
         external_id = request.query.get("external_id", [""])[0]

@@ -11,10 +11,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Self
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from revsync.errors import ContractError
+from revsync.yaml_files import load_model
 
 DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
 
@@ -65,17 +65,4 @@ class RuleBook(BaseModel):
 
     @classmethod
     def load(cls, path: Path = DEFAULT_RULES) -> Self:
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise RulesError(f"no order rules at {path}") from None
-        except yaml.YAMLError as error:
-            raise RulesError(f"{path}: not valid YAML: {error}") from None
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in issue['loc'])}: {issue['msg']}"
-                for issue in error.errors()
-            )
-            raise RulesError(f"{path}: {problems}") from None
+        return load_model(path, cls, RulesError, "order rules")

@@ -8,17 +8,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Self
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     model_validator,
 )
 
 from revsync.errors import ContractError
+from revsync.yaml_files import load_model
 
 CATALOG_FILE = "catalog.yaml"
 TOPIC_NAME = re.compile(
@@ -282,19 +281,4 @@ def format_duration(milliseconds: int) -> str:
 
 
 def load_catalog(directory: Path) -> Catalog:
-    path = directory / CATALOG_FILE
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise CatalogError(f"no catalog at {path}") from None
-    except yaml.YAMLError as error:
-        raise CatalogError(f"{path}: not valid YAML: {error}") from None
-    try:
-        return Catalog.model_validate(raw)
-    except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or 'catalog'}: "
-            f"{issue['msg'].removeprefix('Value error, ')}"
-            for issue in error.errors()
-        )
-        raise CatalogError(f"{path}: {problems}") from None
+    return load_model(directory / CATALOG_FILE, Catalog, CatalogError, "catalog")
