@@ -10,7 +10,8 @@ the ERP).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +38,7 @@ from revsync.contracts.events import (
     RejectionReason,
 )
 from revsync.errors import RevsyncError
-from revsync.runtime.handler import Decision, Emission, Inbound
+from revsync.runtime.handler import Decision, Emission, Inbound, handle_concurrently
 
 log = logging.getLogger(__name__)
 CONSUMER = "order-sync"
@@ -59,8 +60,11 @@ class OrderSync:
         integration: logic.Integration,
         catalog: Catalog,
         master_data_ttl_s: float = 60.0,
+        concurrency: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        """``concurrency``: how many orders (never two of one order) are in flight at once;
+        every call is to the CRM or the ERP, so threads overlap their waiting."""
         self.crm = crm
         self.erp = erp
         self.rules = rules
@@ -75,6 +79,7 @@ class OrderSync:
         self._customers: TtlCache[str, Customer | None] = TtlCache(master_data_ttl_s)
         self._price_books: TtlCache[str, PriceBook | None] = TtlCache(master_data_ttl_s)
         self._products: TtlCache[str, Product | None] = TtlCache(master_data_ttl_s)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="order-sync")
 
     def __call__(self, inbound: Inbound) -> Decision:
         if isinstance(inbound, RecordChange):
@@ -84,6 +89,12 @@ class OrderSync:
         if isinstance(inbound, OrderCancelled):
             return self.cancel(inbound)
         raise UnexpectedInput(f"order-sync does not handle {inbound.envelope.event_type}")
+
+    def handle_many(self, inbounds: Sequence[Inbound]) -> list[Decision | Exception]:
+        return handle_concurrently(self, inbounds, self._pool)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
 
     # --- CRM change events -> canonical events ----------------------------------------------
 

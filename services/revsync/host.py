@@ -107,14 +107,17 @@ def _order_sync(context: Context) -> Handler:
     from order_sync.service import OrderSync
 
     s = context.service
-    return OrderSync(
+    handler = OrderSync(
         crm=context.crm(),
         erp=context.erp(),
         rules=RuleBook.load(s.order_rules) if s.order_rules else RuleBook.load(),
         integration=Integration(s.crm_client_name, s.crm_integration_user_id),
         catalog=context.catalog,
         master_data_ttl_s=s.master_data_ttl_s,
+        concurrency=s.handler_concurrency,
     )
+    context.resources.callback(handler.close)
+    return handler
 
 
 def _invoice_sync(context: Context) -> Handler:

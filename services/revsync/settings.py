@@ -244,6 +244,9 @@ class ServiceSettings(BaseSettings):
     master_data_ttl_s: float = Field(
         default=60.0, ge=0, description="How long customers, products and prices are cached."
     )
+    handler_concurrency: int = Field(
+        default=8, ge=1, le=64, description="Orders order_sync handles at once (never two of one)."
+    )
     health_port: int = Field(
         default=8080, ge=0, le=65535, description="/metrics, /healthz and /readyz (0: any)."
     )

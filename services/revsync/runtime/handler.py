@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from revsync.contracts.events import Envelope, Event, SourceSystem
+from revsync.runtime.observability import event_context
 
 # Event ids of emitted events derive from the causing event, so a re-emission after a crash
 # carries the same id and every inbox recognises it.
@@ -66,6 +68,24 @@ class BatchHandler(Handler, Protocol):
     """
 
     def handle_many(self, inbounds: Sequence[Inbound], /) -> Sequence[Decision | Exception]: ...
+
+
+def handle_concurrently(
+    handler: Handler, inbounds: Sequence[Inbound], pool: Executor
+) -> list[Decision | Exception]:
+    """Each input through ``handler`` on ``pool``'s threads, for a :class:`BatchHandler`
+    whose calls are I/O-bound: concurrency across keys, never within one, because
+    ``handle_many`` is never given two inputs of one key."""
+
+    def one(inbound: Inbound) -> Decision | Exception:
+        envelope = inbound.envelope
+        with event_context(envelope.correlation_id, str(envelope.event_id)):
+            try:
+                return handler(inbound)
+            except Exception as error:  # the input's own outcome, routed by the loop
+                return error
+
+    return list(pool.map(one, inbounds))
 
 
 def caused_envelope(
