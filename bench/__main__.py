@@ -6,19 +6,27 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import passthrough, runtime
+from bench import order_to_cash, passthrough, runtime
 from revsync.settings import Settings
 
-SCENARIOS = {"passthrough": passthrough.run, "runtime": runtime.run}
+SCENARIOS = {
+    "passthrough": passthrough.run,
+    "runtime": runtime.run,
+    "order-to-cash": order_to_cash.run,
+}
 RESULTS = Path(__file__).parent / "results"
+DEFAULT_EVENTS = {"order-to-cash": 2_000}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
-    parser.add_argument("--events", type=int, default=100_000, help="events to move")
+    parser.add_argument(
+        "--events", type=int, default=None, help="events (orders, for order-to-cash) to move"
+    )
     arguments = parser.parse_args()
-    figures = SCENARIOS[arguments.scenario](Settings.load(), arguments.events)
+    events = arguments.events or DEFAULT_EVENTS.get(arguments.scenario, 100_000)
+    figures = SCENARIOS[arguments.scenario](Settings.load(), events)
     RESULTS.mkdir(exist_ok=True)
     output = RESULTS / f"{arguments.scenario}.json"
     output.write_text(json.dumps(figures, indent=2) + "\n")
