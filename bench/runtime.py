@@ -44,7 +44,7 @@ from revsync.contracts.registry import register_contracts
 from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
-from revsync.runtime.consumer import ConsumerLoop, Policy, Record
+from revsync.runtime.consumer import ConsumerLoop, Hold, Policy, Record
 from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
 from revsync.runtime.outbox import OutboxRelay
 from revsync.runtime.storage import migrate
@@ -324,7 +324,7 @@ class TimedLoop(ConsumerLoop):
 
     batches: list[tuple[float, int]]
 
-    def _run_batch(self, records: list[Record], releasing: frozenset[bytes] = frozenset()) -> None:
+    def _run_batch(self, records: list[Record], releasing: frozenset[Hold] = frozenset()) -> None:
         began = time.perf_counter()
         super()._run_batch(records, releasing)
         self.batches = getattr(self, "batches", [])

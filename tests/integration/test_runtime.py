@@ -9,7 +9,8 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,14 +21,16 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
-from revsync.contracts.events import OrderCreated
+from revsync.contracts.events import Event, OrderCancelled, OrderCreated
+from revsync.errors import BusinessRuleViolation
 from revsync.runtime import headers as h
 from revsync.runtime.consumer import RELEASED
-from revsync.runtime.handler import caused_envelope
+from revsync.runtime.handler import Decision, Inbound, caused_envelope
 from revsync.runtime.observability import HealthServer, Liveness
 from revsync.settings import Settings
 from runtime_support import (
     Fault,
+    RecordingHandler,
     RuntimeWorld,
     prepare_database,
     read_topic,
@@ -410,3 +413,128 @@ def committed_total(world: RuntimeWorld) -> int:
         return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
     finally:
         consumer.close()
+
+
+@dataclass
+class BatchRecordingHandler(RecordingHandler):
+    """A recording handler that also takes many inputs at once, noting what each call got."""
+
+    calls: list[list[tuple[str, str]]] = field(default_factory=list)
+    """(crm_order_id, event_id) of every input, per handle_many call."""
+
+    def handle_many(self, inbounds: Sequence[Inbound]) -> list[Decision | Exception]:
+        self.calls.append(
+            [(e.crm_order_id, str(e.envelope.event_id)) for e in inbounds if isinstance(e, Event)]
+        )
+        results: list[Decision | Exception] = []
+        for inbound in inbounds:
+            try:
+                results.append(self(inbound))
+            except Exception as failure:  # a batching handler reports each input's outcome
+                results.append(failure)
+        return results
+
+
+def test_a_batch_handler_gets_one_input_per_key_and_a_failed_key_holds_its_later_input(
+    world: RuntimeWorld,
+) -> None:
+    key = "8015g0000BATCHKEY1"
+    failing, held_back = (
+        sample_event(
+            OrderCreated,
+            crm_order_id=key,
+            envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"batch-{n}"),
+        )
+        for n in range(2)
+    )
+    flaky = order(8001)
+    others = [order(8002), order(8003), order(8004)]
+    handler = BatchRecordingHandler(
+        world.consumer,
+        world.accepted_topic,
+        faults={key: Fault(permanent=True), flaky.crm_order_id: Fault(transient_failures=1)},
+    )
+    world.produce([failing, others[0], held_back, flaky, others[1], others[2]])
+
+    # A long batch timeout: every record is in the first batch, both of the key's among them.
+    world.loop(handler, batch_timeout_s=1.0).run(max_idle_s=2)
+
+    assert any(len(call) > 1 for call in handler.calls), "the batch went to handle_many"
+    for call in handler.calls:
+        keys = [order_id for order_id, _ in call]
+        assert len(keys) == len(set(keys)), f"two inputs of one key in one call: {call}"
+    batched = {entry for call in handler.calls for entry in call}
+    assert (key, str(held_back.envelope.event_id)) not in batched
+    # The key's first input failed once, for good, and went to the dead letters.
+    assert handler.faults[key].calls == 1
+    [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
+    assert dead.key() == key.encode()
+    assert dead.value() == world.serde().serialize(world.created_topic, failing)
+    assert h.get(dead.headers(), h.ERROR_CLASS) == "business rule"
+    # Its later input waits behind it, parked, never handled.
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        parked = db.execute(
+            "SELECT record_key, value FROM revsync_parked WHERE consumer = %s",
+            (world.consumer,),
+        ).fetchall()
+        holds = db.execute(
+            "SELECT record_key FROM revsync_key_holds WHERE consumer = %s", (world.consumer,)
+        ).fetchall()
+    assert [(bytes(k), bytes(v)) for k, v in parked] == [
+        (key.encode(), world.serde().serialize(world.created_topic, held_back))
+    ]
+    assert [bytes(k) for (k,) in holds] == [key.encode()]
+    # Every other key: processed once; the transient failure in the batch was retried alone.
+    assert sorted(world.effects()) == sorted(
+        (e.crm_order_id, str(e.envelope.event_id)) for e in [flaky, *others]
+    )
+    assert Counter(handler.handled) == Counter(e.crm_order_id for e in [flaky, *others])
+    assert handler.faults[flaky.crm_order_id].calls == 2
+
+
+@dataclass
+class CreatesFailForOneKey(RecordingHandler):
+    """Refuses every OrderCreated of ``key`` for good; anything else of it is handled."""
+
+    key: str = ""
+
+    def __call__(self, inbound: Inbound) -> Decision:
+        if isinstance(inbound, OrderCreated) and inbound.crm_order_id == self.key:
+            raise BusinessRuleViolation("credit hold on the account")
+        return super().__call__(inbound)
+
+
+def test_a_held_key_holds_back_only_its_own_topic(world: RuntimeWorld) -> None:
+    # Kafka orders a key within one topic: a failure on one topic must not park the key's
+    # events on another, which may be the very event the failed one is waiting for.
+    key = "8015g0000CROSSTOP1"
+    failing, later = (
+        sample_event(
+            OrderCreated,
+            crm_order_id=key,
+            envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"cross-{n}"),
+        )
+        for n in range(2)
+    )
+    cancelled = sample_event(OrderCancelled, crm_order_id=key)
+    cancelled_topic = world.catalog.topic_for(OrderCancelled.schema_name).name
+    handler = CreatesFailForOneKey(world.consumer, world.accepted_topic, key=key)
+    world.produce([failing, later])
+    world.produce([cancelled], topic=cancelled_topic)
+
+    world.loop(handler).run(max_idle_s=2)
+
+    assert world.effects() == [(key, str(cancelled.envelope.event_id))]
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        parked = db.execute(
+            "SELECT source_topic, value FROM revsync_parked WHERE consumer = %s",
+            (world.consumer,),
+        ).fetchall()
+        holds = db.execute(
+            "SELECT record_key, source_topic FROM revsync_key_holds WHERE consumer = %s",
+            (world.consumer,),
+        ).fetchall()
+    assert [(topic, bytes(value)) for topic, value in parked] == [
+        (world.created_topic, world.serde().serialize(world.created_topic, later))
+    ]
+    assert [(bytes(k), topic) for k, topic in holds] == [(key.encode(), world.created_topic)]

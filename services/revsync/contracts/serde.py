@@ -26,6 +26,7 @@ from revsync.errors import (
     IncompatibleWriterSchema,
     NotConfluentFramed,
     PayloadInvalid,
+    TransientError,
     UnknownSchemaId,
 )
 
@@ -36,6 +37,17 @@ FRAME = struct.Struct(">bI")
 TOPIC_NAME_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
 # Registry error codes (Confluent API, also spoken by Apicurio's ccompat layer).
 SUBJECT_NOT_FOUND, SCHEMA_NOT_FOUND = 40401, 40403
+
+
+class RegistryUnavailable(TransientError):
+    """The registry did not answer (down, timing out, 5xx): the record is fine, and the
+    consumer rewinds its batch to try again rather than dead-letter it."""
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A transport failure of the registry's HTTP client, whichever client library it is."""
+    module = type(error).__module__.split(".")[0]
+    return isinstance(error, OSError | TimeoutError) or module in ("httpx", "httpx2", "httpcore")
 
 
 class SubjectNotRegistered(ContractError):
@@ -95,7 +107,7 @@ class EventSerde:
         except SchemaRegistryError as error:
             if error.http_status_code == 404:
                 raise UnknownSchemaId(topic, schema_id) from None
-            raise
+            raise RegistryUnavailable(f"schema id {schema_id}: {error}") from error
         except SchemaResolutionError as error:
             raise IncompatibleWriterSchema(
                 topic,
@@ -106,6 +118,10 @@ class EventSerde:
             raise CorruptPayload(
                 topic, f"Avro body unreadable with writer schema id {schema_id}: {error}"
             ) from None
+        except Exception as error:
+            if _unreachable(error):
+                raise RegistryUnavailable(f"schema id {schema_id}: {error!r}") from error
+            raise
         if not isinstance(datum, dict):
             raise IncompatibleWriterSchema(topic, f"schema id {schema_id} is not a record")
         try:

@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from tenacity import (
 
 from revsync.contracts.catalog import Catalog, TopicFormat
 from revsync.contracts.events import Event
-from revsync.contracts.serde import EventSerde
+from revsync.contracts.serde import EventSerde, RegistryUnavailable
 from revsync.errors import RETRYABLE, DecodeError, TransientError, classify
 from revsync.runtime import headers as h
 from revsync.runtime.handler import BatchHandler, Decision, Handler, Inbound
@@ -69,6 +70,10 @@ class Policy:
     inbox_purge_interval_s: float = 600.0
     maintenance_interval_s: float = 1.0
     preserve_key_order: bool = True
+
+
+Hold = tuple[bytes, str]
+"""A record key and its source topic: the unit per-key order is kept in."""
 
 
 @dataclass
@@ -115,6 +120,13 @@ class Record:
         )
 
     @property
+    def hold(self) -> Hold | None:
+        """What orders this record: its key within the topic it was first consumed from.
+        Kafka orders a key only within one topic, so a failure holds back the key's later
+        records of that topic; the key's records on other topics have no order to keep."""
+        return None if self.key is None else (self.key, self.origin[0])
+
+    @property
     def blocker_id(self) -> str:
         topic, partition, offset = self.origin
         return f"{topic}:{partition}:{offset}"
@@ -140,8 +152,8 @@ class _Batch:
     outgoing: list[_Outgoing] = field(default_factory=list)
     parks: list[Record] = field(default_factory=list)
     unparked_done: list[int] = field(default_factory=list)
-    holds: dict[bytes, str] = field(default_factory=dict)
-    releases: set[bytes] = field(default_factory=set)
+    holds: dict[Hold, str] = field(default_factory=dict)
+    releases: set[Hold] = field(default_factory=set)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
@@ -179,6 +191,7 @@ class ConsumerLoop:
         self._decoder = decoder or serde.deserialize
         self._batch_handler = handler if isinstance(handler, BatchHandler) else None
         self._prepared: dict[str, Decision | Exception] = {}
+        self._wave_runner: ThreadPoolExecutor | None = None
         self.tiers = [(catalog.retry_topic(consumer, delay), delay) for delay in spec.retry_tiers]
         self.dead_letters = catalog.dead_letter_topic(consumer)
         self.liveness = liveness or Liveness(timeout_s=60)
@@ -208,6 +221,8 @@ class ConsumerLoop:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
         self.serde.prepare(self._avro_inputs)
+        if self._batch_handler is not None:
+            self._wave_runner = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-batch")
         # Autocommit, so that only explicit transaction() blocks group statements: a stray
         # read can never leave an implicit transaction open around the next batch.
         self._db = psycopg.connect(self._dsn, autocommit=True)
@@ -259,6 +274,9 @@ class ConsumerLoop:
         self._stopping.set()
 
     def _close(self) -> None:
+        if self._wave_runner is not None:
+            self._wave_runner.shutdown(wait=True)
+            self._wave_runner = None
         if self._producer is not None:
             self._producer.flush(self.policy.drain_deadline_s)
         if self._consumer is not None:
@@ -278,13 +296,13 @@ class ConsumerLoop:
 
     # --- one batch -------------------------------------------------------------------------
 
-    def _run_batch(self, records: list[Record], releasing: frozenset[bytes] = frozenset()) -> None:
+    def _run_batch(self, records: list[Record], releasing: frozenset[Hold] = frozenset()) -> None:
         due, waiting = self._split_due(records)
         for record in due:
             CONSUMED.labels(self.name, record.topic).inc()
         try:
             batch = self._process(due, releasing)
-        except (psycopg.Error, KafkaException) as error:
+        except (psycopg.Error, KafkaException, RegistryUnavailable) as error:
             # Nothing of this batch is committed: go back to its start and try again.
             log.warning("batch failed, rewinding: %s", error)
             self._rewind(records)
@@ -295,7 +313,7 @@ class ConsumerLoop:
         for topic, partition, offset, until in waiting:
             self._pause_until(topic, partition, offset, until)
 
-    def _process(self, records: list[Record], releasing: frozenset[bytes]) -> _Batch:
+    def _process(self, records: list[Record], releasing: frozenset[Hold]) -> _Batch:
         assert self._db is not None
         batch = _Batch()
         with self._db.transaction():
@@ -307,69 +325,91 @@ class ConsumerLoop:
                     if not isinstance(inbound, DecodeError)
                 ]
             )
-            held = self._held_keys({r.key for r, _ in work if r.key is not None})
-            for key in releasing:
+            held = self._held_keys({r.hold for r, _ in work if r.hold is not None})
+            for hold in releasing:
                 # Released by an operator: the hold goes in this transaction, with the work.
-                held.pop(key, None)
-                batch.releases.add(key)
+                held.pop(hold, None)
+                batch.releases.add(hold)
             if self._batch_handler is not None:
                 self._prepared = self._handle_wave(list(work), batch, held)
-            while work:
-                record, decoded = work.popleft()
-                self._keepalive()
-                if record.parked_seq is None and (record.topic, record.partition) not in (
-                    self._assigned
-                ):
-                    continue  # revoked mid-batch: its new owner redelivers it
-                released = self._handle_one(record, decoded, batch, held)
-                # What the record held back comes next, before anything later in the batch.
-                work.extendleft((r, self._decode(r)) for r in reversed(released))
-                if record.parked_seq is None:
-                    # max: a record parked earlier in this batch may be handled late, after
-                    # its key was released; the position must never move back.
-                    where = (record.topic, record.partition)
-                    batch.positions[where] = max(batch.positions.get(where, 0), record.offset + 1)
+            try:
+                self._handle_all(work, batch, held)
+            finally:
+                self._prepared = {}
             self._flush(batch)
-        self._prepared = {}
         KEYS_HELD.labels(self.name).set(len(held))
         return batch
+
+    def _handle_all(
+        self,
+        work: deque[tuple[Record, Inbound | DecodeError]],
+        batch: _Batch,
+        held: dict[Hold, str],
+    ) -> None:
+        while work:
+            record, decoded = work.popleft()
+            self._keepalive()
+            if record.parked_seq is None and (record.topic, record.partition) not in (
+                self._assigned
+            ):
+                continue  # revoked mid-batch: its new owner redelivers it
+            released = self._handle_one(record, decoded, batch, held)
+            # What the record held back comes next, before anything later in the batch.
+            work.extendleft((r, self._decode(r)) for r in reversed(released))
+            if record.parked_seq is None:
+                # max: a record parked earlier in this batch may be handled late, after
+                # its key was released; the position must never move back.
+                where = (record.topic, record.partition)
+                batch.positions[where] = max(batch.positions.get(where, 0), record.offset + 1)
 
     def _handle_wave(
         self,
         work: list[tuple[Record, Inbound | DecodeError]],
         batch: _Batch,
-        held: dict[bytes, str],
+        held: dict[Hold, str],
     ) -> dict[str, Decision | Exception]:
         """Hand the batch handler every input that is first of its key and free to run now;
         the rest go one by one, after their key's earlier input has its outcome."""
         assert self._batch_handler is not None
         seen: set[bytes] = set()
+        event_ids: set[str] = set()
         wave: list[Inbound] = []
         for record, inbound in work:
             key = record.key
             first = key is None or key not in seen
             if key is not None:
                 seen.add(key)
-            free = key is None or not self.ordering or held.get(key) in (None, record.blocker_id)
+            if isinstance(inbound, DecodeError) or str(inbound.envelope.event_id) in event_ids:
+                continue  # undecodable, or a second copy of one event: handled one by one
+            hold = record.hold
+            free = hold is None or not self.ordering or held.get(hold) in (None, record.blocker_id)
             if (
                 first
                 and free
                 and record.parked_seq is None
                 and (record.topic, record.partition) in self._assigned
-                and not isinstance(inbound, DecodeError)
                 and str(inbound.envelope.event_id) in batch.inbox_claims
             ):
                 wave.append(inbound)
+                event_ids.add(str(inbound.envelope.event_id))
         if len(wave) < 2:
             return {}
         started = time.perf_counter()
+        assert self._wave_runner is not None
+        call = self._wave_runner.submit(self._batch_handler.handle_many, wave)
+        while not call.done():
+            # A long call must not cost the group membership or the liveness check.
+            wait([call], timeout=1.0)
+            self._keepalive()
+            self.liveness.beat()
         try:
-            results: Sequence[Decision | Exception] = self._batch_handler.handle_many(wave)
-        except Exception as error:  # the whole call failed: each input fails with it
-            results = [error] * len(wave)
+            results: Sequence[Decision | Exception] = call.result()
+        except Exception as error:  # the call as a whole failed: each input goes alone
+            log.warning("batch handler failed as a whole, handling one by one: %s", error)
+            return {}
         if len(results) != len(wave):
-            mismatch = RuntimeError(f"handle_many gave {len(results)} results for {len(wave)}")
-            results = [mismatch] * len(wave)
+            log.warning("batch handler gave %d results for %d inputs", len(results), len(wave))
+            return {}
         share = (time.perf_counter() - started) / len(wave)
         for _ in wave:
             self._latency.observe(share)
@@ -383,10 +423,10 @@ class ConsumerLoop:
         record: Record,
         decoded: Inbound | DecodeError,
         batch: _Batch,
-        held: dict[bytes, str],
+        held: dict[Hold, str],
     ) -> list[Record]:
         """Handle one record; returns parked records released by its success, in order."""
-        key = record.key
+        hold = record.hold
         event = None if isinstance(decoded, DecodeError) else decoded
         if event is not None:
             event_id = str(event.envelope.event_id)
@@ -395,8 +435,8 @@ class ConsumerLoop:
             if event_id not in batch.inbox_claims or event_id in batch.used_claims:
                 self._duplicates.inc()
                 self._done(record, batch)
-                return self._resolve(key, record, batch, held)
-        if self.ordering and key is not None and held.get(key) not in (None, record.blocker_id):
+                return self._resolve(hold, record, batch, held)
+        if self.ordering and hold is not None and held.get(hold) not in (None, record.blocker_id):
             if record.parked_seq is None:
                 batch.parks.append(record)
                 self._parked.inc()
@@ -419,29 +459,29 @@ class ConsumerLoop:
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
         self._age.observe(max(age, 0.0))
         self._done(record, batch)
-        return self._resolve(key, record, batch, held)
+        return self._resolve(hold, record, batch, held)
 
     def _resolve(
-        self, key: bytes | None, record: Record, batch: _Batch, held: dict[bytes, str]
+        self, hold: Hold | None, record: Record, batch: _Batch, held: dict[Hold, str]
     ) -> list[Record]:
         """If ``record`` was what held its key, release the key and hand back what it parked."""
-        if key is None or held.get(key) != record.blocker_id:
+        if hold is None or held.get(hold) != record.blocker_id:
             return []
-        del held[key]
-        batch.holds.pop(key, None)
-        batch.releases.add(key)
-        parked_now = [parked for parked in batch.parks if parked.key == key]
-        batch.parks = [parked for parked in batch.parks if parked.key != key]
-        return self._unpark(key) + parked_now
+        del held[hold]
+        batch.holds.pop(hold, None)
+        batch.releases.add(hold)
+        parked_now = [parked for parked in batch.parks if parked.hold == hold]
+        batch.parks = [parked for parked in batch.parks if parked.hold != hold]
+        return self._unpark(hold) + parked_now
 
     def _call_handler(self, event: Inbound) -> Decision:
         """The handler (or its share of the batch call), and only after a transient failure
         the bounded in-process retries."""
-        started = time.perf_counter()
         prepared = self._prepared.pop(str(event.envelope.event_id), None)
+        if isinstance(prepared, Decision):
+            return prepared  # its latency was observed with the batch call
+        started = time.perf_counter()
         try:
-            if isinstance(prepared, Decision):
-                return prepared
             if prepared is not None:
                 raise prepared
             return self.handler(event)
@@ -484,7 +524,7 @@ class ConsumerLoop:
         error: BaseException,
         event: Inbound | None,
         batch: _Batch,
-        held: dict[bytes, str],
+        held: dict[Hold, str],
     ) -> None:
         """Send a failed record on: to the next retry tier if it may pass, else the DLT."""
         now = datetime.now(UTC)
@@ -518,9 +558,10 @@ class ConsumerLoop:
             error,
             extra={"fields": {"error_class": classify(error).value}},
         )
-        if self.ordering and record.key is not None and record.key not in held:
-            held[record.key] = record.blocker_id
-            batch.holds[record.key] = record.blocker_id
+        hold = record.hold
+        if self.ordering and hold is not None and hold not in held:
+            held[hold] = record.blocker_id
+            batch.holds[hold] = record.blocker_id
         self._done(record, batch)
 
     def _done(self, record: Record, batch: _Batch) -> None:
@@ -542,28 +583,30 @@ class ConsumerLoop:
         ).fetchall()
         return {row[0] for row in rows}
 
-    def _held_keys(self, keys: set[bytes]) -> dict[bytes, str]:
-        if not self.ordering or not keys:
+    def _held_keys(self, holds: set[Hold]) -> dict[Hold, str]:
+        if not self.ordering or not holds:
             return {}
         assert self._db is not None
         rows = self._db.execute(
             # Locked, so that a member releasing one of these keys waits for this batch's
             # parked rows to commit, and then finds them.
-            "SELECT record_key, blocker FROM revsync_key_holds "
-            "WHERE consumer = %s AND record_key = ANY(%s) ORDER BY record_key FOR UPDATE",
-            (self.name, list(keys)),
+            "SELECT record_key, source_topic, blocker FROM revsync_key_holds "
+            "WHERE consumer = %s AND (record_key, source_topic) IN "
+            "(SELECT * FROM unnest(%s::bytea[], %s::text[])) "
+            "ORDER BY record_key, source_topic FOR UPDATE",
+            (self.name, [key for key, _ in holds], [topic for _, topic in holds]),
         ).fetchall()
-        return {bytes(key): blocker for key, blocker in rows}
+        return {(bytes(key), topic): blocker for key, topic, blocker in rows}
 
-    def _unpark(self, key: bytes) -> list[Record]:
+    def _unpark(self, hold: Hold) -> list[Record]:
         assert self._db is not None
         rows = self._db.execute(
             'SELECT seq, topic, partition, "offset", value, headers FROM revsync_parked '
-            "WHERE consumer = %s AND record_key = %s ORDER BY seq",
-            (self.name, key),
+            "WHERE consumer = %s AND record_key = %s AND source_topic = %s ORDER BY seq",
+            (self.name, hold[0], hold[1]),
         ).fetchall()
         return [
-            Record(topic, partition, offset, key, value, h.from_json(pairs), 0, seq)
+            Record(topic, partition, offset, hold[0], value, h.from_json(pairs), 0, seq)
             for seq, topic, partition, offset, value, pairs in rows
         ]
 
@@ -584,12 +627,13 @@ class ConsumerLoop:
             self._outbox.write(cursor, batch.emissions)
             if batch.parks:
                 cursor.executemany(
-                    "INSERT INTO revsync_parked (consumer, record_key, topic, partition, "
-                    '"offset", value, headers) VALUES (%s, %s, %s, %s, %s, %s, %s)',
+                    "INSERT INTO revsync_parked (consumer, record_key, source_topic, topic, "
+                    'partition, "offset", value, headers) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)',
                     [
                         (
                             self.name,
                             r.key,
+                            r.origin[0],
                             r.topic,
                             r.partition,
                             r.offset,
@@ -605,14 +649,23 @@ class ConsumerLoop:
                 )
             if batch.releases:
                 cursor.execute(
-                    "DELETE FROM revsync_key_holds WHERE consumer = %s AND record_key = ANY(%s)",
-                    (self.name, list(batch.releases)),
+                    "DELETE FROM revsync_key_holds WHERE consumer = %s AND "
+                    "(record_key, source_topic) IN (SELECT * FROM unnest(%s::bytea[], %s::text[]))",
+                    (
+                        self.name,
+                        [key for key, _ in batch.releases],
+                        [topic for _, topic in batch.releases],
+                    ),
                 )
             if batch.holds:
                 cursor.executemany(
-                    "INSERT INTO revsync_key_holds (consumer, record_key, blocker) "
-                    "VALUES (%s, %s, %s) ON CONFLICT (consumer, record_key) DO NOTHING",
-                    [(self.name, key, blocker) for key, blocker in batch.holds.items()],
+                    "INSERT INTO revsync_key_holds (consumer, record_key, source_topic, blocker) "
+                    "VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (consumer, record_key, source_topic) DO NOTHING",
+                    [
+                        (self.name, key, topic, blocker)
+                        for (key, topic), blocker in batch.holds.items()
+                    ],
                 )
         self._produce_and_wait(batch.outgoing)
 
@@ -652,8 +705,9 @@ class ConsumerLoop:
         if not self.ordering or self._db is None:
             return
         rows = self._db.execute(
-            "SELECT DISTINCT h.record_key FROM revsync_key_holds h JOIN revsync_parked p "
-            "ON p.consumer = h.consumer AND p.record_key = h.record_key "
+            "SELECT DISTINCT h.record_key, h.source_topic FROM revsync_key_holds h "
+            "JOIN revsync_parked p ON p.consumer = h.consumer AND p.record_key = h.record_key "
+            "AND p.source_topic = h.source_topic "
             "WHERE h.consumer = %s AND h.blocker = %s AND (p.topic, p.partition) IN "
             "(SELECT t, p FROM unnest(%s::text[], %s::int[]) AS a(t, p))",
             (
@@ -663,9 +717,9 @@ class ConsumerLoop:
                 [p for _, p in self._assigned],
             ),
         ).fetchall()
-        released = frozenset(bytes(row[0]) for row in rows)
+        released = frozenset((bytes(key), topic) for key, topic in rows)
         if released:
-            records = [record for key in sorted(released) for record in self._unpark(key)]
+            records = [record for hold in sorted(released) for record in self._unpark(hold)]
             self._run_batch(records, releasing=released)
 
     def _reconnect_db(self) -> None:
@@ -680,6 +734,8 @@ class ConsumerLoop:
             return self._decoder(topic, record.value)
         except DecodeError as error:
             return error
+        except RegistryUnavailable:
+            raise  # nothing wrong with the record: the batch is rewound and tried again
         except Exception as error:  # a decoder's own bug must not stall the partition either
             return DecodeError(topic, f"decoder failed: {error!r}")
 

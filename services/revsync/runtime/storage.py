@@ -37,27 +37,45 @@ DROP TRIGGER IF EXISTS revsync_outbox_notify ON revsync_outbox;
 CREATE TRIGGER revsync_outbox_notify AFTER INSERT ON revsync_outbox
     FOR EACH STATEMENT EXECUTE FUNCTION revsync_outbox_notify();
 
--- A key whose record waits in a retry tier or the DLT; later records of the key are parked.
+-- A key whose record waits in a retry tier or the DLT; later records of the key from the
+-- same source topic are parked. (Kafka orders a key within one topic only.)
 CREATE TABLE IF NOT EXISTS revsync_key_holds (
-    consumer   text        NOT NULL,
-    record_key bytea       NOT NULL,
-    blocker    text        NOT NULL,
-    held_since timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer, record_key)
+    consumer     text        NOT NULL,
+    record_key   bytea       NOT NULL,
+    source_topic text        NOT NULL,
+    blocker      text        NOT NULL,
+    held_since   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, record_key, source_topic)
 );
 CREATE TABLE IF NOT EXISTS revsync_parked (
-    seq        bigserial   PRIMARY KEY,
-    consumer   text        NOT NULL,
-    record_key bytea       NOT NULL,
-    topic      text        NOT NULL,
-    partition  integer     NOT NULL,
-    "offset"   bigint      NOT NULL,
-    value      bytea,
-    headers    jsonb       NOT NULL DEFAULT '[]',
-    parked_at  timestamptz NOT NULL DEFAULT now()
+    seq          bigserial   PRIMARY KEY,
+    consumer     text        NOT NULL,
+    record_key   bytea       NOT NULL,
+    source_topic text        NOT NULL,
+    topic        text        NOT NULL,
+    partition    integer     NOT NULL,
+    "offset"     bigint      NOT NULL,
+    value        bytea,
+    headers      jsonb       NOT NULL DEFAULT '[]',
+    parked_at    timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS revsync_parked_key ON revsync_parked (consumer, record_key, seq);
-"""
+-- Tables from before holds were per source topic gain the column; their holds (topic '')
+-- match no record any more and are for an operator to release.
+ALTER TABLE revsync_key_holds ADD COLUMN IF NOT EXISTS source_topic text NOT NULL DEFAULT '';
+ALTER TABLE revsync_parked ADD COLUMN IF NOT EXISTS source_topic text NOT NULL DEFAULT '';
+DO $$
+BEGIN
+    IF (SELECT count(*) FROM pg_index i JOIN pg_attribute a
+            ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+        WHERE i.indrelid = 'revsync_key_holds'::regclass AND i.indisprimary) = 2 THEN
+        ALTER TABLE revsync_key_holds DROP CONSTRAINT revsync_key_holds_pkey;
+        ALTER TABLE revsync_key_holds ADD PRIMARY KEY (consumer, record_key, source_topic);
+    END IF;
+END $$;
+DROP INDEX IF EXISTS revsync_parked_key;
+CREATE INDEX IF NOT EXISTS revsync_parked_hold
+    ON revsync_parked (consumer, record_key, source_topic, seq);
+"""  # noqa: S608 - DDL; its one interpolation is a constant
 
 
 def migrate(connection: psycopg.Connection[object]) -> None:
