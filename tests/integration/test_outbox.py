@@ -19,7 +19,7 @@ from psycopg import sql
 
 from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
-from revsync.runtime.outbox import OutboxRelay, OutboxTable
+from revsync.runtime.outbox import OutboxRelay, OutboxRow, OutboxTable
 from revsync.settings import Settings
 from runtime_support import prepare_database, read_topic, wait_for
 
@@ -279,3 +279,89 @@ def test_a_row_the_producer_refuses_holds_back_its_key_only(
     [message] = read_topic(settings, topic, 1)
     assert json.loads(message.value() or b"[]") == ["free", 0]
     assert unpublished(settings, table) == 1
+
+
+def test_an_encoder_refusing_a_row_holds_back_its_key_only_on_a_schema_qualified_table(
+    settings: Settings,
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    schema = f"relay_test_{tag}"
+    topic = f"tests.outbox.encoded.{tag}"
+    ensure_topic(settings, topic, partitions=3)
+    dsn = settings.postgres_dsn.get_secret_value()
+    # The ERP's shape: Debezium's columns, JSON payloads, no topic or headers column.
+    rows = [("good-1", 0), ("bad", 0), ("good-2", 0), ("bad", 1), ("good-1", 1)]
+    with psycopg.connect(dsn) as db:
+        db.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        db.execute(
+            sql.SQL(
+                "CREATE TABLE {}.outbox (id uuid PRIMARY KEY, aggregatetype text NOT NULL, "
+                "aggregateid text NOT NULL, type text NOT NULL, payload jsonb NOT NULL, "
+                "seq bigserial, created_at timestamptz NOT NULL DEFAULT now(), "
+                "published_at timestamptz)"
+            ).format(sql.Identifier(schema))
+        )
+        db.cursor().executemany(
+            sql.SQL(
+                "INSERT INTO {}.outbox (id, aggregatetype, aggregateid, type, payload) "
+                "VALUES (%s, 'order', %s, 'InvoicePosted', %s)"
+            ).format(sql.Identifier(schema)),
+            [(uuid.uuid4(), key, json.dumps({"key": key, "n": n})) for key, n in rows],
+        )
+    seen: list[OutboxRow] = []
+
+    def encode(row: OutboxRow) -> tuple[str, bytes, h.Headers]:
+        seen.append(row)
+        if row.aggregate_id == "bad" and row.payload["n"] == 0:
+            raise ValueError("no canonical event for this row")
+        value = json.dumps([row.payload["key"], row.payload["n"]]).encode()
+        return topic, value, [("ce_id", str(row.id).encode())]
+
+    table = OutboxTable(
+        table=f"{schema}.outbox",
+        topic_column=None,
+        headers_column=None,
+        published_column="published_at",
+        notify_channel=None,
+    )
+    try:
+        relay_with_encoder = relay(settings, table, encoder=encode, blocked_retry_s=60)
+        with psycopg.connect(dsn) as work:
+            first = relay_with_encoder.publish_batch(work)
+            second = relay_with_encoder.publish_batch(work)
+        messages = read_topic(settings, topic, len(rows), timeout_s=5)
+        with psycopg.connect(dsn) as db:
+            states = db.execute(
+                sql.SQL(
+                    "SELECT aggregateid, (payload->>'n')::int, published_at IS NOT NULL "
+                    "FROM {}.outbox ORDER BY seq"
+                ).format(sql.Identifier(schema))
+            ).fetchall()
+    finally:
+        with psycopg.connect(dsn) as db:
+            db.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
+        admin = AdminClient(settings.kafka_config())
+        admin.delete_topics([topic])[topic].result(timeout=30)
+
+    # The encoder saw each row as the table holds it: JSON payload, key, type, creation time.
+    assert seen[0].payload == {"key": "good-1", "n": 0}
+    assert (seen[0].aggregate_type, seen[0].aggregate_id, seen[0].type) == (
+        "order",
+        "good-1",
+        "InvoicePosted",
+    )
+    assert seen[0].created_at is not None
+    assert (seen[0].topic, seen[0].headers) == (None, [])
+    assert (first, second) == (3, 0)
+    published = [json.loads(m.value() or b"[]") for m in messages]
+    leaked = [value for value in published if value[0] == "bad"]
+    assert leaked == [], "a held key's later row must not overtake the refused one"
+    assert sorted(published) == [["good-1", 0], ["good-1", 1], ["good-2", 0]]
+    assert [n for key, n in published if key == "good-1"] == [0, 1]
+    assert states == [
+        ("good-1", 0, True),
+        ("bad", 0, False),
+        ("good-2", 0, True),
+        ("bad", 1, False),
+        ("good-1", 1, True),
+    ]

@@ -234,40 +234,41 @@ class OutboxRelay:
             if not rows:
                 return 0
             outcomes: dict[int, KafkaError | None] = {}
-            for index, (
-                row_id,
-                aggregate_type,
-                key,
-                payload,
-                topic,
-                headers,
-                kind,
-                created,
-            ) in enumerate(rows):
+            refused: set[str] = set()
+            for index, row in enumerate(rows):
 
                 def delivered(error: KafkaError | None, _: Message, index: int = index) -> None:
                     outcomes[index] = error
 
-                destination = topic or self.table.route.format(aggregatetype=aggregate_type)
-                pairs = h.from_json(headers or [])
-                if self.encoder is not None:
-                    row = OutboxRow(
-                        row_id, aggregate_type, key, kind, payload, topic, pairs, created
-                    )
-                    try:
-                        destination, payload, pairs = self.encoder(row)
-                    except Exception as refused:  # this row waits; the others go on
-                        log.error(
-                            "outbox %s: row %s not publishable: %s", self.name, row_id, refused
-                        )
-                        outcomes[index] = KafkaError(KafkaError._BAD_MSG, str(refused))
-                        continue
-                self._send(destination, key, payload, pairs, delivered)
+                key = row[2] or ""
+                if key in refused:
+                    # An earlier row of the key was refused on the spot: none overtakes it.
+                    outcomes[index] = KafkaError(KafkaError._BAD_MSG, "an earlier row waits")
+                    continue
+                if not self._send_row(row, delivered):
+                    refused.add(key)
             self._producer.flush(30)
             published = self._published_ids(rows, outcomes)
             connection.execute(self._mark, (published,))
         OUTBOX_PUBLISHED.labels(self.name).inc(len(published))
         return len(published)
+
+    def _send_row(self, row: tuple[Any, ...], delivered: Callable[..., None]) -> bool:
+        """Hand one row to the producer; False if it was refused on the spot (by the encoder
+        or the producer), which ``delivered`` has then been told."""
+        row_id, aggregate_type, key, payload, topic, headers, kind, created = row
+        destination = topic or self.table.route.format(aggregatetype=aggregate_type)
+        pairs = h.from_json(headers or [])
+        if self.encoder is not None:
+            try:
+                destination, payload, pairs = self.encoder(
+                    OutboxRow(row_id, aggregate_type, key, kind, payload, topic, pairs, created)
+                )
+            except Exception as error:  # this row and its key wait; the others go on
+                log.error("outbox %s: row %s not publishable: %s", self.name, row_id, error)
+                delivered(KafkaError(KafkaError._BAD_MSG, str(error)), None)
+                return False
+        return self._send(destination, key, payload, pairs, delivered)
 
     def _published_ids(
         self, rows: list[tuple[Any, ...]], outcomes: dict[int, KafkaError | None]
@@ -296,19 +297,19 @@ class OutboxRelay:
 
     def _send(
         self, topic: str, key: str, payload: bytes, headers: h.Headers, on_delivery: Any
-    ) -> None:
+    ) -> bool:
         while True:
             try:
                 self._producer.produce(
                     topic, key=key, value=payload, headers=headers, on_delivery=on_delivery
                 )
-                return
+                return True
             except BufferError:
                 self._producer.poll(0.05)
             except KafkaException as refused:
                 # Refused locally (too large, bad topic name): a failed delivery of this row.
                 on_delivery(refused.args[0], None)
-                return
+                return False
 
     def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
         if not self.table.notify_channel:
