@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -66,6 +66,7 @@ ORDER_FIELDS = (
     "ShippingPostalCode",
     "ShippingCountryCode",
     "ERP_Order_Id__c",
+    "ERP_Status__c",
     "Cancel_Reason__c",
     "LastModifiedDate",
 )
@@ -133,8 +134,12 @@ def plan(change: RecordChange, integration: Integration) -> Plan:
     return Ignore("no status change" if status is None else f"status {status} is not synced")
 
 
+RECONCILE_MARGIN = timedelta(minutes=1)
+"""A transaction's records are stamped before it commits; reach back this far before it."""
+
+
 def reconcile_query(since: datetime) -> str:
-    stamp = since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = (since - RECONCILE_MARGIN).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     # SOQL, not SQL: every part is a constant or a formatted timestamp.
     return (
         f"SELECT Id FROM {ORDER} WHERE SystemModstamp >= {stamp} "  # noqa: S608
@@ -152,17 +157,20 @@ def canonical(
     items: Sequence[Mapping[str, Any]],
     erp_customer_id: str | None,
 ) -> OrderCreated | OrderCancelled | None:
-    """The canonical event for a CRM order in its current state, None while it is a draft.
+    """The canonical event for a CRM order in its current state; None while it is a draft,
+    and for a cancelled order the ERP never had (never activated, or rejected).
 
-    Ids derive from the order, not the change that revealed it, so a duplicate change, a gap
-    re-read and a reconciliation all emit the same event and downstream inboxes keep one.
+    Ids derive from the order (and its activation), not the change that revealed it, so a
+    duplicate change, a gap re-read and a reconciliation all emit the same event and
+    downstream inboxes keep one; an order activated again after a rejection is new.
     """
     status = order.get("Status")
     order_id = str(order["Id"])
     try:
         if status == ACTIVATED:
             return _created(cause, order, items, erp_customer_id)
-        if status == CANCELLED:
+        never_placed = not order.get("ActivatedDate") or order.get("ERP_Status__c") == "Rejected"
+        if status == CANCELLED and not never_placed:
             return OrderCancelled(
                 envelope=caused_envelope(
                     cause,
@@ -219,7 +227,7 @@ def _created(
                 OrderCreated.event_type,
                 source_system=SourceSystem.CRM,
                 occurred_at=activated,
-                identity=order_id,
+                identity=f"{order_id}@{activated.isoformat()}",
             ),
             "crm_order_id": order_id,
             "crm_order_number": order.get("OrderNumber"),
@@ -254,7 +262,8 @@ def _address(order: Mapping[str, Any], kind: str) -> dict[str, Any]:
 
 
 def _decimal(value: Any) -> Any:
-    # Salesforce numbers arrive as Decimals (never floats); anything else fails validation.
+    # The adapter reads Salesforce's JSON numbers as Decimal (whole ones as int); anything
+    # else is left for the contract's validation to judge.
     return Decimal(str(value)) if isinstance(value, int | Decimal) else value
 
 
@@ -356,7 +365,7 @@ ERP_REASONS = {
     "CREDIT_LIMIT_EXCEEDED": RejectionReason.CREDIT_HOLD,
     "UNKNOWN_PRODUCT": RejectionReason.UNKNOWN_PRODUCT,
     "PRICING_MISMATCH": RejectionReason.PRICING_MISMATCH,
-    "CUSTOMER_BLOCKED": RejectionReason.CUSTOMER_NOT_MASTERED,
+    "CUSTOMER_BLOCKED": RejectionReason.OTHER,
     "CUSTOMER_NOT_MASTERED": RejectionReason.CUSTOMER_NOT_MASTERED,
     "UNSUPPORTED_CURRENCY": RejectionReason.UNSUPPORTED_CURRENCY,
     "UNKNOWN_PRICE_BOOK": RejectionReason.PRICING_MISMATCH,
@@ -417,6 +426,11 @@ def idempotency_key(action: str, crm_order_id: str) -> str:
     return f"revsync:order-sync:{action}:{crm_order_id}"
 
 
+def create_key(order: OrderCreated) -> str:
+    """Per activation: an order fixed and activated again after a rejection is a new create."""
+    return f"{idempotency_key('create', order.crm_order_id)}@{order.ordered_at.isoformat()}"
+
+
 def accepted(order: OrderCreated, sales_order: SalesOrder, now: datetime) -> OrderAccepted:
     return OrderAccepted(
         envelope=caused_envelope(order.envelope, OrderAccepted.event_type, occurred_at=now),
@@ -439,9 +453,14 @@ def rejected(
     legal_entity: str | None,
     region: str | None,
     now: datetime,
+    identity: str | None = None,
 ) -> OrderRejected:
+    """``identity``: for a rejection at capture, the order's activation, so every change
+    that reveals the same invalid order rejects it once."""
     return OrderRejected(
-        envelope=caused_envelope(cause, OrderRejected.event_type, occurred_at=now),
+        envelope=caused_envelope(
+            cause, OrderRejected.event_type, occurred_at=now, identity=identity
+        ),
         crm_order_id=crm_order_id,
         reason_code=rejection.reason,
         message=rejection.message,

@@ -132,7 +132,8 @@ class OrderSync:
             event = logic.canonical(cause, order, items, self._erp_customer_id(order))
         except logic.InvalidCrmOrder as error:
             rejection = logic.Rejection(RejectionReason.INVALID_ORDER, str(error))
-            return [self._reject(cause, record_id, rejection, order)]
+            identity = f"{record_id}@{order.get('ActivatedDate')}"
+            return [self._reject(cause, record_id, rejection, order, identity=identity)]
         return [] if event is None else [self._emit(event)]
 
     def _erp_customer_id(self, order: dict[str, Any]) -> str | None:
@@ -164,8 +165,7 @@ class OrderSync:
         if rejection is None:
             try:
                 sales_order = self.erp.create_sales_order(
-                    logic.sales_order_request(order),
-                    logic.idempotency_key("create", order.crm_order_id),
+                    logic.sales_order_request(order), logic.create_key(order)
                 )
             except ErpRejected as refusal:
                 rejection = logic.erp_rejection(refusal.code, refusal.message, refusal.skus)
@@ -181,13 +181,19 @@ class OrderSync:
         )
 
     def _products_for(self, order: OrderCreated) -> dict[str, Product]:
-        skus = {line.sku for line in order.lines}
-        missing = [sku for sku in skus if not self._products.has(sku)]
+        known: dict[str, Product | None] = {}
+        missing = []
+        for sku in {line.sku for line in order.lines}:
+            hit = self._products.lookup(sku)
+            if hit is None:
+                missing.append(sku)
+            else:
+                known[sku] = hit[0]
         if missing:
             found = self.erp.products(missing)
             for sku in missing:
-                self._products.put(sku, found.get(sku))
-        known = {sku: self._products.get(sku) for sku in skus}
+                known[sku] = found.get(sku)
+                self._products.put(sku, known[sku])
         return {sku: product for sku, product in known.items() if product is not None}
 
     def cancel(self, cancelled: OrderCancelled) -> Decision:
@@ -219,13 +225,16 @@ class OrderSync:
         rejection: logic.Rejection,
         order: dict[str, Any] | None,
         created: OrderCreated | None = None,
+        identity: str | None = None,
     ) -> Emission:
         """The compensating write-back to the CRM, then the rejection event."""
         self.crm.update(logic.ORDER, crm_order_id, logic.crm_rejected_fields(rejection))
         legal_entity = created.legal_entity if created else (order or {}).get("Legal_Entity__c")
         region = created.region if created else (order or {}).get("Region__c")
         return self._emit(
-            logic.rejected(cause, crm_order_id, rejection, legal_entity, region, self.clock())
+            logic.rejected(
+                cause, crm_order_id, rejection, legal_entity, region, self.clock(), identity
+            )
         )
 
     def _emit(self, event: Event) -> Emission:

@@ -14,7 +14,7 @@ V = TypeVar("V")
 
 class TtlCache(Generic[K, V]):
     """Entries expire ``ttl_s`` after they were stored; misses (``None``) are cached too, so
-    an unknown product is not asked for again with every order."""
+    an unknown product is not asked for again with every order. Safe across threads."""
 
     def __init__(self, ttl_s: float, max_entries: int = 100_000) -> None:
         self.ttl_s = ttl_s
@@ -22,28 +22,27 @@ class TtlCache(Generic[K, V]):
         self._entries: dict[K, tuple[float, V]] = {}
         self._lock = threading.Lock()
 
-    def has(self, key: K) -> bool:
+    def lookup(self, key: K) -> tuple[V] | None:
+        """``(value,)`` while fresh, else None: one read, so a hit cannot expire half-way."""
         with self._lock:
             entry = self._entries.get(key)
-            return entry is not None and entry[0] > time.monotonic()
-
-    def get(self, key: K) -> V:
-        """The fresh value for ``key``; KeyError if absent or expired."""
-        with self._lock:
-            expires, value = self._entries[key]
-        if expires <= time.monotonic():
-            raise KeyError(key)
-        return value
+        if entry is None or entry[0] <= time.monotonic():
+            return None
+        return (entry[1],)
 
     def put(self, key: K, value: V) -> None:
+        now = time.monotonic()
         with self._lock:
             if len(self._entries) >= self.max_entries:
-                self._entries.clear()
-            self._entries[key] = (time.monotonic() + self.ttl_s, value)
+                self._entries = {k: e for k, e in self._entries.items() if e[0] > now}
+                if len(self._entries) >= self.max_entries:
+                    self._entries.clear()
+            self._entries[key] = (now + self.ttl_s, value)
 
     def get_or_load(self, key: K, load: Callable[[], V]) -> V:
-        if self.has(key):
-            return self.get(key)
+        hit = self.lookup(key)
+        if hit is not None:
+            return hit[0]
         value = load()
         self.put(key, value)
         return value

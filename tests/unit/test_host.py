@@ -1,0 +1,333 @@
+"""How `revsync run` wires a service: the decoder per topic format, the consumer policy and
+the adapters from its settings, which fail naming what is missing; and the master-data cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from contextlib import ExitStack
+from typing import cast
+
+import pytest
+
+from contract_fixtures import SCHEMAS_DIR
+from revsync.connectors.cache import TtlCache
+from revsync.connectors.cdc import RecordChange
+from revsync.contracts.catalog import Catalog, TopicFormat, load_catalog
+from revsync.contracts.events import Event, OrderCreated
+from revsync.contracts.serde import EventSerde
+from revsync.errors import CorruptPayload
+from revsync.host import Context, decoder_for, policy_from
+from revsync.runtime.consumer import Policy
+from revsync.settings import (
+    ServiceSettings,
+    Settings,
+    SettingsError,
+    known_variables,
+    reject_unknown_variables,
+)
+from samples import sample_event
+
+CRM_VARIABLES = (
+    "REVSYNC_CRM_INSTANCE_URL",
+    "REVSYNC_CRM_CLIENT_ID",
+    "REVSYNC_CRM_CLIENT_SECRET",
+    "REVSYNC_CRM_API_VERSION",
+    "REVSYNC_CRM_CLIENT_NAME",
+    "REVSYNC_CRM_INTEGRATION_USER_ID",
+)
+ERP_VARIABLES = (
+    "REVSYNC_ERP_BASE_URL",
+    "REVSYNC_ERP_API_TOKEN",
+    "REVSYNC_ERP_OUTBOX_DSN",
+    "REVSYNC_ERP_OUTBOX_TABLE",
+    "REVSYNC_ERP_OUTBOX_PUBLISHED_COLUMN",
+    "REVSYNC_ERP_OUTBOX_CHANNEL",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("REVSYNC_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(SCHEMAS_DIR)
+
+
+class RecordingSerde:
+    """Stands in for the Avro serde: answers every topic with one event, noting each call."""
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+        self.calls: list[tuple[str, bytes | None]] = []
+
+    def deserialize(self, topic: str, data: bytes | None) -> Event:
+        self.calls.append((topic, data))
+        return self.event
+
+
+def cdc_topic(catalog: Catalog) -> str:
+    return next(t.name for t in catalog.topics if t.format is TopicFormat.SALESFORCE_CDC)
+
+
+CHANGE = {
+    "replayId": 7,
+    "payload": {
+        "ChangeEventHeader": {
+            "entityName": "Order",
+            "recordIds": ["801AB00000Ord01AAA"],
+            "changeType": "UPDATE",
+            "transactionKey": "tx-1",
+            "sequenceNumber": 1,
+            "commitTimestamp": 1_764_583_200_000,
+        },
+        "Status": "Activated",
+    },
+}
+
+
+def test_the_crm_change_topic_is_read_by_the_cdc_decoder(catalog: Catalog) -> None:
+    serde = RecordingSerde(sample_event(OrderCreated))
+    decode = decoder_for(catalog, cast(EventSerde, serde))
+
+    change = decode(cdc_topic(catalog), json.dumps(CHANGE).encode())
+
+    assert isinstance(change, RecordChange)
+    assert change.replay_id == 7
+    assert change.fields == {"Status": "Activated"}
+    assert serde.calls == []
+
+
+def test_bad_bytes_on_the_crm_change_topic_fail_as_the_cdc_decoder_says(catalog: Catalog) -> None:
+    serde = RecordingSerde(sample_event(OrderCreated))
+    decode = decoder_for(catalog, cast(EventSerde, serde))
+
+    with pytest.raises(CorruptPayload):
+        decode(cdc_topic(catalog), b"\x00\x00\x00\x00\x01avro")
+    assert serde.calls == []
+
+
+def test_every_other_topic_is_read_by_the_serde(catalog: Catalog) -> None:
+    event = sample_event(OrderCreated)
+    serde = RecordingSerde(event)
+    decode = decoder_for(catalog, cast(EventSerde, serde))
+    avro_topics = [t.name for t in catalog.topics if t.format is TopicFormat.AVRO]
+
+    decoded = [decode(topic, b"\x00framed") for topic in avro_topics]
+    unlisted = decode("some.topic.not.in.the.catalog", None)
+
+    assert decoded == [event] * len(avro_topics)
+    assert unlisted is event
+    assert serde.calls == [(topic, b"\x00framed") for topic in avro_topics] + [
+        ("some.topic.not.in.the.catalog", None)
+    ]
+    assert "revsync.order.created.v1" in avro_topics
+
+
+def test_the_consumer_policy_comes_from_the_service_settings() -> None:
+    service = ServiceSettings(
+        batch_size=42,
+        session_timeout_ms=7_000,
+        max_poll_interval_ms=20_000,
+        in_process_attempts=5,
+    )
+
+    policy = policy_from(service)
+
+    assert policy == Policy(
+        batch_size=42,
+        session_timeout_ms=7_000,
+        max_poll_interval_ms=20_000,
+        in_process_attempts=5,
+    )
+
+
+def test_the_consumer_policy_defaults_come_through_unchanged() -> None:
+    policy = policy_from(ServiceSettings())
+
+    assert (policy.batch_size, policy.in_process_attempts) == (500, 3)
+    assert (policy.session_timeout_ms, policy.max_poll_interval_ms) == (45_000, 300_000)
+
+
+def test_the_policy_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVSYNC_BATCH_SIZE", "64")
+    monkeypatch.setenv("REVSYNC_IN_PROCESS_ATTEMPTS", "7")
+
+    policy = policy_from(ServiceSettings.load())
+
+    assert (policy.batch_size, policy.in_process_attempts) == (64, 7)
+
+
+def test_required_settings_name_every_missing_variable() -> None:
+    service = ServiceSettings(crm_client_id="revsync-app")
+
+    with pytest.raises(SettingsError) as raised:
+        service.required("crm_instance_url", "crm_client_id", "crm_client_secret")
+
+    assert str(raised.value) == (
+        "this service needs REVSYNC_CRM_INSTANCE_URL, REVSYNC_CRM_CLIENT_SECRET"
+    )
+
+
+def test_required_settings_pass_when_all_are_set() -> None:
+    service = ServiceSettings(erp_base_url="http://erp.example", erp_api_token="t0ken")
+
+    service.required("erp_base_url", "erp_api_token")
+
+
+@pytest.mark.parametrize(
+    ("adapter", "missing"),
+    [
+        (
+            "crm",
+            "REVSYNC_CRM_INSTANCE_URL, REVSYNC_CRM_CLIENT_ID, REVSYNC_CRM_CLIENT_SECRET",
+        ),
+        ("erp", "REVSYNC_ERP_BASE_URL, REVSYNC_ERP_API_TOKEN"),
+    ],
+)
+def test_a_service_without_its_endpoints_fails_naming_them(
+    catalog: Catalog, adapter: str, missing: str
+) -> None:
+    with ExitStack() as resources:
+        context = Context(
+            Settings(),
+            ServiceSettings(),
+            catalog,
+            cast(EventSerde, RecordingSerde(sample_event(OrderCreated))),
+            resources,
+        )
+        with pytest.raises(SettingsError) as raised:
+            context.crm() if adapter == "crm" else context.erp()
+
+    assert str(raised.value) == f"this service needs {missing}"
+
+
+def test_the_crm_and_erp_variables_are_known_settings() -> None:
+    known = known_variables()
+
+    for name in (*CRM_VARIABLES, *ERP_VARIABLES):
+        assert name in known, name
+    for name in ("REVSYNC_ORDER_RULES", "REVSYNC_MASTER_DATA_TTL_S", "REVSYNC_HEALTH_PORT"):
+        assert name in known, name
+
+
+def test_a_services_environment_is_not_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    environment = {name: "x" for name in (*CRM_VARIABLES, *ERP_VARIABLES)}
+    reject_unknown_variables(environment)
+    monkeypatch.setenv("REVSYNC_CRM_INSTANCE_URL", "https://acme.my.salesforce.com")
+    monkeypatch.setenv("REVSYNC_CRM_CLIENT_SECRET", "s3cret")
+    monkeypatch.setenv("REVSYNC_ERP_BASE_URL", "http://erp.example")
+    monkeypatch.setenv("REVSYNC_ERP_OUTBOX_DSN", "postgresql://erp@db/erp")
+
+    service = ServiceSettings.load()
+    shared = Settings.load()
+
+    assert service.crm_instance_url == "https://acme.my.salesforce.com"
+    assert service.crm_client_secret is not None
+    assert service.crm_client_secret.get_secret_value() == "s3cret"
+    assert "s3cret" not in repr(service)
+    assert service.erp_base_url == "http://erp.example"
+    assert shared.bootstrap_servers == "127.0.0.1:19092"
+
+
+def test_a_misspelt_crm_variable_is_rejected_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVSYNC_CRM_INSTANCE_ULR", "https://acme.my.salesforce.com")
+
+    with pytest.raises(SettingsError, match="unknown setting REVSYNC_CRM_INSTANCE_ULR"):
+        ServiceSettings.load()
+
+
+# --- the master-data cache -------------------------------------------------------------------
+
+
+def test_a_cached_value_is_served_until_it_expires() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=0.2)
+    cache.put("SKU-1", 10)
+
+    assert cache.lookup("SKU-1") == (10,)
+    time.sleep(0.3)
+    assert cache.lookup("SKU-1") is None
+
+
+def test_an_absent_key_is_not_cached() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=60)
+
+    assert cache.lookup("SKU-1") is None
+
+
+def test_a_miss_is_cached_too() -> None:
+    cache: TtlCache[str, str | None] = TtlCache(ttl_s=60)
+    loads: list[str] = []
+
+    def load() -> str | None:
+        loads.append("SKU-404")
+        return None
+
+    first = cache.get_or_load("SKU-404", load)
+    second = cache.get_or_load("SKU-404", load)
+
+    assert (first, second) == (None, None)
+    assert loads == ["SKU-404"]
+    assert cache.lookup("SKU-404") == (None,)
+
+
+def test_an_expired_value_is_loaded_again() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=0.1)
+    values = iter([1, 2])
+
+    assert cache.get_or_load("C-1", lambda: next(values)) == 1
+    assert cache.get_or_load("C-1", lambda: next(values)) == 1
+    time.sleep(0.2)
+    assert cache.get_or_load("C-1", lambda: next(values)) == 2
+
+
+def test_a_put_replaces_the_value_and_its_expiry() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=0.3)
+    cache.put("C-1", 1)
+    time.sleep(0.2)
+    cache.put("C-1", 2)
+    time.sleep(0.2)
+
+    assert cache.lookup("C-1") == (2,)
+
+
+def test_a_zero_ttl_caches_nothing() -> None:
+    cache: TtlCache[str, int] = TtlCache(ttl_s=0)
+    loads: list[int] = []
+
+    def load() -> int:
+        loads.append(len(loads) + 1)
+        return len(loads)
+
+    values = [cache.get_or_load("C-1", load) for _ in range(3)]
+
+    assert values == [1, 2, 3]
+    assert cache.lookup("C-1") is None
+
+
+def test_a_full_cache_starts_over_rather_than_growing() -> None:
+    cache: TtlCache[int, int] = TtlCache(ttl_s=60, max_entries=3)
+    for key in range(3):
+        cache.put(key, key)
+
+    cache.put(3, 3)
+
+    assert [cache.lookup(key) for key in range(4)] == [None, None, None, (3,)]
+
+
+def test_a_full_cache_drops_its_expired_entries_first() -> None:
+    cache: TtlCache[int, int] = TtlCache(ttl_s=0.1, max_entries=3)
+    cache.put(0, 0)
+    cache.put(1, 1)
+    time.sleep(0.2)
+    cache.ttl_s = 60
+    cache.put(2, 2)
+
+    cache.put(3, 3)
+
+    assert [cache.lookup(key) for key in range(4)] == [None, None, (2,), (3,)]
