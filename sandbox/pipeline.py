@@ -25,7 +25,7 @@ import yaml
 
 from revsync.contracts.catalog import CATALOG_FILE, Catalog, TopicFormat, load_catalog
 from revsync.host import ERP_OUTBOX_PUBLISHER, SERVICES
-from revsync.settings import Settings
+from revsync.settings import Settings, kafka_env_name
 from sandbox.crm.control import CrmSandbox
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, INTEGRATION_USER_ID
 from sandbox.erp.control import ErpSandbox
@@ -69,6 +69,8 @@ class Process:
     popen: subprocess.Popen[bytes]
     log: Path
     health_port: int | None = None
+    output: IO[bytes] | None = None
+    """The log file the process writes to, closed when it stops."""
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -81,6 +83,9 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+        for stream in (self.popen.stdout, self.output):
+            if stream is not None:
+                stream.close()
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,10 @@ class Pipeline:
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
-            process.stop()
+            try:
+                process.stop()
+            except OSError as error:  # stop the others all the same
+                print(f"could not stop {process.name}: {error}", file=sys.stderr)
         for client in (getattr(self, "crm", None), getattr(self, "erp", None)):
             if client is not None:
                 client.close()
@@ -233,8 +241,15 @@ class Pipeline:
     # --- plumbing ----------------------------------------------------------------------------
 
     def service_environment(self, health_port: int) -> dict[str, str]:
+        basic_auth = self.settings.schema_registry_basic_auth
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith("REVSYNC_")},
+            **{kafka_env_name(k): v for k, v in self.settings.kafka.items()},
+            **(
+                {"REVSYNC_SCHEMA_REGISTRY_BASIC_AUTH": basic_auth.get_secret_value()}
+                if basic_auth is not None
+                else {}
+            ),
             "REVSYNC_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
             "REVSYNC_SCHEMA_REGISTRY_URL": self.settings.schema_registry_url,
             "REVSYNC_POSTGRES_DSN": self.settings.postgres_dsn.get_secret_value(),
@@ -264,14 +279,16 @@ class Pipeline:
 
     def _sandbox(self, name: str, *options: list[str]) -> str:
         log = self.workdir / f"sandbox-{name}.log"
+        output = log.open("wb")
         popen = subprocess.Popen(
             [sys.executable, "-m", f"sandbox.{name}", "--port", "0"]
             + [word for option in options for word in option],
             cwd=REPO,
             stdout=subprocess.PIPE,
-            stderr=log.open("wb"),
+            stderr=output,
         )
-        process = self.processes[f"sandbox-{name}"] = Process(f"sandbox-{name}", popen, log)
+        process = Process(f"sandbox-{name}", popen, log, output=output)
+        self.processes[process.name] = process
         assert popen.stdout is not None
         line = _read_line(popen.stdout, timeout_s=60)
         if not line:
@@ -283,14 +300,15 @@ class Pipeline:
     def _service(self, name: str) -> None:
         port = _free_port()
         log = self.workdir / f"{name}.log"
+        output = log.open("ab")
         popen = subprocess.Popen(
             [str(REVSYNC), "run", name],
             cwd=REPO,
             env=self.service_environment(port),
-            stdout=log.open("ab"),
+            stdout=output,
             stderr=subprocess.STDOUT,
         )
-        self.processes[name] = Process(name, popen, log, port)
+        self.processes[name] = Process(name, popen, log, port, output)
 
     def _wait_ready(self, names: Sequence[str] | None = None, timeout_s: float = 90) -> None:
         waiting = [self.processes[name] for name in names or (*SERVICES, ERP_OUTBOX_PUBLISHER)]

@@ -216,6 +216,7 @@ class ErpSimulator:
         )
 
     def _create_order(self, request: Request) -> Response:
+        key = _idempotency_key(request)
         body = _parse(OrderBody, request.body)
         self.server.count("sales_orders.create_requests")
 
@@ -223,26 +224,27 @@ class ErpSimulator:
             order, lines = orders.book(connection, body)
             return 201, orders.document(order, lines)
 
-        return self._idempotently(request, "create", book)
+        return self._idempotently(key, request, "create", book)
 
     def _cancel_order(self, request: Request) -> Response:
+        key = _idempotency_key(request)
         external_id = request.params["external_id"]
         body = _parse(CancelBody, request.body)
 
         def cancel(connection: Connection) -> tuple[int, dict[str, Any]]:
             return 200, orders.cancel(connection, external_id, body.reason)
 
-        return self._idempotently(request, f"cancel {external_id}", cancel)
+        return self._idempotently(key, request, f"cancel {external_id}", cancel)
 
     def _idempotently(
         self,
+        key: str,
         request: Request,
         action: str,
         work: Callable[[Connection], tuple[int, dict[str, Any]]],
     ) -> Response:
         """Run ``work`` once per idempotency key: a repeat of the same request gets the stored
         answer, in the same transaction that claims the key."""
-        key = _idempotency_key(request)
         fingerprint = orders.request_hash(action, request.body)
         with (
             self._pool.connection() as connection,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -227,7 +228,9 @@ def run(name: str, *, max_idle_s: float | None = None) -> None:
         )
         threads = []
         if relay is not None:
-            thread = threading.Thread(target=relay.run, name="outbox-relay", daemon=True)
+            thread = threading.Thread(
+                target=_keep_relaying, args=(relay,), name="outbox-relay", daemon=True
+            )
             thread.start()
             threads.append(thread)
         try:
@@ -237,6 +240,19 @@ def run(name: str, *, max_idle_s: float | None = None) -> None:
                 relay.stop()
             for thread in threads:
                 thread.join(timeout=30)
+
+
+def _keep_relaying(relay: OutboxRelay, pause_s: float = 5.0) -> None:
+    """The relay beside a consumer loop: restarted after a failure (PostgreSQL restarting,
+    say), so emitted events never sit unpublished while the loop goes on."""
+    while True:
+        try:
+            relay.run()
+        except Exception:
+            log.exception("outbox relay failed; starting it again in %.0fs", pause_s)
+            time.sleep(pause_s)
+        else:
+            return  # stopped
 
 
 def _run_erp_publisher(context: Context, liveness: Liveness, max_idle_s: float | None) -> None:
