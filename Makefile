@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/revsync schemas lint
 	$(BIN)/revsync schemas check
+	./deploy/helm/check.sh
 
 # The order-to-cash demo; pass options with DEMO_ARGS="--orders 200".
 demo: install
