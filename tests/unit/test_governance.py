@@ -147,7 +147,7 @@ def test_an_optional_field_with_a_default_is_compatible(contracts: Path) -> None
     assert len(ReleaseRecord(contracts).versions("revsync.order.created.v1-value")) == 2
 
 
-def test_catalog_derives_each_consumers_retry_and_dead_letter_topics() -> None:
+def test_catalog_derives_each_consumers_retry_dead_letter_and_replay_topics() -> None:
     plan = {topic.name: topic for topic in load_catalog(SCHEMAS_DIR).topic_plan()}
     assert plan["revsync.invoice-sync.retry.10s"].kind is TopicKind.RETRY
     assert plan["revsync.invoice-sync.retry.1m"].consumer == "invoice-sync"
@@ -156,6 +156,8 @@ def test_catalog_derives_each_consumers_retry_and_dead_letter_topics() -> None:
     assert dead_letters.config == {"retention.ms": str(30 * 86_400_000), "cleanup.policy": "delete"}
     assert plan["revsync.order.rejected.v1"].config["retention.ms"] == str(30 * 86_400_000)
     assert plan["revsync.order.created.v1"].partitions == 6
+    replays = plan["revsync.invoice-sync.replay"]
+    assert (replays.kind, replays.consumer) == (TopicKind.REPLAY, "invoice-sync")
 
 
 @pytest.mark.parametrize(

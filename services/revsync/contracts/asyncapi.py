@@ -111,11 +111,10 @@ def _channel(plan: TopicPlan, catalog: Catalog) -> dict[str, Any]:
         description = f"{plan.source.description} System of record: {plan.source.owner}."
     else:
         assert plan.consumer is not None
-        what = (
-            "dead letters"
-            if plan.kind is TopicKind.DEAD_LETTER
-            else (f"retry tier, delay {plan.name.rsplit('.', 1)[1]}")
-        )
+        what = {
+            TopicKind.DEAD_LETTER: "dead letters",
+            TopicKind.REPLAY: "dead letters replayed by an operator",
+        }.get(plan.kind, f"retry tier, delay {plan.name.rsplit('.', 1)[1]}")
         description = (
             f"Consumer {plan.consumer}'s {what}: the original key, value bytes and headers, "
             "plus error headers. Only that consumer reads it."

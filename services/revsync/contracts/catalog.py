@@ -72,6 +72,8 @@ class TopicKind(StrEnum):
     """One consumer's delayed retry tier: original bytes and headers, plus error headers."""
     DEAD_LETTER = "dead-letter"
     """One consumer's dead letters: original bytes and headers, plus error headers."""
+    REPLAY = "replay"
+    """Dead letters an operator sent back to their one consumer (``revsync dlt replay``)."""
 
 
 def _milliseconds(value: object) -> int:
@@ -226,6 +228,9 @@ class Catalog(_Strict):
     def dead_letter_topic(self, consumer: str) -> str:
         return f"revsync.{consumer}.dlt"
 
+    def replay_topic(self, consumer: str) -> str:
+        return f"revsync.{consumer}.replay"
+
     def topic_plan(self) -> list[TopicPlan]:
         """Every topic the broker must have: event topics, then each consumer's retry and DLT."""
         plan = [
@@ -260,6 +265,15 @@ class Catalog(_Strict):
                     TopicKind.DEAD_LETTER,
                     partitions,
                     self._config(consumer.dead_letter_retention, "delete"),
+                    consumer=name,
+                )
+            )
+            plan.append(
+                TopicPlan(
+                    self.replay_topic(name),
+                    TopicKind.REPLAY,
+                    partitions,
+                    self._config(None, "delete"),
                     consumer=name,
                 )
             )

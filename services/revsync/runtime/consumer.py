@@ -194,6 +194,7 @@ class ConsumerLoop:
         self._wave_runner: ThreadPoolExecutor | None = None
         self.tiers = [(catalog.retry_topic(consumer, delay), delay) for delay in spec.retry_tiers]
         self.dead_letters = catalog.dead_letter_topic(consumer)
+        self.replays = catalog.replay_topic(consumer)
         self.liveness = liveness or Liveness(timeout_s=60)
         self._kafka_config = kafka_config
         self._dsn = postgres_dsn
@@ -243,7 +244,7 @@ class ConsumerLoop:
             }
         )
         self._consumer.subscribe(
-            self.inputs + [tier for tier, _ in self.tiers],
+            self.inputs + [tier for tier, _ in self.tiers] + [self.replays],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_revoke,

@@ -41,6 +41,12 @@ FIRST_FAILURE_AT = "revsync.first.failure.at"
 LAST_FAILURE_AT = "revsync.last.failure.at"
 CORRELATION_ID = "revsync.correlation.id"
 DUE_AT = "revsync.retry.due.at"
+REPLAY_ID = "revsync.replay.id"
+"""The operator's replay job that sent the record back; kept through later failures."""
+REPLAY_COUNT = "revsync.replay.count"
+"""How often the record was replayed; the loop guard quarantines past a limit."""
+REPLAY_SOURCE = "revsync.replay.source"
+"""The dead letter (topic:partition:offset) a replayed record is a copy of."""
 TRACEPARENT = "traceparent"
 STACK_LIMIT = 4096
 MESSAGE_LIMIT = 1024
@@ -92,6 +98,10 @@ def failure_headers(
     }
     if correlation_id:
         values[CORRELATION_ID] = correlation_id
+    for carried in (REPLAY_ID, REPLAY_COUNT):
+        value = get(original, carried)
+        if value is not None:
+            values[carried] = value
     if due_at is not None:
         values[DUE_AT] = str(int(due_at.timestamp() * 1000))
     return without_revsync(original) + [(k, v.encode()) for k, v in values.items()]
