@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from revsync.contracts.cli import schemas_app, topics_app
+from revsync.ops.cli import dlt_app, rewind
 from revsync.settings import Settings, SettingsError, StackSettings
 from revsync.stack import LocalStack, StackError, State, tail
 
@@ -18,6 +19,8 @@ stack_app = typer.Typer(help="The local Kafka, schema registry and PostgreSQL.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlt_app, name="dlt")
+app.command("replay")(rewind)
 
 console = Console()
 errors = Console(stderr=True)

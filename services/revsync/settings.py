@@ -275,6 +275,31 @@ class ServiceSettings(BaseSettings):
         return _load(cls)
 
 
+class OpsSettings(BaseSettings):
+    """The operators' tooling (``revsync dlt``): what it masks, and its loop guard."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    dlt_mask_fields: str = Field(
+        default=(
+            "street,postal_code,BillingStreet,BillingPostalCode,ShippingStreet,"
+            "ShippingPostalCode,tracking_number"
+        ),
+        description="Payload fields `dlt show` and `dlt export` mask, comma-separated.",
+    )
+    dlt_max_replays: int = Field(
+        default=3, ge=1, le=100, description="Replays of one record before it is quarantined."
+    )
+
+    @property
+    def mask_fields(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.dlt_mask_fields.split(",") if name.strip())
+
+    @classmethod
+    def load(cls) -> OpsSettings:
+        return _load(cls)
+
+
 class _KafkaPassthrough(PydanticBaseSettingsSource):
     """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables into the ``kafka`` field."""
 
@@ -299,6 +324,7 @@ def known_variables() -> frozenset[str]:
     """Every ``REVSYNC_*`` name revsync reads, apart from the Kafka pass-through."""
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
+    names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
     names |= {f"{STACK_PREFIX}{field.upper()}" for field in StackSettings.model_fields}
     return frozenset(names)
 

@@ -1,0 +1,460 @@
+"""``revsync dlt ls | show | replay | purge | archive | export | status | cancel`` and
+``revsync replay --service S --from TIME|OFFSET``: dry runs by default, ``--yes`` to act."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from revsync.contracts.catalog import load_catalog
+from revsync.contracts.schemas import SchemaRepository
+from revsync.contracts.serde import EventSerde
+from revsync.errors import RevsyncError
+from revsync.ops import dead_letters as dl
+from revsync.ops.actions import Operations, ReplayReport, grouped
+from revsync.runtime import headers as h
+from revsync.settings import OpsSettings, Settings, SettingsError
+
+dlt_app = typer.Typer(help="Dead letters: inspect, replay, purge, archive, export.")
+console = Console()
+errors = Console(stderr=True)
+
+Service = Annotated[
+    list[str] | None, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")
+]
+SourceTopic = Annotated[list[str] | None, typer.Option("--topic", help="The source topic.")]
+ErrorClass = Annotated[
+    list[str] | None, typer.Option("--error-class", help="e.g. deserialization, transient.")
+]
+Key = Annotated[list[str] | None, typer.Option("--key", help="Record key (the CRM order id).")]
+Correlation = Annotated[list[str] | None, typer.Option("--correlation-id")]
+EventType = Annotated[list[str] | None, typer.Option("--event-type")]
+Ref = Annotated[list[str] | None, typer.Option("--ref", help="topic:partition:offset.")]
+Since = Annotated[datetime | None, typer.Option(help="Last failure at or after (UTC if naive).")]
+Until = Annotated[datetime | None, typer.Option(help="Last failure before (UTC if naive).")]
+State = Annotated[
+    list[str] | None, typer.Option("--state", help=f"One of {', '.join(dl.STATES)} (open).")
+]
+Yes = Annotated[bool, typer.Option("--yes", help="Act; without it, a dry run.")]
+Actor = Annotated[str | None, typer.Option(help="Who acts, for the audit trail.")]
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _operations(actor: str | None) -> Operations:
+    settings = Settings.load()
+    catalog = load_catalog(settings.schemas_dir)
+    registry = SchemaRegistryClient(settings.registry_config())
+    serde = EventSerde(registry, catalog, SchemaRepository(settings.schemas_dir))
+    from revsync.host import decoder_for
+
+    return Operations(
+        catalog=catalog,
+        kafka_config=settings.kafka_config(),
+        dsn=settings.postgres_dsn.get_secret_value(),
+        decoder=decoder_for(catalog, serde),
+        registry=registry,
+        actor=actor or getpass.getuser(),
+    )
+
+
+def _selection(
+    service: list[str] | None,
+    topic: list[str] | None,
+    error_class: list[str] | None,
+    key: list[str] | None,
+    correlation_id: list[str] | None,
+    event_type: list[str] | None,
+    ref: list[str] | None,
+    since: datetime | None,
+    until: datetime | None,
+    state: list[str] | None,
+) -> dl.Selection:
+    unknown = sorted(set(state or ()) - set(dl.STATES))
+    if unknown:
+        raise _fail(f"unknown state {', '.join(unknown)}; one of {', '.join(dl.STATES)}")
+    return dl.Selection(
+        services=frozenset(name.replace("-", "_") for name in service or ()),
+        source_topics=frozenset(topic or ()),
+        error_classes=frozenset(error_class or ()),
+        keys=frozenset(key or ()),
+        correlation_ids=frozenset(correlation_id or ()),
+        event_types=frozenset(event_type or ()),
+        refs=frozenset(ref or ()),
+        since=_utc(since),
+        until=_utc(until),
+        states=frozenset(state or (dl.OPEN,)),
+    )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _letters_table(letters: list[dl.DeadLetter], limit: int) -> Table:
+    table = Table(title=f"{len(letters)} dead letters", title_justify="left")
+    for column in ("ref", "service", "source topic", "key", "class", "event", "failed at"):
+        table.add_column(column, overflow="fold")
+    table.add_column("replays", justify="right")
+    table.add_column("state")
+    table.add_column("error", overflow="fold", max_width=50)
+    for letter in letters[:limit]:
+        failed = letter.failed_at
+        table.add_row(
+            letter.ref,
+            letter.service,
+            letter.source_topic,
+            letter.key_text,
+            letter.error_class,
+            letter.event_type or "-",
+            failed.strftime("%Y-%m-%d %H:%M:%S") if failed else "-",
+            str(letter.replay_count),
+            letter.state,
+            (letter.header(h.ERROR_MESSAGE) or "")[:200],
+        )
+    if len(letters) > limit:
+        table.caption = f"{len(letters) - limit} more; narrow the filter or raise --limit"
+    return table
+
+
+def _groups(letters: list[dl.DeadLetter]) -> Table:
+    table = Table(title="by", title_justify="left")
+    table.add_column("group")
+    table.add_column("value", overflow="fold")
+    table.add_column("count", justify="right")
+    for group, counts in grouped(letters).items():
+        for value, count in counts.most_common():
+            table.add_row(group, value, str(count))
+    return table
+
+
+@dlt_app.command("ls")
+def ls(
+    service: Service = None,
+    topic: SourceTopic = None,
+    error_class: ErrorClass = None,
+    key: Key = None,
+    correlation_id: Correlation = None,
+    event_type: EventType = None,
+    ref: Ref = None,
+    since: Since = None,
+    until: Until = None,
+    state: State = None,
+    limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+) -> None:
+    """Dead letters across services, with counts by error class, source, region, product line."""
+    selection = _selection(
+        service, topic, error_class, key, correlation_id, event_type, ref, since, until, state
+    )
+    try:
+        letters = _operations(None).select(selection)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    console.print(_letters_table(letters, limit))
+    if letters:
+        console.print(_groups(letters))
+
+
+@dlt_app.command("show")
+def show(ref: Annotated[str, typer.Argument(help="topic:partition:offset")]) -> None:
+    """One dead letter decoded, with every header and the error; secrets and PII masked."""
+    try:
+        operations = _operations(None)
+        letter = operations.find(ref)
+        ops = OpsSettings.load()
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    kind, payload = dl.payload(letter, operations.registry)
+    console.rule(f"{letter.ref}  ({letter.state})")
+    console.print(
+        f"consumer {letter.consumer}, source {letter.source_topic}, key {letter.key_text!r}, "
+        f"{letter.replay_count} replays",
+        highlight=False,
+    )
+    console.print(
+        f"[bold]{letter.error_class}[/]: {letter.header(h.ERROR_TYPE)}: "
+        f"{letter.header(h.ERROR_MESSAGE)}",
+        highlight=False,
+    )
+    table = Table(title="headers", title_justify="left")
+    table.add_column("name")
+    table.add_column("value", overflow="fold")
+    for name, value in dl.masked_headers(letter.headers):
+        if name != h.ERROR_STACK:
+            table.add_row(name, value)
+    console.print(table)
+    console.rule(f"payload ({kind})")
+    console.print_json(json.dumps(dl.masked(payload, ops.mask_fields), default=str))
+    stack = letter.header(h.ERROR_STACK)
+    if stack:
+        console.rule("stack (truncated)")
+        console.print(stack, markup=False, highlight=False)
+
+
+@dlt_app.command("replay")
+def replay(
+    service: Service = None,
+    topic: SourceTopic = None,
+    error_class: ErrorClass = None,
+    key: Key = None,
+    correlation_id: Correlation = None,
+    event_type: EventType = None,
+    ref: Ref = None,
+    since: Since = None,
+    until: Until = None,
+    rate: Annotated[float, typer.Option(help="Records per second at most; 0: no limit.")] = 50,
+    resume: Annotated[str | None, typer.Option(help="An interrupted job's id.")] = None,
+    yes: Yes = False,
+    actor: Actor = None,
+) -> None:
+    """Send dead letters back through their own consumer only (dry run unless --yes)."""
+    try:
+        operations = _operations(actor)
+        max_replays = OpsSettings.load().dlt_max_replays
+        if resume is not None:
+            report = _with_progress(
+                lambda progress, stop: operations.resume(
+                    uuid.UUID(resume), max_replays=max_replays, on_progress=progress, stop=stop
+                )
+            )
+            _print_report(report)
+            return
+        selection = _selection(
+            service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
+        )
+        letters = operations.select(selection)
+        guarded = sum(letter.replay_count >= max_replays for letter in letters)
+        if not yes:
+            console.print(_groups(letters) if letters else "nothing matches")
+            console.print(
+                f"dry run: would replay {len(letters) - guarded} dead letters"
+                + (f" and quarantine {guarded} replayed {max_replays} times" if guarded else "")
+                + "; add --yes to do it"
+            )
+            return
+        report = _with_progress(
+            lambda progress, stop: operations.replay(
+                selection,
+                rate_per_s=rate or None,
+                max_replays=max_replays,
+                on_progress=progress,
+                stop=stop,
+            )
+        )
+    except (RevsyncError, SettingsError, ValueError) as error:
+        raise _fail(str(error)) from None
+    _print_report(report)
+
+
+def _with_progress(
+    run: Callable[[Callable[[ReplayReport], None], threading.Event], ReplayReport],
+) -> ReplayReport:
+    stop = threading.Event()
+    with Progress(
+        TextColumn("replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()
+    ) as progress:
+        task = progress.add_task("replay", total=None)
+
+        def update(report: ReplayReport) -> None:
+            progress.update(
+                task, total=report.selected, completed=report.moved + report.quarantined
+            )
+
+        try:
+            return run(update, stop)
+        except KeyboardInterrupt:
+            raise _fail("interrupted; resume with revsync dlt replay --resume JOB") from None
+
+
+def _print_report(report: ReplayReport) -> None:
+    console.print(
+        f"replay {report.job_id}: {report.status}; {report.moved} replayed, "
+        f"{report.quarantined} quarantined"
+        + (f", {report.already_sent} found already sent" if report.already_sent else ""),
+        highlight=False,
+    )
+
+
+def _act(
+    action: str,
+    selection: dl.Selection,
+    yes: bool,
+    actor: str | None,
+) -> None:
+    try:
+        operations = _operations(actor)
+        letters = operations.select(selection)
+        if not yes:
+            console.print(_groups(letters) if letters else "nothing matches")
+            console.print(f"dry run: would {action} {len(letters)} dead letters; add --yes")
+            return
+        count = operations.purge(selection) if action == "purge" else operations.archive(selection)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"{action}d {count} dead letters (audited)")
+
+
+@dlt_app.command("purge")
+def purge(
+    service: Service = None,
+    topic: SourceTopic = None,
+    error_class: ErrorClass = None,
+    key: Key = None,
+    correlation_id: Correlation = None,
+    event_type: EventType = None,
+    ref: Ref = None,
+    since: Since = None,
+    until: Until = None,
+    yes: Yes = False,
+    actor: Actor = None,
+) -> None:
+    """Mark dead letters as dealt with, never to be replayed (dry run unless --yes)."""
+    selection = _selection(
+        service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
+    )
+    _act("purge", selection, yes, actor)
+
+
+@dlt_app.command("archive")
+def archive(
+    service: Service = None,
+    topic: SourceTopic = None,
+    error_class: ErrorClass = None,
+    key: Key = None,
+    correlation_id: Correlation = None,
+    event_type: EventType = None,
+    ref: Ref = None,
+    since: Since = None,
+    until: Until = None,
+    yes: Yes = False,
+    actor: Actor = None,
+) -> None:
+    """Copy dead letters into PostgreSQL, past the topic's retention, and set them aside."""
+    selection = _selection(
+        service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
+    )
+    _act("archive", selection, yes, actor)
+
+
+@dlt_app.command("export")
+def export(
+    to: Annotated[Path, typer.Option("--to", help="A JSON Lines file to write.")],
+    service: Service = None,
+    topic: SourceTopic = None,
+    error_class: ErrorClass = None,
+    key: Key = None,
+    correlation_id: Correlation = None,
+    event_type: EventType = None,
+    ref: Ref = None,
+    since: Since = None,
+    until: Until = None,
+    state: State = None,
+    raw: Annotated[bool, typer.Option(help="Add key and value bytes (unmasked).")] = False,
+    actor: Actor = None,
+) -> None:
+    """Write dead letters to JSON Lines: error, headers and payload, masked."""
+    selection = _selection(
+        service, topic, error_class, key, correlation_id, event_type, ref, since, until, state
+    )
+    try:
+        count = _operations(actor).export(selection, to, OpsSettings.load().mask_fields, raw)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"exported {count} dead letters to {to}")
+
+
+@dlt_app.command("status")
+def status(
+    job: Annotated[str | None, typer.Argument(help="A job id; all when left out.")] = None,
+) -> None:
+    """Replay jobs: running, completed, cancelled, interrupted; moved and remaining."""
+    try:
+        jobs = _operations(None).jobs(uuid.UUID(job) if job else None)
+    except (RevsyncError, SettingsError, ValueError) as error:
+        raise _fail(str(error)) from None
+    table = Table(title="replay jobs", title_justify="left")
+    for column in (
+        "job",
+        "actor",
+        "status",
+        "moved",
+        "quarantined",
+        "remaining",
+        "rate",
+        "started",
+    ):
+        table.add_column(column)
+    for item in jobs:
+        table.add_row(
+            str(item.id),
+            item.actor,
+            item.shown_status,
+            str(item.moved),
+            str(item.quarantined),
+            str(item.remaining),
+            f"{item.rate_per_s:g}/s" if item.rate_per_s else "-",
+            item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+        )
+    console.print(table)
+
+
+@dlt_app.command("cancel")
+def cancel(job: Annotated[str, typer.Argument(help="The job id.")], actor: Actor = None) -> None:
+    """Stop a running replay after the record in hand; what it moved stays moved."""
+    try:
+        item = _operations(actor).cancel(uuid.UUID(job))
+    except (RevsyncError, SettingsError, ValueError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"job {item.id}: {item.shown_status} (cancel requested)")
+
+
+def rewind(
+    service: Annotated[str, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")],
+    start: Annotated[str, typer.Option("--from", help="An ISO time, or an offset.")],
+    yes: Yes = False,
+    actor: Actor = None,
+) -> None:
+    """Re-consume a service's input topics from a time or an offset (its group must be idle)."""
+    when: datetime | None = None
+    offset: int | None = None
+    if start.isdigit():
+        offset = int(start)
+    else:
+        try:
+            when = _utc(datetime.fromisoformat(start))
+        except ValueError:
+            raise _fail(f"--from {start!r} is neither an ISO time nor an offset") from None
+    try:
+        operations = _operations(actor)
+        consumer = operations.catalog.consumer_of(service.replace("-", "_"))
+        positions = operations.rewind(consumer, when=when, offset=offset, dry_run=not yes)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    table = Table(
+        title=f"{consumer}: {'new' if yes else 'would-be'} positions", title_justify="left"
+    )
+    table.add_column("topic")
+    table.add_column("partition", justify="right")
+    table.add_column("offset", justify="right")
+    for (name, partition), position in sorted(positions.items()):
+        table.add_row(name, str(partition), str(position))
+    console.print(table)
+    if not yes:
+        console.print("dry run: add --yes to move the offsets")
