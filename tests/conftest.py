@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 from sandbox.pipeline import Pipeline
 
-from contract_fixtures import isolated_contracts
+from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from revsync.settings import Settings, StackSettings
 from revsync.stack import LocalStack
-from runtime_support import with_retry_tiers
+from runtime_support import RuntimeWorld, prepare_database, with_retry_tiers
 
 ENDPOINT_VARIABLES = (
     "REVSYNC_BOOTSTRAP_SERVERS",
@@ -132,6 +132,20 @@ def _testcontainers(containers: ExitStack) -> Endpoints:
         postgres.get_connection_url(),
         "testcontainers",
     )
+
+
+# --- the runtime against an isolated catalog ------------------------------------------------
+
+
+@pytest.fixture
+def world(settings: Settings, tmp_path: Path) -> Iterator[RuntimeWorld]:
+    """A governed catalog of its own (retry tiers 1 s and 2 s) and the runtime's tables."""
+    contracts = isolated_contracts(tmp_path / "avro")
+    with_retry_tiers(contracts, ["1s", "2s"])
+    catalog = governed(cli_for(settings), contracts)
+    prepare_database(settings)
+    yield RuntimeWorld(settings, contracts, catalog)
+    drop_topics(settings, contracts)
 
 
 # --- end to end: the whole pipeline per test -------------------------------------------------

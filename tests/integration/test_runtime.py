@@ -9,47 +9,32 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import REGISTRY
 
-from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from revsync.contracts.events import Event, OrderCancelled, OrderCreated
 from revsync.errors import BusinessRuleViolation
 from revsync.runtime import headers as h
 from revsync.runtime.consumer import RELEASED
 from revsync.runtime.handler import Decision, Inbound, caused_envelope
 from revsync.runtime.observability import HealthServer, Liveness
-from revsync.settings import Settings
 from runtime_support import (
     Fault,
     RecordingHandler,
     RuntimeWorld,
-    prepare_database,
     read_topic,
     wait_for,
-    with_retry_tiers,
 )
 from samples import sample_envelope, sample_event
 
 TESTS = Path(__file__).parents[1]
-
-
-@pytest.fixture
-def world(settings: Settings, tmp_path: Path) -> Iterator[RuntimeWorld]:
-    contracts = isolated_contracts(tmp_path / "avro")
-    with_retry_tiers(contracts, ["1s", "2s"])
-    catalog = governed(cli_for(settings), contracts)
-    prepare_database(settings)
-    yield RuntimeWorld(settings, contracts, catalog)
-    drop_topics(settings, contracts)
 
 
 def order(number: int) -> OrderCreated:

@@ -1,0 +1,318 @@
+"""Operators' dead-letter tooling against the real stack: replay, filters, dry runs, the rate
+limit, resuming, the loop guard, purge, and rewinding a consumer group."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from typer.testing import CliRunner
+
+from revsync.cli import app
+from revsync.contracts.events import OrderCreated
+from revsync.host import decoder_for
+from revsync.ops import dead_letters as dl
+from revsync.ops.actions import OperationRefused, Operations
+from revsync.runtime import headers as h
+from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
+from samples import sample_envelope, sample_event
+
+RUN_REPLAY = """
+import sys
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from revsync.contracts.catalog import load_catalog
+from revsync.contracts.schemas import SchemaRepository
+from revsync.contracts.serde import EventSerde
+from revsync.host import decoder_for
+from revsync.ops.actions import Operations
+from revsync.ops.dead_letters import Selection
+from revsync.settings import Settings
+from pathlib import Path
+
+settings = Settings.load()
+contracts = Path(sys.argv[1])
+catalog = load_catalog(contracts)
+registry = SchemaRegistryClient(settings.registry_config())
+serde = EventSerde(registry, catalog, SchemaRepository(contracts))
+operations = Operations(
+    catalog=catalog, kafka_config=settings.kafka_config(),
+    dsn=settings.postgres_dsn.get_secret_value(), decoder=decoder_for(catalog, serde),
+    registry=registry, actor="killed",
+)
+print("started", flush=True)
+operations.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replays=3)
+"""
+
+
+def order(number: int, correlation_id: str | None = None) -> OrderCreated:
+    order_id = f"8015g0000DLT{number:06d}"
+    return sample_event(
+        OrderCreated,
+        crm_order_id=order_id,
+        envelope=sample_envelope(
+            OrderCreated.event_type, correlation_id=correlation_id or f"corr-{number}"
+        ),
+    )
+
+
+@pytest.fixture
+def operations(world: RuntimeWorld) -> Operations:
+    registry = SchemaRegistryClient(world.settings.registry_config())
+    return Operations(
+        catalog=world.catalog,
+        kafka_config=world.settings.kafka_config(),
+        dsn=world.settings.postgres_dsn.get_secret_value(),
+        decoder=decoder_for(world.catalog, world.serde()),
+        registry=registry,
+        actor="on-call",
+    )
+
+
+def dead_lettered(world: RuntimeWorld, events: list[OrderCreated]) -> list[OrderCreated]:
+    """``events`` fail for good in the consumer and land in its dead letters."""
+    handler = world.handler(faults={e.crm_order_id: Fault(permanent=True) for e in events})
+    world.produce(events)
+    world.loop(handler).run(max_idle_s=2)
+    read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), len(events))
+    return events
+
+
+def replayed(world: RuntimeWorld) -> list[str]:
+    """The source refs of every record on the consumer's replay topic."""
+    records = read_topic(world.settings, world.catalog.replay_topic(world.consumer), 1, 5)
+    return [h.get(r.headers(), h.REPLAY_SOURCE) or "" for r in records]
+
+
+def audit(world: RuntimeWorld, action: str) -> list[tuple[str, int, str]]:
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        rows = db.execute(
+            "SELECT actor, count, outcome FROM revsync_audit WHERE action = %s ORDER BY id",
+            (action,),
+        ).fetchall()
+    return [(a, c, o) for a, c, o in rows]
+
+
+def test_fixed_poison_records_are_replayed_and_processed_exactly_once(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    failing = dead_lettered(world, [order(1), order(2), order(3)])
+    behind = order(1, correlation_id="corr-1-later")  # waits behind the key's failure
+    world.produce([behind])
+    world.loop(world.handler(faults={failing[0].crm_order_id: Fault(permanent=True)})).run(
+        max_idle_s=2
+    )
+    assert world.effects() == []
+
+    report = operations.replay(dl.Selection(), rate_per_s=None, max_replays=3)
+    assert (report.selected, report.moved, report.status) == (3, 3, "completed")
+    # The cause is fixed: the same consumer, with a handler that no longer fails.
+    world.loop(world.handler()).run(max_idle_s=3)
+
+    handled = [event_id for _, event_id in world.effects()]
+    assert Counter(handled) == Counter(str(e.envelope.event_id) for e in [*failing, behind])
+    # The key's later event came after its replayed one, and the hold is gone.
+    assert handled.index(str(behind.envelope.event_id)) > handled.index(
+        str(failing[0].envelope.event_id)
+    )
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        holds = db.execute(
+            "SELECT count(*) FROM revsync_key_holds WHERE consumer = %s", (world.consumer,)
+        ).fetchone()
+    assert holds == (0,)
+    # Nothing is replayed twice: the ledger knows, and a second replay finds nothing.
+    assert operations.replay(dl.Selection(), rate_per_s=None, max_replays=3).selected == 0
+    assert operations.select(dl.Selection(states=frozenset({"replayed"}))) != []
+
+
+def test_a_filtered_replay_moves_only_what_matches(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    events = dead_lettered(world, [order(11), order(12), order(13)])
+    wanted = events[1].crm_order_id
+
+    report = operations.replay(
+        dl.Selection(keys=frozenset({wanted})), rate_per_s=None, max_replays=3
+    )
+
+    assert report.moved == 1
+    records = read_topic(world.settings, world.catalog.replay_topic(world.consumer), 1)
+    assert [r.key() for r in records] == [wanted.encode()]
+    assert h.get(records[0].headers(), h.REPLAY_ID) == str(report.job_id)
+    assert h.get(records[0].headers(), h.REPLAY_COUNT) == "1"
+    still_open = {letter.key_text for letter in operations.select(dl.Selection())}
+    assert still_open == {events[0].crm_order_id, events[2].crm_order_id}
+
+
+def test_a_dry_run_changes_nothing(world: RuntimeWorld, operations: Operations) -> None:
+    dead_lettered(world, [order(21), order(22)])
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+        "REVSYNC_SCHEMAS_DIR": str(world.contracts),
+    }
+
+    result = CliRunner().invoke(app, ["dlt", "replay"], env=environment)
+
+    assert result.exit_code == 0, result.output
+    assert "dry run: would replay 2 dead letters" in result.output
+    assert len(operations.select(dl.Selection())) == 2
+    assert read_topic(world.settings, world.catalog.replay_topic(world.consumer), 1, 3) == []
+    listed = CliRunner().invoke(
+        app, ["dlt", "ls", "--error-class", "business rule"], env=environment
+    )
+    assert listed.exit_code == 0, listed.output
+    assert "2 dead letters" in listed.output
+
+
+def test_the_rate_limit_holds(world: RuntimeWorld, operations: Operations) -> None:
+    dead_lettered(world, [order(100 + n) for n in range(15)])
+
+    started = time.monotonic()
+    report = operations.replay(dl.Selection(), rate_per_s=10, max_replays=3)
+    elapsed = time.monotonic() - started
+
+    assert report.moved == 15
+    # 15 records at 10/s: the first at once, the last 1.4 s later at the earliest.
+    assert elapsed >= 1.4
+
+
+def test_an_interrupted_replay_resumed_replays_nothing_twice(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    dead_lettered(world, [order(200 + n) for n in range(40)])
+    environment = {
+        **os.environ,
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+    }
+    replaying = subprocess.Popen(
+        [sys.executable, "-c", RUN_REPLAY, str(world.contracts), "20"],
+        env=environment,
+        stdout=subprocess.PIPE,
+    )
+    assert replaying.stdout is not None
+    assert replaying.stdout.readline().strip() == b"started"
+    wait_for(lambda: len(replayed(world)) >= 10, timeout_s=30)
+    replaying.send_signal(signal.SIGKILL)  # no chance to write down what it sent last
+    replaying.wait()
+    replaying.stdout.close()
+    job = next(job for job in operations.jobs() if job.actor == "killed")  # the latest
+    assert job.status == "running"
+    with pytest.raises(OperationRefused, match="not interrupted"):
+        operations.resume(job.id, max_replays=3)  # it might still be running
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        db.execute(
+            "UPDATE revsync_replay_jobs SET updated_at = now() - interval '1 minute' WHERE id = %s",
+            (job.id,),
+        )
+
+    report = operations.resume(job.id, max_replays=3)
+
+    assert report.status == "completed"
+    assert report.moved == 40
+    sources = replayed(world)
+    assert len(sources) == 40
+    assert Counter(sources).most_common(1)[0][1] == 1, "a dead letter was replayed twice"
+    assert operations.job(job.id).remaining == 0
+
+
+def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    [poison] = dead_lettered(world, [order(300)])
+    still_failing = world.handler(faults={poison.crm_order_id: Fault(permanent=True)})
+    for replays in (1, 2):
+        assert operations.replay(dl.Selection(), rate_per_s=None, max_replays=2).moved == 1
+        world.loop(still_failing).run(max_idle_s=2)
+
+        def failed_again(times: int = replays) -> bool:
+            letters = operations.select(dl.Selection())
+            return any(letter.replay_count == times for letter in letters)
+
+        wait_for(failed_again)
+
+    report = operations.replay(dl.Selection(), rate_per_s=None, max_replays=2)
+
+    assert (report.moved, report.quarantined) == (0, 1)
+    [quarantined] = operations.select(dl.Selection(states=frozenset({"quarantined"})))
+    assert quarantined.replay_count == 2
+    assert operations.select(dl.Selection()) == []
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        kept = db.execute(
+            'SELECT value FROM revsync_dlt_archive WHERE dlt_topic = %s AND "offset" = %s',
+            (quarantined.dlt_topic, quarantined.offset),
+        ).fetchone()
+    assert kept is not None
+    assert bytes(kept[0]) == quarantined.value
+
+
+def test_a_purge_takes_records_out_of_reach_and_leaves_an_audit_row(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    events = dead_lettered(world, [order(400), order(401)])
+    tag = f"on-call-{uuid.uuid4().hex[:6]}"
+    operations.actor = tag
+
+    purged = operations.purge(dl.Selection(keys=frozenset({events[0].crm_order_id})))
+
+    assert purged == 1
+    assert [letter.key_text for letter in operations.select(dl.Selection())] == [
+        events[1].crm_order_id
+    ]
+    assert (
+        operations.replay(
+            dl.Selection(keys=frozenset({events[0].crm_order_id})), rate_per_s=None, max_replays=3
+        ).selected
+        == 0
+    )
+    assert (tag, 1, "purged") in audit(world, "purge")
+
+
+def test_an_export_masks_what_it_must(
+    world: RuntimeWorld, operations: Operations, tmp_path: Path
+) -> None:
+    dead_lettered(world, [order(500)])
+    target = tmp_path / "letters.jsonl"
+
+    assert operations.export(dl.Selection(), target, frozenset({"street"}), raw=False) == 1
+
+    text = target.read_text()
+    assert '"street": "***"' in text
+    assert "1 Market St" not in text
+    assert '"error_class": "business rule"' in text
+
+
+def test_a_rewind_refuses_a_live_group_and_reconsumes_an_idle_one(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    events = [order(600), order(601)]
+    world.produce(events)
+    loop = world.loop(world.handler())
+    runner = threading.Thread(target=loop.run, kwargs={"max_idle_s": 30})
+    runner.start()
+    try:
+        wait_for(lambda: len(world.effects()) == 2)
+        with pytest.raises(OperationRefused, match="live member"):
+            operations.rewind(world.consumer, when=None, offset=0, dry_run=False)
+    finally:
+        loop.stop()
+        runner.join(timeout=60)
+
+    positions = operations.rewind(world.consumer, when=None, offset=0, dry_run=False)
+
+    assert set(positions.values()) == {0}
+    world.loop(world.handler()).run(max_idle_s=2)
+    # Every input consumed again; the inbox makes the work already done a no-op.
+    assert len(world.effects()) == 2
