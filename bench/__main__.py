@@ -6,16 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import order_to_cash, passthrough, runtime
+from bench import order_to_cash, passthrough, replay, runtime
 from revsync.settings import Settings
 
 SCENARIOS = {
     "passthrough": passthrough.run,
     "runtime": runtime.run,
     "order-to-cash": order_to_cash.run,
+    "replay": replay.run,
 }
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_EVENTS = {"order-to-cash": 2_000}
+DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000}
 
 
 def main() -> None:

@@ -1,0 +1,128 @@
+"""SCENARIO=replay: dead letters replayed with no rate limit (``revsync dlt replay --rate 0``)
+beside a raw confluent-kafka copy of the same records between two topics, in the same run.
+
+The replay reads every dead letter, decodes it through the registry, checks the ledger,
+sends it to its consumer's replay topic and writes down each one sent: the figures are its
+records/s end to end, the time spent selecting, and the ratio to the raw copy.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from sandbox.pipeline import private_contracts
+
+from bench import passthrough
+from bench.runtime import sample_order
+from revsync.contracts.catalog import load_catalog
+from revsync.contracts.events import OrderCreated
+from revsync.contracts.registry import register_contracts
+from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
+from revsync.contracts.serde import EventSerde
+from revsync.contracts.topics import apply_changes, plan_changes
+from revsync.errors import BusinessRuleViolation
+from revsync.host import decoder_for
+from revsync.ops.actions import Operations
+from revsync.ops.dead_letters import Selection
+from revsync.probe import ensure_topic
+from revsync.runtime import headers as h
+from revsync.runtime.storage import migrate
+from revsync.settings import Settings
+
+
+def run(settings: Settings, events: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="revsync-bench-") as scratch:
+        contracts = private_contracts(settings.schemas_dir, Path(scratch) / "contracts")
+        catalog = load_catalog(contracts)
+        schemas = SchemaRepository(contracts)
+        registry = SchemaRegistryClient(settings.registry_config())
+        list(register_contracts(registry, catalog, schemas, ReleaseRecord(contracts)))
+        admin = AdminClient(settings.kafka_config())
+        apply_changes(admin, catalog, plan_changes(admin, catalog))
+        with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
+            migrate(connection)
+        serde = EventSerde(registry, catalog, schemas)
+        consumer = catalog.consumer_of("order_sync")
+        dead_letters = catalog.dead_letter_topic(consumer)
+        source = catalog.topic_for(OrderCreated.schema_name).name
+        _fill(settings, serde, dead_letters, source, consumer, events)
+
+        copy = f"{dead_letters}.copy"
+        ensure_topic(settings, copy, partitions=6)
+        raw_s = passthrough.pass_through(settings, dead_letters, copy, events)
+
+        operations = Operations(
+            catalog=catalog,
+            kafka_config=settings.kafka_config(),
+            dsn=settings.postgres_dsn.get_secret_value(),
+            decoder=decoder_for(catalog, serde),
+            registry=registry,
+            actor="bench",
+        )
+        started = time.perf_counter()
+        selected = len(operations.select(Selection()))
+        select_s = time.perf_counter() - started
+        started = time.perf_counter()
+        report = operations.replay(Selection(), rate_per_s=None, max_replays=3)
+        replay_s = time.perf_counter() - started
+        if report.moved != events or selected != events:
+            raise RuntimeError(f"replayed {report.moved} of {events} (selected {selected})")
+        admin.delete_topics([plan.name for plan in catalog.topic_plan()] + [copy])
+    replay_rate = events / replay_s
+    raw_rate = events / raw_s
+    return {
+        "records": events,
+        "replay_records_per_s": round(replay_rate),
+        "select_s": round(select_s, 2),
+        "raw_copy_records_per_s": round(raw_rate),
+        "ratio_to_raw_copy": round(replay_rate / raw_rate, 3),
+    }
+
+
+def _fill(
+    settings: Settings,
+    serde: EventSerde,
+    topic: str,
+    source: str,
+    consumer: str,
+    events: int,
+) -> None:
+    """``events`` dead letters as the consumer loop writes them: the original bytes, the
+    original coordinates and the error headers."""
+    template = sample_order()
+    producer = Producer(settings.kafka_config(**passthrough.PRODUCER_TUNING))
+    now = datetime.now(UTC)
+    for number in range(events):
+        order_id = f"8015g0000RPL{number:06d}"
+        envelope = template.envelope.model_copy(update={"event_id": uuid.uuid4()})
+        event = template.model_copy(update={"crm_order_id": order_id, "envelope": envelope})
+        headers = h.failure_headers(
+            [],
+            error=BusinessRuleViolation("credit hold on the account"),
+            source=(source, number % 6, number, int(now.timestamp() * 1000)),
+            consumer=consumer,
+            service="order_sync",
+            correlation_id=order_id,
+            now=now,
+        )
+        while True:
+            try:
+                producer.produce(
+                    topic,
+                    key=order_id.encode(),
+                    value=serde.serialize(source, event),
+                    headers=headers,
+                )
+                break
+            except BufferError:
+                producer.poll(0.05)
+    producer.flush(120)
