@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import functools
 import getpass
+import inspect
 import json
 import threading
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -49,6 +51,46 @@ State = Annotated[
 ]
 Yes = Annotated[bool, typer.Option("--yes", help="Act; without it, a dry run.")]
 Actor = Annotated[str | None, typer.Option(help="Who acts, for the audit trail.")]
+FILTERS: dict[str, Any] = {
+    "service": Service,
+    "topic": SourceTopic,
+    "error_class": ErrorClass,
+    "key": Key,
+    "correlation_id": Correlation,
+    "event_type": EventType,
+    "ref": Ref,
+    "since": Since,
+    "until": Until,
+}
+
+
+def selecting(*, states: bool) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the filter options, and hand it their :class:`Selection` as
+    ``selection``; with ``states``, ``--state`` too (else only open records are selected)."""
+    options = {**FILTERS, **({"state": State} if states else {})}
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        hints = get_type_hints(command, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name])
+            for p in inspect.signature(command).parameters.values()
+            if p.name != "selection"
+        ]
+        added = [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=kind)
+            for name, kind in options.items()
+        ]
+
+        @functools.wraps(command)
+        def run(**arguments: Any) -> None:
+            chosen = {name: arguments.pop(name) for name in options}
+            command(selection=_selection(**{"state": None, **chosen}), **arguments)
+
+        run.__signature__ = inspect.Signature(own + added)  # type: ignore[attr-defined]
+        run.__annotations__ = {}  # the signature carries them, resolved
+        return run
+
+    return decorate
 
 
 def _fail(message: str) -> typer.Exit:
@@ -146,23 +188,12 @@ def _groups(letters: list[dl.DeadLetter]) -> Table:
 
 
 @dlt_app.command("ls")
+@selecting(states=True)
 def ls(
-    service: Service = None,
-    topic: SourceTopic = None,
-    error_class: ErrorClass = None,
-    key: Key = None,
-    correlation_id: Correlation = None,
-    event_type: EventType = None,
-    ref: Ref = None,
-    since: Since = None,
-    until: Until = None,
-    state: State = None,
+    selection: dl.Selection,
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
 ) -> None:
     """Dead letters across services, with counts by error class, source, region, product line."""
-    selection = _selection(
-        service, topic, error_class, key, correlation_id, event_type, ref, since, until, state
-    )
     try:
         letters = _operations(None).select(selection)
     except (RevsyncError, SettingsError) as error:
@@ -209,16 +240,9 @@ def show(ref: Annotated[str, typer.Argument(help="topic:partition:offset")]) -> 
 
 
 @dlt_app.command("replay")
+@selecting(states=False)
 def replay(
-    service: Service = None,
-    topic: SourceTopic = None,
-    error_class: ErrorClass = None,
-    key: Key = None,
-    correlation_id: Correlation = None,
-    event_type: EventType = None,
-    ref: Ref = None,
-    since: Since = None,
-    until: Until = None,
+    selection: dl.Selection,
     rate: Annotated[float, typer.Option(help="Records per second at most; 0: no limit.")] = 50,
     resume: Annotated[str | None, typer.Option(help="An interrupted job's id.")] = None,
     yes: Yes = False,
@@ -236,9 +260,6 @@ def replay(
             )
             _print_report(report)
             return
-        selection = _selection(
-            service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
-        )
         letters = operations.select(selection)
         guarded = sum(letter.replay_count >= max_replays for letter in letters)
         if not yes:
@@ -312,67 +333,28 @@ def _act(
 
 
 @dlt_app.command("purge")
-def purge(
-    service: Service = None,
-    topic: SourceTopic = None,
-    error_class: ErrorClass = None,
-    key: Key = None,
-    correlation_id: Correlation = None,
-    event_type: EventType = None,
-    ref: Ref = None,
-    since: Since = None,
-    until: Until = None,
-    yes: Yes = False,
-    actor: Actor = None,
-) -> None:
+@selecting(states=False)
+def purge(selection: dl.Selection, yes: Yes = False, actor: Actor = None) -> None:
     """Mark dead letters as dealt with, never to be replayed (dry run unless --yes)."""
-    selection = _selection(
-        service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
-    )
     _act("purge", selection, yes, actor)
 
 
 @dlt_app.command("archive")
-def archive(
-    service: Service = None,
-    topic: SourceTopic = None,
-    error_class: ErrorClass = None,
-    key: Key = None,
-    correlation_id: Correlation = None,
-    event_type: EventType = None,
-    ref: Ref = None,
-    since: Since = None,
-    until: Until = None,
-    yes: Yes = False,
-    actor: Actor = None,
-) -> None:
+@selecting(states=False)
+def archive(selection: dl.Selection, yes: Yes = False, actor: Actor = None) -> None:
     """Copy dead letters into PostgreSQL, past the topic's retention, and set them aside."""
-    selection = _selection(
-        service, topic, error_class, key, correlation_id, event_type, ref, since, until, None
-    )
     _act("archive", selection, yes, actor)
 
 
 @dlt_app.command("export")
+@selecting(states=True)
 def export(
+    selection: dl.Selection,
     to: Annotated[Path, typer.Option("--to", help="A JSON Lines file to write.")],
-    service: Service = None,
-    topic: SourceTopic = None,
-    error_class: ErrorClass = None,
-    key: Key = None,
-    correlation_id: Correlation = None,
-    event_type: EventType = None,
-    ref: Ref = None,
-    since: Since = None,
-    until: Until = None,
-    state: State = None,
     raw: Annotated[bool, typer.Option(help="Add key and value bytes (unmasked).")] = False,
     actor: Actor = None,
 ) -> None:
     """Write dead letters to JSON Lines: error, headers and payload, masked."""
-    selection = _selection(
-        service, topic, error_class, key, correlation_id, event_type, ref, since, until, state
-    )
     try:
         count = _operations(actor).export(selection, to, OpsSettings.load().mask_fields, raw)
     except (RevsyncError, SettingsError) as error:
