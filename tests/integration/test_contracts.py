@@ -128,13 +128,14 @@ def test_topics_apply_shows_the_difference_before_fixing_it(
     assert f"set config      {topic}  retention.ms 604800000 -> 259200000" in dry.output
     assert "applied" not in dry.output
 
-    # The consumer's retry and dead-letter topics grow with its widest input.
-    dead_letters = catalog.dead_letter_topic(catalog.avro_topics[0].consumers[0])
-    assert f"add partitions  {dead_letters}  3 -> 8" in dry.output
+    # The consumer's retry, dead-letter and replay topics grow with its widest input.
+    consumer = catalog.avro_topics[0].consumers[0]
+    assert f"add partitions  {catalog.dead_letter_topic(consumer)}  3 -> 8" in dry.output
+    assert f"add partitions  {catalog.replay_topic(consumer)}  3 -> 8" in dry.output
 
     applied = revsync("topics", "apply", "--dir", str(contracts))
     assert applied.exit_code == 0, applied.output
-    assert "applied 6 change(s)" in applied.output
+    assert "applied 7 change(s)" in applied.output
     assert "all 23 match" in revsync("topics", "apply", "--dir", str(contracts)).output
 
 
