@@ -260,9 +260,9 @@ def replay(
             )
             _print_report(report)
             return
-        letters = operations.select(selection)
-        guarded = sum(letter.replay_count >= max_replays for letter in letters)
         if not yes:
+            letters = operations.select(selection)
+            guarded = sum(letter.replay_count >= max_replays for letter in letters)
             console.print(_groups(letters) if letters else "nothing matches")
             console.print(
                 f"dry run: would replay {len(letters) - guarded} dead letters"
@@ -313,16 +313,11 @@ def _print_report(report: ReplayReport) -> None:
     )
 
 
-def _act(
-    action: str,
-    selection: dl.Selection,
-    yes: bool,
-    actor: str | None,
-) -> None:
+def _act(action: str, selection: dl.Selection, yes: bool, actor: str | None) -> None:
     try:
         operations = _operations(actor)
-        letters = operations.select(selection)
         if not yes:
+            letters = operations.select(selection)
             console.print(_groups(letters) if letters else "nothing matches")
             console.print(f"dry run: would {action} {len(letters)} dead letters; add --yes")
             return
