@@ -452,26 +452,6 @@ def test_cancelling_an_order_the_erp_rejected_asks_nothing_of_the_erp(
     assert not order_sync.capture(status_change(created.crm_order_id, "Cancelled")).emits
 
 
-def test_cancelling_a_placed_order_cancels_it_in_the_erp(
-    sandboxes: Sandboxes, order_sync: OrderSync, catalog: Catalog, rng: random.Random
-) -> None:
-    created = captured(order_sync, sandboxes, valid_order(sandboxes, rng))
-    order_sync.place(created)
-    sandboxes.crm.cancel_order(created.crm_order_id, "customer changed their mind")
-    cancelled = the_event(
-        order_sync.capture(status_change(created.crm_order_id, "Cancelled")),
-        topic_of(catalog, OrderCancelled),
-    )
-    assert isinstance(cancelled, OrderCancelled)
-
-    assert order_sync.cancel(cancelled) == Decision()
-
-    [booked] = sandboxes.erp.sales_orders(external_id=created.crm_order_id)
-    assert booked["status"] == "cancelled"
-    [record] = sandboxes.crm.records("Order", Id=created.crm_order_id)
-    assert record["ERP_Status__c"] == "Cancelled"
-
-
 # --- invoice_sync and fulfillment_sync -------------------------------------------------------
 
 
