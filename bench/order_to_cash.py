@@ -29,7 +29,7 @@ from pydantic import SecretStr
 from sandbox import scenario
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
 from sandbox.erp.simulator import DEFAULT_API_TOKEN
-from sandbox.pipeline import Pipeline, private_contracts
+from sandbox.harness import Pipeline, private_contracts
 
 from order_sync.logic import ORDER_FIELDS, canonical, crm_accepted_fields, sales_order_request
 from revsync.connectors.crm_writes import CrmWrite, apply_one

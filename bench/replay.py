@@ -19,7 +19,7 @@ import psycopg
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from sandbox.pipeline import private_contracts
+from sandbox.harness import private_contracts
 
 from bench import passthrough
 from bench.runtime import sample_order
@@ -29,10 +29,10 @@ from revsync.contracts.registry import register_contracts
 from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
+from revsync.deployables import input_decoder
 from revsync.errors import BusinessRuleViolation
-from revsync.host import decoder_for
-from revsync.ops.actions import Operations
 from revsync.ops.dead_letters import Selection
+from revsync.ops.operations import Operations
 from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
 from revsync.runtime.storage import migrate
@@ -64,7 +64,7 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
             catalog=catalog,
             kafka_config=settings.kafka_config(),
             dsn=settings.postgres_dsn.get_secret_value(),
-            decoder=decoder_for(catalog, serde),
+            decoder=input_decoder(catalog, serde),
             registry=registry,
             actor="bench",
         )

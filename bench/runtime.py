@@ -44,9 +44,10 @@ from revsync.contracts.registry import register_contracts
 from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
-from revsync.runtime.consumer import ConsumerLoop, Hold, Policy, Record
 from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
-from revsync.runtime.outbox import OutboxRelay
+from revsync.runtime.loop import ConsumerLoop, Policy
+from revsync.runtime.records import Hold, Record
+from revsync.runtime.relay import OutboxRelay
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
 
@@ -305,7 +306,7 @@ def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[
     relay_figures = json.loads((relay.communicate(timeout=60)[0] or "{}").strip().splitlines()[-1])
     assert handler.started is not None
     # Every event waits for its whole batch: from consumed to committed.
-    latencies = sorted(seconds for seconds, size in loop.batches for _ in range(size))
+    latencies = sorted(seconds for seconds, size in loop.timings for _ in range(size))
     in_handler = sorted(handler.latencies)
     return {
         "events": events,
@@ -322,13 +323,13 @@ def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[
 class TimedLoop(ConsumerLoop):
     """The consumer loop, timing each batch from consumed to committed."""
 
-    batches: list[tuple[float, int]]
+    timings: list[tuple[float, int]]
 
     def _run_batch(self, records: list[Record], releasing: frozenset[Hold] = frozenset()) -> None:
         began = time.perf_counter()
         super()._run_batch(records, releasing)
-        self.batches = getattr(self, "batches", [])
-        self.batches.append((time.perf_counter() - began, len(records)))
+        self.timings = getattr(self, "timings", [])
+        self.timings.append((time.perf_counter() - began, len(records)))
 
 
 def emitted(consumer: Consumer, topic: str, partitions: list[int]) -> int:

@@ -19,7 +19,7 @@ from rich.table import Table
 from revsync.settings import Settings, StackSettings
 from revsync.stack import LocalStack
 from sandbox import scenario
-from sandbox.pipeline import Outcome, Pipeline, PipelineError
+from sandbox.harness import Outcome, Pipeline, PipelineError
 
 console = Console()
 

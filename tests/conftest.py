@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sandbox.pipeline import Pipeline
+from sandbox.harness import Pipeline
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from revsync.settings import Settings, StackSettings

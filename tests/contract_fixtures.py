@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 from confluent_kafka.admin import AdminClient
-from sandbox.pipeline import private_contracts
+from sandbox.harness import private_contracts
 from typer.testing import CliRunner, Result
 
 from revsync.cli import app

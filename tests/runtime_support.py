@@ -28,8 +28,8 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
 from revsync.runtime import headers as h
-from revsync.runtime.consumer import ConsumerLoop, Policy
 from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
+from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
 

@@ -9,18 +9,26 @@ goes through the retry tiers until the order exists, and only then to the dead l
 from __future__ import annotations
 
 from fulfillment_sync import logic
-from revsync.connectors.crm_writes import CrmWrite, CrmWriteHandler
+from revsync.connectors.crm_writes import CrmWriteHandler, Routes
+from revsync.connectors.salesforce import SalesforceClient
 from revsync.contracts.events import ShipmentConfirmed
-from revsync.errors import RevsyncError
-from revsync.runtime.handler import Inbound
-
-CONSUMER = "fulfillment-sync"
+from revsync.deployables import ConsumerDeployable
 
 
 class FulfillmentSync(CrmWriteHandler):
     """The ``fulfillment-sync`` handler."""
 
-    def write_for(self, inbound: Inbound) -> CrmWrite:
-        if isinstance(inbound, ShipmentConfirmed):
-            return logic.shipment_confirmed(inbound)
-        raise RevsyncError(f"fulfillment-sync does not handle {inbound.envelope.event_type}")
+    def __init__(self, crm: SalesforceClient) -> None:
+        super().__init__(crm, ROUTES)
+
+
+ROUTES: Routes = {ShipmentConfirmed: lambda _, shipment: logic.shipment_confirmed(shipment)}
+"""What fulfillment-sync takes, and the CRM write each input makes."""
+
+DEPLOYABLE = ConsumerDeployable(
+    name="fulfillment-sync",
+    service="fulfillment_sync",
+    inputs=tuple(ROUTES),
+    outputs=(),
+    build=lambda context: FulfillmentSync(context.crm()),
+)

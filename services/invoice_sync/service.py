@@ -4,12 +4,11 @@ CRM order, batched into sObject Collections calls."""
 from __future__ import annotations
 
 from invoice_sync import logic
-from revsync.connectors.crm_writes import CrmWrite, CrmWriteHandler
+from revsync.connectors.crm_writes import CrmWrite, CrmWriteHandler, Routes
+from revsync.connectors.salesforce import SalesforceClient
 from revsync.contracts.events import InvoicePosted, PaymentReceived
-from revsync.errors import DependencyNotReady, RevsyncError
-from revsync.runtime.handler import Inbound
-
-CONSUMER = "invoice-sync"
+from revsync.deployables import ConsumerDeployable
+from revsync.errors import DependencyNotReady
 
 
 class InvoiceNotInCrm(DependencyNotReady):
@@ -19,15 +18,29 @@ class InvoiceNotInCrm(DependencyNotReady):
 class InvoiceSync(CrmWriteHandler):
     """The ``invoice-sync`` handler."""
 
-    def write_for(self, inbound: Inbound) -> CrmWrite:
-        if isinstance(inbound, InvoicePosted):
-            return logic.invoice_posted(inbound)
-        if isinstance(inbound, PaymentReceived):
-            # An upsert would create a bare invoice from a payment; the invoice must exist.
-            if not self.crm.query(logic.invoice_lookup(inbound.erp_invoice_id)):
-                raise InvoiceNotInCrm(
-                    f"payment {inbound.erp_payment_id}: invoice {inbound.invoice_number} "
-                    "is not in the CRM yet"
-                )
-            return logic.payment_received(inbound)
-        raise RevsyncError(f"invoice-sync does not handle {inbound.envelope.event_type}")
+    def __init__(self, crm: SalesforceClient) -> None:
+        super().__init__(crm, ROUTES)
+
+    def payment_received(self, payment: PaymentReceived) -> CrmWrite:
+        # An upsert would create a bare invoice from a payment; the invoice must exist.
+        if not self.crm.query(logic.invoice_lookup(payment.erp_invoice_id)):
+            raise InvoiceNotInCrm(
+                f"payment {payment.erp_payment_id}: invoice {payment.invoice_number} "
+                "is not in the CRM yet"
+            )
+        return logic.payment_received(payment)
+
+
+ROUTES: Routes = {
+    InvoicePosted: lambda _, invoice: logic.invoice_posted(invoice),
+    PaymentReceived: InvoiceSync.payment_received,
+}
+"""What invoice-sync takes, and the CRM write each input makes."""
+
+DEPLOYABLE = ConsumerDeployable(
+    name="invoice-sync",
+    service="invoice_sync",
+    inputs=tuple(ROUTES),
+    outputs=(),
+    build=lambda context: InvoiceSync(context.crm()),
+)

@@ -37,15 +37,11 @@ from revsync.contracts.events import (
     OrderRejected,
     RejectionReason,
 )
-from revsync.errors import RevsyncError
-from revsync.runtime.handler import Decision, Emission, Inbound, handle_concurrently
+from revsync.deployables import ConsumerDeployable, Context, output_topics
+from revsync.runtime.handler import Decision, Emission, Inbound, handle_concurrently, route
 
 log = logging.getLogger(__name__)
-CONSUMER = "order-sync"
-
-
-class UnexpectedInput(RevsyncError):
-    """An input order_sync has no handling for (a catalog that routes it a foreign topic)."""
+OUTPUTS: tuple[type[Event], ...] = (OrderCreated, OrderCancelled, OrderAccepted, OrderRejected)
 
 
 class OrderSync:
@@ -70,10 +66,7 @@ class OrderSync:
         self.rules = rules
         self.integration = integration
         self.clock = clock
-        self.topics: dict[type[Event], str] = {
-            model: catalog.topic_for(model.schema_name).name
-            for model in (OrderCreated, OrderCancelled, OrderAccepted, OrderRejected)
-        }
+        self.topics = output_topics(catalog, OUTPUTS)
         # Master data changes rarely; an order needs it at once. Cached briefly, per item.
         self._accounts: TtlCache[str, str | None] = TtlCache(master_data_ttl_s)
         self._customers: TtlCache[str, Customer | None] = TtlCache(master_data_ttl_s)
@@ -82,13 +75,8 @@ class OrderSync:
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="order-sync")
 
     def __call__(self, inbound: Inbound) -> Decision:
-        if isinstance(inbound, RecordChange):
-            return self.capture(inbound)
-        if isinstance(inbound, OrderCreated):
-            return self.place(inbound)
-        if isinstance(inbound, OrderCancelled):
-            return self.cancel(inbound)
-        raise UnexpectedInput(f"order-sync does not handle {inbound.envelope.event_type}")
+        decision: Decision = route(ROUTES, inbound)(self, inbound)
+        return decision
 
     def handle_many(self, inbounds: Sequence[Inbound]) -> list[Decision | Exception]:
         return handle_concurrently(self, inbounds, self._pool)
@@ -239,3 +227,31 @@ class OrderSync:
 
     def _emit(self, event: Event) -> Emission:
         return Emission(self.topics[type(event)], event)
+
+
+ROUTES: dict[type[Inbound], Callable[[OrderSync, Any], Decision]] = {
+    RecordChange: OrderSync.capture,
+    OrderCreated: OrderSync.place,
+    OrderCancelled: OrderSync.cancel,
+}
+"""What order-sync takes, and which step handles each."""
+
+
+def build(context: Context) -> OrderSync:
+    s = context.service
+    handler = OrderSync(
+        crm=context.crm(),
+        erp=context.erp(),
+        rules=RuleBook.load(s.order_rules) if s.order_rules else RuleBook.load(),
+        integration=logic.Integration(s.crm_client_name, s.crm_integration_user_id),
+        catalog=context.catalog,
+        master_data_ttl_s=s.master_data_ttl_s,
+        concurrency=s.handler_concurrency,
+    )
+    context.resources.callback(handler.close)
+    return handler
+
+
+DEPLOYABLE = ConsumerDeployable(
+    name="order-sync", service="order_sync", inputs=tuple(ROUTES), outputs=OUTPUTS, build=build
+)

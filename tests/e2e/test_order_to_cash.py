@@ -13,7 +13,7 @@ from pydantic import SecretStr
 from sandbox import scenario
 from sandbox.crm.model import record_id
 from sandbox.erp.simulator import DEFAULT_API_TOKEN
-from sandbox.pipeline import Outcome, Pipeline
+from sandbox.harness import Outcome, Pipeline
 
 from revsync.connectors.erp import (
     Address,

@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from revsync.cli import app
 from revsync.contracts.events import OrderCreated
-from revsync.host import decoder_for
+from revsync.deployables import input_decoder
 from revsync.ops import dead_letters as dl
-from revsync.ops.actions import OperationRefused, Operations
+from revsync.ops.operations import OperationRefused, Operations
 from revsync.runtime import headers as h
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
 from samples import sample_envelope, sample_event
@@ -33,8 +33,8 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from revsync.contracts.catalog import load_catalog
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
-from revsync.host import decoder_for
-from revsync.ops.actions import Operations
+from revsync.deployables import input_decoder
+from revsync.ops.operations import Operations
 from revsync.ops.dead_letters import Selection
 from revsync.settings import Settings
 from pathlib import Path
@@ -46,7 +46,7 @@ registry = SchemaRegistryClient(settings.registry_config())
 serde = EventSerde(registry, catalog, SchemaRepository(contracts))
 operations = Operations(
     catalog=catalog, kafka_config=settings.kafka_config(),
-    dsn=settings.postgres_dsn.get_secret_value(), decoder=decoder_for(catalog, serde),
+    dsn=settings.postgres_dsn.get_secret_value(), decoder=input_decoder(catalog, serde),
     registry=registry, actor="killed",
 )
 print("started", flush=True)
@@ -72,7 +72,7 @@ def operations(world: RuntimeWorld) -> Operations:
         catalog=world.catalog,
         kafka_config=world.settings.kafka_config(),
         dsn=world.settings.postgres_dsn.get_secret_value(),
-        decoder=decoder_for(world.catalog, world.serde()),
+        decoder=input_decoder(world.catalog, world.serde()),
         registry=registry,
         actor="on-call",
     )
@@ -278,6 +278,30 @@ def test_a_purge_takes_records_out_of_reach_and_leaves_an_audit_row(
         == 0
     )
     assert (tag, 1, "purged") in audit(world, "purge")
+
+
+def test_a_purge_or_an_archive_releases_the_key_its_letter_held(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    purged, archived, kept = dead_lettered(world, [order(410), order(411), order(412)])
+    later = [order(n, correlation_id=f"corr-{n}-later") for n in (410, 411, 412)]
+    world.produce(later)
+    world.loop(world.handler()).run(max_idle_s=2)
+    assert world.effects() == []  # each waits behind its key's dead letter
+
+    operations.purge(dl.Selection(keys=frozenset({purged.crm_order_id})))
+    operations.archive(dl.Selection(keys=frozenset({archived.crm_order_id})))
+    world.loop(world.handler()).run(max_idle_s=3)
+
+    assert sorted(world.effects()) == sorted(
+        (e.crm_order_id, str(e.envelope.event_id)) for e in later[:2]
+    )
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        held = db.execute(
+            "SELECT convert_from(record_key, 'UTF8') FROM revsync_key_holds WHERE consumer = %s",
+            (world.consumer,),
+        ).fetchall()
+    assert held == [(kept.crm_order_id,)]
 
 
 def test_an_export_masks_what_it_must(

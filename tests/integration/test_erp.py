@@ -18,6 +18,7 @@ import pytest
 from pydantic import SecretStr
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 
+from erp_outbox_publisher.logic import ErpOutboxRow, canonical_event
 from revsync.connectors.erp import (
     Address,
     Customer,
@@ -25,7 +26,6 @@ from revsync.connectors.erp import (
     ErpAuthFailed,
     ErpConfig,
     ErpOrderMissing,
-    ErpOutboxRow,
     ErpRejected,
     ErpRestAdapter,
     IdempotencyConflict,
@@ -34,7 +34,6 @@ from revsync.connectors.erp import (
     SalesOrderLine,
     SalesOrderRequest,
     SalesOrderStatus,
-    canonical_event,
 )
 from revsync.contracts.events import (
     CreditCheckOutcome,

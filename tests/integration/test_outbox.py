@@ -19,7 +19,7 @@ from psycopg import sql
 
 from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
-from revsync.runtime.outbox import OutboxRelay, OutboxRow, OutboxTable
+from revsync.runtime.relay import OutboxRelay, OutboxRow, OutboxTable
 from revsync.settings import Settings
 from runtime_support import prepare_database, read_topic, wait_for
 

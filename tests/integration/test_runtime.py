@@ -22,8 +22,8 @@ from prometheus_client import REGISTRY
 from revsync.contracts.events import Event, OrderCancelled, OrderCreated
 from revsync.errors import BusinessRuleViolation
 from revsync.runtime import headers as h
-from revsync.runtime.consumer import RELEASED
 from revsync.runtime.handler import Decision, Inbound, caused_envelope
+from revsync.runtime.holds import RELEASED, release
 from revsync.runtime.observability import HealthServer, Liveness
 from runtime_support import (
     Fault,
@@ -230,11 +230,17 @@ def test_a_held_key_survives_a_restart_until_an_operator_releases_it(
     assert dead.value() == world.serde().serialize(world.created_topic, first)
 
     # The operator discards the dead letter: what the key parked is handled, in order.
+    blocker = ":".join(
+        h.get(dead.headers(), name) or ""
+        for name in (h.ORIGINAL_TOPIC, h.ORIGINAL_PARTITION, h.ORIGINAL_OFFSET)
+    )
     with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
-        db.execute(
-            "UPDATE revsync_key_holds SET blocker = %s WHERE consumer = %s",
-            (RELEASED, world.consumer),
-        )
+        assert not release(db, world.consumer, key.encode(), world.created_topic, "t:0:0")
+        assert release(db, world.consumer, key.encode(), world.created_topic, blocker)
+        [(state,)] = db.execute(
+            "SELECT blocker FROM revsync_key_holds WHERE consumer = %s", (world.consumer,)
+        ).fetchall()
+        assert state == RELEASED  # something is parked: the loop handles it, then lets go
     world.loop(world.handler()).run(max_idle_s=3)
     assert world.effects() == [(key, str(second.envelope.event_id))]
 
@@ -302,7 +308,7 @@ def test_a_rebalance_mid_batch_loses_and_duplicates_nothing(world: RuntimeWorld)
     for thread in threads:
         thread.join(timeout=120)
 
-    handled_by_second = len(second.handler.handled)  # type: ignore[attr-defined]
+    handled_by_second = len(second.batches.handler.handled)  # type: ignore[attr-defined]
     assert handled_by_second > 0, "the second consumer must have taken partitions over"
     effects = world.effects()
     assert sorted(event_id for _, event_id in effects) == sorted(

@@ -7,14 +7,16 @@ a dependency-not-ready error and nothing about the order has changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from revsync.connectors.salesforce import SalesforceClient
-from revsync.runtime.handler import Decision, Inbound
+from revsync.runtime.handler import Decision, Inbound, route
 
 ORDER = "Order"
+Routes = Mapping[type[Inbound], Callable[[Any, Any], "CrmWrite"]]
+"""Input type -> (handler, input) -> the write it makes."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,16 @@ def apply_many(crm: SalesforceClient, writes: Sequence[CrmWrite]) -> list[Except
 class CrmWriteHandler:
     """A handler whose every input is one :class:`CrmWrite`; batches go out as collections.
 
-    Subclasses say, in :meth:`write_for`, what an input writes.
+    ``routes`` says what it takes and the write each input makes.
     """
 
-    def __init__(self, crm: SalesforceClient) -> None:
+    def __init__(self, crm: SalesforceClient, routes: Routes) -> None:
         self.crm = crm
+        self.routes = routes
 
     def write_for(self, inbound: Inbound) -> CrmWrite:
-        raise NotImplementedError
+        write: CrmWrite = route(self.routes, inbound)(self, inbound)
+        return write
 
     def __call__(self, inbound: Inbound) -> Decision:
         apply_one(self.crm, self.write_for(inbound))

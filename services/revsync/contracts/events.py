@@ -48,6 +48,17 @@ def money(value: Decimal) -> Decimal:
     return value.quantize(SCALE, rounding=ROUND_HALF_EVEN)
 
 
+def decimal_text(value: object) -> Decimal:
+    """An amount written as a JSON string (``"1234.5000"``), as the ERP writes money: a JSON
+    number would have been through a float. Raises TypeError or ValueError otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"expected a decimal string, got {value!r}")
+    amount = Decimal(value)
+    if not amount.is_finite():
+        raise ValueError(f"{value!r} is not a finite amount")
+    return amount
+
+
 class _Contract(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -25,7 +25,7 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
-from revsync.ops.actions import Operations, ReplayReport, grouped
+from revsync.ops.operations import Operations, ReplayReport, grouped
 from revsync.runtime import headers as h
 from revsync.settings import OpsSettings, Settings, SettingsError
 
@@ -103,13 +103,13 @@ def _operations(actor: str | None) -> Operations:
     catalog = load_catalog(settings.schemas_dir)
     registry = SchemaRegistryClient(settings.registry_config())
     serde = EventSerde(registry, catalog, SchemaRepository(settings.schemas_dir))
-    from revsync.host import decoder_for
+    from revsync.deployables import input_decoder
 
     return Operations(
         catalog=catalog,
         kafka_config=settings.kafka_config(),
         dsn=settings.postgres_dsn.get_secret_value(),
-        decoder=decoder_for(catalog, serde),
+        decoder=input_decoder(catalog, serde),
         registry=registry,
         actor=actor or getpass.getuser(),
     )

@@ -26,7 +26,7 @@ from revsync.contracts.events import Event
 from revsync.contracts.serde import FRAME, MAGIC_BYTE
 from revsync.errors import RevsyncError
 from revsync.runtime import headers as h
-from revsync.runtime.consumer import Decoder
+from revsync.runtime.records import Decoder
 
 OPEN = "open"
 STATES = (OPEN, "replayed", "purged", "archived", "quarantined")
@@ -64,6 +64,12 @@ class DeadLetter:
     @property
     def source_topic(self) -> str:
         return self.header(h.ORIGINAL_TOPIC) or "?"
+
+    @property
+    def blocker(self) -> str:
+        """The record it is a copy of, as the key hold it caused names it."""
+        names = (h.ORIGINAL_TOPIC, h.ORIGINAL_PARTITION, h.ORIGINAL_OFFSET)
+        return ":".join(self.header(name) or "?" for name in names)
 
     @property
     def service(self) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from revsync.contracts.events import Envelope, Event, SourceSystem
+from revsync.errors import RevsyncError
 from revsync.runtime.observability import event_context
 
 # Event ids of emitted events derive from the causing event, so a re-emission after a crash
@@ -68,6 +69,22 @@ class BatchHandler(Handler, Protocol):
     """
 
     def handle_many(self, inbounds: Sequence[Inbound], /) -> Sequence[Decision | Exception]: ...
+
+
+class UnexpectedInput(RevsyncError):
+    """An input of a type the handler does not declare (a catalog routing it a foreign
+    topic); permanent, so it goes to the dead letters."""
+
+
+def route(table: Mapping[type, Callable[..., Any]], inbound: Inbound) -> Callable[..., Any]:
+    """The entry of a handler's routing table for ``inbound``'s type: the table is the one
+    place a service says what it takes."""
+    try:
+        return table[type(inbound)]
+    except KeyError:
+        raise UnexpectedInput(
+            f"no handling for {inbound.envelope.event_type} ({type(inbound).__name__})"
+        ) from None
 
 
 def handle_concurrently(

@@ -1,25 +1,24 @@
-"""How `revsync run` wires a service: the decoder per topic format, the consumer policy and
-the adapters from its settings, which fail naming what is missing; and the master-data cache."""
+"""How `revsync run` wires a deployable: the decoder per topic format, the consumer policy and
+the adapters from its settings, which fail naming what is missing."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 from contextlib import ExitStack
 from typing import cast
 
 import pytest
 
 from contract_fixtures import SCHEMAS_DIR
-from revsync.connectors.cache import TtlCache
 from revsync.connectors.cdc import RecordChange
 from revsync.contracts.catalog import Catalog, TopicFormat, load_catalog
 from revsync.contracts.events import Event, OrderCreated
 from revsync.contracts.serde import EventSerde
+from revsync.deployables import Context, input_decoder
 from revsync.errors import CorruptPayload
-from revsync.host import Context, decoder_for, policy_from
-from revsync.runtime.consumer import Policy
+from revsync.run import policy_from
+from revsync.runtime.loop import Policy
 from revsync.settings import (
     ServiceSettings,
     Settings,
@@ -93,7 +92,7 @@ CHANGE = {
 
 def test_the_crm_change_topic_is_read_by_the_cdc_decoder(catalog: Catalog) -> None:
     serde = RecordingSerde(sample_event(OrderCreated))
-    decode = decoder_for(catalog, cast(EventSerde, serde))
+    decode = input_decoder(catalog, cast(EventSerde, serde))
 
     change = decode(cdc_topic(catalog), json.dumps(CHANGE).encode())
 
@@ -105,7 +104,7 @@ def test_the_crm_change_topic_is_read_by_the_cdc_decoder(catalog: Catalog) -> No
 
 def test_bad_bytes_on_the_crm_change_topic_fail_as_the_cdc_decoder_says(catalog: Catalog) -> None:
     serde = RecordingSerde(sample_event(OrderCreated))
-    decode = decoder_for(catalog, cast(EventSerde, serde))
+    decode = input_decoder(catalog, cast(EventSerde, serde))
 
     with pytest.raises(CorruptPayload):
         decode(cdc_topic(catalog), b"\x00\x00\x00\x00\x01avro")
@@ -115,7 +114,7 @@ def test_bad_bytes_on_the_crm_change_topic_fail_as_the_cdc_decoder_says(catalog:
 def test_every_other_topic_is_read_by_the_serde(catalog: Catalog) -> None:
     event = sample_event(OrderCreated)
     serde = RecordingSerde(event)
-    decode = decoder_for(catalog, cast(EventSerde, serde))
+    decode = input_decoder(catalog, cast(EventSerde, serde))
     avro_topics = [t.name for t in catalog.topics if t.format is TopicFormat.AVRO]
 
     decoded = [decode(topic, b"\x00framed") for topic in avro_topics]
@@ -240,94 +239,3 @@ def test_a_misspelt_crm_variable_is_rejected_by_name(monkeypatch: pytest.MonkeyP
 
     with pytest.raises(SettingsError, match="unknown setting REVSYNC_CRM_INSTANCE_ULR"):
         ServiceSettings.load()
-
-
-# --- the master-data cache -------------------------------------------------------------------
-
-
-def test_a_cached_value_is_served_until_it_expires() -> None:
-    cache: TtlCache[str, int] = TtlCache(ttl_s=0.2)
-    cache.put("SKU-1", 10)
-
-    assert cache.lookup("SKU-1") == (10,)
-    time.sleep(0.3)
-    assert cache.lookup("SKU-1") is None
-
-
-def test_an_absent_key_is_not_cached() -> None:
-    cache: TtlCache[str, int] = TtlCache(ttl_s=60)
-
-    assert cache.lookup("SKU-1") is None
-
-
-def test_a_miss_is_cached_too() -> None:
-    cache: TtlCache[str, str | None] = TtlCache(ttl_s=60)
-    loads: list[str] = []
-
-    def load() -> str | None:
-        loads.append("SKU-404")
-        return None
-
-    first = cache.get_or_load("SKU-404", load)
-    second = cache.get_or_load("SKU-404", load)
-
-    assert (first, second) == (None, None)
-    assert loads == ["SKU-404"]
-    assert cache.lookup("SKU-404") == (None,)
-
-
-def test_an_expired_value_is_loaded_again() -> None:
-    cache: TtlCache[str, int] = TtlCache(ttl_s=0.1)
-    values = iter([1, 2])
-
-    assert cache.get_or_load("C-1", lambda: next(values)) == 1
-    assert cache.get_or_load("C-1", lambda: next(values)) == 1
-    time.sleep(0.2)
-    assert cache.get_or_load("C-1", lambda: next(values)) == 2
-
-
-def test_a_put_replaces_the_value_and_its_expiry() -> None:
-    cache: TtlCache[str, int] = TtlCache(ttl_s=0.3)
-    cache.put("C-1", 1)
-    time.sleep(0.2)
-    cache.put("C-1", 2)
-    time.sleep(0.2)
-
-    assert cache.lookup("C-1") == (2,)
-
-
-def test_a_zero_ttl_caches_nothing() -> None:
-    cache: TtlCache[str, int] = TtlCache(ttl_s=0)
-    loads: list[int] = []
-
-    def load() -> int:
-        loads.append(len(loads) + 1)
-        return len(loads)
-
-    values = [cache.get_or_load("C-1", load) for _ in range(3)]
-
-    assert values == [1, 2, 3]
-    assert cache.lookup("C-1") is None
-
-
-def test_a_full_cache_starts_over_rather_than_growing() -> None:
-    cache: TtlCache[int, int] = TtlCache(ttl_s=60, max_entries=3)
-    for key in range(3):
-        cache.put(key, key)
-
-    cache.put(3, 3)
-
-    assert [cache.lookup(key) for key in range(4)] == [None, None, None, (3,)]
-
-
-def test_a_full_cache_drops_its_expired_entries_first() -> None:
-    cache: TtlCache[int, int] = TtlCache(ttl_s=0.1, max_entries=3)
-    cache.put(0, 0)
-    cache.put(1, 1)
-    time.sleep(0.2)
-    cache.ttl_s = 60
-    cache.put(2, 2)
-
-    cache.put(3, 3)
-
-    assert [cache.lookup(key) for key in range(4)] == [None, None, (2,), (3,)]

@@ -42,7 +42,8 @@ from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
 from revsync.ops.storage import migrate
 from revsync.runtime import headers as h
-from revsync.runtime.consumer import Decoder
+from revsync.runtime.holds import release
+from revsync.runtime.records import Decoder
 
 STALE_AFTER = timedelta(seconds=30)
 """A running job whose heartbeat is older than this was interrupted."""
@@ -379,6 +380,7 @@ class Operations:
         letters = self.select(selection)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             self._record(connection, None, [letter.ref for letter in letters], "purged")
+            _release_holds(connection, letters)
             self._audit(connection, "purge", selection.as_json(), len(letters), "purged")
         return len(letters)
 
@@ -387,6 +389,7 @@ class Operations:
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             self._archive_rows(connection, letters)
             self._record(connection, None, [letter.ref for letter in letters], "archived")
+            _release_holds(connection, letters)
             self._audit(connection, "archive", selection.as_json(), len(letters), "archived")
         return len(letters)
 
@@ -567,6 +570,14 @@ class Operations:
                 (job_id, state),
             ).fetchone()
         return int(row[0]) if row else 0
+
+
+def _release_holds(connection: psycopg.Connection[Any], letters: Iterable[dl.DeadLetter]) -> None:
+    """Letters dealt with for good no longer hold their keys: what the keys parked is
+    handled next, in order."""
+    for letter in letters:
+        if letter.key is not None:
+            release(connection, letter.consumer, letter.key, letter.source_topic, letter.blocker)
 
 
 def selection_from(document: dict[str, Any]) -> dl.Selection:

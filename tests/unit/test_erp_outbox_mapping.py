@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from revsync.connectors.erp import (
+from erp_outbox_publisher.logic import (
     ErpOutboxRow,
     ErpPayloadInvalid,
     UnknownErpEventType,

@@ -1,6 +1,6 @@
-"""The whole order-to-cash pipeline on one machine, for the demo, the end-to-end tests and
-the benchmark: the governance step, both sandboxes, and every service as its own process
-(``revsync run <service>``), exactly as production runs them."""
+"""The pipeline harness: the whole order-to-cash pipeline on one machine, for the demo, the
+end-to-end tests and the benchmark: the governance step, both sandboxes, and every deployable
+as its own process (``revsync run <name>``), exactly as production runs them."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import httpx
 import yaml
 
 from revsync.contracts.catalog import CATALOG_FILE, Catalog, TopicFormat, load_catalog
-from revsync.host import ERP_OUTBOX_PUBLISHER, SERVICES
+from revsync.deployables import discover
 from revsync.settings import Settings, kafka_env_name
 from sandbox.crm.control import CrmSandbox
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, INTEGRATION_USER_ID
@@ -34,6 +34,8 @@ from sandbox.scenario import SHIPPED, PlannedOrder
 
 REPO = Path(__file__).resolve().parents[1]
 REVSYNC = Path(sys.executable).with_name("revsync")
+DEPLOYABLES = tuple(sorted(discover()))
+"""Every installed deployable, each started as its own process."""
 METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -145,8 +147,8 @@ class Pipeline:
             )
             self.crm = CrmSandbox(self.crm_url)
             self.erp = ErpSandbox(self.erp_url)
-            report(f"starting {', '.join((*SERVICES, ERP_OUTBOX_PUBLISHER))}")
-            for name in (*SERVICES, ERP_OUTBOX_PUBLISHER):
+            report(f"starting {', '.join(DEPLOYABLES)}")
+            for name in DEPLOYABLES:
                 self._service(name)
             self._wait_ready()
         except BaseException:
@@ -311,7 +313,7 @@ class Pipeline:
         self.processes[name] = Process(name, popen, log, port, output)
 
     def _wait_ready(self, names: Sequence[str] | None = None, timeout_s: float = 90) -> None:
-        waiting = [self.processes[name] for name in names or (*SERVICES, ERP_OUTBOX_PUBLISHER)]
+        waiting = [self.processes[name] for name in names or DEPLOYABLES]
         deadline = time.monotonic() + timeout_s
         while waiting:
             self._check_alive()

@@ -1,0 +1,1 @@
+"""erp_outbox_publisher: the ERP's outbox rows published as revsync's canonical Avro events."""

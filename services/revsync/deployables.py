@@ -1,0 +1,186 @@
+"""What a revsync deployable declares, once, and how the installed ones are found.
+
+Each service package declares one :class:`ConsumerDeployable` (or, for a publisher of an
+outbox, one :class:`RelayDeployable`): its name for ``revsync run``, the inputs it takes, the
+events it emits and the factory of its handler. It is published as a Python entry point in
+the ``revsync.deployables`` group, so this library imports no service: ``revsync run``
+discovers what is installed, and :func:`declaration_problems` holds every declaration to the
+catalog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+
+from revsync.connectors.cdc import RecordChange, decode_change
+from revsync.connectors.erp import ErpConfig, ErpRestAdapter
+from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
+from revsync.contracts.catalog import Catalog, CatalogError, TopicFormat
+from revsync.contracts.events import Event
+from revsync.contracts.serde import EventSerde
+from revsync.errors import RevsyncError
+from revsync.runtime.handler import Handler, Inbound
+from revsync.runtime.observability import Liveness
+from revsync.runtime.records import Decoder
+from revsync.runtime.relay import OutboxRelay
+from revsync.settings import ServiceSettings, Settings
+
+ENTRY_POINTS = "revsync.deployables"
+
+
+class UnknownDeployable(RevsyncError):
+    """``revsync run`` was given a name no installed deployable has."""
+
+
+@dataclass
+class Context:
+    """What a deployable is built from; adapters are made on first use and closed when the
+    deployable stops."""
+
+    settings: Settings
+    service: ServiceSettings
+    catalog: Catalog
+    serde: EventSerde
+    resources: ExitStack
+
+    def crm(self) -> SalesforceClient:
+        s = self.service
+        s.required("crm_instance_url", "crm_client_id", "crm_client_secret")
+        assert s.crm_instance_url
+        assert s.crm_client_id
+        assert s.crm_client_secret
+        client = SalesforceClient(
+            SalesforceConfig(
+                instance_url=s.crm_instance_url,
+                client_id=s.crm_client_id,
+                client_secret=s.crm_client_secret,
+                api_version=s.crm_api_version,
+                client_name=s.crm_client_name,
+                timeout_s=s.http_timeout_s,
+            )
+        )
+        self.resources.callback(client.close)
+        return client
+
+    def erp(self) -> ErpRestAdapter:
+        s = self.service
+        s.required("erp_base_url", "erp_api_token")
+        assert s.erp_base_url
+        assert s.erp_api_token
+        adapter = ErpRestAdapter(
+            ErpConfig(
+                base_url=s.erp_base_url, api_token=s.erp_api_token, timeout_s=s.http_timeout_s
+            )
+        )
+        self.resources.callback(adapter.close)
+        return adapter
+
+
+@dataclass(frozen=True)
+class ConsumerDeployable:
+    """A service that is one catalog consumer: the shared consumer loop around its handler,
+    and, when it emits, a relay for revsync's outbox beside it."""
+
+    name: str
+    """What ``revsync run`` calls it: ``order-sync``."""
+    service: str
+    """Its package, which the catalog names as the consumer's service and as a producer."""
+    inputs: tuple[type[Inbound], ...]
+    """What it takes: revsync events, or Salesforce change events (:class:`RecordChange`)."""
+    outputs: tuple[type[Event], ...]
+    build: Callable[[Context], Handler]
+
+    @property
+    def emits(self) -> bool:
+        return bool(self.outputs)
+
+
+@dataclass(frozen=True)
+class RelayDeployable:
+    """A publisher of an outbox that is not revsync's own (an ERP's): the shared relay with a
+    translation of its rows into ``outputs``."""
+
+    name: str
+    service: str
+    outputs: tuple[type[Event], ...]
+    build: Callable[[Context, Liveness], OutboxRelay]
+
+
+Deployable = ConsumerDeployable | RelayDeployable
+
+
+def discover() -> dict[str, Deployable]:
+    """Every installed deployable, by name."""
+    found: dict[str, Deployable] = {}
+    for point in entry_points(group=ENTRY_POINTS):
+        deployable = point.load()
+        if not isinstance(deployable, ConsumerDeployable | RelayDeployable):
+            raise TypeError(f"entry point {point.name} ({point.value}) is not a deployable")
+        found[deployable.name] = deployable
+    return found
+
+
+def output_topics(catalog: Catalog, outputs: Iterable[type[Event]]) -> dict[type[Event], str]:
+    """The topic of each declared output, from the catalog."""
+    return {model: catalog.topic_for(model.schema_name).name for model in outputs}
+
+
+def input_decoder(catalog: Catalog, serde: EventSerde) -> Decoder:
+    """Salesforce change events by the CDC decoder, revsync's own events by the serde."""
+    formats = {topic.name: topic.format for topic in catalog.topics}
+
+    def decode(topic: str, value: bytes | None) -> Inbound:
+        if formats.get(topic) is TopicFormat.SALESFORCE_CDC:
+            return decode_change(topic, value)
+        return serde.deserialize(topic, value)
+
+    return decode
+
+
+def _input_name(model: type[Inbound]) -> str:
+    """An input as the catalog names what a topic carries."""
+    if issubclass(model, Event):
+        return model.schema_name
+    if model is RecordChange:
+        return TopicFormat.SALESFORCE_CDC.value
+    return f"{model.__name__} (no topic format carries it)"
+
+
+def declaration_problems(deployables: Iterable[Deployable], catalog: Catalog) -> list[str]:
+    """Where the declarations and the catalog disagree; empty when they agree. Inputs are
+    compared by contract (a Salesforce change event by its topic format), outputs by topic."""
+    problems: list[str] = []
+    declared_consumers: set[str] = set()
+    for deployable in deployables:
+        produced = {t.name for t in catalog.topics if deployable.service in t.producers}
+        try:
+            declared = set(output_topics(catalog, deployable.outputs).values())
+        except CatalogError as error:
+            problems.append(f"{deployable.name}: {error}")
+            continue
+        if declared != produced:
+            problems.append(
+                f"{deployable.name} declares outputs {sorted(declared)} but the catalog has "
+                f"{deployable.service} producing {sorted(produced)}"
+            )
+        if isinstance(deployable, RelayDeployable):
+            continue
+        try:
+            consumer = catalog.consumer_of(deployable.service)
+        except CatalogError as error:
+            problems.append(f"{deployable.name}: {error}")
+            continue
+        declared_consumers.add(consumer)
+        catalog_inputs = {t.schema_name or t.format.value for t in catalog.consumed_by(consumer)}
+        inputs = {_input_name(model) for model in deployable.inputs}
+        if inputs != catalog_inputs:
+            problems.append(
+                f"{deployable.name} declares inputs {sorted(inputs)} but the catalog gives "
+                f"consumer {consumer} {sorted(catalog_inputs)}"
+            )
+    for consumer in sorted(set(catalog.consumers) - declared_consumers):
+        problems.append(f"catalog consumer {consumer} is declared by no deployable")
+    return problems

@@ -1,0 +1,141 @@
+"""``revsync run <deployable>``: one installed deployable in the foreground, as production runs
+it.
+
+A consumer deployable is the shared consumer loop bound to its handler (and, when it emits,
+the relay for revsync's outbox beside it); a relay deployable is the shared relay with its
+row translation. The process logs JSON, serves ``/metrics``, ``/healthz`` and ``/readyz``,
+and stops cleanly on SIGTERM: the batch in hand is finished and committed first.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from revsync.contracts.catalog import load_catalog
+from revsync.contracts.schemas import SchemaRepository
+from revsync.contracts.serde import EventSerde
+from revsync.deployables import (
+    ConsumerDeployable,
+    Context,
+    RelayDeployable,
+    UnknownDeployable,
+    discover,
+    input_decoder,
+)
+from revsync.runtime.loop import ConsumerLoop, Policy
+from revsync.runtime.observability import HealthServer, Liveness, configure_logging
+from revsync.runtime.relay import OutboxRelay
+from revsync.settings import ServiceSettings, Settings
+
+log = logging.getLogger(__name__)
+
+
+def policy_from(service: ServiceSettings) -> Policy:
+    return Policy(
+        batch_size=service.batch_size,
+        session_timeout_ms=service.session_timeout_ms,
+        max_poll_interval_ms=service.max_poll_interval_ms,
+        in_process_attempts=service.in_process_attempts,
+    )
+
+
+@contextmanager
+def _context() -> Iterator[Context]:
+    settings = Settings.load()
+    service = ServiceSettings.load()
+    configure_logging(service.log_level)
+    catalog = load_catalog(settings.schemas_dir)
+    registry = SchemaRegistryClient(settings.registry_config())
+    serde = EventSerde(registry, catalog, SchemaRepository(settings.schemas_dir))
+    with ExitStack() as resources:
+        yield Context(settings, service, catalog, serde, resources)
+
+
+def run(name: str, *, max_idle_s: float | None = None) -> None:
+    """Run deployable ``name`` until SIGTERM/SIGINT (or idle for ``max_idle_s``)."""
+    deployables = discover()
+    if name not in deployables:
+        raise UnknownDeployable(
+            f"unknown service {name!r}; one of {', '.join(sorted(deployables))}"
+        )
+    deployable = deployables[name]
+    with _context() as context:
+        liveness = Liveness(timeout_s=60)
+        health = HealthServer(
+            context.service.health_port, liveness.alive, lambda: liveness.ready
+        ).start()
+        context.resources.callback(health.stop)
+        log.info("%s: health and metrics on port %d", name, health.port)
+        if isinstance(deployable, RelayDeployable):
+            _run_relay(deployable, context, liveness, max_idle_s)
+        else:
+            _run_consumer(deployable, context, liveness, max_idle_s)
+
+
+def _run_consumer(
+    deployable: ConsumerDeployable,
+    context: Context,
+    liveness: Liveness,
+    max_idle_s: float | None,
+) -> None:
+    loop = ConsumerLoop(
+        consumer=context.catalog.consumer_of(deployable.service),
+        catalog=context.catalog,
+        handler=deployable.build(context),
+        serde=context.serde,
+        kafka_config=context.settings.kafka_config(),
+        postgres_dsn=context.settings.postgres_dsn.get_secret_value(),
+        policy=policy_from(context.service),
+        liveness=liveness,
+        decoder=input_decoder(context.catalog, context.serde),
+    )
+    relay = None
+    if deployable.emits:
+        relay = OutboxRelay(
+            dsn=context.settings.postgres_dsn.get_secret_value(),
+            kafka_config=context.settings.kafka_config(),
+        )
+        thread = threading.Thread(
+            target=_keep_relaying, args=(relay,), name="outbox-relay", daemon=True
+        )
+        thread.start()
+    try:
+        loop.run(max_idle_s=max_idle_s)
+    finally:
+        if relay is not None:
+            relay.stop()
+            thread.join(timeout=30)
+
+
+def _keep_relaying(relay: OutboxRelay, pause_s: float = 5.0) -> None:
+    """The relay beside a consumer loop: restarted after a failure (PostgreSQL restarting,
+    say), so emitted events never sit unpublished while the loop goes on."""
+    while True:
+        try:
+            relay.run()
+        except Exception:
+            log.exception("outbox relay failed; starting it again in %.0fs", pause_s)
+            time.sleep(pause_s)
+        else:
+            return  # stopped
+
+
+def _run_relay(
+    deployable: RelayDeployable,
+    context: Context,
+    liveness: Liveness,
+    max_idle_s: float | None,
+) -> None:
+    relay = deployable.build(context, liveness)
+    liveness.ready = True
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: relay.stop())
+    relay.run(max_idle_s=max_idle_s)

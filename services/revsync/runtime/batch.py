@@ -1,0 +1,278 @@
+"""One batch, handled in one PostgreSQL transaction: inbox claims, key holds, the handler's
+decisions (its batch call first, where it has one), failures routed, effects, outbox rows,
+and the retry and dead-letter copies acknowledged by Kafka before the transaction commits."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+
+from revsync.contracts.events import Event
+from revsync.contracts.serde import RegistryUnavailable
+from revsync.errors import DecodeError, TransientError
+from revsync.runtime.failures import FailureRouter
+from revsync.runtime.handler import BatchHandler, Decision, Handler, Inbound
+from revsync.runtime.holds import KeyHolds
+from revsync.runtime.inbox import Inbox
+from revsync.runtime.observability import (
+    DUPLICATES,
+    EVENT_AGE,
+    HANDLER_LATENCY,
+    PARKED,
+    PROCESSED,
+    event_context,
+)
+from revsync.runtime.outbox import OutboxWriter
+from revsync.runtime.records import Decoder, Hold, Outgoing, Partition, Record
+
+log = logging.getLogger(__name__)
+Decoded = Inbound | DecodeError
+
+
+@dataclass
+class BatchOutcome:
+    """What one batch decided, written together in its transaction."""
+
+    inbox_claims: set[str] = field(default_factory=set)
+    used_claims: set[str] = field(default_factory=set)
+    writes: dict[str, list[Sequence[Any]]] = field(default_factory=dict)
+    emissions: list[tuple[Event, str, Record]] = field(default_factory=list)
+    outgoing: list[Outgoing] = field(default_factory=list)
+    parks: list[Record] = field(default_factory=list)
+    unparked_done: list[int] = field(default_factory=list)
+    holds: dict[Hold, str] = field(default_factory=dict)
+    releases: set[Hold] = field(default_factory=set)
+    positions: dict[Partition, int] = field(default_factory=dict)
+    held: dict[Hold, str] = field(default_factory=dict)
+    """Every key held while the batch ran, with its blocker."""
+    prepared: dict[str, Decision | Exception] = field(default_factory=dict)
+    """The batch call's results, by event id."""
+
+    def done(self, record: Record) -> None:
+        if record.parked_seq is not None:
+            self.unparked_done.append(record.parked_seq)
+
+
+@dataclass
+class BatchProcessor:
+    """Handles batches for one consumer; the loop owns the connection and the Kafka clients."""
+
+    consumer: str
+    handler: Handler
+    decoder: Decoder
+    ordering: bool
+    inbox: Inbox
+    holds: KeyHolds
+    router: FailureRouter
+    outbox: OutboxWriter
+    send: Callable[[list[Outgoing]], None]
+    """Produces retry and dead-letter copies and waits for Kafka's acknowledgement."""
+    owns: Callable[[Partition], bool]
+    keepalive: Callable[[], None]
+    wave_runner: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self._latency = HANDLER_LATENCY.labels(self.consumer)
+        self._age = EVENT_AGE.labels(self.consumer)
+        self._duplicates = DUPLICATES.labels(self.consumer)
+        self._parked = PARKED.labels(self.consumer)
+
+    def process(
+        self, db: psycopg.Connection[Any], records: list[Record], releasing: frozenset[Hold]
+    ) -> BatchOutcome:
+        batch = BatchOutcome()
+        with db.transaction():
+            work = deque((record, self.decode(record)) for record in records)
+            ids = [str(d.envelope.event_id) for _, d in work if not isinstance(d, DecodeError)]
+            batch.inbox_claims = self.inbox.claim(db, ids)
+            if self.ordering:
+                batch.held = self.holds.held(db, {r.hold for r, _ in work if r.hold is not None})
+            for hold in releasing:
+                # Released by an operator: the hold goes in this transaction, with the work.
+                batch.held.pop(hold, None)
+                batch.releases.add(hold)
+            if isinstance(self.handler, BatchHandler) and self.wave_runner is not None:
+                batch.prepared = self._handle_wave(self.handler, list(work), batch)
+            while work:
+                record, decoded = work.popleft()
+                self.keepalive()
+                if record.parked_seq is None and not self.owns(record.where):
+                    continue  # revoked mid-batch: its new owner redelivers it
+                released = self._handle_one(db, record, decoded, batch)
+                # What the record held back comes next, before anything later in the batch.
+                work.extendleft((r, self.decode(r)) for r in reversed(released))
+                if record.parked_seq is None:
+                    # max: a record parked earlier in this batch may be handled late, after
+                    # its key was released; the position must never move back.
+                    now_at = batch.positions.get(record.where, 0)
+                    batch.positions[record.where] = max(now_at, record.offset + 1)
+            self._write(db, batch)
+        return batch
+
+    def decode(self, record: Record) -> Decoded:
+        topic = record.origin[0]
+        try:
+            return self.decoder(topic, record.value)
+        except DecodeError as error:
+            return error
+        except RegistryUnavailable:
+            raise  # nothing wrong with the record: the batch is rewound and tried again
+        except Exception as error:  # a decoder's own bug must not stall the partition either
+            return DecodeError(topic, f"decoder failed: {error!r}")
+
+    def _blocked(self, record: Record, batch: BatchOutcome) -> bool:
+        hold = record.hold
+        return (
+            self.ordering
+            and hold is not None
+            and batch.held.get(hold) not in (None, record.blocker_id)
+        )
+
+    def _handle_wave(
+        self, handler: BatchHandler, work: list[tuple[Record, Decoded]], batch: BatchOutcome
+    ) -> dict[str, Decision | Exception]:
+        """Hand the batch handler every input that is first of its key and free to run now;
+        the rest go one by one, after their key's earlier input has its outcome."""
+        seen: set[bytes] = set()
+        wave: dict[str, Inbound] = {}
+        for record, inbound in work:
+            first = record.key is None or record.key not in seen
+            if record.key is not None:
+                seen.add(record.key)
+            if isinstance(inbound, DecodeError) or str(inbound.envelope.event_id) in wave:
+                continue  # undecodable, or a second copy of one event: handled one by one
+            event_id = str(inbound.envelope.event_id)
+            if (
+                first
+                and not self._blocked(record, batch)
+                and record.parked_seq is None
+                and self.owns(record.where)
+                and event_id in batch.inbox_claims
+            ):
+                wave[event_id] = inbound
+        if len(wave) < 2:
+            return {}
+        started = time.perf_counter()
+        assert self.wave_runner is not None
+        call = self.wave_runner.submit(handler.handle_many, list(wave.values()))
+        while not call.done():
+            # A long call must not cost the group membership or the liveness check.
+            wait([call], timeout=1.0)
+            self.keepalive()
+        try:
+            results: Sequence[Decision | Exception] = call.result()
+        except Exception as error:  # the call as a whole failed: each input goes alone
+            log.warning("batch handler failed as a whole, handling one by one: %s", error)
+            return {}
+        if len(results) != len(wave):
+            log.warning("batch handler gave %d results for %d inputs", len(results), len(wave))
+            return {}
+        share = (time.perf_counter() - started) / len(wave)
+        for _ in wave:
+            self._latency.observe(share)
+        return dict(zip(wave, results, strict=True))
+
+    def _handle_one(
+        self, db: psycopg.Connection[Any], record: Record, decoded: Decoded, batch: BatchOutcome
+    ) -> list[Record]:
+        """Handle one record; returns parked records released by its success, in order."""
+        event = None if isinstance(decoded, DecodeError) else decoded
+        if event is not None:
+            event_id = str(event.envelope.event_id)
+            if record.parked_seq is not None and event_id not in batch.inbox_claims:
+                batch.inbox_claims |= self.inbox.claim(db, [event_id])
+            if event_id not in batch.inbox_claims or event_id in batch.used_claims:
+                self._duplicates.inc()
+                batch.done(record)
+                return self._resolve(db, record, batch)
+        if self._blocked(record, batch):
+            if record.parked_seq is None:
+                batch.parks.append(record)
+                self._parked.inc()
+            return []
+        if event is None:
+            assert isinstance(decoded, DecodeError)
+            self._fail(record, decoded, None, batch)
+            return []
+        try:
+            with event_context(event.envelope.correlation_id, str(event.envelope.event_id)):
+                decision = self._call_handler(event, batch)
+        except Exception as error:  # every failure is routed, none stalls
+            self._fail(record, error, event, batch)
+            return []
+        batch.used_claims.add(str(event.envelope.event_id))
+        for write in decision.writes:
+            batch.writes.setdefault(write.sql, []).append(write.params)
+        batch.emissions += [(emission.event, emission.topic, record) for emission in decision.emits]
+        PROCESSED.labels(self.consumer, record.origin[0]).inc()
+        age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
+        self._age.observe(max(age, 0.0))
+        batch.done(record)
+        return self._resolve(db, record, batch)
+
+    def _resolve(
+        self, db: psycopg.Connection[Any], record: Record, batch: BatchOutcome
+    ) -> list[Record]:
+        """If ``record`` was what held its key, release the key and hand back what it parked."""
+        hold = record.hold
+        if hold is None or batch.held.get(hold) != record.blocker_id:
+            return []
+        del batch.held[hold]
+        batch.holds.pop(hold, None)
+        batch.releases.add(hold)
+        parked_now = [parked for parked in batch.parks if parked.hold == hold]
+        batch.parks = [parked for parked in batch.parks if parked.hold != hold]
+        return self.holds.unpark(db, hold) + parked_now
+
+    def _call_handler(self, event: Inbound, batch: BatchOutcome) -> Decision:
+        """The handler (or its share of the batch call), and only after a transient failure
+        the bounded in-process retries."""
+        prepared = batch.prepared.pop(str(event.envelope.event_id), None)
+        if isinstance(prepared, Decision):
+            return prepared  # its latency was observed with the batch call
+        started = time.perf_counter()
+        try:
+            if prepared is not None:
+                raise prepared
+            return self.handler(event)
+        except TransientError as failure:
+            return self.router.retry_in_process(failure, lambda: self.handler(event))
+        finally:
+            self._latency.observe(time.perf_counter() - started)
+
+    def _fail(
+        self, record: Record, error: BaseException, event: Inbound | None, batch: BatchOutcome
+    ) -> None:
+        """Send a failed record on, and hold its key so that none of its later records
+        overtakes it."""
+        correlation_id = event.envelope.correlation_id if event else None
+        batch.outgoing.append(self.router.route(record, error, correlation_id))
+        hold = record.hold
+        if self.ordering and hold is not None and hold not in batch.held:
+            batch.held[hold] = record.blocker_id
+            batch.holds[hold] = record.blocker_id
+        batch.done(record)
+
+    def _write(self, db: psycopg.Connection[Any], batch: BatchOutcome) -> None:
+        """The batch's effects; then its retry and DLT copies, acknowledged before commit."""
+        with db.cursor() as cursor:
+            self.inbox.unclaim(cursor, batch.inbox_claims - batch.used_claims)
+            for sql, params in batch.writes.items():
+                cursor.executemany(sql, params)
+            self.outbox.write(cursor, batch.emissions)
+            self.holds.write(
+                cursor,
+                parks=batch.parks,
+                unparked=batch.unparked_done,
+                releases=batch.releases,
+                holds=batch.holds,
+            )
+        self.send(batch.outgoing)

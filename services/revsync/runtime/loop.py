@@ -1,0 +1,292 @@
+"""The consumer loop: polls one catalog consumer's topics in batches, hands each batch to the
+:class:`~revsync.runtime.batch.BatchProcessor`, and commits offsets only once the batch's
+effects are durable; keeps the group membership through slow batches, waits out retry tiers'
+due times, and handles what an operator's release un-parks."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from revsync.contracts.catalog import Catalog, TopicFormat
+from revsync.contracts.serde import EventSerde, RegistryUnavailable
+from revsync.runtime.batch import BatchProcessor
+from revsync.runtime.failures import FailureRouter
+from revsync.runtime.handler import BatchHandler, Handler
+from revsync.runtime.holds import KeyHolds
+from revsync.runtime.inbox import Inbox, purge_inbox
+from revsync.runtime.observability import CONSUMED, KEYS_HELD, Liveness
+from revsync.runtime.outbox import OutboxWriter
+from revsync.runtime.positions import Positions, split_due
+from revsync.runtime.records import Decoder, Hold, Outgoing, Record
+from revsync.runtime.storage import migrate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one consumer loop behaves; defaults suit the order-to-cash services."""
+
+    batch_size: int = 500
+    batch_timeout_s: float = 0.2
+    in_process_attempts: int = 3
+    in_process_max_wait_s: float = 2.0
+    drain_deadline_s: float = 30.0
+    keepalive_s: float = 10.0
+    max_poll_interval_ms: int = 300_000
+    session_timeout_ms: int = 45_000
+    inbox_retention: timedelta = timedelta(days=14)
+    inbox_purge_interval_s: float = 600.0
+    maintenance_interval_s: float = 1.0
+    preserve_key_order: bool = True
+
+
+class ConsumerLoop:
+    """Runs one catalog consumer: its input topics, its own retry tiers and replay topic, one
+    group."""
+
+    def __init__(
+        self,
+        *,
+        consumer: str,
+        catalog: Catalog,
+        handler: Handler,
+        serde: EventSerde,
+        kafka_config: dict[str, Any],
+        postgres_dsn: str,
+        policy: Policy = Policy(),
+        liveness: Liveness | None = None,
+        decoder: Decoder | None = None,
+    ) -> None:
+        """``decoder`` reads inputs that are not revsync's Avro events (Salesforce change
+        events); the serde reads the rest and writes every emitted event."""
+        spec = catalog.consumers[consumer]
+        self.name = consumer
+        self.serde = serde
+        self.policy = policy
+        self.ordering = policy.preserve_key_order and spec.preserve_key_order
+        consumed = catalog.consumed_by(consumer)
+        self.inputs = [topic.name for topic in consumed]
+        self._avro_inputs = [t.name for t in consumed if t.format is TopicFormat.AVRO]
+        tiers = [(catalog.retry_topic(consumer, delay), delay) for delay in spec.retry_tiers]
+        self.replays = catalog.replay_topic(consumer)
+        self.liveness = liveness or Liveness(timeout_s=60)
+        self.positions = Positions()
+        self._kafka_config = kafka_config
+        self._dsn = postgres_dsn
+        self._stopping = threading.Event()
+        self._last_poll = time.monotonic()
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._db: psycopg.Connection[Any] | None = None
+        self._last_maintenance = 0.0
+        self._last_purge = time.monotonic()
+        self.holds = KeyHolds(consumer)
+        self.batches = BatchProcessor(
+            consumer=consumer,
+            handler=handler,
+            decoder=decoder or serde.deserialize,
+            ordering=self.ordering,
+            inbox=Inbox(consumer),
+            holds=self.holds,
+            router=FailureRouter(
+                consumer=consumer,
+                service=spec.service,
+                tiers=tiers,
+                dead_letters=catalog.dead_letter_topic(consumer),
+                attempts=policy.in_process_attempts,
+                max_wait_s=policy.in_process_max_wait_s,
+            ),
+            outbox=OutboxWriter(serde, spec.service),
+            send=self._produce_and_wait,
+            owns=self.positions.owns,
+            keepalive=self._keepalive,
+        )
+        self.tiers = [tier for tier, _ in tiers]
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def run(self, *, max_idle_s: float | None = None) -> None:
+        """Consume until stopped (SIGTERM/SIGINT, :meth:`stop`), or idle for ``max_idle_s``."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, lambda *_: self.stop())
+        self.serde.prepare(self._avro_inputs)
+        if isinstance(self.batches.handler, BatchHandler):
+            self.batches.wave_runner = ThreadPoolExecutor(
+                1, thread_name_prefix=f"{self.name}-batch"
+            )
+        # Autocommit, so that only explicit transaction() blocks group statements: a stray
+        # read can never leave an implicit transaction open around the next batch.
+        self._db = psycopg.connect(self._dsn, autocommit=True)
+        migrate(self._db)
+        self._producer = Producer(
+            {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
+        )
+        self._consumer = Consumer(
+            {
+                **self._kafka_config,
+                "group.id": self.name,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "max.poll.interval.ms": self.policy.max_poll_interval_ms,
+                "session.timeout.ms": self.policy.session_timeout_ms,
+            }
+        )
+        self._consumer.subscribe(
+            [*self.inputs, *self.tiers, self.replays],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+        idle_since = time.monotonic()
+        try:
+            while not self._stopping.is_set():
+                self.liveness.beat()
+                self.positions.resume_due(self._consumer)
+                messages = self._consumer.consume(
+                    self.policy.batch_size, self.policy.batch_timeout_s
+                )
+                self._last_poll = time.monotonic()
+                records = [Record.of(m) for m in messages if not _skippable(m)]
+                if records:
+                    self._run_batch(records)
+                    idle_since = time.monotonic()
+                # Every iteration, busy or not: released keys must not wait for a quiet moment.
+                self._maintain()
+                if not records:
+                    idle = not self.positions.paused and time.monotonic() - idle_since > (
+                        max_idle_s or 0
+                    )
+                    if max_idle_s is not None and idle:
+                        break
+        finally:
+            self._close()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _close(self) -> None:
+        if self.batches.wave_runner is not None:
+            self.batches.wave_runner.shutdown(wait=True)
+            self.batches.wave_runner = None
+        if self._producer is not None:
+            self._producer.flush(self.policy.drain_deadline_s)
+        if self._consumer is not None:
+            self._consumer.close()
+        if self._db is not None:
+            self._db.close()
+        self._producer = self._consumer = self._db = None
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.positions.assign(partitions)
+        self.liveness.ready = True
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.positions.revoke(partitions)
+
+    # --- batches ---------------------------------------------------------------------------
+
+    def _run_batch(self, records: list[Record], releasing: frozenset[Hold] = frozenset()) -> None:
+        assert self._consumer is not None
+        assert self._db is not None
+        due, waiting = split_due(records, datetime.now(UTC))
+        for record in due:
+            CONSUMED.labels(self.name, record.topic).inc()
+        try:
+            batch = self.batches.process(self._db, due, releasing)
+        except (psycopg.Error, KafkaException, RegistryUnavailable) as error:
+            # Nothing of this batch is committed: go back to its start and try again.
+            log.warning("batch failed, rewinding: %s", error)
+            self.positions.rewind(self._consumer, records)
+            time.sleep(1.0)
+            self._reconnect_db()
+            return
+        KEYS_HELD.labels(self.name).set(len(batch.held))
+        self.positions.commit(self._consumer, batch.positions)
+        for wait in waiting:
+            self.positions.pause_until(self._consumer, wait)
+
+    def _produce_and_wait(self, outgoing: list[Outgoing]) -> None:
+        if not outgoing:
+            return
+        assert self._producer is not None
+        errors: list[KafkaError] = []
+
+        def delivered(error: KafkaError | None, _: Message) -> None:
+            if error is not None:
+                errors.append(error)
+
+        for topic, key, value, headers in outgoing:
+            self._producer.produce(
+                topic, key=key, value=value, headers=headers, on_delivery=delivered
+            )
+        remaining = self._producer.flush(self.policy.drain_deadline_s)
+        if errors or remaining:
+            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
+
+    def _maintain(self) -> None:
+        """At most once a maintenance interval: released keys, then old inbox rows."""
+        now = time.monotonic()
+        if now - self._last_maintenance < self.policy.maintenance_interval_s:
+            return
+        self._last_maintenance = now
+        if self.ordering and self._db is not None:
+            released = self.holds.released(self._db, self.positions.assigned)
+            if released:
+                parked = [r for hold in sorted(released) for r in self.holds.unpark(self._db, hold)]
+                self._run_batch(parked, releasing=released)
+        if now - self._last_purge >= self.policy.inbox_purge_interval_s and self._db is not None:
+            self._last_purge = now
+            purged = purge_inbox(self._db, self.policy.inbox_retention)
+            if purged:
+                log.info("purged %d inbox rows older than %s", purged, self.policy.inbox_retention)
+
+    def _reconnect_db(self) -> None:
+        if self._db is not None and self._db.closed:
+            self._db = psycopg.connect(self._dsn, autocommit=True)
+
+    def _keepalive(self) -> None:
+        """During a slow batch, poll with every partition paused, so the group keeps us."""
+        self.liveness.beat()
+        if time.monotonic() - self._last_poll < self.policy.keepalive_s:
+            return
+        assert self._consumer is not None
+        active = self.positions.active()
+        self._consumer.pause(active)
+        stray = self._consumer.poll(0)
+        if stray is not None and stray.error() is None:
+            # From a partition assigned during this poll: leave it for the next batch.
+            topic, partition, offset = stray.topic(), stray.partition(), stray.offset()
+            assert topic is not None
+            assert partition is not None
+            assert offset is not None
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        self._consumer.resume(
+            [tp for tp in active if self.positions.owns((tp.topic, tp.partition))]
+        )
+        self._last_poll = time.monotonic()
+
+
+def _skippable(message: Message) -> bool:
+    """True for a message that is only a report: end of partition, or a passing client error
+    (librdkafka recovers from those itself). A fatal error ends the loop."""
+    error = message.error()
+    if error is None:
+        return False
+    if error.fatal():
+        raise KafkaException(error)
+    if error.code() != KafkaError._PARTITION_EOF:
+        log.warning("consumer: %s", error)
+    return True

@@ -1,0 +1,98 @@
+"""Partition positions: what this member owns, which partitions wait for a retry tier's due
+time, where a failed batch rewinds to, and which offsets may be committed."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from revsync.runtime import headers as h
+from revsync.runtime.records import Partition, Record
+
+log = logging.getLogger(__name__)
+Waiting = tuple[str, int, int, datetime]
+"""A retry-tier partition stopped at an offset until a due time."""
+
+
+def split_due(records: list[Record], now: datetime) -> tuple[list[Record], list[Waiting]]:
+    """Retry-tier records not yet due stop their partition at the first of them; the rest go
+    on."""
+    due: list[Record] = []
+    waiting: dict[Partition, Waiting] = {}
+    for record in records:
+        if record.where in waiting:
+            continue
+        until = h.due_at(record.headers) if record.topic != record.origin[0] else None
+        if until is not None and until > now and record.parked_seq is None:
+            waiting[record.where] = (record.topic, record.partition, record.offset, until)
+            continue
+        due.append(record)
+    return due, list(waiting.values())
+
+
+def rewind_points(records: list[Record]) -> dict[Partition, int]:
+    """Where each partition of a failed batch starts again: its first record's offset."""
+    first: dict[Partition, int] = {}
+    for record in records:
+        if record.parked_seq is None:
+            first.setdefault(record.where, record.offset)
+    return first
+
+
+class Positions:
+    """This member's partitions of one consumer group, as Kafka assigns them."""
+
+    def __init__(self) -> None:
+        self.assigned: set[Partition] = set()
+        self.paused: dict[Partition, datetime] = {}
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(p.topic, p.partition) for p in partitions}
+
+    def revoke(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            self.assigned.discard((p.topic, p.partition))
+            self.paused.pop((p.topic, p.partition), None)
+
+    def owns(self, where: Partition) -> bool:
+        return where in self.assigned
+
+    def active(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in self.assigned if (t, p) not in self.paused]
+
+    def pause_until(self, consumer: Consumer, waiting: Waiting) -> None:
+        topic, partition, offset, until = waiting
+        if (topic, partition) not in self.assigned:
+            return
+        position = TopicPartition(topic, partition, offset)
+        consumer.pause([position])
+        consumer.seek(position)
+        self.paused[(topic, partition)] = until
+
+    def resume_due(self, consumer: Consumer) -> None:
+        now = datetime.now(UTC)
+        ready = [where for where, until in self.paused.items() if until <= now]
+        if ready:
+            consumer.resume([TopicPartition(t, p) for t, p in ready])
+            for where in ready:
+                del self.paused[where]
+
+    def rewind(self, consumer: Consumer, records: list[Record]) -> None:
+        for (topic, partition), offset in rewind_points(records).items():
+            if (topic, partition) in self.assigned:
+                consumer.seek(TopicPartition(topic, partition, offset))
+
+    def commit(self, consumer: Consumer, positions: dict[Partition, int]) -> None:
+        """Commit the positions of partitions still ours; a failure is only logged, since the
+        effects are committed with their inbox rows and a redelivery is a counted no-op."""
+        offsets = [
+            TopicPartition(t, p, o) for (t, p), o in positions.items() if (t, p) in self.assigned
+        ]
+        if not offsets:
+            return
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as error:
+            log.warning("offset commit failed, records will be redelivered: %s", error)

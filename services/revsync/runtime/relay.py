@@ -1,0 +1,323 @@
+"""The relay that publishes any Debezium-compatible outbox table (revsync's own, or an ERP's)
+to Kafka, in order per key, with one leader among its replicas."""
+
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from psycopg import sql
+
+from revsync.runtime import headers as h
+from revsync.runtime.observability import (
+    OUTBOX_BACKLOG,
+    OUTBOX_OLDEST_AGE,
+    OUTBOX_PUBLISHED,
+    Liveness,
+)
+from revsync.runtime.outbox import OUTBOX_CHANNEL
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One unpublished row, as a :data:`RowEncoder` sees it."""
+
+    id: Any
+    aggregate_type: str
+    aggregate_id: str | None
+    type: str
+    payload: Any
+    topic: str | None
+    headers: h.Headers
+    created_at: datetime | None
+
+
+RowEncoder = Callable[[OutboxRow], tuple[str, bytes, h.Headers]]
+"""Turns a row whose payload is not ready to publish (an ERP's own JSON) into its topic,
+value bytes and headers; raises if the row cannot be published."""
+
+
+@dataclass(frozen=True)
+class OutboxTable:
+    """Where an outbox lives and what its columns are called (Debezium's names by default).
+
+    ``topic_column`` routes each row; without one, ``route`` is a template over the row's
+    aggregatetype (Debezium's ``outbox.event.{aggregatetype}``). ``published_column`` marks
+    published rows; without one they are deleted.
+    """
+
+    table: str = "revsync_outbox"
+    """Optionally schema-qualified: ``erp.outbox``."""
+    id_column: str = "id"
+    aggregate_type_column: str = "aggregatetype"
+    aggregate_id_column: str = "aggregateid"
+    type_column: str = "type"
+    payload_column: str = "payload"
+    seq_column: str = "seq"
+    topic_column: str | None = "topic"
+    headers_column: str | None = "headers"
+    created_column: str | None = "created_at"
+    published_column: str | None = None
+    route: str = "outbox.event.{aggregatetype}"
+    notify_channel: str | None = OUTBOX_CHANNEL
+
+
+class OutboxRelay:
+    """Publishes an outbox in sequence order with an idempotent producer.
+
+    Rows are found by their unpublished state, never by a high-water mark, so a row that
+    commits late with a lower sequence number is still published. Replicas elect one leader
+    through a PostgreSQL advisory lock; the others wait and take over if it goes away, so
+    normal operation publishes each row once and a crash at worst republishes (same event id).
+    Per-key order is commit order where writers of one aggregate serialise, as ERPs do.
+    """
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        kafka_config: dict[str, Any],
+        table: OutboxTable = OutboxTable(),
+        batch_size: int = 500,
+        poll_interval_s: float = 1.0,
+        blocked_retry_s: float = 30.0,
+        delivery_timeout_ms: int = 10_000,
+        encoder: RowEncoder | None = None,
+        liveness: Liveness | None = None,
+    ) -> None:
+        """Rows are published as they are, unless an ``encoder`` translates them; a row it
+        refuses is set aside like an undelivered one, with its key."""
+        self.table = table
+        self.encoder = encoder
+        self.liveness = liveness
+        self.blocked_retry_s = blocked_retry_s
+        self._blocked: dict[str, float] = {}
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self._dsn = dsn
+        self._producer = Producer(
+            {
+                **kafka_config,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                # A row that cannot be delivered is reported within this, not after minutes.
+                "message.timeout.ms": delivery_timeout_ms,
+                "topic.metadata.propagation.max.ms": min(delivery_timeout_ms, 30_000),
+            }
+        )
+        self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
+        self._stopping = False
+        self._select, self._mark = self._statements()
+
+    @property
+    def name(self) -> str:
+        return self.table.table
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    def run(self, *, max_idle_s: float | None = None) -> None:
+        """Publish until stopped (or idle as leader for ``max_idle_s``)."""
+        with (
+            psycopg.connect(self._dsn, autocommit=True) as control,
+            psycopg.connect(self._dsn, autocommit=True) as work,
+        ):
+            if self.table.notify_channel:
+                control.execute(
+                    sql.SQL("LISTEN {}").format(sql.Identifier(self.table.notify_channel))
+                )
+            leader = False
+            idle_since = time.monotonic()
+            while not self._stopping:
+                if self.liveness is not None:
+                    self.liveness.beat()
+                if not leader:
+                    leader = self._try_lead(control)
+                    if not leader:
+                        time.sleep(self.poll_interval_s)
+                        continue
+                    log.info("outbox %s: this relay is the leader", self.name)
+                published = self.publish_batch(work)
+                if published:
+                    idle_since = time.monotonic()
+                    continue
+                self._report_backlog(work)
+                if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+                self._wait_for_rows(control)
+            self._producer.flush(30)
+
+    def _try_lead(self, control: psycopg.Connection[Any]) -> bool:
+        """Session-level lock: held until this connection ends, then another replica leads."""
+        row = control.execute("SELECT pg_try_advisory_lock(%s)", (self._lock_id,)).fetchone()
+        return bool(row and row[0])
+
+    def publish_batch(self, connection: psycopg.Connection[Any]) -> int:
+        """Publish the next unpublished rows in sequence order; returns how many went out.
+
+        A key whose row could not be delivered (a missing topic, a broker refusal) is set
+        aside for ``blocked_retry_s``: its later rows wait, so none overtakes it, while every
+        other key flows on. One bad row never stalls the outbox.
+        """
+        now = time.monotonic()
+        self._blocked = {key: until for key, until in self._blocked.items() if until > now}
+        with connection.transaction():
+            rows = connection.execute(
+                self._select, (list(self._blocked), self.batch_size)
+            ).fetchall()
+            if not rows:
+                return 0
+            outcomes: dict[int, KafkaError | None] = {}
+            refused: set[str] = set()
+            for index, row in enumerate(rows):
+
+                def delivered(error: KafkaError | None, _: Message, index: int = index) -> None:
+                    outcomes[index] = error
+
+                key = row[2] or ""
+                if key in refused:
+                    # An earlier row of the key was refused on the spot: none overtakes it.
+                    outcomes[index] = KafkaError(KafkaError._BAD_MSG, "an earlier row waits")
+                    continue
+                if not self._send_row(row, delivered):
+                    refused.add(key)
+            self._producer.flush(30)
+            published = self._published_ids(rows, outcomes)
+            connection.execute(self._mark, (published,))
+        OUTBOX_PUBLISHED.labels(self.name).inc(len(published))
+        return len(published)
+
+    def _send_row(self, row: tuple[Any, ...], delivered: Callable[..., None]) -> bool:
+        """Hand one row to the producer; False if it was refused on the spot (by the encoder
+        or the producer), which ``delivered`` has then been told."""
+        row_id, aggregate_type, key, payload, topic, headers, kind, created = row
+        destination = topic or self.table.route.format(aggregatetype=aggregate_type)
+        pairs = h.from_json(headers or [])
+        if self.encoder is not None:
+            try:
+                destination, payload, pairs = self.encoder(
+                    OutboxRow(row_id, aggregate_type, key, kind, payload, topic, pairs, created)
+                )
+            except Exception as error:  # this row and its key wait; the others go on
+                log.error("outbox %s: row %s not publishable: %s", self.name, row_id, error)
+                delivered(KafkaError(KafkaError._BAD_MSG, str(error)), None)
+                return False
+        return self._send(destination, key, payload, pairs, delivered)
+
+    def _published_ids(
+        self, rows: list[tuple[Any, ...]], outcomes: dict[int, KafkaError | None]
+    ) -> list[Any]:
+        """Ids delivered, stopping each key at its first failure so none overtakes it."""
+        failed: dict[str, KafkaError] = {}
+        published = []
+        for index, row in enumerate(rows):
+            key = row[2] or ""
+            error = outcomes.get(index, KafkaError(KafkaError._TIMED_OUT))
+            if key in failed or error is not None:
+                failed.setdefault(key, error or KafkaError(KafkaError._TIMED_OUT))
+                continue
+            published.append(row[0])
+        retry_at = time.monotonic() + self.blocked_retry_s
+        for key, error in failed.items():
+            self._blocked[key] = retry_at
+            log.warning(
+                "outbox %s: key %s not delivered (%s); retrying in %.0fs",
+                self.name,
+                key,
+                error,
+                self.blocked_retry_s,
+            )
+        return published
+
+    def _send(
+        self, topic: str, key: str, payload: bytes, headers: h.Headers, on_delivery: Any
+    ) -> bool:
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=key, value=payload, headers=headers, on_delivery=on_delivery
+                )
+                return True
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as refused:
+                # Refused locally (too large, bad topic name): a failed delivery of this row.
+                on_delivery(refused.args[0], None)
+                return False
+
+    def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
+        if not self.table.notify_channel:
+            time.sleep(self.poll_interval_s)
+            return
+        # A NOTIFY wakes the relay at once; the timeout is the polling fallback.
+        for _ in control.notifies(timeout=self.poll_interval_s, stop_after=1):
+            pass
+
+    def _report_backlog(self, connection: psycopg.Connection[Any]) -> None:
+        t = self.table
+        pending = self._unpublished()
+        oldest = (
+            sql.SQL("extract(epoch FROM now() - min({}))").format(sql.Identifier(t.created_column))
+            if t.created_column
+            else sql.SQL("0")
+        )
+        query = sql.SQL(
+            "SELECT count(*), coalesce({oldest}, 0) FROM {table} WHERE {pending}"
+        ).format(oldest=oldest, table=sql.Identifier(*t.table.split(".")), pending=pending)
+        with connection.transaction():
+            count, age = connection.execute(query).fetchone()  # type: ignore[misc]
+        OUTBOX_BACKLOG.labels(self.name).set(count)
+        OUTBOX_OLDEST_AGE.labels(self.name).set(float(age))
+
+    def _unpublished(self) -> sql.Composable:
+        t = self.table
+        if t.published_column:
+            return sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
+        return sql.SQL("true")
+
+    def _statements(self) -> tuple[sql.Composed, sql.Composed]:
+        t = self.table
+        column = sql.Identifier
+        table = sql.Identifier(*t.table.split("."))
+        optional = [
+            column(t.topic_column) if t.topic_column else sql.SQL("NULL"),
+            column(t.headers_column) if t.headers_column else sql.SQL("NULL"),
+            column(t.created_column) if t.created_column else sql.SQL("NULL"),
+        ]
+        select = sql.SQL(
+            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers}, "
+            "{type}, {created} FROM {table} WHERE {pending} "
+            "AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
+            "ORDER BY {seq} LIMIT %s FOR UPDATE"
+        ).format(
+            id=column(t.id_column),
+            aggregate_type=column(t.aggregate_type_column),
+            aggregate_id=column(t.aggregate_id_column),
+            payload=column(t.payload_column),
+            topic=optional[0],
+            headers=optional[1],
+            type=column(t.type_column),
+            created=optional[2],
+            table=table,
+            pending=self._unpublished(),
+            seq=column(t.seq_column),
+        )
+        if t.published_column:
+            mark = sql.SQL("UPDATE {table} SET {published} = now() WHERE {id} = ANY(%s)").format(
+                table=table, published=column(t.published_column), id=column(t.id_column)
+            )
+        else:
+            mark = sql.SQL("DELETE FROM {table} WHERE {id} = ANY(%s)").format(
+                table=table, id=column(t.id_column)
+            )
+        return select, mark
