@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
-from revsync.connectors.erp import Customer, CustomerStatus, PriceBook, Product
 from revsync.contracts.events import RejectionReason
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product
 from sandbox.crm.control import CrmSandbox
 from sandbox.erp.control import ErpSandbox
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from revsync.connectors.erp import Customer, PriceBook, Product
+from revsync.ports.erp import Customer, PriceBook, Product
 from sandbox.erp.progression import Clock
 
 CONTROL = "/__sandbox"

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from fulfillment_sync import logic
 from revsync.connectors.crm_writes import CrmWriteHandler, Routes
-from revsync.connectors.salesforce import SalesforceClient
 from revsync.contracts.events import ShipmentConfirmed
 from revsync.deployables import ConsumerDeployable
+from revsync.ports.crm import CrmPort
 
 
 class FulfillmentSync(CrmWriteHandler):
     """The ``fulfillment-sync`` handler."""
 
-    def __init__(self, crm: SalesforceClient) -> None:
+    def __init__(self, crm: CrmPort) -> None:
         super().__init__(crm, ROUTES)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from invoice_sync import logic
 from revsync.connectors.crm_writes import CrmWrite, CrmWriteHandler, Routes
-from revsync.connectors.salesforce import SalesforceClient
 from revsync.contracts.events import InvoicePosted, PaymentReceived
 from revsync.deployables import ConsumerDeployable
 from revsync.errors import DependencyNotReady
+from revsync.ports.crm import CrmPort
 
 
 class InvoiceNotInCrm(DependencyNotReady):
@@ -18,7 +18,7 @@ class InvoiceNotInCrm(DependencyNotReady):
 class InvoiceSync(CrmWriteHandler):
     """The ``invoice-sync`` handler."""
 
-    def __init__(self, crm: SalesforceClient) -> None:
+    def __init__(self, crm: CrmPort) -> None:
         super().__init__(crm, ROUTES)
 
     def payment_received(self, payment: PaymentReceived) -> CrmWrite:

@@ -13,16 +13,6 @@ from pydantic import ValidationError
 
 from order_sync.rules import OrderRules
 from revsync.connectors.cdc import ChangeType, RecordChange
-from revsync.connectors.erp import (
-    Address,
-    Customer,
-    CustomerStatus,
-    PriceBook,
-    Product,
-    SalesOrder,
-    SalesOrderLine,
-    SalesOrderRequest,
-)
 from revsync.contracts.events import (
     CreditCheckOutcome,
     Envelope,
@@ -33,6 +23,16 @@ from revsync.contracts.events import (
     PricingOutcome,
     RejectionReason,
     SourceSystem,
+)
+from revsync.ports.erp import (
+    Address,
+    Customer,
+    CustomerStatus,
+    PriceBook,
+    Product,
+    SalesOrder,
+    SalesOrderLine,
+    SalesOrderRequest,
 )
 from revsync.runtime.handler import caused_envelope
 

@@ -19,14 +19,6 @@ from order_sync import logic
 from order_sync.rules import RuleBook
 from revsync.connectors.cache import TtlCache
 from revsync.connectors.cdc import RecordChange
-from revsync.connectors.erp import (
-    Customer,
-    ErpPort,
-    ErpRejected,
-    PriceBook,
-    Product,
-)
-from revsync.connectors.salesforce import RecordNotFound, SalesforceClient
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import (
     Envelope,
@@ -38,6 +30,8 @@ from revsync.contracts.events import (
     RejectionReason,
 )
 from revsync.deployables import ConsumerDeployable, Context, output_topics
+from revsync.ports.crm import CrmPort, RecordNotFound
+from revsync.ports.erp import Customer, ErpPort, ErpRejected, PriceBook, Product
 from revsync.runtime.handler import Decision, Emission, Inbound, handle_concurrently, route
 
 log = logging.getLogger(__name__)
@@ -50,7 +44,7 @@ class OrderSync:
     def __init__(
         self,
         *,
-        crm: SalesforceClient,
+        crm: CrmPort,
         erp: ErpPort,
         rules: RuleBook,
         integration: logic.Integration,

@@ -15,14 +15,9 @@ from sandbox.crm.model import record_id
 from sandbox.erp.simulator import DEFAULT_API_TOKEN
 from sandbox.harness import Outcome, Pipeline
 
-from revsync.connectors.erp import (
-    Address,
-    ErpConfig,
-    ErpRestAdapter,
-    SalesOrderLine,
-    SalesOrderRequest,
-)
+from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.contracts.catalog import TopicFormat
+from revsync.ports.erp import Address, SalesOrderLine, SalesOrderRequest
 from revsync.runtime import headers as h
 from revsync.settings import Settings
 from runtime_support import read_topic, wait_for

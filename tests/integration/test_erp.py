@@ -19,22 +19,7 @@ from pydantic import SecretStr
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 
 from erp_outbox_publisher.logic import ErpOutboxRow, canonical_event
-from revsync.connectors.erp import (
-    Address,
-    Customer,
-    CustomerStatus,
-    ErpAuthFailed,
-    ErpConfig,
-    ErpOrderMissing,
-    ErpRejected,
-    ErpRestAdapter,
-    IdempotencyConflict,
-    PriceBook,
-    Product,
-    SalesOrderLine,
-    SalesOrderRequest,
-    SalesOrderStatus,
-)
+from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter
 from revsync.contracts.events import (
     CreditCheckOutcome,
     InvoicePosted,
@@ -43,6 +28,19 @@ from revsync.contracts.events import (
     ShipmentConfirmed,
 )
 from revsync.errors import TransientError
+from revsync.ports.erp import (
+    Address,
+    Customer,
+    CustomerStatus,
+    ErpOrderMissing,
+    ErpRejected,
+    IdempotencyConflict,
+    PriceBook,
+    Product,
+    SalesOrderLine,
+    SalesOrderRequest,
+    SalesOrderStatus,
+)
 from revsync.settings import Settings
 from runtime_support import wait_for
 

@@ -18,14 +18,6 @@ import pytest
 from order_sync import logic
 from order_sync.rules import DEFAULT_RULES, OrderRules, RuleBook, RulesError
 from revsync.connectors.cdc import RecordChange, decode_change
-from revsync.connectors.erp import (
-    Customer,
-    CustomerStatus,
-    PriceBook,
-    Product,
-    SalesOrder,
-    SalesOrderStatus,
-)
 from revsync.contracts.events import (
     CreditCheckOutcome,
     Envelope,
@@ -38,6 +30,14 @@ from revsync.contracts.events import (
     SourceSystem,
 )
 from revsync.errors import ErrorClass, classify
+from revsync.ports.erp import (
+    Customer,
+    CustomerStatus,
+    PriceBook,
+    Product,
+    SalesOrder,
+    SalesOrderStatus,
+)
 from samples import sample_envelope, sample_event
 
 ORDER_ID = "801AB00000Ord01AAA"

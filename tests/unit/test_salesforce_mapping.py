@@ -8,16 +8,15 @@ from decimal import Decimal
 
 import pytest
 
-from revsync.connectors.salesforce import (
+from revsync.connectors.salesforce import decode_json, encode_json
+from revsync.errors import TransientError
+from revsync.ports.crm import (
     CrmFieldError,
     CrmReferenceMissing,
     CrmRejected,
     RecordNotFound,
     RecordResult,
-    decode_json,
-    encode_json,
 )
-from revsync.errors import TransientError
 
 
 def test_decimals_are_written_as_json_numbers_digit_for_digit() -> None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from revsync.connectors.salesforce import SalesforceClient
+from revsync.ports.crm import CrmPort
 from revsync.runtime.handler import Decision, Inbound, route
 
 ORDER = "Order"
@@ -33,13 +33,13 @@ class CrmWrite:
         return str(self.record[self.external_id_field])
 
 
-def apply_one(crm: SalesforceClient, write: CrmWrite) -> None:
+def apply_one(crm: CrmPort, write: CrmWrite) -> None:
     fields = {k: v for k, v in write.record.items() if k != write.external_id_field}
     crm.upsert(write.sobject, write.external_id_field, write.external_id, fields)
     crm.update(ORDER, write.order_id, write.order_fields)
 
 
-def apply_many(crm: SalesforceClient, writes: Sequence[CrmWrite]) -> list[Exception | None]:
+def apply_many(crm: CrmPort, writes: Sequence[CrmWrite]) -> list[Exception | None]:
     """The writes in sObject Collections calls (up to 200 records each): one call per kind of
     child record, one for the orders. Per write, None or the error it failed with."""
     outcome: list[Exception | None] = [None] * len(writes)
@@ -64,7 +64,7 @@ class CrmWriteHandler:
     ``routes`` says what it takes and the write each input makes.
     """
 
-    def __init__(self, crm: SalesforceClient, routes: Routes) -> None:
+    def __init__(self, crm: CrmPort, routes: Routes) -> None:
         self.crm = crm
         self.routes = routes
 

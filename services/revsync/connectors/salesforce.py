@@ -1,5 +1,6 @@
-"""The Salesforce CRM adapter: REST calls for records, queries and upserts, with Salesforce's
-failures translated into revsync's error taxonomy.
+"""The Salesforce adapter of the CRM port (:class:`revsync.ports.crm.CrmPort`): REST calls for
+records, queries and upserts, with Salesforce's failures translated into revsync's error
+taxonomy.
 
 Authentication is the OAuth 2.0 client-credentials flow; the access token is shared by every
 thread and refreshed once when Salesforce reports the session invalid. Numbers travel as JSON
@@ -27,21 +28,21 @@ from revsync.connectors.http import (
     retry_after_s,
     transport_failure,
 )
-from revsync.errors import (
-    BusinessRuleViolation,
-    DependencyNotReady,
-    RevsyncError,
-    TransientError,
+from revsync.errors import RevsyncError, TransientError
+from revsync.ports.crm import (
+    CrmFieldError,
+    CrmPort,
+    CrmRejected,
+    RecordNotFound,
+    RecordResult,
+    UpsertResult,
+    record_failure,
 )
 
 SYSTEM = "salesforce"
 BATCH_LIMIT = 200
 """Most records one sObject Collections request may carry."""
 INVALID_SESSION = "INVALID_SESSION_ID"
-NOT_FOUND = "NOT_FOUND"
-REFERENCE_MISSING = "INVALID_CROSS_REFERENCE_KEY"
-TRANSIENT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SERVER_UNAVAILABLE"})
-"""Error codes that say "try again later" whatever the HTTP status (the API limit is a 403)."""
 REFUSED_CREDENTIALS = frozenset({"invalid_client", "invalid_grant", "invalid_client_id"})
 
 
@@ -98,7 +99,7 @@ def iso_datetime(moment: datetime) -> str:
     return utc.isoformat(timespec="milliseconds") + "Z"
 
 
-# --- Configuration and results ---------------------------------------------------------------
+# --- Configuration ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -122,99 +123,12 @@ class SalesforceConfig:
         return self.token_url or self.instance_url.rstrip("/") + "/services/oauth2/token"
 
 
-@dataclass(frozen=True)
-class CrmFieldError:
-    """One error Salesforce reported for a record."""
-
-    status_code: str
-    message: str
-    fields: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class UpsertResult:
-    id: str
-    created: bool
-
-
-@dataclass(frozen=True)
-class RecordResult:
-    """The outcome of one record of an sObject Collections request."""
-
-    id: str | None
-    success: bool
-    created: bool
-    errors: tuple[CrmFieldError, ...]
-    sobject: str = ""
-    external_id_field: str = ""
-    external_id: str = ""
-    """Which record this is: the sObject, and the key it was upserted by."""
-
-    @property
-    def subject(self) -> str:
-        """The record as error messages name it, e.g. ``Invoice__c ERP_Invoice_Id__c=INV-1``."""
-        return f"{self.sobject} {self.external_id_field}={self.external_id}"
-
-    def error(self) -> RevsyncError | None:
-        """The typed exception for a failed record (None when it succeeded)."""
-        if self.success:
-            return None
-        not_found = (
-            RecordNotFound(self.sobject, self.external_id)
-            if self.external_id_field == "Id"
-            else None
-        )
-        return _typed_failure(self.subject, self.errors, not_found)
-
-    def raise_for_failure(self) -> None:
-        """Raise :meth:`error`, if there is one."""
-        failure = self.error()
-        if failure is not None:
-            raise failure
-
-
 # --- Errors -------------------------------------------------------------------------------
 
 
 class CrmAuthFailed(TransientError):
     """Salesforce refused revsync's credentials or its fresh session. Retried: credentials may
     be rotated, or a connected app re-enabled, without a redeploy."""
-
-
-class CrmRejected(BusinessRuleViolation):
-    """Salesforce refused a record for good (validation rule, missing field, unknown field)."""
-
-    def __init__(
-        self, subject: str, status_code: str, message: str, fields: Sequence[str] = ()
-    ) -> None:
-        where = f" on {', '.join(fields)}" if fields else ""
-        super().__init__(f"Salesforce refused {subject}: {status_code}{where}: {message}")
-        self.subject = subject
-        self.status_code = status_code
-        self.fields = tuple(fields)
-        self.message = message
-
-
-class RecordNotFound(DependencyNotReady):
-    """The record does not exist (yet) in Salesforce."""
-
-    def __init__(self, sobject: str, record_id: str) -> None:
-        super().__init__(f"Salesforce has no {sobject} {record_id}")
-        self.sobject = sobject
-        self.record_id = record_id
-
-
-class CrmReferenceMissing(DependencyNotReady):
-    """A lookup (such as ``Order__c``) points at a record Salesforce does not have yet."""
-
-    def __init__(self, subject: str, fields: Sequence[str], message: str) -> None:
-        super().__init__(
-            f"Salesforce cannot link {subject}: {', '.join(fields) or 'a lookup'} references "
-            f"a record that does not exist yet: {message}"
-        )
-        self.subject = subject
-        self.fields = tuple(fields)
-        self.message = message
 
 
 def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
@@ -232,37 +146,11 @@ def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
     )
 
 
-def _typed_failure(
-    subject: str,
-    errors: Sequence[CrmFieldError],
-    not_found: RevsyncError | None,
-    retry_after: float | None = None,
-) -> RevsyncError:
-    """The most actionable exception for a set of errors: try-again-later beats not-yet,
-    which beats refused."""
-    for error in errors:
-        if error.status_code in TRANSIENT_CODES:
-            return TransientError(
-                f"{SYSTEM}: {error.status_code} for {subject}: {error.message}",
-                retry_after=retry_after,
-            )
-    for error in errors:
-        if error.status_code == NOT_FOUND and not_found is not None:
-            return not_found
-    for error in errors:
-        if error.status_code == REFERENCE_MISSING:
-            return CrmReferenceMissing(subject, error.fields, error.message)
-    if not errors:
-        return CrmRejected(subject, "UNKNOWN_EXCEPTION", "no error detail in the answer")
-    first = errors[0]
-    return CrmRejected(subject, first.status_code, first.message, first.fields)
-
-
 # --- The client -------------------------------------------------------------------------------
 
 
-class SalesforceClient:
-    """Calls one Salesforce org; safe to share between threads."""
+class SalesforceClient(CrmPort):
+    """The CRM port over Salesforce's REST API, for one org; safe to share between threads."""
 
     def __init__(self, config: SalesforceConfig) -> None:
         self._config = config
@@ -447,7 +335,7 @@ class SalesforceClient:
         errors = _field_errors(_decoded_or_none(response))
         if not errors:
             errors = (CrmFieldError(f"HTTP_{response.status_code}", response.text[:200]),)
-        raise _typed_failure(subject, errors, not_found, retry_after_s(response))
+        raise record_failure(subject, errors, not_found, retry_after_s(response))
 
     def _send(
         self,
@@ -522,14 +410,8 @@ def _without_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "BATCH_LIMIT",
     "CrmAuthFailed",
-    "CrmFieldError",
-    "CrmReferenceMissing",
-    "CrmRejected",
-    "RecordNotFound",
-    "RecordResult",
     "SalesforceClient",
     "SalesforceConfig",
-    "UpsertResult",
     "decode_json",
     "encode_json",
     "iso_datetime",

@@ -1,0 +1,406 @@
+"""order_sync's handler against the in-memory CRM and ERP: an activated order captured into
+OrderCreated, placed in the ERP once whatever the retries, rejected with its compensating
+write-back when it breaks a rule or the ERP refuses it, and cancelled unless the ERP has gone
+too far. tests/integration/test_service_handlers.py runs the same against the sandboxes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from contract_fixtures import SCHEMAS_DIR
+from fakes import FakeCrm, FakeErp
+from order_sync.logic import Integration
+from order_sync.rules import RuleBook
+from order_sync.service import OrderSync
+from revsync.connectors.cdc import RecordChange, decode_change
+from revsync.contracts.catalog import Catalog, load_catalog
+from revsync.contracts.events import (
+    CreditCheckOutcome,
+    Event,
+    OrderAccepted,
+    OrderCancelled,
+    OrderCreated,
+    OrderRejected,
+    RejectionReason,
+)
+from revsync.errors import DependencyNotReady
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, SalesOrderStatus
+from revsync.runtime.handler import Decision
+
+INTEGRATION_USER = "005000000000001AAA"
+SALES_REP = "005000000000002AAA"
+PRICES = {"SEN-001": Decimal("120.00"), "VAL-001": Decimal("45.50"), "VAL-099": Decimal("9.99")}
+
+
+@dataclass
+class World:
+    crm: FakeCrm
+    erp: FakeErp
+    catalog: Catalog
+    price_book: str
+    accounts: dict[str, str]
+    """By kind: active, held, low_limit (a credit limit of 1), unmastered (no ERP customer)."""
+
+    def topic(self, event: type[Event]) -> str:
+        return self.catalog.topic_for(event.schema_name).name
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(SCHEMAS_DIR)
+
+
+@pytest.fixture
+def world(catalog: Catalog) -> World:
+    """One legal entity's master data, consistent in both systems."""
+    crm, erp = FakeCrm(), FakeErp()
+    [price_book] = crm.insert("Pricebook2", [{"Name": "US01 list prices"}])
+    customers = {"active": "C-US01-1", "held": "C-US01-0", "low_limit": "C-US01-LOW"}
+    ids = crm.insert(
+        "Account",
+        [{"Name": f"{kind} customer", "ERP_Customer_Id__c": c} for kind, c in customers.items()]
+        + [{"Name": "Prospect without ERP customer"}],
+    )
+    accounts = dict(zip([*customers, "unmastered"], ids, strict=True))
+    status = {"held": CustomerStatus.CREDIT_HOLD}
+    limit = {"low_limit": Decimal(1)}
+    erp.seed_customers(
+        Customer(
+            customer_id,
+            f"{kind} customer",
+            accounts[kind],
+            "US01",
+            status.get(kind, CustomerStatus.ACTIVE),
+            limit.get(kind, Decimal(5_000_000)),
+            "USD",
+        )
+        for kind, customer_id in customers.items()
+    )
+    erp.seed_products(
+        Product(sku, f"{sku} industrial", "VALVES", "EA", sku != "VAL-099", frozenset())
+        for sku in PRICES
+    )
+    erp.seed_price_books([PriceBook(price_book, "US01 list prices", "USD", "US01", PRICES)])
+    return World(crm, erp, catalog, price_book, accounts)
+
+
+@pytest.fixture
+def sync(world: World) -> Iterator[OrderSync]:
+    handler = OrderSync(
+        crm=world.crm,
+        erp=world.erp,
+        rules=RuleBook.load(),
+        integration=Integration("revsync", INTEGRATION_USER),
+        catalog=world.catalog,
+        concurrency=2,
+    )
+    yield handler
+    handler.close()
+
+
+def an_order(world: World, account: str = "active", **fields: Any) -> dict[str, Any]:
+    """An order a rep enters for US01: a sensor and two valves at list price, with tax."""
+    items = [
+        {"SKU__c": sku, "Quantity": quantity, "UnitPrice": PRICES[sku], "Tax__c": tax}
+        for sku, quantity, tax in (("SEN-001", 2, Decimal("19.20")), ("VAL-001", 1, Decimal(0)))
+    ]
+    address = {
+        f"{kind}{part}": value
+        for kind in ("Billing", "Shipping")
+        for part, value in (
+            ("Street", "1 Harbour Road"),
+            ("City", "Chicago"),
+            ("CountryCode", "US"),
+        )
+    }
+    return {
+        "AccountId": world.accounts[account],
+        "Pricebook2Id": world.price_book,
+        "CurrencyIsoCode": "USD",
+        "EffectiveDate": "2026-12-01",
+        "PoNumber": "PO-000042",
+        "Legal_Entity__c": "US01",
+        "Region__c": "NA",
+        **address,
+        "items": [
+            {
+                **item,
+                "Product_Name__c": f"{item['SKU__c']} industrial",
+                "Product_Line__c": "VALVES",
+                "Unit_Of_Measure__c": "EA",
+            }
+            for item in items
+        ],
+        **fields,
+    }
+
+
+def status_change(order_id: str, status: str = "Activated", **header: Any) -> RecordChange:
+    """The change event of a sales rep moving the order to ``status`` in the Salesforce UI."""
+    fields = {
+        "entityName": "Order",
+        "recordIds": [order_id],
+        "changeType": "UPDATE",
+        "changeOrigin": "",
+        "transactionKey": str(uuid.uuid4()),
+        "sequenceNumber": 2,
+        "commitTimestamp": 1_764_583_200_000,
+        "commitUser": SALES_REP,
+        **header,
+    }
+    payload = {"ChangeEventHeader": fields, "Status": status}
+    return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())
+
+
+def the_event(decision: Decision, topic: str) -> Event:
+    [emission] = decision.emits
+    assert emission.topic == topic
+    return emission.event
+
+
+def captured(sync: OrderSync, world: World, record: dict[str, Any]) -> OrderCreated:
+    """Create and activate ``record`` in the CRM; the event order_sync captures from it."""
+    [order_id] = world.crm.create_orders([record])
+    created = the_event(sync.capture(status_change(order_id)), world.topic(OrderCreated))
+    assert isinstance(created, OrderCreated)
+    return created
+
+
+def crm_order(world: World, order_id: str) -> dict[str, Any]:
+    return world.crm.get("Order", order_id)
+
+
+# --- capture ---------------------------------------------------------------------------------
+
+
+def test_an_activated_order_is_captured_as_order_created(sync: OrderSync, world: World) -> None:
+    [order_id] = world.crm.create_orders([an_order(world)])
+    change = status_change(order_id)
+
+    created = the_event(sync.capture(change), world.topic(OrderCreated))
+
+    assert isinstance(created, OrderCreated)
+    assert created.crm_order_id == order_id
+    assert created.erp_customer_id == "C-US01-1"
+    assert (created.legal_entity, created.region, created.currency) == ("US01", "NA", "USD")
+    assert created.price_book_id == world.price_book
+    assert [(line.sku, line.quantity) for line in created.lines] == [
+        ("SEN-001", Decimal(2)),
+        ("VAL-001", Decimal(1)),
+    ]
+    assert (created.subtotal, created.tax_total) == (Decimal("285.50"), Decimal("19.20"))
+    assert created.grand_total == Decimal("304.70")
+    assert created.envelope.causation_id == str(change.envelope.event_id)
+    # The same order revealed again by a gap event: the same event, so inboxes keep one.
+    gap = status_change(order_id, changeType="GAP_UPDATE")
+    [again] = sync.capture(gap).emits
+    assert again.event.envelope.event_id == created.envelope.event_id
+
+
+def test_a_draft_and_revsyncs_own_write_back_are_not_captured(
+    sync: OrderSync, world: World
+) -> None:
+    [draft] = world.crm.create_orders([an_order(world)], activate=False)
+    [order_id] = world.crm.create_orders([an_order(world)])
+    own = status_change(order_id, changeOrigin="com/salesforce/api/rest/62.0;client=revsync")
+
+    assert not sync.capture(status_change(draft, "Draft")).emits
+    assert not sync.capture(status_change(draft)).emits, "the CRM says it is still a draft"
+    assert not sync.capture(own).emits
+
+
+def test_an_order_deleted_since_its_change_is_not_captured(sync: OrderSync, world: World) -> None:
+    [order_id] = world.crm.create_orders([an_order(world)])
+    world.crm.delete("Order", order_id)
+
+    assert not sync.capture(status_change(order_id)).emits
+
+
+def test_an_order_the_crm_holds_invalid_is_rejected_at_capture_with_a_write_back(
+    sync: OrderSync, world: World
+) -> None:
+    [order_id] = world.crm.create_orders([an_order(world, CurrencyIsoCode="ZZZ")])
+
+    rejected = the_event(sync.capture(status_change(order_id)), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.INVALID_ORDER
+    assert "currency" in rejected.message
+    order = crm_order(world, order_id)
+    assert order["ERP_Status__c"] == "Rejected"
+    assert order["ERP_Message__c"] == f"INVALID_ORDER: {rejected.message}"
+
+
+# --- placement -------------------------------------------------------------------------------
+
+
+def test_a_valid_order_is_placed_once_and_the_crm_told(sync: OrderSync, world: World) -> None:
+    created = captured(sync, world, an_order(world))
+
+    first = sync.place(created)
+    second = sync.place(created)  # a redelivery, or a retry after a crash
+
+    accepted = the_event(first, world.topic(OrderAccepted))
+    repeated = the_event(second, world.topic(OrderAccepted))
+    assert isinstance(accepted, OrderAccepted)
+    assert isinstance(repeated, OrderAccepted)
+    assert repeated.envelope.event_id == accepted.envelope.event_id
+    assert repeated.erp_order_id == accepted.erp_order_id
+    booked = world.erp.sales_order(created.crm_order_id)
+    assert booked is not None
+    assert world.erp.booked(created.crm_order_id) == [booked.id] == [accepted.erp_order_id]
+    assert world.erp.create_requests == 2, "the retry reached the ERP and was replayed"
+    assert booked.grand_total == created.grand_total == accepted.erp_grand_total
+    assert accepted.credit_check is CreditCheckOutcome.APPROVED
+    order = crm_order(world, created.crm_order_id)
+    assert order["ERP_Status__c"] == "Accepted"
+    assert (order["ERP_Order_Id__c"], order["ERP_Order_Number__c"]) == (booked.id, booked.number)
+    assert order["ERP_Message__c"] is None
+
+
+@pytest.mark.parametrize(
+    ("account", "changes", "reason", "skus"),
+    [
+        ("active", {"SKU__c": "VAL-099"}, RejectionReason.UNKNOWN_PRODUCT, ["VAL-099"]),
+        ("active", {"SKU__c": "PUM-404"}, RejectionReason.UNKNOWN_PRODUCT, ["PUM-404"]),
+        ("active", {"UnitPrice": Decimal("48.69")}, RejectionReason.PRICING_MISMATCH, ["VAL-001"]),
+        ("unmastered", {}, RejectionReason.CUSTOMER_NOT_MASTERED, []),
+        ("held", {}, RejectionReason.CREDIT_HOLD, []),
+    ],
+    ids=["discontinued", "unknown", "mispriced", "not-mastered", "credit-hold"],
+)
+def test_an_order_breaking_a_rule_is_rejected_and_the_crm_told_why(
+    sync: OrderSync,
+    world: World,
+    account: str,
+    changes: dict[str, Any],
+    reason: RejectionReason,
+    skus: list[str],
+) -> None:
+    record = an_order(world, account)
+    record["items"][-1].update(changes)
+    created = captured(sync, world, record)
+
+    rejected = the_event(sync.place(created), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert (rejected.crm_order_id, rejected.reason_code) == (created.crm_order_id, reason)
+    assert rejected.offending_skus == skus
+    assert rejected.legal_entity == "US01"
+    order = crm_order(world, created.crm_order_id)
+    assert order["ERP_Status__c"] == "Rejected"
+    assert order["ERP_Message__c"] == f"{reason.value}: {rejected.message}"
+    assert world.erp.create_requests == 0, "refused before asking the ERP"
+    assert world.erp.booked(created.crm_order_id) == []
+
+
+def test_an_unsupported_currency_is_rejected_before_the_erp_is_asked(
+    sync: OrderSync, world: World
+) -> None:
+    created = captured(sync, world, an_order(world, CurrencyIsoCode="JPY"))
+
+    rejected = the_event(sync.place(created), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.UNSUPPORTED_CURRENCY
+    assert crm_order(world, created.crm_order_id)["ERP_Status__c"] == "Rejected"
+    assert world.erp.create_requests == 0
+
+
+def test_an_erp_refusal_of_the_credit_limit_becomes_a_rejection(
+    sync: OrderSync, world: World
+) -> None:
+    created = captured(sync, world, an_order(world, "low_limit"))
+
+    rejected = the_event(sync.place(created), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.CREDIT_HOLD
+    assert rejected.message.startswith("the ERP refused the order (CREDIT_LIMIT_EXCEEDED): ")
+    assert "C-US01-LOW" in rejected.message
+    order = crm_order(world, created.crm_order_id)
+    assert order["ERP_Status__c"] == "Rejected"
+    assert order["ERP_Message__c"].startswith("CREDIT_HOLD: the ERP refused the order")
+    assert world.erp.create_requests == 1
+    assert world.erp.booked(created.crm_order_id) == []
+
+
+def test_orders_placed_as_a_batch_each_get_their_own_outcome(sync: OrderSync, world: World) -> None:
+    valid = captured(sync, world, an_order(world))
+    held = captured(sync, world, an_order(world, "held"))
+
+    placed, refused = sync.handle_many([valid, held])
+
+    assert isinstance(placed, Decision)
+    assert isinstance(refused, Decision)
+    assert isinstance(the_event(placed, world.topic(OrderAccepted)), OrderAccepted)
+    assert isinstance(the_event(refused, world.topic(OrderRejected)), OrderRejected)
+    assert len(world.erp.booked(valid.crm_order_id)) == 1
+
+
+# --- cancellation ----------------------------------------------------------------------------
+
+
+def placed_then_cancelled(sync: OrderSync, world: World) -> OrderCancelled:
+    """An order placed in the ERP, then cancelled by the rep: the event order_sync captures."""
+    created = captured(sync, world, an_order(world))
+    sync.place(created)
+    world.crm.cancel_order(created.crm_order_id, "customer changed their mind")
+    change = status_change(created.crm_order_id, "Cancelled")
+    cancelled = the_event(sync.capture(change), world.topic(OrderCancelled))
+    assert isinstance(cancelled, OrderCancelled)
+    return cancelled
+
+
+def test_a_cancelled_order_is_cancelled_in_the_erp_and_the_crm_told(
+    sync: OrderSync, world: World
+) -> None:
+    cancelled = placed_then_cancelled(sync, world)
+    assert cancelled.reason == "customer changed their mind"
+
+    assert sync.cancel(cancelled) == Decision()
+    assert sync.cancel(cancelled) == Decision()
+
+    booked = world.erp.sales_order(cancelled.crm_order_id)
+    assert booked is not None
+    assert booked.status is SalesOrderStatus.CANCELLED
+    assert world.erp.cancel_reason(cancelled.crm_order_id) == "customer changed their mind"
+    order = crm_order(world, cancelled.crm_order_id)
+    assert order["ERP_Status__c"] == "Cancelled"
+    assert order["ERP_Message__c"] == "customer changed their mind"
+
+
+def test_a_cancel_once_the_erp_has_invoiced_is_refused_and_the_crm_told_it_stands(
+    sync: OrderSync, world: World
+) -> None:
+    cancelled = placed_then_cancelled(sync, world)
+    world.erp.invoice(cancelled.crm_order_id)
+
+    assert sync.cancel(cancelled) == Decision()
+
+    booked = world.erp.sales_order(cancelled.crm_order_id)
+    assert booked is not None
+    assert booked.status is SalesOrderStatus.INVOICED
+    order = crm_order(world, cancelled.crm_order_id)
+    assert order["ERP_Status__c"] == "Accepted"
+    assert order["ERP_Message__c"].startswith("not cancelled in the ERP (ORDER_NOT_CANCELLABLE): ")
+
+
+def test_a_cancel_the_erp_has_no_order_for_yet_waits(sync: OrderSync, world: World) -> None:
+    created = captured(sync, world, an_order(world))
+    world.crm.cancel_order(created.crm_order_id, "duplicate order")
+    change = status_change(created.crm_order_id, "Cancelled")
+    cancelled = the_event(sync.capture(change), world.topic(OrderCancelled))
+    assert isinstance(cancelled, OrderCancelled)
+
+    with pytest.raises(DependencyNotReady):
+        sync.cancel(cancelled)
+
+    assert crm_order(world, created.crm_order_id)["ERP_Status__c"] is None
