@@ -11,10 +11,10 @@ SCENARIO ?= passthrough
 install: $(VENV)/.installed
 
 # Re-install only when the dependencies change; the editable install picks up code edits.
-$(VENV)/.installed: pyproject.toml deploy/local/install-deps.sh
+$(VENV)/.installed: pyproject.toml devstack/pyproject.toml deploy/local/install-deps.sh
 	./deploy/local/install-deps.sh
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]' -e ./devstack
 	touch $@
 
 stack-up: install
@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/revsync schemas lint
 	$(BIN)/revsync schemas check
+	./deploy/check-wheel.sh
 	./deploy/helm/check.sh
 
 # The order-to-cash demo; pass options with DEMO_ARGS="--orders 200".

@@ -13,8 +13,8 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
-from revsync.probe import ensure_topic
 from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
 
 PARTITIONS = 4
 PAYLOAD = b"x" * 300  # about the size of an order event in Avro

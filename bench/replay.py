@@ -33,10 +33,10 @@ from revsync.deployables import input_decoder
 from revsync.errors import BusinessRuleViolation
 from revsync.ops.dead_letters import Selection
 from revsync.ops.operations import Operations
-from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
 
 
 def run(settings: Settings, events: int) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from revsync.settings import Settings, StackSettings
-from revsync.stack import LocalStack
+from revsync_devstack.settings import StackSettings
+from revsync_devstack.stack import LocalStack
 from sandbox import scenario
 from sandbox.harness import Outcome, Pipeline, PipelineError
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = LocalStack(StackSettings.load())
     console.print("starting the local stack (Kafka, schema registry, PostgreSQL)")
     stack.up()
-    settings = Settings.load()
+    settings = stack.client_settings()
     workdir = stack.settings.dir / "demo"
     pipeline = Pipeline(
         settings=settings,

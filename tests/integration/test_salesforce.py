@@ -34,16 +34,14 @@ from sandbox.http import Faults
 from revsync.connectors.salesforce import (
     BATCH_LIMIT,
     CrmAuthFailed,
-    CrmReferenceMissing,
-    CrmRejected,
-    RecordNotFound,
     SalesforceClient,
     SalesforceConfig,
     decode_json,
 )
 from revsync.errors import DependencyNotReady, ErrorClass, TransientError, classify
-from revsync.probe import ensure_topic
+from revsync.ports.crm import CrmReferenceMissing, CrmRejected, RecordNotFound
 from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
 from runtime_support import read_topic
 
 REST_ORIGIN = "com/salesforce/api/rest/62.0;client=revsync"

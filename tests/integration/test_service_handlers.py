@@ -33,7 +33,7 @@ from order_sync.logic import Integration
 from order_sync.rules import RuleBook
 from order_sync.service import OrderSync
 from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
-from revsync.connectors.erp import Customer, CustomerStatus, ErpConfig, ErpRestAdapter
+from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import (
@@ -49,9 +49,10 @@ from revsync.contracts.events import (
     ShipmentConfirmed,
 )
 from revsync.errors import DependencyNotReady, TransientError
-from revsync.probe import ensure_topic
+from revsync.ports.erp import Customer, CustomerStatus
 from revsync.runtime.handler import Decision
 from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
 from runtime_support import read_topic
 from samples import sample_event
 

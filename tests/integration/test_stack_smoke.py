@@ -20,9 +20,9 @@ from typer.testing import CliRunner
 
 from revsync.cli import app
 from revsync.contracts.topics import await_topic
-from revsync.probe import ensure_topic, send_and_read_back
 from revsync.settings import Settings
-from revsync.stack import LocalStack
+from revsync_devstack.stack import LocalStack
+from revsync_devstack.stack_check import ensure_topic, send_and_read_back
 
 ORDER_TOTAL_SCHEMA = {
     "type": "record",

@@ -27,10 +27,10 @@ from revsync.contracts.events import (
     ShipmentConfirmed,
 )
 from revsync.contracts.schemas import SchemaRepository
-from revsync.settings import REPO_ROOT
+from revsync.settings import CHECKOUT_SCHEMAS
 from samples import sample_event, sample_events, sample_order_line
 
-SCHEMAS_DIR = REPO_ROOT / "schemas" / "avro"
+SCHEMAS_DIR = CHECKOUT_SCHEMAS
 SCHEMAS = SchemaRepository(SCHEMAS_DIR)
 
 

@@ -35,7 +35,7 @@ def record(topic: str = SOURCE, offset: int = 7, headers: h.Headers | None = Non
 
 
 def test_a_retryable_failure_goes_to_the_first_tier_due_after_its_delay() -> None:
-    before = datetime.now(UTC)
+    before = datetime.now(UTC) - timedelta(milliseconds=1)  # the header keeps milliseconds
     target, key, value, headers = router().route(record(), TransientError("503"), "corr-1")
     assert (target, key, value) == (TIERS[0][0], b"801-key", b"value")
     assert h.get(headers, h.ORIGINAL_TOPIC) == SOURCE

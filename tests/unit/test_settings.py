@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from revsync.settings import Settings, SettingsError, StackSettings
+from revsync.settings import Settings, SettingsError
+from revsync_devstack.settings import StackSettings
+from revsync_devstack.stack import LocalStack
 
 
 @pytest.fixture(autouse=True)
@@ -23,9 +25,17 @@ def test_defaults_point_at_the_local_stack() -> None:
     assert settings.postgres_dsn.get_secret_value().endswith("@127.0.0.1:15432/revsync")
 
 
-def test_moving_a_stack_port_moves_the_default_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_moving_a_stack_port_moves_the_stacks_endpoint(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REVSYNC_STACK_KAFKA_PORT", "29092")
-    assert Settings.load().bootstrap_servers == "127.0.0.1:29092"
+    monkeypatch.setenv("REVSYNC_STACK_REGISTRY_PORT", "28081")
+    # The production settings know nothing of the development stack ...
+    assert Settings.load().bootstrap_servers == "127.0.0.1:19092"
+    # ... which hands its own endpoints to what it runs, unless the environment names others.
+    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://me@db:5432/revsync")
+    settings = LocalStack(StackSettings.load()).client_settings()
+    assert settings.bootstrap_servers == "127.0.0.1:29092"
+    assert settings.schema_registry_url == "http://127.0.0.1:28081/apis/ccompat/v7"
+    assert settings.postgres_dsn.get_secret_value() == "postgresql://me@db:5432/revsync"
 
 
 def test_endpoints_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from revsync.cli import app
-from revsync.settings import StackSettings
-from revsync.stack import Component, Kafka, StackError, wait_until_healthy
+from revsync_devstack.settings import StackSettings
+from revsync_devstack.stack import Component, Kafka, StackError, wait_until_healthy
 
 
 class FakeComponent(Component):

@@ -23,8 +23,10 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
+from pydantic import SecretStr
 
-from revsync.settings import REPO_ROOT, STACK_PREFIX, StackSettings
+from revsync.settings import ENV_PREFIX, STACK_PREFIX, Settings
+from revsync_devstack.settings import REPO_ROOT, StackSettings
 
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 POSTGRES_USER = "revsync"
@@ -399,6 +401,22 @@ class LocalStack:
     @property
     def components(self) -> tuple[Component, ...]:
         return (self.postgres, self.kafka, self.registry)
+
+    def client_settings(self) -> Settings:
+        """revsync's settings from the environment, with this stack's endpoints wherever the
+        environment names none: a stack moved to other ports is still the one used."""
+        given = Settings.load()
+        endpoints = {
+            "bootstrap_servers": self.kafka.bootstrap_servers,
+            "schema_registry_url": self.registry.url,
+            "postgres_dsn": SecretStr(self.postgres.dsn()),
+        }
+        defaults = {
+            name: value
+            for name, value in endpoints.items()
+            if f"{ENV_PREFIX}{name.upper()}" not in os.environ
+        }
+        return given.model_copy(update=defaults)
 
     def up(self) -> UpReport:
         """Start what is not running and wait until all three answer. Running -> no-op."""

@@ -1,0 +1,120 @@
+"""``revsync stack``: the local Kafka, schema registry and PostgreSQL, contributed to the
+``revsync`` command line by this development package."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from revsync.settings import Settings, SettingsError
+from revsync_devstack.settings import StackSettings
+from revsync_devstack.stack import LocalStack, StackError, State, tail
+
+stack_app = typer.Typer(help="The local Kafka, schema registry and PostgreSQL.")
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code=2)
+
+
+def _local_stack() -> LocalStack:
+    try:
+        return LocalStack(StackSettings.load())
+    except SettingsError as error:
+        raise _fail(str(error)) from None
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start Kafka, the registry and PostgreSQL; a running stack is left as it is."""
+    stack = _local_stack()
+    started = time.monotonic()
+    try:
+        report = stack.up()
+    except StackError as error:
+        raise _fail(str(error)) from None
+    if not report.started:
+        console.print("stack already running: nothing to do")
+    else:
+        console.print(
+            f"started {', '.join(report.started)} in {time.monotonic() - started:.1f}s"
+            + (
+                f" (already running: {', '.join(report.already_running)})"
+                if report.already_running
+                else ""
+            )
+        )
+    _print_status(stack)
+
+
+@stack_app.command("down")
+def stack_down(
+    purge: Annotated[bool, typer.Option(help="Also delete the stack's data and logs.")] = False,
+) -> None:
+    """Stop the stack (registry, Kafka, then PostgreSQL)."""
+    stopped = _local_stack().down(purge=purge)
+    console.print(f"stopped {', '.join(stopped)}" if stopped else "stack was not running")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """A table of the stack's components; exit 1 unless all are healthy."""
+    stack = _local_stack()
+    _print_status(stack)
+    if not stack.is_up():
+        raise typer.Exit(code=1)
+
+
+@stack_app.command("logs")
+def stack_logs(
+    component: Annotated[str | None, typer.Argument(help="postgres, kafka or registry")] = None,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end.")] = 40,
+) -> None:
+    """The end of each component's log."""
+    stack = _local_stack()
+    chosen = [c for c in stack.components if component in (None, c.name)]
+    if not chosen:
+        raise _fail(f"no component {component!r}; choose postgres, kafka or registry")
+    for item in chosen:
+        console.rule(f"{item.name}: {item.log}")
+        console.print(tail(item.log, lines), markup=False, highlight=False)
+
+
+@stack_app.command("check")
+def stack_check() -> None:
+    """Start the stack, send one event through Kafka and the registry, and read it back."""
+    from revsync_devstack.stack_check import run_stack_check
+
+    stack = _local_stack()
+    try:
+        stack.up()
+        settings = Settings.load()
+    except (StackError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    for line in run_stack_check(settings):
+        console.print(line, highlight=False)
+
+
+def _print_status(stack: LocalStack) -> None:
+    table = Table(title=f"revsync local stack ({stack.settings.dir})")
+    for column in ("component", "state", "pid", "ports", "memory MiB (PSS)"):
+        table.add_column(column)
+    table.add_column("log")
+    style = {State.HEALTHY: "green", State.UNHEALTHY: "yellow", State.STOPPED: "red"}
+    for status in stack.status():
+        table.add_row(
+            status.name,
+            f"[{style[status.state]}]{status.state}[/]",
+            str(status.pid or "-"),
+            ", ".join(f"{purpose} {port}" for purpose, port in status.ports.items()),
+            f"{status.rss_mb:.0f}" if status.rss_mb is not None else "-",
+            str(status.log.relative_to(stack.settings.dir)),
+        )
+    console.print(table)
