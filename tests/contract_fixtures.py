@@ -15,9 +15,11 @@ from typer.testing import CliRunner, Result
 
 from revsync.cli import app
 from revsync.contracts.catalog import Catalog, load_catalog
-from revsync.settings import CHECKOUT_SCHEMAS, Settings
+from revsync.settings import Settings
 
-SCHEMAS_DIR = CHECKOUT_SCHEMAS
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The checkout these tests run from."""
+SCHEMAS_DIR = REPO_ROOT / "schemas" / "avro"
 ORDER_CREATED = "io.revsync.events.OrderCreated.avsc"
 Schema = dict[str, Any]
 

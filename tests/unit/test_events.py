@@ -16,6 +16,7 @@ import fastavro
 import pytest
 from pydantic import AwareDatetime, BaseModel, ValidationError
 
+from contract_fixtures import SCHEMAS_DIR
 from revsync.contracts.catalog import load_catalog
 from revsync.contracts.events import (
     EVENT_TYPES,
@@ -27,10 +28,8 @@ from revsync.contracts.events import (
     ShipmentConfirmed,
 )
 from revsync.contracts.schemas import SchemaRepository
-from revsync.settings import CHECKOUT_SCHEMAS
 from samples import sample_event, sample_events, sample_order_line
 
-SCHEMAS_DIR = CHECKOUT_SCHEMAS
 SCHEMAS = SchemaRepository(SCHEMAS_DIR)
 
 
