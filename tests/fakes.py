@@ -33,6 +33,7 @@ from sandbox.crm.model import (
     record_id,
     sobject_type,
 )
+from sandbox.crm.simulator import as_text
 from sandbox.crm.soql import parse
 
 from revsync.connectors.salesforce import decode_json, encode_json
@@ -70,15 +71,6 @@ def _wire(value: T) -> T:
     real adapter sends and reads back (Decimals exact, whole numbers as int, dates as text)."""
     decoded: T = decode_json(encode_json(value))
     return decoded
-
-
-def _as_text(value: Any) -> str:
-    """A field value as the sandbox's inspection compares it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
 
 
 class FakeCrm(CrmPort):
@@ -279,7 +271,7 @@ class FakeCrm(CrmPort):
                 [
                     dict(record)
                     for record in self._records[sobject_type(sobject).name].values()
-                    if all(_as_text(record.get(k)) == v for k, v in equal_to.items())
+                    if all(as_text(record.get(k)) == v for k, v in equal_to.items())
                 ]
             )
 

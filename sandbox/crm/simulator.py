@@ -430,7 +430,7 @@ class CrmSimulator:
             matching = [
                 dict(record)
                 for record in self._records[sobject.name].values()
-                if all(_as_text(record.get(name)) == value for name, value in wanted.items())
+                if all(as_text(record.get(name)) == value for name, value in wanted.items())
             ]
         return Response(body={"totalSize": len(matching), "records": matching})
 
@@ -494,7 +494,7 @@ class CrmSimulator:
             return {
                 "records": {name: len(table) for name, table in self._records.items()},
                 "orders": {
-                    name: dict(Counter(_as_text(order[name]) for order in orders))
+                    name: dict(Counter(as_text(order[name]) for order in orders))
                     for name in ORDER_STATUS_FIELDS
                 },
                 "cdc": vars(self.cdc.counters).copy(),
@@ -754,7 +754,8 @@ def _body_list(request: Request, name: str) -> list[Any]:
     return items
 
 
-def _as_text(value: Any) -> str:
+def as_text(value: Any) -> str:
+    """A field value as the inspection routes compare it with a query parameter."""
     if value is None:
         return "null"
     if isinstance(value, bool):
