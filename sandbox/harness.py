@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 REVSYNC = Path(sys.executable).with_name("revsync")
 DEPLOYABLES = tuple(sorted(discover()))
 """Every installed deployable, each started as its own process."""
+HEALTH_PORT = re.compile(r"health and metrics on port (\d+)")
 METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 
 
@@ -70,12 +70,28 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
-    health_port: int | None = None
     output: IO[bytes] | None = None
     """The log file the process writes to, closed when it stops."""
+    log_start: int = 0
+    """Where this run's lines begin in ``log`` (a restarted service appends to it)."""
+    _health_port: int | None = None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def health_port(self) -> int | None:
+        """The port the service bound for /metrics and /readyz, once it has said so.
+
+        Services bind port 0 and announce the port the kernel gave them, so no two can
+        race for a port picked in advance.
+        """
+        if self._health_port is None and self.log.exists():
+            with self.log.open("rb") as lines:
+                lines.seek(self.log_start)
+                announced = HEALTH_PORT.search(lines.read().decode(errors="replace"))
+            if announced:
+                self._health_port = int(announced[1])
+        return self._health_port
 
     def stop(self, timeout_s: float = 30) -> None:
         if self.alive():
@@ -227,10 +243,11 @@ class Pipeline:
         """Every service's ``revsync_*_total`` counters, summed by name (and error class)."""
         totals: Counter[str] = Counter()
         for process in self.processes.values():
-            if process.health_port is None or not process.alive():
+            port = process.health_port()
+            if port is None or not process.alive():
                 continue
             try:
-                text = httpx.get(f"http://127.0.0.1:{process.health_port}/metrics").text
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
             except httpx.HTTPError:
                 continue
             for name, labels, value in METRIC.findall(text):
@@ -242,7 +259,7 @@ class Pipeline:
 
     # --- plumbing ----------------------------------------------------------------------------
 
-    def service_environment(self, health_port: int) -> dict[str, str]:
+    def service_environment(self) -> dict[str, str]:
         basic_auth = self.settings.schema_registry_basic_auth
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith("REVSYNC_")},
@@ -262,7 +279,7 @@ class Pipeline:
             "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
             "REVSYNC_ERP_BASE_URL": self.erp_url,
             "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
-            "REVSYNC_HEALTH_PORT": str(health_port),
+            "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",
             **self.service_env,
         }
@@ -270,7 +287,7 @@ class Pipeline:
     def _revsync(self, *arguments: str) -> None:
         result = subprocess.run(
             [str(REVSYNC), *arguments],
-            env=self.service_environment(0),
+            env=self.service_environment(),
             capture_output=True,
             text=True,
             timeout=120,
@@ -300,17 +317,17 @@ class Pipeline:
         return str(json.loads(line)["url"])
 
     def _service(self, name: str) -> None:
-        port = _free_port()
         log = self.workdir / f"{name}.log"
         output = log.open("ab")
+        start = output.tell()
         popen = subprocess.Popen(
             [str(REVSYNC), "run", name],
             cwd=REPO,
-            env=self.service_environment(port),
+            env=self.service_environment(),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        self.processes[name] = Process(name, popen, log, port, output)
+        self.processes[name] = Process(name, popen, log, output, log_start=start)
 
     def _wait_ready(self, names: Sequence[str] | None = None, timeout_s: float = 90) -> None:
         waiting = [self.processes[name] for name in names or DEPLOYABLES]
@@ -347,17 +364,14 @@ def _state(record: Mapping[str, Any]) -> set[str]:
 
 
 def _ready(process: Process) -> bool:
+    port = process.health_port()
+    if port is None:
+        return False
     try:
-        response = httpx.get(f"http://127.0.0.1:{process.health_port}/readyz", timeout=2)
+        response = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
     except httpx.HTTPError:
         return False
     return response.status_code == 200
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _read_line(stream: IO[bytes], timeout_s: float) -> str:
