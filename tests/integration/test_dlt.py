@@ -22,7 +22,8 @@ from revsync.cli import app
 from revsync.contracts.events import OrderCreated
 from revsync.deployables import input_decoder
 from revsync.ops import dead_letters as dl
-from revsync.ops.operations import OperationRefused, Operations
+from revsync.ops.dead_letters import OperationRefused
+from revsync.ops.operations import Operations
 from revsync.runtime import headers as h
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
 from samples import sample_envelope, sample_event
@@ -50,7 +51,7 @@ operations = Operations(
     registry=registry, actor="killed",
 )
 print("started", flush=True)
-operations.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replays=3)
+operations.replays.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replays=3)
 """
 
 
@@ -113,7 +114,7 @@ def test_fixed_poison_records_are_replayed_and_processed_exactly_once(
     )
     assert world.effects() == []
 
-    report = operations.replay(dl.Selection(), rate_per_s=None, max_replays=3)
+    report = operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=3)
     assert (report.selected, report.moved, report.status) == (3, 3, "completed")
     # The cause is fixed: the same consumer, with a handler that no longer fails.
     world.loop(world.handler()).run(max_idle_s=3)
@@ -130,7 +131,7 @@ def test_fixed_poison_records_are_replayed_and_processed_exactly_once(
         ).fetchone()
     assert holds == (0,)
     # Nothing is replayed twice: the ledger knows, and a second replay finds nothing.
-    assert operations.replay(dl.Selection(), rate_per_s=None, max_replays=3).selected == 0
+    assert operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=3).selected == 0
     assert operations.select(dl.Selection(states=frozenset({"replayed"}))) != []
 
 
@@ -140,7 +141,7 @@ def test_a_filtered_replay_moves_only_what_matches(
     events = dead_lettered(world, [order(11), order(12), order(13)])
     wanted = events[1].crm_order_id
 
-    report = operations.replay(
+    report = operations.replays.replay(
         dl.Selection(keys=frozenset({wanted})), rate_per_s=None, max_replays=3
     )
 
@@ -179,7 +180,7 @@ def test_the_rate_limit_holds(world: RuntimeWorld, operations: Operations) -> No
     dead_lettered(world, [order(100 + n) for n in range(15)])
 
     started = time.monotonic()
-    report = operations.replay(dl.Selection(), rate_per_s=10, max_replays=3)
+    report = operations.replays.replay(dl.Selection(), rate_per_s=10, max_replays=3)
     elapsed = time.monotonic() - started
 
     assert report.moved == 15
@@ -208,24 +209,24 @@ def test_an_interrupted_replay_resumed_replays_nothing_twice(
     replaying.send_signal(signal.SIGKILL)  # no chance to write down what it sent last
     replaying.wait()
     replaying.stdout.close()
-    job = next(job for job in operations.jobs() if job.actor == "killed")  # the latest
+    job = next(job for job in operations.replays.jobs() if job.actor == "killed")  # the latest
     assert job.status == "running"
     with pytest.raises(OperationRefused, match="not interrupted"):
-        operations.resume(job.id, max_replays=3)  # it might still be running
+        operations.replays.resume(job.id, max_replays=3)  # it might still be running
     with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
         db.execute(
             "UPDATE revsync_replay_jobs SET updated_at = now() - interval '1 minute' WHERE id = %s",
             (job.id,),
         )
 
-    report = operations.resume(job.id, max_replays=3)
+    report = operations.replays.resume(job.id, max_replays=3)
 
     assert report.status == "completed"
     assert report.moved == 40
     sources = replayed(world)
     assert len(sources) == 40
     assert Counter(sources).most_common(1)[0][1] == 1, "a dead letter was replayed twice"
-    assert operations.job(job.id).remaining == 0
+    assert operations.replays.job(job.id).remaining == 0
 
 
 def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
@@ -234,7 +235,7 @@ def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
     [poison] = dead_lettered(world, [order(300)])
     still_failing = world.handler(faults={poison.crm_order_id: Fault(permanent=True)})
     for replays in (1, 2):
-        assert operations.replay(dl.Selection(), rate_per_s=None, max_replays=2).moved == 1
+        assert operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=2).moved == 1
         world.loop(still_failing).run(max_idle_s=2)
 
         def failed_again(times: int = replays) -> bool:
@@ -243,7 +244,7 @@ def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
 
         wait_for(failed_again)
 
-    report = operations.replay(dl.Selection(), rate_per_s=None, max_replays=2)
+    report = operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=2)
 
     assert (report.moved, report.quarantined) == (0, 1)
     [quarantined] = operations.select(dl.Selection(states=frozenset({"quarantined"})))
@@ -272,7 +273,7 @@ def test_a_purge_takes_records_out_of_reach_and_leaves_an_audit_row(
         events[1].crm_order_id
     ]
     assert (
-        operations.replay(
+        operations.replays.replay(
             dl.Selection(keys=frozenset({events[0].crm_order_id})), rate_per_s=None, max_replays=3
         ).selected
         == 0

@@ -25,7 +25,8 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
-from revsync.ops.operations import Operations, ReplayReport, grouped
+from revsync.ops.operations import Operations, grouped
+from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
 from revsync.settings import OpsSettings, Settings, SettingsError
 
@@ -254,7 +255,7 @@ def replay(
         max_replays = OpsSettings.load().dlt_max_replays
         if resume is not None:
             report = _with_progress(
-                lambda progress, stop: operations.resume(
+                lambda progress, stop: operations.replays.resume(
                     uuid.UUID(resume), max_replays=max_replays, on_progress=progress, stop=stop
                 )
             )
@@ -271,7 +272,7 @@ def replay(
             )
             return
         report = _with_progress(
-            lambda progress, stop: operations.replay(
+            lambda progress, stop: operations.replays.replay(
                 selection,
                 rate_per_s=rate or None,
                 max_replays=max_replays,
@@ -363,7 +364,7 @@ def status(
 ) -> None:
     """Replay jobs: running, completed, cancelled, interrupted; moved and remaining."""
     try:
-        jobs = _operations(None).jobs(uuid.UUID(job) if job else None)
+        jobs = _operations(None).replays.jobs(uuid.UUID(job) if job else None)
     except (RevsyncError, SettingsError, ValueError) as error:
         raise _fail(str(error)) from None
     table = Table(title="replay jobs", title_justify="left")
@@ -396,7 +397,7 @@ def status(
 def cancel(job: Annotated[str, typer.Argument(help="The job id.")], actor: Actor = None) -> None:
     """Stop a running replay after the record in hand; what it moved stays moved."""
     try:
-        item = _operations(actor).cancel(uuid.UUID(job))
+        item = _operations(actor).replays.cancel(uuid.UUID(job))
     except (RevsyncError, SettingsError, ValueError) as error:
         raise _fail(str(error)) from None
     console.print(f"job {item.id}: {item.shown_status} (cancel requested)")

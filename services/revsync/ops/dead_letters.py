@@ -38,6 +38,10 @@ class SelectionError(RevsyncError):
     """A filter names something the catalog does not have; the message says what."""
 
 
+class OperationRefused(RevsyncError):
+    """The action would be unsafe as asked (a live consumer group, an unknown job)."""
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """One record of a consumer's dead-letter topic."""
