@@ -32,6 +32,10 @@ ENDPOINT_VARIABLES = (
 )
 TESTS = Path(__file__).parent
 
+# The port contracts' assertions live in a helper module: rewrite them, whichever test module
+# imports it first, so a failure shows its values.
+pytest.register_assert_rewrite("port_contracts")
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test is marked by its folder: tests/unit -> unit, and so on."""

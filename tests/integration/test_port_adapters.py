@@ -14,17 +14,13 @@ from pydantic import SecretStr
 from sandbox.crm import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, CrmSandbox, CrmSimulator
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 
+from port_contracts import CrmContract, ErpContract
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.ports.erp import Customer, PriceBook, Product
 from revsync.settings import Settings
 from revsync_devstack.stack_check import ensure_topic
 from runtime_support import wait_for
-
-# The shared assertions live in a helper module; rewrite them so a failure shows its values.
-pytest.register_assert_rewrite("port_contracts")
-
-from port_contracts import CrmContract, ErpContract  # noqa: E402
 
 NEVER = 3600.0
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-# The shared assertions live in a helper module; rewrite them so a failure shows its values.
-pytest.register_assert_rewrite("port_contracts")
-
-from fakes import FakeCrm, FakeErp  # noqa: E402
-from port_contracts import CrmContract, ErpContract  # noqa: E402
+from fakes import FakeCrm, FakeErp
+from port_contracts import CrmContract, ErpContract
 
 
 class TestFakeCrm(CrmContract):

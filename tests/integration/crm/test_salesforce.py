@@ -1,152 +1,31 @@
-"""The Salesforce adapter against the CRM simulator, and the simulator's change events on Kafka.
+"""The Salesforce adapter against the CRM simulator.
 
 Each failure Salesforce can answer with is provoked for real over HTTP and must come out of the
 adapter as the error class the runtime acts on: retry (transient), wait (dependency not ready)
-or dead-letter (refused).
+or dead-letter (refused). The simulator's own behaviour (change events) is in
+test_crm_simulator.py.
 """
 
 from __future__ import annotations
 
-import json
-import signal
-import subprocess
-import sys
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import closing
 from decimal import Decimal
-from typing import Any
 
-import httpx
 import pytest
 from pydantic import SecretStr
-from sandbox.crm import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
-    INTEGRATION_USER_ID,
-    SALES_REP_USER_ID,
-    CrmSandbox,
-    CrmSimulator,
-)
+from sandbox.crm import CrmSandbox, CrmSimulator
 from sandbox.http import Faults
 
+from crm_sandbox import an_invoice, an_order, calls, config
 from revsync.connectors.salesforce import (
     BATCH_LIMIT,
     CrmAuthFailed,
     SalesforceClient,
     SalesforceConfig,
-    decode_json,
 )
 from revsync.errors import DependencyNotReady, ErrorClass, TransientError, classify
 from revsync.ports.crm import CrmReferenceMissing, CrmRejected, RecordNotFound
-from revsync.settings import Settings
-from revsync_devstack.stack_check import ensure_topic
-from runtime_support import read_topic
-
-REST_ORIGIN = "com/salesforce/api/rest/62.0;client=revsync"
-
-
-@pytest.fixture(scope="module")
-def simulator(settings: Settings) -> Iterator[CrmSimulator]:
-    topic = f"revsync.test.crm-change.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings, topic)
-    crm = CrmSimulator(kafka_config=settings.kafka_config(), cdc_topic=topic, seed=7).start()
-    yield crm
-    crm.stop()
-
-
-@pytest.fixture(scope="module")
-def sandbox(simulator: CrmSimulator) -> Iterator[CrmSandbox]:
-    with closing(CrmSandbox(simulator.url)) as control:
-        yield control
-
-
-@pytest.fixture(autouse=True)
-def calm(simulator: CrmSimulator) -> Iterator[None]:
-    """Every test starts, and leaves, without faults."""
-    yield
-    simulator.server.faults = Faults()
-    simulator.cdc.knobs.update({"duplicate_rate": 0, "gap_rate": 0, "overflow_after": None})
-    simulator.query_page_size = 2000
-
-
-@pytest.fixture
-def crm(simulator: CrmSimulator) -> Iterator[SalesforceClient]:
-    with SalesforceClient(config(simulator)) as client:
-        yield client
-
-
-@pytest.fixture(scope="module")
-def account(sandbox: CrmSandbox) -> str:
-    return sandbox.insert("Account", [{"Name": "Acme GmbH", "ERP_Customer_Id__c": "C-10001"}])[0]
-
-
-@pytest.fixture(scope="module")
-def product(sandbox: CrmSandbox) -> str:
-    return sandbox.insert(
-        "Product2", [{"Name": "Widget", "ProductCode": "W-1", "Family": "Widgets"}]
-    )[0]
-
-
-def config(simulator: CrmSimulator, **changes: Any) -> SalesforceConfig:
-    options: dict[str, Any] = {
-        "instance_url": simulator.url,
-        "client_id": DEFAULT_CLIENT_ID,
-        "client_secret": SecretStr(DEFAULT_CLIENT_SECRET),
-        "timeout_s": 5.0,
-        **changes,
-    }
-    return SalesforceConfig(**options)
-
-
-def an_order(account: str, product: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "AccountId": account,
-        "EffectiveDate": "2025-12-01",
-        "CurrencyIsoCode": "EUR",
-        "PoNumber": "PO-1",
-        **fields,
-        "items": [
-            {
-                "Product2Id": product,
-                "SKU__c": "W-1",
-                "Quantity": 3,
-                "UnitPrice": Decimal("19.99"),
-                "Discount__c": Decimal("1.50"),
-            }
-        ],
-    }
-
-
-def an_invoice(order: str, number: int, **fields: Any) -> dict[str, Any]:
-    return {
-        "ERP_Invoice_Id__c": f"INV-{number}",
-        "Name": f"INV-{number:06d}",
-        "Order__c": order,
-        "Total__c": Decimal("100.0000"),
-        "Status__c": "Posted",
-        **fields,
-    }
-
-
-def calls(simulator: CrmSimulator, route: str) -> int:
-    return simulator.server.counters.get(route, 0)
-
-
-def change_events(settings: Settings, simulator: CrmSimulator, keys: set[str]) -> list[Any]:
-    """The change events keyed by ``keys``, in the order Kafka holds them."""
-    messages = read_topic(settings, simulator.cdc.topic, simulator.cdc.counters.sent, 20)
-    events = []
-    for message in messages:
-        key = message.key()
-        value = message.value()
-        assert key is not None
-        assert value is not None
-        if key.decode() in keys:
-            events.append(decode_json(value))
-    return events
-
 
 # --- Sign-in ----------------------------------------------------------------------------------
 
@@ -428,134 +307,3 @@ def test_query_follows_next_records_url_page_by_page(
         crm.query("SELECT FROM WHERE")
     with pytest.raises(CrmRejected, match="INVALID_FIELD"):
         crm.query("SELECT Colour__c FROM Product2")
-
-
-# --- Change data capture ----------------------------------------------------------------------
-
-
-def test_a_rep_creating_activating_and_cancelling_an_order_sends_its_change_events(
-    settings: Settings,
-    simulator: CrmSimulator,
-    sandbox: CrmSandbox,
-    crm: SalesforceClient,
-    account: str,
-    product: str,
-) -> None:
-    order = sandbox.create_orders([an_order(account, product)])[0]
-    sandbox.cancel_order(order, "customer changed their mind")
-    crm.update("Order", order, {"ERP_Status__c": "Cancelled"})
-
-    created, activated, cancelled, acknowledged = change_events(settings, simulator, {order})
-
-    header = created["payload"]["ChangeEventHeader"]
-    assert header["entityName"] == "Order"
-    assert header["recordIds"] == [order]
-    assert (header["changeType"], header["changeOrigin"]) == ("CREATE", "")
-    assert header["commitUser"] == SALES_REP_USER_ID
-    assert header["changedFields"] == []
-    assert created["payload"]["Status"] == "Draft"
-    assert created["payload"]["AccountId"] == account
-    assert created["payload"]["TotalAmount"] == Decimal("58.47")
-    assert "ActivatedDate" not in created["payload"]
-
-    header = activated["payload"]["ChangeEventHeader"]
-    assert header["changeType"] == "UPDATE"
-    assert set(header["changedFields"]) == {"Status", "ActivatedDate", "LastModifiedDate"}
-    assert activated["payload"]["Status"] == "Activated"
-    assert header["transactionKey"] == created["payload"]["ChangeEventHeader"]["transactionKey"]
-    assert header["sequenceNumber"] == 2
-    assert cancelled["payload"]["Cancel_Reason__c"] == "customer changed their mind"
-
-    header = acknowledged["payload"]["ChangeEventHeader"]
-    assert (header["changeOrigin"], header["commitUser"]) == (REST_ORIGIN, INTEGRATION_USER_ID)
-    assert header["changedFields"] == ["ERP_Status__c", "LastModifiedDate"]
-    replay_ids = [e["replayId"] for e in (created, activated, cancelled, acknowledged)]
-    assert replay_ids == sorted(replay_ids)
-    assert len(set(replay_ids)) == 4
-
-
-def test_cdc_knobs_send_duplicates_gaps_and_an_overflow(
-    settings: Settings,
-    simulator: CrmSimulator,
-    sandbox: CrmSandbox,
-    account: str,
-    product: str,
-) -> None:
-    sandbox.set_cdc(duplicate_rate=1)
-    doubled = sandbox.create_orders([an_order(account, product)], activate=False)[0]
-    sandbox.set_cdc(duplicate_rate=0, gap_rate=1)
-    gapped = sandbox.create_orders([an_order(account, product)])[0]
-    sandbox.set_cdc(gap_rate=0, overflow_after=3)
-    overflowed = sandbox.create_orders([an_order(account, product) for _ in range(3)])
-    sandbox.delete("Order", overflowed[0])
-
-    events = change_events(
-        settings, simulator, {doubled, gapped, *overflowed, "000000000000000AAA"}
-    )
-
-    first, second, *rest = events
-    assert first == second
-    assert first["payload"]["ChangeEventHeader"]["changeType"] == "CREATE"
-    gaps = rest[:2]
-    assert [g["payload"]["ChangeEventHeader"]["changeType"] for g in gaps] == [
-        "GAP_CREATE",
-        "GAP_UPDATE",
-    ]
-    assert all(set(g["payload"]) == {"ChangeEventHeader"} for g in gaps)
-    assert all(g["payload"]["ChangeEventHeader"]["recordIds"] == [gapped] for g in gaps)
-    bulk = [e["payload"]["ChangeEventHeader"] for e in rest[2:6]]
-    assert [h["changeType"] for h in bulk] == ["CREATE", "UPDATE", "CREATE", "GAP_OVERFLOW"]
-    assert bulk[3]["recordIds"] == ["000000000000000AAA"]
-    assert bulk[3]["entityName"] == "Order"
-    assert len({h["transactionKey"] for h in bulk}) == 1
-    deleted = rest[6]["payload"]
-    assert deleted["ChangeEventHeader"]["changeType"] == "DELETE"
-    assert set(deleted) == {"ChangeEventHeader"}
-    assert len(rest) == 7
-
-
-def test_a_thousand_orders_in_one_call_and_the_stats(
-    simulator: CrmSimulator, sandbox: CrmSandbox, account: str, product: str
-) -> None:
-    before = simulator.cdc.counters.sent
-    ids = sandbox.create_orders([an_order(account, product) for _ in range(1000)])
-    assert len(set(ids)) == 1000
-    assert simulator.cdc.counters.sent == before + 2000
-    stats = sandbox.stats()
-    assert stats["records"]["Order"] >= 1000
-    assert stats["orders"]["Status"]["Activated"] >= 1000
-    assert stats["cdc"]["failed"] == 0
-    assert sandbox.records("Order", Id=ids[0])[0]["Status"] == "Activated"
-
-
-def test_the_simulator_runs_as_a_process_until_sigterm(settings: Settings) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sandbox.crm",
-            "--port",
-            "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--cdc-topic",
-            "revsync.test.crm-change.unused",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        url = json.loads(process.stdout.readline())["url"]
-        answer = httpx.post(
-            url + "/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": DEFAULT_CLIENT_ID,
-                "client_secret": DEFAULT_CLIENT_SECRET,
-            },
-        )
-        assert answer.json()["token_type"] == "Bearer"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(15) == 0

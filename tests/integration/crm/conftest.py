@@ -1,0 +1,59 @@
+"""The CRM simulator for the tests that talk to it: started once a module on a topic of its
+own, with an account and a product, and calmed after every test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import closing
+
+import pytest
+from sandbox.crm import CrmSandbox, CrmSimulator
+from sandbox.http import Faults
+
+from crm_sandbox import config
+from revsync.connectors.salesforce import SalesforceClient
+from revsync.settings import Settings
+from revsync_devstack.stack_check import ensure_topic
+
+
+@pytest.fixture(scope="module")
+def simulator(settings: Settings) -> Iterator[CrmSimulator]:
+    topic = f"revsync.test.crm-change.{uuid.uuid4().hex[:8]}"
+    ensure_topic(settings, topic)
+    crm = CrmSimulator(kafka_config=settings.kafka_config(), cdc_topic=topic, seed=7).start()
+    yield crm
+    crm.stop()
+
+
+@pytest.fixture(scope="module")
+def sandbox(simulator: CrmSimulator) -> Iterator[CrmSandbox]:
+    with closing(CrmSandbox(simulator.url)) as control:
+        yield control
+
+
+@pytest.fixture(autouse=True)
+def calm(simulator: CrmSimulator) -> Iterator[None]:
+    """Every test starts, and leaves, without faults."""
+    yield
+    simulator.server.faults = Faults()
+    simulator.cdc.knobs.update({"duplicate_rate": 0, "gap_rate": 0, "overflow_after": None})
+    simulator.query_page_size = 2000
+
+
+@pytest.fixture
+def crm(simulator: CrmSimulator) -> Iterator[SalesforceClient]:
+    with SalesforceClient(config(simulator)) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def account(sandbox: CrmSandbox) -> str:
+    return sandbox.insert("Account", [{"Name": "Acme GmbH", "ERP_Customer_Id__c": "C-10001"}])[0]
+
+
+@pytest.fixture(scope="module")
+def product(sandbox: CrmSandbox) -> str:
+    return sandbox.insert(
+        "Product2", [{"Name": "Widget", "ProductCode": "W-1", "Family": "Widgets"}]
+    )[0]

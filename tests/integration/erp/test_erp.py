@@ -1,0 +1,176 @@
+"""The ERP REST adapter against the ERP simulator on the live PostgreSQL: orders booked once
+whatever the retries, every refusal and failure typed. The simulator's own behaviour (its
+documents and outbox rows, its idempotency answers) is in test_erp_simulator.py."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+from pydantic import SecretStr
+from sandbox.erp import ErpSandbox, ErpSimulator
+
+from port_contracts import ACTIVE, PRICE_BOOK, PRODUCTS, line, order_request
+from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter
+from revsync.contracts.events import CreditCheckOutcome, PricingOutcome
+from revsync.errors import TransientError
+from revsync.ports.erp import ErpOrderMissing, IdempotencyConflict, SalesOrderStatus
+
+
+def orders_for(database: psycopg.Connection[Any], external_id: str) -> int:
+    row = database.execute(
+        "SELECT count(*) FROM erp.sales_orders WHERE external_id = %s", (external_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_master_data_reads_back_as_seeded(erp: ErpRestAdapter) -> None:
+    assert erp.customer(ACTIVE.id) == replace(ACTIVE, credit_limit=Decimal("10000.0000"))
+    assert erp.products(["PC-SENSOR", "PC-TIE", "PC-NONE"]) == {p.sku: p for p in PRODUCTS[:2]}
+    assert erp.products([]) == {}
+    assert erp.price_book(PRICE_BOOK.id) == replace(
+        PRICE_BOOK, prices={**PRICE_BOOK.prices, "PC-OLD": Decimal("5.0000")}
+    )
+
+
+def test_unknown_customer_and_price_book_are_none(erp: ErpRestAdapter) -> None:
+    assert erp.customer("C-PC-NONE") is None
+    assert erp.price_book("PB-NOPE") is None
+
+
+def test_create_books_an_order_with_exact_amounts(erp: ErpRestAdapter, control: ErpSandbox) -> None:
+    request = order_request(
+        line(1, "PC-SENSOR", "2", "100.0000", discount="10", tax="15.2000"),
+        line(2, "PC-TIE", "3", "0.1000", tax="0.0300"),
+    )
+    order = erp.create_sales_order(request, idempotency_key=str(uuid.uuid4()))
+    assert order.external_id == request.external_id
+    assert order.number.startswith("SO-")
+    assert order.status is SalesOrderStatus.OPEN
+    assert (order.subtotal, order.tax_total) == (Decimal("190.3000"), Decimal("15.2300"))
+    assert order.grand_total == Decimal("205.5300")
+    assert order.credit_check is CreditCheckOutcome.APPROVED
+    assert order.pricing_outcome is PricingOutcome.MATCHED
+    assert order.created_at.tzinfo is not None
+    [stored] = control.sales_orders(request.external_id)
+    assert stored["correlation_id"] == request.correlation_id
+    assert [entry["line_total"] for entry in stored["lines"]] == ["190.0000", "0.3000"]
+
+
+def test_a_retry_after_a_timeout_returns_the_same_order(
+    erp: ErpRestAdapter, control: ErpSandbox, database: psycopg.Connection[Any]
+) -> None:
+    request = order_request()
+    key = str(uuid.uuid4())
+    control.set_faults(timeout_rate=1, hang_s=2)
+    with pytest.raises(TransientError, match="timed out"):
+        erp.create_sales_order(request, key)
+    control.set_faults(timeout_rate=0)
+    replays = control.stats().idempotent_replays
+    retried = erp.create_sales_order(request, key)
+    [booked] = control.sales_orders(request.external_id)
+    assert retried.id == booked["id"]
+    assert control.stats().idempotent_replays == replays + 1
+    assert orders_for(database, request.external_id) == 1
+
+
+def test_concurrent_identical_creates_book_one_order(
+    erp: ErpRestAdapter, database: psycopg.Connection[Any]
+) -> None:
+    request = order_request()
+    key = str(uuid.uuid4())
+    with ThreadPoolExecutor(8) as pool:
+        orders = list(pool.map(lambda _: erp.create_sales_order(request, key), range(8)))
+    assert len({order.id for order in orders}) == 1
+    assert orders_for(database, request.external_id) == 1
+
+
+def test_concurrent_creates_under_different_keys_book_one_order(
+    erp: ErpRestAdapter, database: psycopg.Connection[Any]
+) -> None:
+    request = order_request()
+    with ThreadPoolExecutor(8) as pool:
+        orders = list(
+            pool.map(lambda _: erp.create_sales_order(request, str(uuid.uuid4())), range(8))
+        )
+    assert len({order.id for order in orders}) == 1
+    assert orders_for(database, request.external_id) == 1
+
+
+def test_a_new_key_for_a_booked_external_id_returns_the_existing_order(
+    erp: ErpRestAdapter, control: ErpSandbox
+) -> None:
+    request = order_request()
+    first = erp.create_sales_order(request, str(uuid.uuid4()))
+    duplicates = control.stats().duplicate_external_ids
+    again = erp.create_sales_order(replace(request, po_number="PO-other"), str(uuid.uuid4()))
+    assert again == first
+    assert control.stats().duplicate_external_ids == duplicates + 1
+
+
+def test_a_key_reused_with_another_body_is_an_idempotency_conflict(
+    erp: ErpRestAdapter,
+) -> None:
+    key = str(uuid.uuid4())
+    erp.create_sales_order(order_request(), key)
+    with pytest.raises(IdempotencyConflict, match="different request"):
+        erp.create_sales_order(order_request(), key)
+
+
+def test_throttling_is_transient_with_retry_after(erp: ErpRestAdapter, control: ErpSandbox) -> None:
+    control.set_faults(throttle_rate=1, retry_after_s=7)
+    with pytest.raises(TransientError) as throttled:
+        erp.create_sales_order(order_request(), str(uuid.uuid4()))
+    assert throttled.value.retry_after == 7.0
+    with pytest.raises(TransientError, match="429"):
+        erp.customer(ACTIVE.id)
+
+
+def test_server_errors_are_transient(erp: ErpRestAdapter, control: ErpSandbox) -> None:
+    control.set_faults(error_rate=1)
+    with pytest.raises(TransientError, match="503") as failed:
+        erp.products(["PC-SENSOR"])
+    assert failed.value.retry_after is None
+
+
+def test_an_unreachable_erp_is_transient() -> None:
+    adapter = ErpRestAdapter(ErpConfig("http://127.0.0.1:9", SecretStr("t"), timeout_s=1.0))
+    with pytest.raises(TransientError, match="failed"):
+        adapter.customer(ACTIVE.id)
+    adapter.close()
+
+
+def test_a_refused_token_is_auth_failed_without_the_token(simulator: ErpSimulator) -> None:
+    token = "wrong-token-s3cr3t"
+    adapter = ErpRestAdapter(ErpConfig(simulator.url, SecretStr(token)))
+    with pytest.raises(ErpAuthFailed) as refused:
+        adapter.customer(ACTIVE.id)
+    assert isinstance(refused.value, TransientError)
+    assert "401" in str(refused.value)
+    assert token not in str(refused.value)
+    adapter.close()
+
+
+def test_cancel_an_open_order_once(erp: ErpRestAdapter, control: ErpSandbox) -> None:
+    request = order_request()
+    booked = erp.create_sales_order(request, str(uuid.uuid4()))
+    key = str(uuid.uuid4())
+    cancelled = erp.cancel_sales_order(request.external_id, "customer changed mind", key)
+    assert (cancelled.id, cancelled.status) == (booked.id, SalesOrderStatus.CANCELLED)
+    assert erp.cancel_sales_order(request.external_id, "customer changed mind", key) == cancelled
+    again = erp.cancel_sales_order(request.external_id, "duplicate event", str(uuid.uuid4()))
+    assert again.status is SalesOrderStatus.CANCELLED
+    assert control.sales_orders(request.external_id)[0]["cancel_reason"] == "customer changed mind"
+    with pytest.raises(IdempotencyConflict):
+        erp.cancel_sales_order(request.external_id, "another reason", key)
+
+
+def test_cancel_of_an_unknown_order_is_not_ready(erp: ErpRestAdapter) -> None:
+    with pytest.raises(ErpOrderMissing, match="801unknown"):
+        erp.cancel_sales_order("801unknown", "no longer needed", str(uuid.uuid4()))
