@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from revsync.connectors.cdc import RecordChange, decode_change
 from revsync.contracts.events import (
     Envelope,
     Event,
@@ -21,6 +23,8 @@ from revsync.contracts.events import (
 )
 
 E = TypeVar("E", bound=Event)
+SALES_REP = "005000000000002AAA"
+"""The CRM user id of the sales rep who edits orders in the Salesforce UI."""
 
 
 def sample_envelope(event_type: str, **overrides: object) -> Envelope:
@@ -161,3 +165,20 @@ def sample_events() -> dict[type[Event], dict[str, object]]:
 def sample_event(event_type: type[E], **overrides: object) -> E:
     fields = {**sample_events()[event_type], **overrides}
     return event_type.model_validate({"envelope": sample_envelope(event_type.event_type), **fields})
+
+
+def status_change(order_id: str, status: str = "Activated", **header: Any) -> RecordChange:
+    """The change event of a sales rep moving the order to ``status`` in the Salesforce UI."""
+    fields = {
+        "entityName": "Order",
+        "recordIds": [order_id],
+        "changeType": "UPDATE",
+        "changeOrigin": "",
+        "transactionKey": str(uuid.uuid4()),
+        "sequenceNumber": 2,
+        "commitTimestamp": 1_764_583_200_000,
+        "commitUser": SALES_REP,
+        **header,
+    }
+    payload = {"ChangeEventHeader": fields, "Status": status}
+    return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())

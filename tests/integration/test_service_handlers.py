@@ -4,7 +4,6 @@ compensating write-back, the ERP's own refusals and outages, and batched CRM ups
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from invoice_sync.service import InvoiceNotInCrm, InvoiceSync
 from order_sync.logic import Integration
 from order_sync.rules import RuleBook
 from order_sync.service import OrderSync
-from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
+from revsync.connectors.cdc import ChangeType, decode_change
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.contracts.catalog import Catalog, load_catalog
@@ -54,12 +53,11 @@ from revsync.runtime.handler import Decision
 from revsync.settings import Settings
 from revsync_devstack.stack_check import ensure_topic
 from runtime_support import read_topic
-from samples import sample_event
+from samples import sample_event, status_change
 
 NEVER = 3600.0
 UNKNOWN_ORDER = "801ZZZZZ9999999"
 """A well-formed Order id the CRM has never issued."""
-SALES_REP = "005000000000002AAA"
 
 
 @dataclass
@@ -145,23 +143,6 @@ def valid_order(sandboxes: Sandboxes, rng: random.Random) -> dict[str, Any]:
         for order in scenario.orders(sandboxes.data, 4, rng, invalid_share=0.0)
         if order.record["Legal_Entity__c"] == "US01"
     )
-
-
-def status_change(order_id: str, status: str = "Activated", **header: Any) -> RecordChange:
-    """The change event of a sales rep moving the order to ``status`` in the Salesforce UI."""
-    fields = {
-        "entityName": "Order",
-        "recordIds": [order_id],
-        "changeType": "UPDATE",
-        "changeOrigin": "",
-        "transactionKey": str(uuid.uuid4()),
-        "sequenceNumber": 2,
-        "commitTimestamp": 1_764_583_200_000,
-        "commitUser": SALES_REP,
-        **header,
-    }
-    payload = {"ChangeEventHeader": fields, "Status": status}
-    return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())
 
 
 def captured(sync: OrderSync, sandboxes: Sandboxes, record: dict[str, Any]) -> OrderCreated:

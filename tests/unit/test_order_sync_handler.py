@@ -5,8 +5,6 @@ too far. tests/integration/test_service_handlers.py runs the same against the sa
 
 from __future__ import annotations
 
-import json
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -19,7 +17,6 @@ from fakes import FakeCrm, FakeErp
 from order_sync.logic import Integration
 from order_sync.rules import RuleBook
 from order_sync.service import OrderSync
-from revsync.connectors.cdc import RecordChange, decode_change
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import (
     CreditCheckOutcome,
@@ -33,9 +30,9 @@ from revsync.contracts.events import (
 from revsync.errors import DependencyNotReady
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, SalesOrderStatus
 from revsync.runtime.handler import Decision
+from samples import status_change
 
 INTEGRATION_USER = "005000000000001AAA"
-SALES_REP = "005000000000002AAA"
 PRICES = {"SEN-001": Decimal("120.00"), "VAL-001": Decimal("45.50"), "VAL-099": Decimal("9.99")}
 
 
@@ -140,23 +137,6 @@ def an_order(world: World, account: str = "active", **fields: Any) -> dict[str, 
         ],
         **fields,
     }
-
-
-def status_change(order_id: str, status: str = "Activated", **header: Any) -> RecordChange:
-    """The change event of a sales rep moving the order to ``status`` in the Salesforce UI."""
-    fields = {
-        "entityName": "Order",
-        "recordIds": [order_id],
-        "changeType": "UPDATE",
-        "changeOrigin": "",
-        "transactionKey": str(uuid.uuid4()),
-        "sequenceNumber": 2,
-        "commitTimestamp": 1_764_583_200_000,
-        "commitUser": SALES_REP,
-        **header,
-    }
-    payload = {"ChangeEventHeader": fields, "Status": status}
-    return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())
 
 
 def the_event(decision: Decision, topic: str) -> Event:
