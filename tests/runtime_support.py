@@ -30,6 +30,7 @@ from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientE
 from revsync.runtime import headers as h
 from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
 from revsync.runtime.loop import ConsumerLoop, Policy
+from revsync.runtime.observability import Liveness
 from revsync.runtime.storage import migrate
 from revsync.settings import Settings
 
@@ -131,11 +132,25 @@ class RuntimeWorld:
     def accepted_topic(self) -> str:
         return next(t.name for t in self.catalog.topics if ".accepted." in t.name)
 
-    def serde(self) -> EventSerde:
-        registry = SchemaRegistryClient(self.settings.registry_config())
+    def serde(self, registry_url: str | None = None) -> EventSerde:
+        config = self.settings.registry_config()
+        if registry_url is not None:
+            config["url"] = registry_url
+        registry = SchemaRegistryClient(config)
         return EventSerde(registry, self.catalog, SchemaRepository(self.contracts))
 
-    def loop(self, handler: RecordingHandler, **policy: Any) -> ConsumerLoop:
+    def loop(
+        self,
+        handler: RecordingHandler,
+        *,
+        liveness: Liveness | None = None,
+        postgres_dsn: str | None = None,
+        kafka_config: dict[str, Any] | None = None,
+        serde: EventSerde | None = None,
+        **policy: Any,
+    ) -> ConsumerLoop:
+        """The order consumer's loop; the dependencies' addresses may be overridden (to reach
+        them through a proxy)."""
         # The broker's minimum session timeout: a killed member's partitions move on quickly.
         defaults: dict[str, Any] = {
             "batch_timeout_s": 0.1,
@@ -146,10 +161,11 @@ class RuntimeWorld:
             consumer=self.consumer,
             catalog=self.catalog,
             handler=handler,
-            serde=self.serde(),
-            kafka_config=self.settings.kafka_config(),
-            postgres_dsn=self.settings.postgres_dsn.get_secret_value(),
+            serde=serde or self.serde(),
+            kafka_config=kafka_config or self.settings.kafka_config(),
+            postgres_dsn=postgres_dsn or self.settings.postgres_dsn.get_secret_value(),
             policy=Policy(**{**defaults, **policy}),
+            liveness=liveness,
         )
 
     def handler(self, **options: Any) -> RecordingHandler:

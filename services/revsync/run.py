@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 
@@ -68,9 +67,7 @@ def run(name: str, *, max_idle_s: float | None = None) -> None:
     deployable = deployables[name]
     with _context() as context:
         liveness = Liveness(timeout_s=60)
-        health = HealthServer(
-            context.service.health_port, liveness.alive, lambda: liveness.ready
-        ).start()
+        health = HealthServer(context.service.health_port, liveness.alive, liveness.serving).start()
         context.resources.callback(health.stop)
         log.info("%s: health and metrics on port %d", name, health.port)
         if isinstance(deployable, RelayDeployable):
@@ -103,7 +100,7 @@ def _run_consumer(
             kafka_config=context.settings.kafka_config(),
         )
         thread = threading.Thread(
-            target=_keep_relaying, args=(relay,), name="outbox-relay", daemon=True
+            target=_relay_beside, args=(relay, loop), name="outbox-relay", daemon=True
         )
         thread.start()
     try:
@@ -114,17 +111,15 @@ def _run_consumer(
             thread.join(timeout=30)
 
 
-def _keep_relaying(relay: OutboxRelay, pause_s: float = 5.0) -> None:
-    """The relay beside a consumer loop: restarted after a failure (PostgreSQL restarting,
-    say), so emitted events never sit unpublished while the loop goes on."""
-    while True:
-        try:
-            relay.run()
-        except Exception:
-            log.exception("outbox relay failed; starting it again in %.0fs", pause_s)
-            time.sleep(pause_s)
-        else:
-            return  # stopped
+def _relay_beside(relay: OutboxRelay, loop: ConsumerLoop) -> None:
+    """The relay beside a consumer loop. It waits out PostgreSQL outages itself; any other
+    failure stops the loop too, so the process exits and is restarted rather than going on
+    with emitted events that nothing publishes."""
+    try:
+        relay.run()
+    except Exception:
+        log.exception("outbox relay failed; stopping the service")
+        loop.stop()
 
 
 def _run_relay(

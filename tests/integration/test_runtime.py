@@ -344,7 +344,7 @@ def test_sigterm_drains_the_current_batch_and_commits(world: RuntimeWorld) -> No
 
 def test_metrics_and_health_endpoints_show_the_counts(world: RuntimeWorld) -> None:
     liveness = Liveness(timeout_s=30)
-    server = HealthServer(0, liveness.alive, lambda: liveness.ready).start()
+    server = HealthServer(0, liveness.alive, liveness.serving).start()
     try:
         event = order(5000)
         world.produce([event, event])

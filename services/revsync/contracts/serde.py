@@ -150,6 +150,10 @@ class EventSerde:
                     f"{topic.avro_schema}; register it first "
                     "(revsync schemas register)"
                 ) from None
+            raise RegistryUnavailable(f"{topic.value_subject}: {error}") from error
+        except Exception as error:
+            if _unreachable(error):
+                raise RegistryUnavailable(f"{topic.value_subject}: {error!r}") from error
             raise
         assert registered.schema_id is not None
         conf: dict[str, Any] = {

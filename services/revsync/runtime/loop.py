@@ -18,13 +18,14 @@ import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from revsync.contracts.catalog import Catalog, TopicFormat
-from revsync.contracts.serde import EventSerde, RegistryUnavailable
+from revsync.contracts.serde import EventSerde
 from revsync.runtime.batch import BatchProcessor
 from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Handler
 from revsync.runtime.holds import KeyHolds
 from revsync.runtime.inbox import Inbox, purge_inbox
 from revsync.runtime.observability import CONSUMED, KEYS_HELD, Liveness
+from revsync.runtime.outages import DEPENDENCY_ERRORS, Outages
 from revsync.runtime.outbox import OutboxWriter
 from revsync.runtime.positions import Positions, split_due
 from revsync.runtime.records import Decoder, Hold, Outgoing, Record
@@ -91,6 +92,7 @@ class ConsumerLoop:
         self._db: psycopg.Connection[Any] | None = None
         self._last_maintenance = 0.0
         self._last_purge = time.monotonic()
+        self.outages = Outages(self.liveness, self._stopping, self._keep_group)
         self.holds = KeyHolds(consumer)
         self.batches = BatchProcessor(
             consumer=consumer,
@@ -121,15 +123,12 @@ class ConsumerLoop:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, lambda *_: self.stop())
-        self.serde.prepare(self._avro_inputs)
+        self.outages.until_up(lambda: self.serde.prepare(self._avro_inputs))
         if isinstance(self.batches.handler, BatchHandler):
             self.batches.wave_runner = ThreadPoolExecutor(
                 1, thread_name_prefix=f"{self.name}-batch"
             )
-        # Autocommit, so that only explicit transaction() blocks group statements: a stray
-        # read can never leave an implicit transaction open around the next batch.
-        self._db = psycopg.connect(self._dsn, autocommit=True)
-        migrate(self._db)
+        self._db = self.outages.until_up(self._connect)
         self._producer = Producer(
             {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
         )
@@ -142,6 +141,7 @@ class ConsumerLoop:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "max.poll.interval.ms": self.policy.max_poll_interval_ms,
                 "session.timeout.ms": self.policy.session_timeout_ms,
+                "error_cb": self.outages.on_kafka_error,
             }
         )
         self._consumer.subscribe(
@@ -164,7 +164,10 @@ class ConsumerLoop:
                     self._run_batch(records)
                     idle_since = time.monotonic()
                 # Every iteration, busy or not: released keys must not wait for a quiet moment.
-                self._maintain()
+                try:
+                    self._maintain()
+                except DEPENDENCY_ERRORS as error:
+                    self._wait_out(error)
                 if not records:
                     idle = not self.positions.paused and time.monotonic() - idle_since > (
                         max_idle_s or 0
@@ -206,13 +209,13 @@ class ConsumerLoop:
             CONSUMED.labels(self.name, record.topic).inc()
         try:
             batch = self.batches.process(self._db, due, releasing)
-        except (psycopg.Error, KafkaException, RegistryUnavailable) as error:
+        except DEPENDENCY_ERRORS as error:
             # Nothing of this batch is committed: go back to its start and try again.
             log.warning("batch failed, rewinding: %s", error)
             self.positions.rewind(self._consumer, records)
-            time.sleep(1.0)
-            self._reconnect_db()
+            self._wait_out(error)
             return
+        self.outages.succeeded()
         KEYS_HELD.labels(self.name).set(len(batch.held))
         self.positions.commit(self._consumer, batch.positions)
         for wait in waiting:
@@ -237,11 +240,14 @@ class ConsumerLoop:
             raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
 
     def _maintain(self) -> None:
-        """At most once a maintenance interval: released keys, then old inbox rows."""
+        """At most once a maintenance interval: whether lost brokers are back, released keys,
+        then old inbox rows."""
         now = time.monotonic()
         if now - self._last_maintenance < self.policy.maintenance_interval_s:
             return
         self._last_maintenance = now
+        if self._consumer is not None:
+            self.outages.check_kafka(self._consumer)
         if self.ordering and self._db is not None:
             released = self.holds.released(self._db, self.positions.assigned)
             if released:
@@ -253,9 +259,26 @@ class ConsumerLoop:
             if purged:
                 log.info("purged %d inbox rows older than %s", purged, self.policy.inbox_retention)
 
-    def _reconnect_db(self) -> None:
-        if self._db is not None and self._db.closed:
-            self._db = psycopg.connect(self._dsn, autocommit=True)
+    # --- dependency outages -------------------------------------------------------------------
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        # Autocommit, so that only explicit transaction() blocks group statements: a stray
+        # read can never leave an implicit transaction open around the next batch.
+        db = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
+        migrate(db)
+        return db
+
+    def _wait_out(self, error: BaseException) -> None:
+        """A dependency failed: wait a backoff step, and with PostgreSQL lost, connect again
+        before going on."""
+        self.outages.wait_out(error)
+        if self._db is not None and (self._db.closed or self._db.broken):
+            self._db.close()
+            self._db = self.outages.until_up(self._connect)
+
+    def _keep_group(self) -> None:
+        if self._consumer is not None:
+            self._keepalive()
 
     def _keepalive(self) -> None:
         """During a slow batch, poll with every partition paused, so the group keeps us."""

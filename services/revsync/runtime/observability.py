@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+log = logging.getLogger(__name__)
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 AGE_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 86400)
 
@@ -49,6 +51,11 @@ EVENT_AGE = Histogram(
     "Event age (now - occurred_at) when processed.",
     ["consumer"],
     buckets=AGE_BUCKETS,
+)
+DEPENDENCY_UP = Gauge(
+    "revsync_dependency_up",
+    "1 while the dependency answers, 0 during an outage (only dependencies that were out).",
+    ["dependency"],
 )
 OUTBOX_BACKLOG = Gauge("revsync_outbox_backlog", "Outbox rows not yet published.", ["outbox"])
 OUTBOX_OLDEST_AGE = Gauge(
@@ -101,18 +108,67 @@ def configure_logging(level: str = "INFO") -> None:
 
 
 class Liveness:
-    """The poll loop's heartbeat: alive while it beat within ``timeout_s``."""
+    """The poll loop's heartbeat, and whether it can do its work now.
+
+    Alive (``/healthz``) while the loop beat within ``timeout_s``, dependency outage or not:
+    an orchestrator must not kill a process that is waiting for PostgreSQL to come back.
+    Ready (``/readyz``) once started (``ready``) and while no dependency it needs is out.
+    """
 
     def __init__(self, timeout_s: float) -> None:
         self.timeout_s = timeout_s
         self._last = time.monotonic()
         self.ready = False
+        self._outages: dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def beat(self) -> None:
         self._last = time.monotonic()
 
     def alive(self) -> bool:
         return time.monotonic() - self._last < self.timeout_s
+
+    def serving(self) -> bool:
+        return self.ready and not self._outages
+
+    def is_out(self, dependency: str) -> bool:
+        return dependency in self._outages
+
+    def outage(self, dependency: str, error: object) -> None:
+        """``dependency`` (postgresql, kafka, schema-registry) cannot be reached."""
+        with self._lock:
+            if dependency in self._outages:
+                return
+            self._outages[dependency] = time.monotonic()
+        DEPENDENCY_UP.labels(dependency).set(0)
+        log.warning("%s unavailable, not ready until it answers again: %s", dependency, error)
+
+    def recovered(self, *dependencies: str) -> None:
+        """The given dependencies (every one, if none is named) answer again."""
+        with self._lock:
+            back = [d for d in (dependencies or list(self._outages)) if d in self._outages]
+            lost = {d: self._outages.pop(d) for d in back}
+        for dependency, since in lost.items():
+            DEPENDENCY_UP.labels(dependency).set(1)
+            log.info("%s back after %.1fs", dependency, time.monotonic() - since)
+
+
+class Backoff:
+    """Waits between attempts to reach a dependency: doubling from ``first_s`` to ``max_s``,
+    each with up to a quarter of jitter so that replicas do not retry in step."""
+
+    def __init__(self, first_s: float = 0.5, max_s: float = 10.0) -> None:
+        self.first_s = first_s
+        self.max_s = max_s
+        self._next = first_s
+
+    def next_wait(self) -> float:
+        wait = self._next * (1 + random.random() / 4)  # noqa: S311 - jitter, not secrecy
+        self._next = min(self._next * 2, self.max_s)
+        return min(wait, self.max_s)
+
+    def reset(self) -> None:
+        self._next = self.first_s
 
 
 class HealthServer:

@@ -4,6 +4,7 @@ to Kafka, in order per key, with one leader among its replicas."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from revsync.runtime.observability import (
     OUTBOX_PUBLISHED,
     Liveness,
 )
+from revsync.runtime.outages import Outages
 from revsync.runtime.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
@@ -98,7 +100,9 @@ class OutboxRelay:
         refuses is set aside like an undelivered one, with its key."""
         self.table = table
         self.encoder = encoder
-        self.liveness = liveness
+        self.liveness = liveness or Liveness(timeout_s=60)
+        """The process's, for a relay deployable; its own, beside a consumer loop (whose
+        heartbeat it must not stand in for)."""
         self.blocked_retry_s = blocked_retry_s
         self._blocked: dict[str, float] = {}
         self.batch_size = batch_size
@@ -116,7 +120,8 @@ class OutboxRelay:
             }
         )
         self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
-        self._stopping = False
+        self._stopping = threading.Event()
+        self.outages = Outages(self.liveness, self._stopping, keep_group=lambda: None)
         self._select, self._mark = self._statements()
 
     @property
@@ -124,23 +129,33 @@ class OutboxRelay:
         return self.table.table
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stopping.set()
 
     def run(self, *, max_idle_s: float | None = None) -> None:
-        """Publish until stopped (or idle as leader for ``max_idle_s``)."""
+        """Publish until stopped (or idle as leader for ``max_idle_s``). A lost PostgreSQL is
+        waited out with backoff, not ready meanwhile; leadership is taken again after it."""
+        while not self._stopping.is_set():
+            try:
+                self._publish_until_stopped(max_idle_s)
+                break
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                self.outages.wait_out(error)
+        self._producer.flush(30)
+
+    def _publish_until_stopped(self, max_idle_s: float | None) -> None:
         with (
-            psycopg.connect(self._dsn, autocommit=True) as control,
-            psycopg.connect(self._dsn, autocommit=True) as work,
+            psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as control,
+            psycopg.connect(self._dsn, autocommit=True, connect_timeout=10) as work,
         ):
             if self.table.notify_channel:
                 control.execute(
                     sql.SQL("LISTEN {}").format(sql.Identifier(self.table.notify_channel))
                 )
+            self.outages.succeeded()
             leader = False
             idle_since = time.monotonic()
-            while not self._stopping:
-                if self.liveness is not None:
-                    self.liveness.beat()
+            while not self._stopping.is_set():
+                self.liveness.beat()
                 if not leader:
                     leader = self._try_lead(control)
                     if not leader:
@@ -155,7 +170,6 @@ class OutboxRelay:
                 if max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break
                 self._wait_for_rows(control)
-            self._producer.flush(30)
 
     def _try_lead(self, control: psycopg.Connection[Any]) -> bool:
         """Session-level lock: held until this connection ends, then another replica leads."""
