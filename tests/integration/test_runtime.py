@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
 from revsync.contracts.events import Event, OrderCancelled, OrderCreated
@@ -170,6 +170,54 @@ def test_undecodable_bytes_reach_the_dlt_at_once_while_the_partition_flows(
     dead = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 2)
     assert [m.value() for m in dead] == [b"\x00\x00\x00\x00\x07garbage", b"not avro at all"]
     assert [h.get(m.headers(), h.ERROR_CLASS) for m in dead] == ["schema", "deserialization"]
+
+
+def test_routing_headers_forged_on_an_input_topic_neither_crash_nor_pause_the_loop(
+    world: RuntimeWorld,
+) -> None:
+    forged: list[tuple[str, str | bytes | None]] = [
+        (h.ORIGINAL_TOPIC, b"revsync.order.cancelled.v1"),
+        (h.ORIGINAL_PARTITION, b"not-a-number"),
+        (h.DUE_AT, b"253402300799999"),  # the last millisecond of year 9999
+        (h.ATTEMPTS, b"41"),
+    ]
+    copied, refused = order(7), order(8)
+    world.produce([copied], headers=forged)
+    handler = world.handler(faults={refused.crm_order_id: Fault(permanent=True)})
+    world.produce([refused], headers=forged)
+
+    world.loop(handler).run(max_idle_s=2)
+
+    assert [order_id for order_id, _ in world.effects()] == [copied.crm_order_id]
+    [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
+    # Dead-lettered as this consumer's own first failure of the input, not as the forger's.
+    assert h.get(dead.headers(), h.ORIGINAL_TOPIC) == world.created_topic
+    assert h.get(dead.headers(), h.ATTEMPTS) == "1"
+    assert h.get(dead.headers(), h.DUE_AT) is None
+
+
+def test_malformed_routing_headers_on_a_retry_tier_dead_letter_the_record(
+    world: RuntimeWorld,
+) -> None:
+    tier = world.catalog.retry_topic(world.consumer, 1000)
+    record, after = order(9), order(10)
+    producer = Producer(world.settings.kafka_config())
+    producer.produce(
+        tier,
+        key=record.crm_order_id.encode(),
+        value=world.serde().serialize(world.created_topic, record),
+        headers=[(h.ORIGINAL_TOPIC, world.created_topic.encode()), (h.DUE_AT, b"soon")],
+    )
+    assert producer.flush(30) == 0
+    world.produce([after])
+
+    world.loop(world.handler()).run(max_idle_s=2)
+
+    assert [order_id for order_id, _ in world.effects()] == [after.crm_order_id]
+    [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
+    assert dead.key() == record.crm_order_id.encode()
+    assert h.get(dead.headers(), h.ERROR_CLASS) == "deserialization"
+    assert "revsync.retry.due.at is 'soon'" in (h.get(dead.headers(), h.ERROR_MESSAGE) or "")
 
 
 def test_with_key_order_a_keys_later_events_wait_behind_its_failed_one(

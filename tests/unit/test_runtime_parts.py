@@ -8,15 +8,22 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
+from revsync.errors import (
+    BusinessRuleViolation,
+    DependencyNotReady,
+    ErrorClass,
+    TransientError,
+    classify,
+)
 from revsync.runtime import headers as h
 from revsync.runtime.failures import FailureRouter
 from revsync.runtime.positions import rewind_points, split_due
-from revsync.runtime.records import Record
+from revsync.runtime.records import MalformedRoutingHeaders, Record
 
 SOURCE = "revsync.order.created.v1"
 TIERS = [("revsync.order-sync.retry.10s", 10_000), ("revsync.order-sync.retry.1m", 60_000)]
 DLT = "revsync.order-sync.dlt"
+DELAYS = {topic: timedelta(milliseconds=delay) for topic, delay in TIERS}
 
 
 def router(attempts: int = 3) -> FailureRouter:
@@ -93,7 +100,7 @@ def test_a_tier_record_not_yet_due_stops_its_partition_and_the_rest_flow() -> No
     waiting_one = record(TIERS[0][0], 3, origin)
     behind_it = record(TIERS[0][0], 4, [(h.ORIGINAL_TOPIC, SOURCE.encode())])
     fresh = record(SOURCE, 9)
-    due, waiting = split_due([waiting_one, behind_it, fresh], now)
+    due, waiting = split_due([waiting_one, behind_it, fresh], now, DELAYS)
     assert due == [fresh]
     assert [(t, p, o) for t, p, o, _ in waiting] == [(TIERS[0][0], 2, 3)]
 
@@ -102,7 +109,118 @@ def test_a_tier_record_past_its_due_time_is_handled() -> None:
     now = datetime.now(UTC)
     past = int((now - timedelta(seconds=1)).timestamp() * 1000)
     ready = record(TIERS[0][0], 3, [(h.ORIGINAL_TOPIC, SOURCE.encode()), (h.DUE_AT, str(past))])
-    assert split_due([ready], now) == ([ready], [])
+    assert split_due([ready], now, DELAYS) == ([ready], [])
+
+
+def test_a_due_time_beyond_the_tiers_delay_waits_only_the_delay() -> None:
+    now = datetime.now(UTC)
+    year_9999 = str(int(datetime(9999, 12, 31, tzinfo=UTC).timestamp() * 1000))
+    far = record(TIERS[0][0], 3, [(h.ORIGINAL_TOPIC, SOURCE.encode()), (h.DUE_AT, year_9999)])
+    _, [(_, _, _, until)] = split_due([far], now, DELAYS)
+    assert until == now + timedelta(seconds=10)
+
+
+def test_a_due_time_on_an_input_topic_is_no_reason_to_wait() -> None:
+    later = str(int((datetime.now(UTC) + timedelta(days=1)).timestamp() * 1000))
+    forged = record(SOURCE, 3, [(h.ORIGINAL_TOPIC, b"elsewhere"), (h.DUE_AT, later)])
+    assert split_due([forged], datetime.now(UTC), DELAYS) == ([forged], [])
+
+
+class FakeMessage:
+    """The few parts of a consumed message ``Record.of`` reads."""
+
+    def __init__(self, topic: str, headers: h.Headers) -> None:
+        self._topic = topic
+        self._headers = headers
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return 2
+
+    def offset(self) -> int:
+        return 11
+
+    def key(self) -> bytes:
+        return b"801-key"
+
+    def value(self) -> bytes:
+        return b"value"
+
+    def headers(self) -> h.Headers:
+        return self._headers
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+
+FORGED: h.Headers = [
+    (h.ORIGINAL_TOPIC, b"revsync.order.cancelled.v1"),
+    (h.ORIGINAL_PARTITION, b"not-a-number"),
+    (h.ATTEMPTS, b"99"),
+    (h.DUE_AT, b"253402300799999"),
+    ("traceparent", b"00-abc-def-01"),
+]
+
+
+def test_routing_headers_on_an_input_topic_are_dropped_and_the_rest_kept() -> None:
+    forged = Record.of(FakeMessage(SOURCE, FORGED), trusted=False)  # type: ignore[arg-type]
+    assert forged.headers == [("traceparent", b"00-abc-def-01")]
+    assert forged.problem is None
+    assert forged.origin == (SOURCE, 2, 11)
+    assert forged.hold == (b"801-key", SOURCE)
+    # Its failure is routed as the consumer's own first failure, not the forger's 100th.
+    _, _, _, headers = router().route(forged, TransientError("503"), None)
+    assert (h.get(headers, h.ATTEMPTS), h.get(headers, h.ORIGINAL_TOPIC)) == ("1", SOURCE)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (h.ORIGINAL_PARTITION, b"not-a-number"),
+        (h.ORIGINAL_OFFSET, b"-5"),
+        (h.ORIGINAL_OFFSET, b"1" * 5000),
+        (h.ATTEMPTS, "\u00b2".encode()),
+        (h.DUE_AT, b"99999999999999999"),
+        (h.REPLAY_COUNT, b"1e3"),
+        (h.ORIGINAL_TOPIC, b"../../etc"),
+    ],
+)
+def test_malformed_routing_headers_on_a_tier_mark_the_record_and_are_dropped(
+    name: str, value: bytes
+) -> None:
+    tier = TIERS[0][0]
+    headers: h.Headers = [(h.ORIGINAL_TOPIC, SOURCE.encode())] if name != h.ORIGINAL_TOPIC else []
+    headers.append((name, value))
+    malformed = Record.of(FakeMessage(tier, headers), trusted=True)  # type: ignore[arg-type]
+    assert isinstance(malformed.problem, MalformedRoutingHeaders)
+    assert name in str(malformed.problem)
+    assert classify(malformed.problem) is ErrorClass.DESERIALIZATION
+    assert malformed.headers == []
+    assert malformed.origin == (tier, 2, 11)
+    # Routing it is safe: it goes to the dead-letter topic, nothing raises.
+    target, _, _, routed = router().route(malformed, malformed.problem, None)
+    assert (target, h.get(routed, h.ATTEMPTS)) == (DLT, "1")
+
+
+def test_a_routing_header_given_twice_on_a_tier_is_malformed() -> None:
+    twice: h.Headers = [(h.ORIGINAL_TOPIC, SOURCE.encode()), (h.ORIGINAL_TOPIC, b"other")]
+    malformed = Record.of(FakeMessage(TIERS[0][0], twice), trusted=True)  # type: ignore[arg-type]
+    assert "more than once" in str(malformed.problem)
+
+
+def test_well_formed_routing_headers_on_a_tier_are_kept() -> None:
+    tier = TIERS[0][0]
+    headers: h.Headers = [
+        (h.ORIGINAL_TOPIC, SOURCE.encode()),
+        (h.ORIGINAL_PARTITION, b"4"),
+        (h.ORIGINAL_OFFSET, b"120"),
+        (h.ATTEMPTS, b"2"),
+    ]
+    kept = Record.of(FakeMessage(tier, headers), trusted=True)  # type: ignore[arg-type]
+    assert kept.problem is None
+    assert kept.origin == (SOURCE, 4, 120)
 
 
 def test_a_failed_batch_rewinds_each_partition_to_its_first_record() -> None:

@@ -118,6 +118,8 @@ class BatchProcessor:
         return batch
 
     def decode(self, record: Record) -> Decoded:
+        if record.problem is not None:
+            return record.problem
         topic = record.origin[0]
         try:
             return self.decoder(topic, record.value)

@@ -115,6 +115,9 @@ class ConsumerLoop:
             keepalive=self._keepalive,
         )
         self.tiers = [tier for tier, _ in tiers]
+        self._tier_delays = {tier: timedelta(milliseconds=delay) for tier, delay in tiers}
+        self._own_topics = frozenset([*self.tiers, self.replays])
+        """Only revsync writes these: the only topics whose routing headers it trusts."""
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -159,7 +162,11 @@ class ConsumerLoop:
                     self.policy.batch_size, self.policy.batch_timeout_s
                 )
                 self._last_poll = time.monotonic()
-                records = [Record.of(m) for m in messages if not _skippable(m)]
+                records = [
+                    Record.of(m, trusted=m.topic() in self._own_topics)
+                    for m in messages
+                    if not _skippable(m)
+                ]
                 if records:
                     self._run_batch(records)
                     idle_since = time.monotonic()
@@ -204,7 +211,7 @@ class ConsumerLoop:
     def _run_batch(self, records: list[Record], releasing: frozenset[Hold] = frozenset()) -> None:
         assert self._consumer is not None
         assert self._db is not None
-        due, waiting = split_due(records, datetime.now(UTC))
+        due, waiting = split_due(records, datetime.now(UTC), self._tier_delays)
         for record in due:
             CONSUMED.labels(self.name, record.topic).inc()
         try:

@@ -4,7 +4,8 @@ time, where a failed batch rewinds to, and which offsets may be committed."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -16,15 +17,20 @@ Waiting = tuple[str, int, int, datetime]
 """A retry-tier partition stopped at an offset until a due time."""
 
 
-def split_due(records: list[Record], now: datetime) -> tuple[list[Record], list[Waiting]]:
+def split_due(
+    records: list[Record], now: datetime, delays: Mapping[str, timedelta]
+) -> tuple[list[Record], list[Waiting]]:
     """Retry-tier records not yet due stop their partition at the first of them; the rest go
-    on."""
+    on. A tier's record never waits longer than the tier's delay (``delays``, by topic) from
+    now, whatever due time it carries."""
     due: list[Record] = []
     waiting: dict[Partition, Waiting] = {}
     for record in records:
         if record.where in waiting:
             continue
-        until = h.due_at(record.headers) if record.topic != record.origin[0] else None
+        until = h.due_at(record.headers) if record.topic in delays else None
+        if until is not None:
+            until = min(until, now + delays[record.topic])
         if until is not None and until > now and record.parked_seq is None:
             waiting[record.where] = (record.topic, record.partition, record.offset, until)
             continue

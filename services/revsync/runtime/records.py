@@ -3,11 +3,13 @@ types every runtime collaborator speaks in."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import Message
 
+from revsync.errors import DecodeError, ErrorClass
 from revsync.runtime import headers as h
 from revsync.runtime.handler import Inbound
 
@@ -25,6 +27,44 @@ Decoder = Callable[[str, bytes | None], Inbound]
 is given the topic the record was first consumed from."""
 
 
+ROUTING_NUMBERS = {
+    h.ORIGINAL_PARTITION: (0, 2**31 - 1),
+    h.ORIGINAL_OFFSET: (0, 2**63 - 1),
+    h.ORIGINAL_TIMESTAMP: (-1, 2**63 - 1),
+    h.ATTEMPTS: (0, 10**6),
+    h.REPLAY_COUNT: (0, 10**6),
+    h.DUE_AT: (0, 253_402_300_799_999),  # the last millisecond of year 9999
+}
+"""The routing headers that are integers, and the range each must be in."""
+INTEGER = re.compile(r"-?[0-9]{1,19}")
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+
+
+class MalformedRoutingHeaders(DecodeError):
+    """A record on one of the consumer's own retry or replay topics carries routing headers
+    that cannot be revsync's: dead-lettered as it is, never trusted."""
+
+    error_class = ErrorClass.DESERIALIZATION
+
+
+def routing_problem(headers: h.Headers) -> str | None:
+    """What is wrong with a record's revsync routing headers, or None."""
+    names = [name for name, _ in headers if name.startswith(h.ERROR_PREFIX)]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        return f"{', '.join(repeated)} given more than once"
+    for name, (low, high) in ROUTING_NUMBERS.items():
+        text = h.get(headers, name)
+        if text is None:
+            continue
+        if not INTEGER.fullmatch(text) or not low <= int(text) <= high:
+            return f"{name} is {text[:40]!r}, not an integer in [{low}, {high}]"
+    topic = h.get(headers, h.ORIGINAL_TOPIC)
+    if topic is not None and not TOPIC_NAME.fullmatch(topic):
+        return f"{h.ORIGINAL_TOPIC} is {topic[:40]!r}, not a topic name"
+    return None
+
+
 @dataclass
 class Record:
     """A record being handled: from Kafka, or un-parked from PostgreSQL (``parked_seq``)."""
@@ -37,15 +77,27 @@ class Record:
     headers: h.Headers
     timestamp: int
     parked_seq: int | None = None
+    problem: MalformedRoutingHeaders | None = None
+    """Set when the record came with routing headers that cannot be revsync's own."""
 
     @classmethod
-    def of(cls, message: Message) -> Record:
+    def of(cls, message: Message, *, trusted: bool) -> Record:
+        """The record of ``message``. Only a ``trusted`` topic (the consumer's own retry and
+        replay topics, which only revsync writes) may carry revsync's routing headers: on any
+        other they are dropped, so no producer or mirror can steer the runtime. Malformed
+        ones on a trusted topic are dropped too, and the record is marked with the problem."""
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         assert topic is not None
         assert partition is not None
         assert offset is not None
-        raw = message.headers() or []
-        headers: h.Headers = list(raw.items()) if isinstance(raw, dict) else list(raw)
+        headers = h.as_list(message.headers())
+        problem = None
+        if trusted:
+            found = routing_problem(headers)
+            if found is not None:
+                problem = MalformedRoutingHeaders(topic, found)
+        if problem is not None or not trusted:
+            headers = h.without_revsync(headers)
         return cls(
             topic,
             partition,
@@ -54,6 +106,7 @@ class Record:
             message.value(),
             headers,
             message.timestamp()[1],
+            problem=problem,
         )
 
     @property
