@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,12 +38,43 @@ class Faults:
     """Do the work, then hold the answer for ``hang_s``: the caller times out not knowing
     whether the call happened, the case idempotency keys exist for."""
     hang_s: float = 15.0
+    drip_ms: int = 0
+    """Write every answer's body ``drip_bytes`` at a time, ``drip_ms`` apart: each read of
+    the caller's gets something soon, yet the whole answer comes late."""
+    drip_bytes: int = 64
+    pad_bytes: int = 0
+    """Append this many spaces to every JSON answer: still the same JSON, only larger."""
+    chunked: bool = False
+    """Send answers with ``Transfer-Encoding: chunked`` and no ``Content-Length``, so only the
+    bytes themselves tell the caller how large an answer is."""
+
+    def delivery(self, delay_s: float) -> Delivery:
+        """How an answer goes out under these faults, held back ``delay_s`` first."""
+        return Delivery(
+            delay_s, self.drip_ms / 1000, max(self.drip_bytes, 1), self.pad_bytes, self.chunked
+        )
 
     def update(self, changes: dict[str, Any]) -> None:
         for name, value in changes.items():
             if name not in self.__dataclass_fields__:
                 raise KeyError(name)
             setattr(self, name, type(getattr(self, name))(value))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """How an answer is written to the wire; the default is at once, whole, as it is."""
+
+    delay_s: float = 0.0
+    """Held back this long before the status line."""
+    drip_s: float = 0.0
+    """The pause before each ``drip_bytes`` of the body, when above zero."""
+    drip_bytes: int = 64
+    pad_bytes: int = 0
+    chunked: bool = False
+
+
+PROMPTLY = Delivery()
 
 
 @dataclass
@@ -150,8 +181,8 @@ class JsonServer:
         with self._random_lock:
             return self._random.random() < rate
 
-    def dispatch(self, request: Request) -> tuple[Response, float]:
-        """The answer to ``request``, and how long to hold it back."""
+    def dispatch(self, request: Request) -> tuple[Response, Delivery]:
+        """The answer to ``request``, and how to send it."""
         allowed = False
         for method, pattern, handler, faulty in self._routes:
             match = pattern.match(request.path)
@@ -162,28 +193,30 @@ class JsonServer:
                 continue
             request.params = match.groupdict()
             if not faulty or request.path.startswith(CONTROL_PREFIX):
-                return self._run(handler, request), 0.0
+                return self._run(handler, request), PROMPTLY
             return self._faulty(handler, request)
         if allowed:
-            return Response(405, {"error": f"{request.method} not allowed"}), 0.0
-        return Response(404, [{"errorCode": "NOT_FOUND", "message": "no such resource"}]), 0.0
+            return Response(405, {"error": f"{request.method} not allowed"}), PROMPTLY
+        missing = [{"errorCode": "NOT_FOUND", "message": "no such resource"}]
+        return Response(404, missing), PROMPTLY
 
-    def _faulty(self, handler: Route, request: Request) -> tuple[Response, float]:
+    def _faulty(self, handler: Route, request: Request) -> tuple[Response, Delivery]:
         faults = self.faults
         delay = faults.latency_ms / 1000
         if self._chance(faults.throttle_rate):
             self.count("faults.throttled")
             headers = {"Retry-After": str(faults.retry_after_s)}
             body = [{"errorCode": "REQUEST_LIMIT_EXCEEDED", "message": "request limit exceeded"}]
-            return Response(faults.throttle_status, body, headers), delay
+            return Response(faults.throttle_status, body, headers), faults.delivery(delay)
         if self._chance(faults.error_rate):
             self.count("faults.errors")
-            return Response(faults.error_status, [{"errorCode": "SERVER_UNAVAILABLE"}]), delay
+            unavailable = [{"errorCode": "SERVER_UNAVAILABLE"}]
+            return Response(faults.error_status, unavailable), faults.delivery(delay)
         response = self._run(handler, request)
         if self._chance(faults.timeout_rate):
             self.count("faults.timeouts")
             delay += faults.hang_s
-        return response, delay
+        return response, faults.delivery(delay)
 
     @staticmethod
     def _run(handler: Route, request: Request) -> Response:
@@ -216,7 +249,7 @@ class JsonServer:
                     else:
                         body = server.loads(raw) if raw else None
                 except (UnicodeDecodeError, ValueError):
-                    self._answer(Response(400, [{"errorCode": "JSON_PARSER_ERROR"}]), 0.0)
+                    self._answer(Response(400, [{"errorCode": "JSON_PARSER_ERROR"}]), PROMPTLY)
                     return
                 request = Request(
                     self.command,
@@ -228,21 +261,40 @@ class JsonServer:
                 )
                 self._answer(*server.dispatch(request))
 
-            def _answer(self, response: Response, delay: float) -> None:
-                if delay:
-                    time.sleep(delay)
+            def _answer(self, response: Response, delivery: Delivery) -> None:
+                if delivery.delay_s:
+                    time.sleep(delivery.delay_s)
                 payload = b"" if response.body is None else server.dumps(response.body)
+                if payload and delivery.pad_bytes:
+                    payload += b" " * delivery.pad_bytes
+                if not payload:
+                    delivery = replace(delivery, chunked=False)  # a 204 has no body to chunk
                 try:
                     self.send_response(response.status)
                     for name, value in response.headers.items():
                         self.send_header(name, value)
                     if payload:
                         self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(payload)))
+                    if delivery.chunked:
+                        self.send_header("Transfer-Encoding", "chunked")
+                    else:
+                        self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    self._write_body(payload, delivery)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the caller gave up waiting (a timeout fault)
+                    pass  # the caller gave up waiting (a timeout or drip fault)
+
+            def _write_body(self, payload: bytes, delivery: Delivery) -> None:
+                size = delivery.drip_bytes if delivery.drip_s > 0 else len(payload) or 1
+                for start in range(0, len(payload), size):
+                    if delivery.drip_s > 0:
+                        time.sleep(delivery.drip_s)
+                    part = payload[start : start + size]
+                    if delivery.chunked:
+                        part = b"%x\r\n%s\r\n" % (len(part), part)
+                    self.wfile.write(part)
+                if delivery.chunked:
+                    self.wfile.write(b"0\r\n\r\n")
 
             do_GET = do_POST = do_PATCH = do_PUT = do_DELETE = _serve  # noqa: N815 - http.server API
 

@@ -51,7 +51,8 @@ class CrmSandbox:
         return dict(self._call("GET", "/counters"))
 
     def set_faults(self, **faults: float) -> dict[str, Any]:
-        """The HTTP fault knobs (error_rate, throttle_rate, throttle_status, latency_ms...)."""
+        """The HTTP fault knobs (error_rate, throttle_rate, throttle_status, latency_ms,
+        drip_ms, pad_bytes, chunked...; :class:`sandbox.http.Faults`)."""
         return dict(self._call("PUT", "/faults", faults))
 
     def set_cdc(
@@ -74,6 +75,11 @@ class CrmSandbox:
 
     def set_query_page_size(self, page_size: int) -> None:
         self._call("PUT", "/query", {"page_size": page_size})
+
+    def set_next_records_url(self, link: str | None) -> None:
+        """Every query page but the last links to ``link`` as its ``nextRecordsUrl``; None:
+        to its real next page again."""
+        self._call("PUT", "/query", {"next_records_url": link})
 
     def expire_sessions(self) -> int:
         """Invalidate every issued access token; the number invalidated."""

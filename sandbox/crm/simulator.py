@@ -93,6 +93,9 @@ class CrmSimulator:
         self._client_id = client_id
         self._client_secret = client_secret
         self.query_page_size = query_page_size
+        self.next_records_url_override: str | None = None
+        """When set, every page that is not the last links to this instead of its next page,
+        as a compromised or misbehaving org might (any URL, host or path)."""
         self.server = JsonServer(host, port, seed, loads=decode_json, dumps=encode_json)
         self.cdc = ChangeEventPublisher(
             kafka_config=kafka_config,
@@ -393,7 +396,7 @@ class CrmSimulator:
         end = offset + self.query_page_size
         page: dict[str, Any] = {"totalSize": len(records), "done": end >= len(records)}
         if not page["done"]:
-            page["nextRecordsUrl"] = (
+            page["nextRecordsUrl"] = self.next_records_url_override or (
                 f"/services/data/{request.params['version']}/query/{cursor}-{end}"
             )
         else:
@@ -481,11 +484,24 @@ class CrmSimulator:
         return Response(body=self.cdc.knobs.as_dict())
 
     def _set_query(self, request: Request) -> Response:
-        size = (request.body or {}).get("page_size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-            raise HttpFailure(400, {"error": "page_size must be a positive whole number"})
-        self.query_page_size = size
-        return Response(body={"page_size": size})
+        """Query paging: ``page_size``, and ``next_records_url`` (null: the real next page)."""
+        changes = request.body if isinstance(request.body, dict) else {}
+        if "page_size" in changes:
+            size = changes["page_size"]
+            if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+                raise HttpFailure(400, {"error": "page_size must be a positive whole number"})
+            self.query_page_size = size
+        if "next_records_url" in changes:
+            link = changes["next_records_url"]
+            if link is not None and not isinstance(link, str):
+                raise HttpFailure(400, {"error": "next_records_url must be a string or null"})
+            self.next_records_url_override = link
+        return Response(
+            body={
+                "page_size": self.query_page_size,
+                "next_records_url": self.next_records_url_override,
+            }
+        )
 
     def stats(self) -> dict[str, Any]:
         """Records per sObject, orders per status field, CDC counters, API calls per route."""

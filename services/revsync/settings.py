@@ -178,7 +178,11 @@ class ServiceSettings(BaseSettings):
     order_rules: Path | None = Field(
         default=None, description="order_sync's acceptance rules (YAML); default: bundled."
     )
-    http_timeout_s: float = Field(default=10.0, gt=0, description="CRM and ERP call timeout.")
+    http_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Deadline of one CRM or ERP call: connecting, sending and the whole answer.",
+    )
     master_data_ttl_s: float = Field(
         default=60.0, ge=0, description="How long customers, products and prices are cached."
     )

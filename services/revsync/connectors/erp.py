@@ -46,7 +46,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from revsync.connectors.http import pooled_client, raise_for_transient, transport_failure
+from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, BoundedClient, raise_for_transient
 from revsync.contracts.events import (
     CreditCheckOutcome,
     PricingOutcome,
@@ -87,9 +87,15 @@ class ErpUnexpectedResponse(RevsyncError):
 
 @dataclass(frozen=True)
 class ErpConfig:
+    """Where the ERP's API is, the token revsync calls it with, and the bounds of a call."""
+
     base_url: str
     api_token: SecretStr
     timeout_s: float = 10.0
+    """The deadline of one call, its whole answer read (see
+    :class:`~revsync.connectors.http.BoundedClient`)."""
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """The largest answer read; a larger one fails as transient, unread."""
     max_connections: int = 20
 
 
@@ -97,9 +103,11 @@ class ErpRestAdapter(ErpPort):
     """The ERP over its REST API, on one keep-alive connection pool."""
 
     def __init__(self, config: ErpConfig) -> None:
-        self._client = pooled_client(
+        self._client = BoundedClient(
+            SYSTEM,
             config.base_url,
             timeout_s=config.timeout_s,
+            max_response_bytes=config.max_response_bytes,
             max_connections=config.max_connections,
             headers={
                 "Authorization": f"Bearer {config.api_token.get_secret_value()}",
@@ -170,17 +178,13 @@ class ErpRestAdapter(ErpPort):
         json_body: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
     ) -> httpx.Response:
-        described = f"{method} {path}"
-        try:
-            response = self._client.request(
-                method, path, params=params, json=json_body, headers=headers
-            )
-        except httpx.TransportError as error:
-            raise transport_failure(SYSTEM, described, error) from error
+        response = self._client.request(
+            method, path, params=params, json_body=json_body, headers=headers
+        )
         raise_for_transient(SYSTEM, response)
         if response.status_code in (401, 403):
             raise ErpAuthFailed(
-                f"erp: HTTP {response.status_code} on {described}: the API token was refused"
+                f"erp: HTTP {response.status_code} on {method} {path}: the API token was refused"
             )
         return response
 

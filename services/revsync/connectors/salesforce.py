@@ -10,6 +10,7 @@ numbers and come back as :class:`~decimal.Decimal`, so money never passes throug
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,12 +24,12 @@ import httpx
 from pydantic import SecretStr
 
 from revsync.connectors.http import (
-    pooled_client,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BoundedClient,
     raise_for_transient,
     retry_after_s,
-    transport_failure,
 )
-from revsync.errors import RevsyncError, TransientError
+from revsync.errors import ErrorClass, RevsyncError, TransientError
 from revsync.ports.crm import (
     CrmFieldError,
     CrmPort,
@@ -114,6 +115,10 @@ class SalesforceConfig:
     """Sent as ``Sforce-Call-Options: client=<client_name>``; change events caused by revsync
     carry it in their ``changeOrigin``, which is how revsync recognises its own echoes."""
     timeout_s: float = 10.0
+    """The deadline of one call, its whole answer read (see
+    :class:`~revsync.connectors.http.BoundedClient`)."""
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    """The largest answer read; a larger one fails as transient, unread."""
     max_connections: int = 20
     token_url: str | None = None
     """Default: ``instance_url`` + ``/services/oauth2/token``."""
@@ -146,6 +151,14 @@ def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
     )
 
 
+class CrmProtocolViolation(RevsyncError):
+    """Salesforce answered outside its REST API's contract, e.g. a query page whose next-page
+    link (``nextRecordsUrl``) leaves the instance's API. Nothing is sent where it points (the
+    session token stays with the instance); permanent, so it is looked at."""
+
+    error_class = ErrorClass.UNKNOWN
+
+
 # --- The client -------------------------------------------------------------------------------
 
 
@@ -155,9 +168,14 @@ class SalesforceClient(CrmPort):
     def __init__(self, config: SalesforceConfig) -> None:
         self._config = config
         self._api = f"/services/data/{config.api_version}"
-        self._http = pooled_client(
+        # Salesforce's query locators, e.g. /services/data/v62.0/query/01gD0000002HU6KIAW-2000:
+        # a path under this API only, no scheme, host, dot segments or escapes.
+        self._next_page = re.compile(re.escape(self._api) + r"/query/[A-Za-z0-9][A-Za-z0-9-]*")
+        self._http = BoundedClient(
+            SYSTEM,
             config.instance_url,
             timeout_s=config.timeout_s,
+            max_response_bytes=config.max_response_bytes,
             max_connections=config.max_connections,
             headers={
                 "Accept": "application/json",
@@ -301,13 +319,26 @@ class SalesforceClient(CrmPort):
         not_found: RevsyncError | None,
     ) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        next_path: str | None = path
-        while next_path is not None:
+        next_path = path
+        while True:
             page = self._call("GET", next_path, subject=subject, not_found=not_found, params=params)
             records += [_without_attributes(record) for record in page.get("records", ())]
-            next_path = None if page.get("done", True) else page.get("nextRecordsUrl")
+            if page.get("done", True):
+                break
+            next_path = self._next_page_path(page.get("nextRecordsUrl"), next_path)
             params = None
         return records
+
+    def _next_page_path(self, link: Any, page_path: str) -> str:
+        """The path of the page after the one read from ``page_path``, if Salesforce's link
+        to it is a query locator of this instance's API; refused otherwise, unfollowed."""
+        if isinstance(link, str) and self._next_page.fullmatch(link):
+            return link
+        where = "no next page" if link is None else f"a next page outside {self._api}/query/"
+        raise CrmProtocolViolation(
+            f"{SYSTEM}: a page of GET {page_path} is not the last, yet its nextRecordsUrl "
+            f"names {where}; not followed"
+        )
 
     def _call(
         self,
@@ -350,10 +381,7 @@ class SalesforceClient(CrmPort):
         if body is not None:
             content = encode_json(body)
             headers["Content-Type"] = "application/json"
-        try:
-            return self._http.request(method, path, params=params, content=content, headers=headers)
-        except httpx.TransportError as error:
-            raise transport_failure(SYSTEM, f"{method} {path}", error) from error
+        return self._http.request(method, path, params=params, content=content, headers=headers)
 
     def _current_token(self) -> str:
         token = self._token
@@ -374,10 +402,7 @@ class SalesforceClient(CrmPort):
             "client_id": config.client_id,
             "client_secret": config.client_secret.get_secret_value(),
         }
-        try:
-            response = self._http.post(config.resolved_token_url, data=form)
-        except httpx.TransportError as error:
-            raise transport_failure(SYSTEM, "token request", error) from error
+        response = self._http.request("POST", config.resolved_token_url, data=form)
         raise_for_transient(SYSTEM, response)
         answer = _decoded_or_none(response)
         if response.is_success and isinstance(answer, Mapping) and answer.get("access_token"):
@@ -410,6 +435,7 @@ def _without_attributes(record: Mapping[str, Any]) -> dict[str, Any]:
 __all__ = [
     "BATCH_LIMIT",
     "CrmAuthFailed",
+    "CrmProtocolViolation",
     "SalesforceClient",
     "SalesforceConfig",
     "decode_json",

@@ -39,6 +39,7 @@ def calm(simulator: CrmSimulator) -> Iterator[None]:
     simulator.server.faults = Faults()
     simulator.cdc.knobs.update({"duplicate_rate": 0, "gap_rate": 0, "overflow_after": None})
     simulator.query_page_size = 2000
+    simulator.next_records_url_override = None
 
 
 @pytest.fixture

@@ -9,22 +9,26 @@ test_crm_simulator.py.
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 from pydantic import SecretStr
 from sandbox.crm import CrmSandbox, CrmSimulator
-from sandbox.http import Faults
+from sandbox.http import Faults, JsonServer, Request, Response
 
 from crm_sandbox import an_invoice, an_order, calls, config
+from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, ResponseTooLarge
 from revsync.connectors.salesforce import (
     BATCH_LIMIT,
     CrmAuthFailed,
+    CrmProtocolViolation,
     SalesforceClient,
     SalesforceConfig,
 )
-from revsync.errors import DependencyNotReady, ErrorClass, TransientError, classify
+from revsync.errors import RETRYABLE, DependencyNotReady, ErrorClass, TransientError, classify
 from revsync.ports.crm import CrmReferenceMissing, CrmRejected, RecordNotFound
 
 # --- Sign-in ----------------------------------------------------------------------------------
@@ -254,6 +258,64 @@ def test_unavailable_and_timed_out_calls_are_transient(
             crm.get("Account", account)
 
 
+def test_an_answer_dripped_in_past_the_deadline_is_transient(
+    simulator: CrmSimulator, account: str
+) -> None:
+    with SalesforceClient(config(simulator, timeout_s=0.5)) as crm:
+        crm.get("Account", account)
+        # Every read gets bytes within 0.1 s, well inside the timeout; the whole answer would
+        # take four seconds.
+        simulator.server.faults.update({"drip_ms": 100, "drip_bytes": 50, "pad_bytes": 2000})
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded) as late:
+            crm.get("Account", account)
+        assert time.monotonic() - started < 1.0
+        simulator.server.faults = Faults()
+        assert crm.get("Account", account)["Name"] == "Acme GmbH"
+    assert classify(late.value) is ErrorClass.TRANSIENT
+    message = str(late.value)
+    assert message.startswith(
+        f"salesforce: GET /services/data/v62.0/sobjects/Account/{account} timed out: the 0.5 s "
+    )
+    assert "Acme GmbH" not in message
+
+
+@pytest.mark.parametrize(
+    ("chunked", "found"),
+    [(False, "declares"), (True, "passed")],
+    ids=["by-content-length", "by-streamed-bytes"],
+)
+def test_an_answer_larger_than_the_cap_is_transient_and_not_kept(
+    simulator: CrmSimulator, crm: SalesforceClient, account: str, chunked: bool, found: str
+) -> None:
+    crm.get("Account", account)
+    simulator.server.faults.update({"pad_bytes": DEFAULT_MAX_RESPONSE_BYTES, "chunked": chunked})
+    with pytest.raises(ResponseTooLarge) as too_large:
+        crm.get("Account", account)
+    assert classify(too_large.value) is ErrorClass.TRANSIENT
+    message = str(too_large.value)
+    assert message.startswith(
+        f"salesforce: GET /services/data/v62.0/sobjects/Account/{account}: the answer "
+        f"(HTTP 200) {found} "
+    )
+    assert f"the {DEFAULT_MAX_RESPONSE_BYTES}-byte cap" in message
+    assert "Acme GmbH" not in message
+    simulator.server.faults = Faults()
+    assert crm.get("Account", account)["Name"] == "Acme GmbH"
+
+
+def test_the_size_cap_is_the_adapters_own_and_bounds_sign_in_too(
+    simulator: CrmSimulator, account: str
+) -> None:
+    with (
+        SalesforceClient(config(simulator, max_response_bytes=64)) as crm,
+        pytest.raises(ResponseTooLarge) as too_large,
+    ):
+        crm.get("Account", account)
+    assert str(too_large.value).startswith("salesforce: POST /services/oauth2/token: ")
+    assert "the 64-byte cap" in str(too_large.value)
+
+
 def test_a_dropped_connection_is_transient() -> None:
     dead = SalesforceConfig("http://127.0.0.1:9", "id", SecretStr("secret"), timeout_s=1)
     with SalesforceClient(dead) as crm, pytest.raises(TransientError, match="failed"):
@@ -307,3 +369,72 @@ def test_query_follows_next_records_url_page_by_page(
         crm.query("SELECT FROM WHERE")
     with pytest.raises(CrmRejected, match="INVALID_FIELD"):
         crm.query("SELECT Colour__c FROM Product2")
+
+
+class Elsewhere:
+    """A host that is not the org, answering every GET with a harmless last page and keeping
+    what reached it."""
+
+    def __init__(self) -> None:
+        self.seen: list[Request] = []
+        self.server = JsonServer()
+        self.server.route("GET", r"/.*", self._record)
+
+    def _record(self, request: Request) -> Response:
+        self.seen.append(request)
+        return Response(body={"totalSize": 1, "done": True, "records": [{"ProductCode": "X"}]})
+
+
+@pytest.fixture(scope="module")
+def elsewhere() -> Iterator[Elsewhere]:
+    host = Elsewhere()
+    host.server.start()
+    yield host
+    host.server.stop()
+
+
+@pytest.mark.parametrize(
+    "link",
+    [
+        "{url}/services/data/v62.0/query/01g000000000009-2",
+        "//{host}/services/data/v62.0/query/01g000000000009-2",
+        "/services/apexrest/Harvest",
+        "/services/data/v62.0/sobjects/User",
+        "/services/data/v62.0/query/../../../oauth2/token",
+        "/services/data/v62.0/query/%2e%2e/%2e%2e/sobjects/Account",
+    ],
+    ids=["other-host", "scheme-relative", "outside-data", "outside-query", "dots", "escaped-dots"],
+)
+def test_a_next_page_link_that_leaves_the_instance_api_is_refused_and_gets_no_token(
+    simulator: CrmSimulator,
+    sandbox: CrmSandbox,
+    crm: SalesforceClient,
+    elsewhere: Elsewhere,
+    link: str,
+) -> None:
+    family = f"Family-{uuid.uuid4().hex[:6]}"
+    codes = ["L-1", "L-2", "L-3"]
+    sandbox.insert("Product2", [{"Name": c, "ProductCode": c, "Family": family} for c in codes])
+    sandbox.set_query_page_size(2)
+    hostile = link.format(url=elsewhere.server.url, host=elsewhere.server.url.split("//")[1])
+    sandbox.set_next_records_url(hostile)
+    before = dict(simulator.server.counters)
+
+    # SOQL with values the test made itself, not SQL built from input.
+    in_family = f"FROM Product2 WHERE Family = '{family}'"
+    with pytest.raises(CrmProtocolViolation) as refused:
+        crm.query(f"SELECT ProductCode {in_family}")
+
+    assert elsewhere.seen == []
+    api_calls = {
+        name: count - before.get(name, 0)
+        for name, count in simulator.server.counters.items()
+        if name.startswith("api.") and count != before.get(name, 0)
+    }
+    assert api_calls == {"api.query": 1}
+    assert classify(refused.value) is ErrorClass.UNKNOWN
+    assert classify(refused.value) not in RETRYABLE
+    assert str(refused.value) == (
+        "salesforce: a page of GET /services/data/v62.0/query is not the last, yet its "
+        "nextRecordsUrl names a next page outside /services/data/v62.0/query/; not followed"
+    )

@@ -5,12 +5,14 @@ test."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
 import pytest
 from pydantic import SecretStr
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
+from sandbox.http import Faults
 
 from port_contracts import ACTIVE, BLOCKED, HELD, PRICE_BOOK, PRODUCTS
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
@@ -40,7 +42,7 @@ def simulator(settings: Settings) -> Iterator[ErpSimulator]:
 def control(simulator: ErpSimulator) -> Iterator[ErpSandbox]:
     with ErpSandbox(simulator.url) as sandbox:
         yield sandbox
-        sandbox.set_faults(error_rate=0, throttle_rate=0, timeout_rate=0, latency_ms=0)
+        sandbox.set_faults(**asdict(Faults()))
         sandbox.set_clock(invoice_delay_s=NEVER, ship_delay_s=NEVER, payment_delay_s=-1)
 
 

@@ -4,6 +4,7 @@ documents and outbox rows, its idempotency answers) is in test_erp_simulator.py.
 
 from __future__ import annotations
 
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -13,12 +14,13 @@ from typing import Any
 import psycopg
 import pytest
 from pydantic import SecretStr
-from sandbox.erp import ErpSandbox, ErpSimulator
+from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 
 from port_contracts import ACTIVE, PRICE_BOOK, PRODUCTS, line, order_request
 from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter
+from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, ResponseTooLarge
 from revsync.contracts.events import CreditCheckOutcome, PricingOutcome
-from revsync.errors import TransientError
+from revsync.errors import ErrorClass, TransientError, classify
 from revsync.ports.erp import ErpOrderMissing, IdempotencyConflict, SalesOrderStatus
 
 
@@ -137,6 +139,52 @@ def test_server_errors_are_transient(erp: ErpRestAdapter, control: ErpSandbox) -
     with pytest.raises(TransientError, match="503") as failed:
         erp.products(["PC-SENSOR"])
     assert failed.value.retry_after is None
+
+
+def test_an_answer_dripped_in_past_the_deadline_is_transient(
+    erp: ErpRestAdapter, control: ErpSandbox
+) -> None:
+    # Every read gets bytes within 0.1 s, far inside the 1 s timeout; the whole answer would
+    # take four seconds.
+    control.set_faults(drip_ms=100, drip_bytes=50, pad_bytes=2000)
+    started = time.monotonic()
+    with pytest.raises(DeadlineExceeded) as late:
+        erp.customer(ACTIVE.id)
+    assert time.monotonic() - started < 2.0
+    assert classify(late.value) is ErrorClass.TRANSIENT
+    message = str(late.value)
+    assert message.startswith(f"erp: GET /api/v1/customers/{ACTIVE.id} timed out: the 1 s ")
+    assert ACTIVE.name not in message
+    control.set_faults(drip_ms=0, pad_bytes=0)
+    assert erp.customer(ACTIVE.id) is not None
+
+
+@pytest.mark.parametrize(
+    ("chunked", "found"),
+    [(False, "declares"), (True, "passed")],
+    ids=["by-content-length", "by-streamed-bytes"],
+)
+def test_an_answer_larger_than_the_cap_is_transient_and_not_kept(
+    erp: ErpRestAdapter, control: ErpSandbox, chunked: bool, found: str
+) -> None:
+    control.set_faults(pad_bytes=DEFAULT_MAX_RESPONSE_BYTES, chunked=chunked)
+    with pytest.raises(ResponseTooLarge) as too_large:
+        erp.products(["PC-SENSOR"])
+    assert classify(too_large.value) is ErrorClass.TRANSIENT
+    message = str(too_large.value)
+    assert message.startswith(f"erp: GET /api/v1/products: the answer (HTTP 200) {found} ")
+    assert f"the {DEFAULT_MAX_RESPONSE_BYTES}-byte cap" in message
+    assert PRODUCTS[0].name not in message
+    control.set_faults(pad_bytes=0)
+    assert set(erp.products(["PC-SENSOR"])) == {"PC-SENSOR"}
+
+
+def test_the_size_cap_is_the_adapters_own(simulator: ErpSimulator) -> None:
+    config = ErpConfig(simulator.url, SecretStr(DEFAULT_API_TOKEN), max_response_bytes=64)
+    adapter = ErpRestAdapter(config)
+    with pytest.raises(ResponseTooLarge, match="the 64-byte cap"):
+        adapter.customer(ACTIVE.id)
+    adapter.close()
 
 
 def test_an_unreachable_erp_is_transient() -> None:
