@@ -3,6 +3,7 @@ limit, resuming, the loop guard, purge, and rewinding a consumer group."""
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import subprocess
@@ -244,9 +245,12 @@ def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
 
         wait_for(failed_again)
 
+    key = poison.crm_order_id.encode()
+    assert [held.key for held in operations.holds([world.consumer], [key])] == [key]
     report = operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=2)
 
     assert (report.moved, report.quarantined) == (0, 1)
+    assert operations.holds([world.consumer], [key]) == []  # released with the quarantine
     [quarantined] = operations.select(dl.Selection(states=frozenset({"quarantined"})))
     assert quarantined.replay_count == 2
     assert operations.select(dl.Selection()) == []
@@ -341,3 +345,58 @@ def test_a_rewind_refuses_a_live_group_and_reconsumes_an_idle_one(
     world.loop(world.handler()).run(max_idle_s=2)
     # Every input consumed again; the inbox makes the work already done a no-op.
     assert len(world.effects()) == 2
+
+
+def test_an_operator_lists_and_releases_a_held_key_through_the_cli(world: RuntimeWorld) -> None:
+    key = f"8015g0000{uuid.uuid4().hex[:9].upper()}"
+    first, second = (
+        sample_event(
+            OrderCreated,
+            crm_order_id=key,
+            envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"held-{n}"),
+        )
+        for n in range(2)
+    )
+    world.produce([first, second])
+    world.loop(world.handler(faults={key: Fault(permanent=True)})).run(max_idle_s=2)
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+        "REVSYNC_SCHEMAS_DIR": str(world.contracts),
+        "COLUMNS": "250",  # one table row a line
+    }
+
+    def revsync(*arguments: str) -> str:
+        result = CliRunner().invoke(app, list(arguments), env=environment)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    listed = revsync("holds", "ls", "--key", key)
+    assert "1 held keys" in listed
+    row = next(line for line in listed.splitlines() if key in line)
+    assert world.consumer in row
+    assert world.created_topic in row
+    assert f"{world.created_topic}:" in row  # the blocker, topic:partition:offset
+    assert " 1 " in row  # one record parked behind it
+
+    refused = CliRunner().invoke(app, ["holds", "release", "--yes"], env=environment)
+    assert refused.exit_code == 2
+    assert "name the keys or services" in refused.output
+
+    assert "would release 1 held keys" in revsync("holds", "release", "--key", key)
+    world.loop(world.handler()).run(max_idle_s=2)
+    assert world.effects() == []  # a dry run: still held
+
+    released = revsync("holds", "release", "--key", key, "--yes", "--actor", "on-call")
+    assert "released 1 held keys (audited)" in released
+    world.loop(world.handler()).run(max_idle_s=3)
+    assert world.effects() == [(key, str(second.envelope.event_id))]
+    assert "0 held keys" in revsync("holds", "ls", "--key", key)
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        audited = db.execute(
+            "SELECT actor, count, outcome FROM revsync_audit WHERE action = 'release holds' "
+            "AND filter -> 'keys' ? %s ORDER BY id",
+            (key,),
+        ).fetchall()
+    assert audited == [(getpass.getuser(), 1, "dry run"), ("on-call", 1, "released")]

@@ -10,7 +10,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
@@ -19,6 +19,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from revsync.contracts.catalog import load_catalog
 from revsync.contracts.schemas import SchemaRepository
@@ -28,6 +29,7 @@ from revsync.ops import dead_letters as dl
 from revsync.ops.operations import Operations, grouped
 from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
+from revsync.runtime.holds import HeldKey
 from revsync.settings import OpsSettings, Settings, SettingsError
 
 dlt_app = typer.Typer(help="Dead letters: inspect, replay, purge, archive, export.")
@@ -436,3 +438,59 @@ def rewind(
     console.print(table)
     if not yes:
         console.print("dry run: add --yes to move the offsets")
+
+
+holds_app = typer.Typer(help="Held keys: what waits behind a failed record, and its release.")
+
+
+def _held(
+    service: list[str] | None, key: list[str] | None, actor: str | None
+) -> tuple[Operations, list[str], list[bytes]]:
+    operations = _operations(actor)
+    consumers = [operations.catalog.consumer_of(name.replace("-", "_")) for name in service or []]
+    return operations, consumers, [k.encode() for k in key or []]
+
+
+def _holds_table(title: str, held: list[HeldKey]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("consumer", "key", "source topic", "blocker", "parked", "held for"):
+        table.add_column(column, justify="right" if column in ("parked", "held for") else "left")
+    now = datetime.now(UTC)
+    for item in held:
+        age = now - item.held_since
+        table.add_row(
+            Text(item.consumer),
+            Text(item.key.decode(errors="replace")),
+            Text(item.source_topic),
+            Text(item.blocker),
+            str(item.parked),
+            str(age - timedelta(microseconds=age.microseconds)),
+        )
+    return table
+
+
+@holds_app.command("ls")
+def holds_ls(service: Service = None, key: Key = None) -> None:
+    """Held keys: consumer, key, source topic, the record they wait on, parked count, age."""
+    try:
+        operations, consumers, keys = _held(service, key, None)
+        held = operations.holds(consumers, keys)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    console.print(_holds_table(f"{len(held)} held keys", held))
+
+
+@holds_app.command("release")
+def holds_release(
+    service: Service = None, key: Key = None, yes: Yes = False, actor: Actor = None
+) -> None:
+    """Release held keys, so their parked records are handled next, in order (dry run
+    unless --yes). The record a key waited on stays where it is (retry tier or DLT)."""
+    try:
+        operations, consumers, keys = _held(service, key, actor)
+        held = operations.release_holds(consumers, keys, dry_run=not yes)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    verb = "released" if yes else "would release"
+    console.print(_holds_table(f"{verb} {len(held)} held keys", held))
+    console.print(f"{verb} {len(held)} held keys (audited)" + ("" if yes else "; add --yes"))

@@ -9,7 +9,7 @@ import base64
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from revsync.ops import ledger
 from revsync.ops.replay import ReplayJobs
 from revsync.ops.storage import migrate
 from revsync.runtime import headers as h
+from revsync.runtime.holds import RELEASED, HeldKey, held_keys, release
 from revsync.runtime.records import Decoder
 
 
@@ -115,6 +116,40 @@ class Operations:
                 connection, self.actor, "export", selection.as_json(), len(letters), f"to {path}"
             )
         return len(letters)
+
+    # --- held keys -------------------------------------------------------------------------------
+
+    def holds(self, consumers: Collection[str], keys: Collection[bytes]) -> list[HeldKey]:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            return held_keys(connection, consumers, keys)
+
+    def release_holds(
+        self, consumers: Collection[str], keys: Collection[bytes], *, dry_run: bool
+    ) -> list[HeldKey]:
+        """Release the matching held keys, whatever blocks them: their parked records are
+        handled next, in order. Refused without a filter; audited with what it released."""
+        if not consumers and not keys:
+            raise dl.OperationRefused("name the keys or services whose holds to release")
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
+            found = [
+                held for held in held_keys(connection, consumers, keys) if held.blocker != RELEASED
+            ]
+            if not dry_run:
+                for held in found:
+                    release(connection, held.consumer, held.key, held.source_topic, held.blocker)
+            ledger.audit(
+                connection,
+                self.actor,
+                "release holds",
+                {
+                    "consumers": sorted(consumers),
+                    "keys": sorted(key.decode(errors="replace") for key in keys),
+                    "released": [f"{k.consumer}/{k.key.decode(errors='replace')}" for k in found],
+                },
+                len(found),
+                "dry run" if dry_run else "released",
+            )
+        return found
 
     # --- rewinding a consumer group --------------------------------------------------------------
 

@@ -277,6 +277,7 @@ class ReplayJobs:
         with connection.transaction():
             ledger.archive(connection, [letter])
             ledger.record(connection, job_id, [letter.ref], "quarantined")
+            ledger.release_holds(connection, [letter])
 
     def _finish(
         self, connection: psycopg.Connection[Any], report: ReplayReport, status: str

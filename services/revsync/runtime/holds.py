@@ -5,6 +5,8 @@ records of the same source topic, which are parked in PostgreSQL until the hold 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -190,3 +192,38 @@ def release(
                 (consumer, key, source_topic),
             )
     return True
+
+
+@dataclass(frozen=True)
+class HeldKey:
+    """A held key as an operator sees it."""
+
+    consumer: str
+    key: bytes
+    source_topic: str
+    blocker: str
+    """The record it waits on (``topic:partition:offset``), or :data:`RELEASED`."""
+    parked: int
+    held_since: datetime
+
+
+def held_keys(
+    connection: psycopg.Connection[Any], consumers: Collection[str], keys: Collection[bytes]
+) -> list[HeldKey]:
+    """The held keys of ``consumers`` (every consumer if empty), of ``keys`` (any if empty),
+    longest held first, each with how many records it has parked."""
+    rows = connection.execute(
+        "SELECT h.consumer, h.record_key, h.source_topic, h.blocker, count(p.seq), "
+        "h.held_since FROM revsync_key_holds h LEFT JOIN revsync_parked p "
+        "ON p.consumer = h.consumer AND p.record_key = h.record_key "
+        "AND p.source_topic = h.source_topic "
+        "WHERE (cardinality(%s::text[]) = 0 OR h.consumer = ANY(%s::text[])) "
+        "AND (cardinality(%s::bytea[]) = 0 OR h.record_key = ANY(%s::bytea[])) "
+        "GROUP BY h.consumer, h.record_key, h.source_topic, h.blocker, h.held_since "
+        "ORDER BY h.held_since, h.consumer, h.record_key",
+        (list(consumers), list(consumers), list(keys), list(keys)),
+    ).fetchall()
+    return [
+        HeldKey(consumer, bytes(key), topic, blocker, int(parked), since)
+        for consumer, key, topic, blocker, parked, since in rows
+    ]
