@@ -110,7 +110,9 @@ class ConsumerLoop:
                 max_wait_s=policy.in_process_max_wait_s,
             ),
             outbox=OutboxWriter(serde, spec.service),
-            send=self._produce_and_wait,
+            send=lambda outgoing: produce_and_wait(
+                self._producer, outgoing, policy.drain_deadline_s
+            ),
             owns=self.positions.owns,
             keepalive=self._keepalive,
         )
@@ -228,24 +230,6 @@ class ConsumerLoop:
         for wait in waiting:
             self.positions.pause_until(self._consumer, wait)
 
-    def _produce_and_wait(self, outgoing: list[Outgoing]) -> None:
-        if not outgoing:
-            return
-        assert self._producer is not None
-        errors: list[KafkaError] = []
-
-        def delivered(error: KafkaError | None, _: Message) -> None:
-            if error is not None:
-                errors.append(error)
-
-        for topic, key, value, headers in outgoing:
-            self._producer.produce(
-                topic, key=key, value=value, headers=headers, on_delivery=delivered
-            )
-        remaining = self._producer.flush(self.policy.drain_deadline_s)
-        if errors or remaining:
-            raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
-
     def _maintain(self) -> None:
         """At most once a maintenance interval: whether lost brokers are back, released keys,
         then old inbox rows."""
@@ -320,3 +304,23 @@ def _skippable(message: Message) -> bool:
     if error.code() != KafkaError._PARTITION_EOF:
         log.warning("consumer: %s", error)
     return True
+
+
+def produce_and_wait(
+    producer: Producer | None, outgoing: list[Outgoing], deadline_s: float
+) -> None:
+    """Produce retry and dead-letter copies and wait for Kafka to have every one of them."""
+    if not outgoing:
+        return
+    assert producer is not None
+    errors: list[KafkaError] = []
+
+    def delivered(error: KafkaError | None, _: Message) -> None:
+        if error is not None:
+            errors.append(error)
+
+    for topic, key, value, headers in outgoing:
+        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+    remaining = producer.flush(deadline_s)
+    if errors or remaining:
+        raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))

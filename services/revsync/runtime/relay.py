@@ -72,6 +72,52 @@ class OutboxTable:
     route: str = "outbox.event.{aggregatetype}"
     notify_channel: str | None = OUTBOX_CHANNEL
 
+    def unpublished(self) -> sql.Composable:
+        """The condition of a row not yet published."""
+        t = self
+        if t.published_column:
+            return sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
+        return sql.SQL("true")
+
+    def statements(self) -> tuple[sql.Composed, sql.Composed]:
+        """The next unpublished rows in sequence order, locked, skipping the keys set aside;
+        and the statement that marks (or deletes) rows as published."""
+        t = self
+        column = sql.Identifier
+        table = sql.Identifier(*t.table.split("."))
+        optional = [
+            column(t.topic_column) if t.topic_column else sql.SQL("NULL"),
+            column(t.headers_column) if t.headers_column else sql.SQL("NULL"),
+            column(t.created_column) if t.created_column else sql.SQL("NULL"),
+        ]
+        select = sql.SQL(
+            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers}, "
+            "{type}, {created} FROM {table} WHERE {pending} "
+            "AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
+            "ORDER BY {seq} LIMIT %s FOR UPDATE"
+        ).format(
+            id=column(t.id_column),
+            aggregate_type=column(t.aggregate_type_column),
+            aggregate_id=column(t.aggregate_id_column),
+            payload=column(t.payload_column),
+            topic=optional[0],
+            headers=optional[1],
+            type=column(t.type_column),
+            created=optional[2],
+            table=table,
+            pending=self.unpublished(),
+            seq=column(t.seq_column),
+        )
+        if t.published_column:
+            mark = sql.SQL("UPDATE {table} SET {published} = now() WHERE {id} = ANY(%s)").format(
+                table=table, published=column(t.published_column), id=column(t.id_column)
+            )
+        else:
+            mark = sql.SQL("DELETE FROM {table} WHERE {id} = ANY(%s)").format(
+                table=table, id=column(t.id_column)
+            )
+        return select, mark
+
 
 class OutboxRelay:
     """Publishes an outbox in sequence order with an idempotent producer.
@@ -122,7 +168,7 @@ class OutboxRelay:
         self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
         self._stopping = threading.Event()
         self.outages = Outages(self.liveness, self._stopping, keep_group=lambda: None)
-        self._select, self._mark = self._statements()
+        self._select, self._mark = table.statements()
 
     @property
     def name(self) -> str:
@@ -279,7 +325,7 @@ class OutboxRelay:
 
     def _report_backlog(self, connection: psycopg.Connection[Any]) -> None:
         t = self.table
-        pending = self._unpublished()
+        pending = self.table.unpublished()
         oldest = (
             sql.SQL("extract(epoch FROM now() - min({}))").format(sql.Identifier(t.created_column))
             if t.created_column
@@ -292,46 +338,3 @@ class OutboxRelay:
             count, age = connection.execute(query).fetchone()  # type: ignore[misc]
         OUTBOX_BACKLOG.labels(self.name).set(count)
         OUTBOX_OLDEST_AGE.labels(self.name).set(float(age))
-
-    def _unpublished(self) -> sql.Composable:
-        t = self.table
-        if t.published_column:
-            return sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
-        return sql.SQL("true")
-
-    def _statements(self) -> tuple[sql.Composed, sql.Composed]:
-        t = self.table
-        column = sql.Identifier
-        table = sql.Identifier(*t.table.split("."))
-        optional = [
-            column(t.topic_column) if t.topic_column else sql.SQL("NULL"),
-            column(t.headers_column) if t.headers_column else sql.SQL("NULL"),
-            column(t.created_column) if t.created_column else sql.SQL("NULL"),
-        ]
-        select = sql.SQL(
-            "SELECT {id}, {aggregate_type}, {aggregate_id}, {payload}, {topic}, {headers}, "
-            "{type}, {created} FROM {table} WHERE {pending} "
-            "AND NOT (coalesce({aggregate_id}::text, '') = ANY(%s)) "
-            "ORDER BY {seq} LIMIT %s FOR UPDATE"
-        ).format(
-            id=column(t.id_column),
-            aggregate_type=column(t.aggregate_type_column),
-            aggregate_id=column(t.aggregate_id_column),
-            payload=column(t.payload_column),
-            topic=optional[0],
-            headers=optional[1],
-            type=column(t.type_column),
-            created=optional[2],
-            table=table,
-            pending=self._unpublished(),
-            seq=column(t.seq_column),
-        )
-        if t.published_column:
-            mark = sql.SQL("UPDATE {table} SET {published} = now() WHERE {id} = ANY(%s)").format(
-                table=table, published=column(t.published_column), id=column(t.id_column)
-            )
-        else:
-            mark = sql.SQL("DELETE FROM {table} WHERE {id} = ANY(%s)").format(
-                table=table, id=column(t.id_column)
-            )
-        return select, mark
