@@ -28,7 +28,14 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
 from revsync.runtime import headers as h
-from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
+from revsync.runtime.handler import (
+    Decision,
+    Emission,
+    Handler,
+    Inbound,
+    StateWrite,
+    caused_envelope,
+)
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.observability import Liveness
 from revsync.runtime.storage import migrate
@@ -141,7 +148,7 @@ class RuntimeWorld:
 
     def loop(
         self,
-        handler: RecordingHandler,
+        handler: Handler,
         *,
         liveness: Liveness | None = None,
         postgres_dsn: str | None = None,

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from revsync.contracts.cli import schemas_app, topics_app
-from revsync.ops.cli import dlt_app, holds_app, rewind
+from revsync.ops.cli import consumer_app, dlt_app, holds_app, rewind
 from revsync.settings import SettingsError
 
 COMMANDS = "revsync.commands"
@@ -21,6 +21,7 @@ app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlt_app, name="dlt")
 app.add_typer(holds_app, name="holds")
+app.add_typer(consumer_app, name="consumer")
 app.command("replay")(rewind)
 for command in entry_points(group=COMMANDS):
     app.add_typer(command.load(), name=command.name)

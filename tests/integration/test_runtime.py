@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY
 from revsync.contracts.events import Event, OrderCancelled, OrderCreated
 from revsync.errors import BusinessRuleViolation
 from revsync.runtime import headers as h
-from revsync.runtime.handler import Decision, Inbound, caused_envelope
+from revsync.runtime.handler import Decision, FailedPart, Inbound, caused_envelope
 from revsync.runtime.holds import RELEASED, release
 from revsync.runtime.observability import HealthServer, Liveness
 from runtime_support import (
@@ -577,3 +577,38 @@ def test_a_held_key_holds_back_only_its_own_topic(world: RuntimeWorld) -> None:
         (world.created_topic, world.serde().serialize(world.created_topic, later))
     ]
     assert [(bytes(k), topic) for k, topic in holds] == [(key.encode(), world.created_topic)]
+
+
+def test_a_part_that_fails_on_its_own_holds_back_only_its_own_key(world: RuntimeWorld) -> None:
+    merged, later_of_merged = order(6000), order(6000)
+    part_key = b"8015g0000PARTKEY01"
+    recording = world.handler()
+
+    def splitting(inbound: Inbound) -> Decision:
+        decision: Decision = recording(inbound)
+        if inbound.envelope.event_id != merged.envelope.event_id:
+            return decision
+        refusal = BusinessRuleViolation("the part's account is blocked")
+        return Decision(
+            writes=decision.writes,
+            emits=decision.emits,
+            failed=[FailedPart(part_key, b"the part alone", refusal)],
+        )
+
+    world.produce([merged, later_of_merged])
+    world.loop(splitting).run(max_idle_s=2)
+
+    # The input's own effects are committed, and its key flows on; only the part is held.
+    assert [event_id for _, event_id in world.effects()] == [
+        str(merged.envelope.event_id),
+        str(later_of_merged.envelope.event_id),
+    ]
+    [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
+    assert (dead.key(), dead.value()) == (part_key, b"the part alone")
+    assert h.get(dead.headers(), h.ERROR_CLASS) == "business rule"
+    assert h.get(dead.headers(), h.ORIGINAL_TOPIC) == world.created_topic
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        held = db.execute(
+            "SELECT record_key FROM revsync_key_holds WHERE consumer = %s", (world.consumer,)
+        ).fetchall()
+    assert [bytes(key) for (key,) in held] == [part_key]

@@ -99,12 +99,27 @@ class Defaults(_Strict):
     cleanup_policy: str = Field(pattern=r"^(delete|compact|compact,delete)$")
 
 
+class CircuitBreakerSpec(_Strict):
+    """When a consumer stops taking records rather than dead-letter everything: a bad deploy
+    or a changed ERP contract fails every record alike."""
+
+    window: int = Field(default=100, ge=1)
+    """How many of the latest handled records the ratio is taken over."""
+    max_dead_letter_ratio: float = Field(default=0.5, gt=0, le=1)
+    """Trips when more than this share of a full window was dead-lettered."""
+    consecutive_dead_letters: int = Field(default=20, ge=1)
+    """Trips after this many dead letters in a row, window or not."""
+    cool_down: Milliseconds = 300_000
+    """Open this long, then one probe record: its success closes the breaker."""
+
+
 class ConsumerSpec(_Strict):
     service: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str
     retry_tiers: list[Milliseconds] = Field(min_length=0)
     dead_letter_retention: Milliseconds
     preserve_key_order: bool = True
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
 
 
 class TopicSpec(_Strict):

@@ -494,3 +494,21 @@ def holds_release(
     verb = "released" if yes else "would release"
     console.print(_holds_table(f"{verb} {len(held)} held keys", held))
     console.print(f"{verb} {len(held)} held keys (audited)" + ("" if yes else "; add --yes"))
+
+
+consumer_app = typer.Typer(help="Consumers: resume one its circuit breaker stopped.")
+
+
+@consumer_app.command("resume")
+def consumer_resume(
+    service: Annotated[str, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")],
+    actor: Actor = None,
+) -> None:
+    """Close a consumer's open circuit breaker (audited): it takes records again."""
+    try:
+        operations = _operations(actor)
+        consumer = operations.catalog.consumer_of(service.replace("-", "_"))
+        operations.resume_consumer(consumer)
+    except (RevsyncError, SettingsError) as error:
+        raise _fail(str(error)) from None
+    console.print(f"{consumer}: circuit breaker closed; it takes records again (audited)")

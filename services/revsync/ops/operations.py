@@ -29,6 +29,7 @@ from revsync.ops import ledger
 from revsync.ops.replay import ReplayJobs
 from revsync.ops.storage import migrate
 from revsync.runtime import headers as h
+from revsync.runtime.breaker import request_resume
 from revsync.runtime.holds import RELEASED, HeldKey, held_keys, release
 from revsync.runtime.records import Decoder
 
@@ -150,6 +151,18 @@ class Operations:
                 "dry run" if dry_run else "released",
             )
         return found
+
+    # --- circuit breakers -----------------------------------------------------------------------
+
+    def resume_consumer(self, consumer: str) -> None:
+        """Close ``consumer``'s open circuit breaker: its running members take records again
+        within a second. Refused if it is not open; audited."""
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
+            if not request_resume(connection, consumer, self.actor):
+                raise dl.OperationRefused(f"{consumer}'s circuit breaker is not open")
+            ledger.audit(
+                connection, self.actor, "resume consumer", {"consumer": consumer}, 1, "resumed"
+            )
 
     # --- rewinding a consumer group --------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,7 @@ import psycopg
 from revsync.contracts.events import Event
 from revsync.contracts.serde import RegistryUnavailable
 from revsync.errors import DecodeError, TransientError
+from revsync.runtime.breaker import CircuitBreaker
 from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Decision, Handler, Inbound
 from revsync.runtime.holds import KeyHolds
@@ -55,6 +56,8 @@ class BatchOutcome:
     """Every key held while the batch ran, with its blocker."""
     prepared: dict[str, Decision | Exception] = field(default_factory=dict)
     """The batch call's results, by event id."""
+    unhandled: list[Record] = field(default_factory=list)
+    """Records left as they were because the circuit breaker tripped: consumed again later."""
 
     def done(self, record: Record) -> None:
         if record.parked_seq is not None:
@@ -77,6 +80,7 @@ class BatchProcessor:
     """Produces retry and dead-letter copies and waits for Kafka's acknowledgement."""
     owns: Callable[[Partition], bool]
     keepalive: Callable[[], None]
+    breaker: CircuitBreaker
     wave_runner: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
@@ -106,16 +110,27 @@ class BatchProcessor:
                 self.keepalive()
                 if record.parked_seq is None and not self.owns(record.where):
                     continue  # revoked mid-batch: its new owner redelivers it
+                failures, parks = len(batch.outgoing), len(batch.parks)
                 released = self._handle_one(db, record, decoded, batch)
-                # What the record held back comes next, before anything later in the batch.
-                work.extendleft((r, self.decode(r)) for r in reversed(released))
                 if record.parked_seq is None:
                     # max: a record parked earlier in this batch may be handled late, after
                     # its key was released; the position must never move back.
                     now_at = batch.positions.get(record.where, 0)
                     batch.positions[record.where] = max(now_at, record.offset + 1)
+                if len(batch.parks) == parks and self._trips(batch.outgoing[failures:]):
+                    # Stop here: nothing later in the batch is handled, nor committed.
+                    batch.unhandled = [r for r, _ in work if r.parked_seq is None]
+                    break
+                # What the record held back comes next, before anything later in the batch.
+                work.extendleft((r, self.decode(r)) for r in reversed(released))
             self._write(db, batch)
+            self.breaker.save(db)
         return batch
+
+    def _trips(self, failures: Sequence[Outgoing]) -> bool:
+        """Whether one handled record's outcome trips the circuit breaker."""
+        dead = any(topic == self.router.dead_letters for topic, *_ in failures)
+        return self.breaker.observe(dead)
 
     def decode(self, record: Record) -> Decoded:
         if record.problem is not None:
@@ -218,7 +233,11 @@ class BatchProcessor:
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
         self._age.observe(max(age, 0.0))
         batch.done(record)
-        return self._resolve(db, record, batch)
+        released = self._resolve(db, record, batch)
+        for part in decision.failed:
+            # Its own record from here on: its own key, holding back only that key.
+            self._fail(replace(record, key=part.key, value=part.value), part.error, event, batch)
+        return released
 
     def _resolve(
         self, db: psycopg.Connection[Any], record: Record, batch: BatchOutcome

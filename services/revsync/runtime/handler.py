@@ -37,10 +37,25 @@ class Emission:
 
 @dataclass(frozen=True)
 class Decision:
-    """What handling one event decided: state to write and events to emit."""
+    """What handling one event decided: state to write and events to emit, and the parts of
+    it that failed on their own (``failed``)."""
 
     writes: Sequence[StateWrite] = field(default_factory=tuple)
     emits: Sequence[Emission] = field(default_factory=tuple)
+    failed: Sequence[FailedPart] = field(default_factory=tuple)
+    """For an input that names several records (a merged change event): the records that
+    failed, each routed on as a record of its own, so that one holds back only itself while
+    the rest of the decision is committed."""
+
+
+@dataclass(frozen=True)
+class FailedPart:
+    """One record of a many-record input that failed: retried or dead-lettered on its own,
+    under its own key, as ``value`` (the input narrowed to that record)."""
+
+    key: bytes
+    value: bytes
+    error: Exception
 
 
 class Inbound(Protocol):

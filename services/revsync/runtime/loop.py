@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from revsync.contracts.catalog import Catalog, TopicFormat
 from revsync.contracts.serde import EventSerde
 from revsync.runtime.batch import BatchProcessor
+from revsync.runtime.breaker import CircuitBreaker
 from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Handler
 from revsync.runtime.holds import KeyHolds
@@ -94,6 +95,7 @@ class ConsumerLoop:
         self._last_purge = time.monotonic()
         self.outages = Outages(self.liveness, self._stopping, self._keep_group)
         self.holds = KeyHolds(consumer)
+        self.breaker = CircuitBreaker(consumer, spec.circuit_breaker)
         self.batches = BatchProcessor(
             consumer=consumer,
             handler=handler,
@@ -115,6 +117,7 @@ class ConsumerLoop:
             ),
             owns=self.positions.owns,
             keepalive=self._keepalive,
+            breaker=self.breaker,
         )
         self.tiers = [tier for tier, _ in tiers]
         self._tier_delays = {tier: timedelta(milliseconds=delay) for tier, delay in tiers}
@@ -133,7 +136,8 @@ class ConsumerLoop:
             self.batches.wave_runner = ThreadPoolExecutor(
                 1, thread_name_prefix=f"{self.name}-batch"
             )
-        self._db = self.outages.until_up(self._connect)
+        self._db = db = self.outages.until_up(self._connect)
+        self.breaker.load(db)
         self._producer = Producer(
             {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}
         )
@@ -161,7 +165,8 @@ class ConsumerLoop:
                 self.liveness.beat()
                 self.positions.resume_due(self._consumer)
                 messages = self._consumer.consume(
-                    self.policy.batch_size, self.policy.batch_timeout_s
+                    1 if self.breaker.probing else self.policy.batch_size,
+                    self.policy.batch_timeout_s,
                 )
                 self._last_poll = time.monotonic()
                 records = [
@@ -169,6 +174,11 @@ class ConsumerLoop:
                     for m in messages
                     if not _skippable(m)
                 ]
+                if records and self.breaker.is_open:
+                    # From a partition assigned since the breaker opened: not taken, paused.
+                    self.positions.rewind(self._consumer, records)
+                    records = []
+                    self._follow_breaker()
                 if records:
                     self._run_batch(records)
                     idle_since = time.monotonic()
@@ -227,6 +237,9 @@ class ConsumerLoop:
         self.outages.succeeded()
         KEYS_HELD.labels(self.name).set(len(batch.held))
         self.positions.commit(self._consumer, batch.positions)
+        if batch.unhandled:
+            self.positions.rewind(self._consumer, batch.unhandled)
+        self._follow_breaker()
         for wait in waiting:
             self.positions.pause_until(self._consumer, wait)
 
@@ -239,7 +252,9 @@ class ConsumerLoop:
         self._last_maintenance = now
         if self._consumer is not None:
             self.outages.check_kafka(self._consumer)
-        if self.ordering and self._db is not None:
+        if self._db is not None and self.breaker.check(self._db):
+            self._follow_breaker()
+        if self.ordering and self._db is not None and not self.breaker.is_open:
             released = self.holds.released(self._db, self.positions.assigned)
             if released:
                 parked = [r for hold in sorted(released) for r in self.holds.unpark(self._db, hold)]
@@ -249,6 +264,10 @@ class ConsumerLoop:
             purged = purge_inbox(self._db, self.policy.inbox_retention)
             if purged:
                 log.info("purged %d inbox rows older than %s", purged, self.policy.inbox_retention)
+
+    def _follow_breaker(self) -> None:
+        assert self._consumer is not None
+        self.breaker.follow(self._consumer, self.positions, self.liveness)
 
     # --- dependency outages -------------------------------------------------------------------
 
@@ -277,19 +296,7 @@ class ConsumerLoop:
         if time.monotonic() - self._last_poll < self.policy.keepalive_s:
             return
         assert self._consumer is not None
-        active = self.positions.active()
-        self._consumer.pause(active)
-        stray = self._consumer.poll(0)
-        if stray is not None and stray.error() is None:
-            # From a partition assigned during this poll: leave it for the next batch.
-            topic, partition, offset = stray.topic(), stray.partition(), stray.offset()
-            assert topic is not None
-            assert partition is not None
-            assert offset is not None
-            self._consumer.seek(TopicPartition(topic, partition, offset))
-        self._consumer.resume(
-            [tp for tp in active if self.positions.owns((tp.topic, tp.partition))]
-        )
+        self.positions.poll_paused(self._consumer)
         self._last_poll = time.monotonic()
 
 

@@ -52,6 +52,11 @@ EVENT_AGE = Histogram(
     ["consumer"],
     buckets=AGE_BUCKETS,
 )
+CIRCUIT_OPEN = Gauge(
+    "revsync_circuit_open",
+    "1 while the consumer's dead-letter circuit breaker is open.",
+    ["consumer"],
+)
 DEPENDENCY_UP = Gauge(
     "revsync_dependency_up",
     "1 while the dependency answers, 0 during an outage (only dependencies that were out).",

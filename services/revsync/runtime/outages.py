@@ -20,14 +20,15 @@ T = TypeVar("T")
 DEPENDENCY_ERRORS = (psycopg.Error, KafkaException, RegistryUnavailable)
 """What a lost PostgreSQL, broker or registry raises."""
 KAFKA = "kafka"
+DEPENDENCIES = ("postgresql", KAFKA, "schema-registry")
 
 
 def dependency_of(error: BaseException) -> str:
     """The dependency a :data:`DEPENDENCY_ERRORS` error came from."""
     if isinstance(error, psycopg.Error):
-        return "postgresql"
+        return DEPENDENCIES[0]
     if isinstance(error, RegistryUnavailable):
-        return "schema-registry"
+        return DEPENDENCIES[2]
     return KAFKA
 
 
@@ -64,7 +65,7 @@ class Outages:
     def succeeded(self) -> None:
         """Work that needs every dependency went through: they are all back."""
         self._backoff.reset()
-        self.liveness.recovered()
+        self.liveness.recovered(*DEPENDENCIES)
 
     def pause(self, seconds: float) -> None:
         """Sleep while staying alive and in the group."""

@@ -53,6 +53,8 @@ class Positions:
     def __init__(self) -> None:
         self.assigned: set[Partition] = set()
         self.paused: dict[Partition, datetime] = {}
+        self.stopped = False
+        """Every partition paused (an open circuit breaker), whatever its due time."""
 
     def assign(self, partitions: list[TopicPartition]) -> None:
         self.assigned |= {(p.topic, p.partition) for p in partitions}
@@ -66,7 +68,18 @@ class Positions:
         return where in self.assigned
 
     def active(self) -> list[TopicPartition]:
+        if self.stopped:
+            return []
         return [TopicPartition(t, p) for t, p in self.assigned if (t, p) not in self.paused]
+
+    def stop(self, consumer: Consumer) -> None:
+        """Pause every partition we own (and keep them paused) until :meth:`start`."""
+        self.stopped = True
+        consumer.pause([TopicPartition(t, p) for t, p in self.assigned])
+
+    def start(self, consumer: Consumer) -> None:
+        self.stopped = False
+        consumer.resume(self.active())
 
     def pause_until(self, consumer: Consumer, waiting: Waiting) -> None:
         topic, partition, offset, until = waiting
@@ -78,6 +91,8 @@ class Positions:
         self.paused[(topic, partition)] = until
 
     def resume_due(self, consumer: Consumer) -> None:
+        if self.stopped:
+            return
         now = datetime.now(UTC)
         ready = [where for where, until in self.paused.items() if until <= now]
         if ready:
@@ -102,3 +117,18 @@ class Positions:
             consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
             log.warning("offset commit failed, records will be redelivered: %s", error)
+
+    def poll_paused(self, consumer: Consumer) -> None:
+        """Poll with every partition paused, so that the group keeps this member through a
+        slow batch or a wait; a record from a partition assigned during the poll is left for
+        the next batch."""
+        active = self.active()
+        consumer.pause(active)
+        stray = consumer.poll(0)
+        if stray is not None and stray.error() is None:
+            topic, partition, offset = stray.topic(), stray.partition(), stray.offset()
+            assert topic is not None
+            assert partition is not None
+            assert offset is not None
+            consumer.seek(TopicPartition(topic, partition, offset))
+        consumer.resume([tp for tp in active if self.owns((tp.topic, tp.partition))])

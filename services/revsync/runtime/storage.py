@@ -1,5 +1,6 @@
 """The runtime's PostgreSQL tables, each defined beside the collaborator that owns it (the
-inbox, the outbox, key holds and parked records), created together at start-up."""
+inbox, the outbox, key holds and parked records, circuit breakers), created together at
+start-up."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Any
 
 import psycopg
 
-from revsync.runtime import holds, inbox, outbox
+from revsync.runtime import breaker, holds, inbox, outbox
 
-SCHEMA = inbox.SCHEMA + outbox.SCHEMA + holds.SCHEMA
+SCHEMA = inbox.SCHEMA + outbox.SCHEMA + holds.SCHEMA + breaker.SCHEMA
 
 
 def migrate(connection: psycopg.Connection[Any]) -> None:
