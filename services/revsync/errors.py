@@ -84,6 +84,43 @@ class PayloadInvalid(DecodeError):
         self.field = field
 
 
+class MalformedInput(RevsyncError, ValueError):
+    """Text that is not what it claims to be: not strict JSON, a header value that does not
+    parse. Permanent, so a record carrying it is dead-lettered at once; a ValueError too, so
+    code written against the standard library's parsers still catches it."""
+
+    error_class = ErrorClass.DESERIALIZATION
+
+
+class MalformedJson(MalformedInput):
+    """Not JSON revsync reads: bytes that are not Unicode, a lone surrogate, NaN or Infinity,
+    a number past Python's digit limit or Decimal's range, nesting too deep."""
+
+
+class MalformedHeader(MalformedInput):
+    """A ``revsync.*`` header value that does not parse (not a number, out of range, not a
+    time); names the header and shows the start of the value."""
+
+    def __init__(self, header: str, value: str, reason: str) -> None:
+        shown = value if len(value) <= 40 else f"{value[:40]}..."
+        super().__init__(f"header {header} = {shown!r}: {reason}")
+        self.header = header
+        self.value = value
+        self.reason = reason
+
+
+class UnencodableEvent(RevsyncError):
+    """An event revsync is about to publish does not fit its topic's Avro schema (a value the
+    schema cannot carry, a field of the wrong type); says which topic and why. Permanent."""
+
+    error_class = ErrorClass.VALIDATION
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"{topic}: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
 class TransientError(RevsyncError):
     """A dependency failed in a way that may pass (timeout, 5xx, 429); retried in process,
     then through the consumer's retry tiers. ``retry_after`` (seconds) is honoured."""

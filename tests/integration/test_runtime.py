@@ -217,7 +217,7 @@ def test_malformed_routing_headers_on_a_retry_tier_dead_letter_the_record(
     [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
     assert dead.key() == record.crm_order_id.encode()
     assert h.get(dead.headers(), h.ERROR_CLASS) == "deserialization"
-    assert "revsync.retry.due.at is 'soon'" in (h.get(dead.headers(), h.ERROR_MESSAGE) or "")
+    assert "revsync.retry.due.at = 'soon'" in (h.get(dead.headers(), h.ERROR_MESSAGE) or "")
 
 
 def test_with_key_order_a_keys_later_events_wait_behind_its_failed_one(

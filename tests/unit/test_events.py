@@ -6,7 +6,7 @@ import io
 import types
 import typing
 import uuid
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -24,11 +24,12 @@ from revsync.contracts.events import (
     Event,
     InvoicePosted,
     OrderCreated,
+    OrderRejected,
     PaymentReceived,
     ShipmentConfirmed,
 )
 from revsync.contracts.schemas import SchemaRepository
-from samples import sample_event, sample_events, sample_order_line
+from samples import sample_envelope, sample_event, sample_events, sample_order_line
 
 SCHEMAS = SchemaRepository(SCHEMAS_DIR)
 
@@ -53,6 +54,17 @@ def test_every_model_agrees_with_its_avsc_field_by_field(event_type: type[Event]
 def test_every_catalog_topic_has_a_model_with_its_event_type() -> None:
     for topic in load_catalog(SCHEMAS_DIR).avro_topics:
         assert EVENTS_BY_SCHEMA[topic.avro_schema].event_type == topic.event_type
+
+
+MONEY_LIMIT = Decimal("99999999999999.9999")
+"""The largest decimal(18,4)."""
+LINE_AT_THE_MONEY_LIMIT = {
+    "quantity": MONEY_LIMIT,
+    "unit_price": MONEY_LIMIT,
+    "discount_amount": Decimal(0),
+    "line_total": MONEY_LIMIT,
+}
+FIVE_HOURS_BEHIND = timezone(-timedelta(hours=5))
 
 
 def order(**overrides: object) -> OrderCreated:
@@ -128,6 +140,38 @@ def order(**overrides: object) -> OrderCreated:
             "greater than 0",
         ),
         (lambda: sample_event(ShipmentConfirmed, lines=[]), "lines", "at least 1 item"),
+        # Hostile values the Avro contract cannot carry are refused here, naming the field.
+        (
+            lambda: order(lines=[sample_order_line(1, **LINE_AT_THE_MONEY_LIMIT)]),
+            "lines.0",
+            "line_total 99999999999999.9999 is not quantity * unit_price - discount_amount = "
+            "9999999999999999980000000000.0000",
+        ),
+        (
+            lambda: order(ordered_at=datetime(9999, 12, 31, 23, 0, tzinfo=FIVE_HOURS_BEHIND)),
+            "ordered_at",
+            "outside the years 1 to 9999 in UTC",
+        ),
+        (
+            lambda: order(purchase_order_number="PO-\ud800"),
+            "purchase_order_number",
+            "a lone surrogate",
+        ),
+        (
+            lambda: sample_event(OrderRejected, offending_skus=["SKU-\udfff"]),
+            "offending_skus.0",
+            "a lone surrogate",
+        ),
+        (
+            lambda: order(lines=[sample_order_line(2**31)]),
+            "lines.0.line_number",
+            "less than or equal to 2147483647",
+        ),
+        (
+            lambda: sample_envelope(OrderCreated.event_type, schema_version=2**31),
+            "schema_version",
+            "less than or equal to 2147483647",
+        ),
         (
             lambda: sample_event(ShipmentConfirmed, tracking_number=""),
             "tracking_number",
@@ -195,6 +239,8 @@ def avro_shape(node: Any, named: dict[str, Any] | None = None) -> Any:
 
 def python_shape(annotation: Any) -> Any:
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:  # a constrained type: its shape is its base type's
+        return python_shape(typing.get_args(annotation)[0])
     if origin in (typing.Union, types.UnionType):
         (inner,) = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         return ("optional", python_shape(inner))

@@ -113,6 +113,63 @@ def test_lint_wants_enum_defaults(contracts: Path) -> None:
     ) in findings(contracts)
 
 
+ORDER_CANCELLED = "io.revsync.events.OrderCancelled.avsc"
+
+
+def without_namespace(folder: Path, *, filed_as_bare_name: bool) -> None:
+    """OrderCancelled loses its namespace; filed as ``OrderCancelled.avsc`` and named so by the
+    catalog, as someone adding a schema without one would, or left where it was."""
+    edit_schema(folder, ORDER_CANCELLED, lambda s: s.pop("namespace"))
+    if filed_as_bare_name:
+        (folder / ORDER_CANCELLED).rename(folder / "OrderCancelled.avsc")
+        catalog = folder / "catalog.yaml"
+        text = catalog.read_text().replace(
+            "schema: io.revsync.events.OrderCancelled\n", "schema: OrderCancelled\n"
+        )
+        catalog.write_text(text)
+
+
+def test_lint_reports_a_schema_without_a_namespace(contracts: Path) -> None:
+    without_namespace(contracts, filed_as_bare_name=True)
+
+    assert (
+        "OrderCancelled.avsc:OrderCancelled: has no namespace; namespace must be io.revsync.events"
+    ) in findings(contracts)
+    result = CliRunner().invoke(app, ["schemas", "lint", "--dir", str(contracts)])
+    assert result.exit_code == 1, result.output
+    assert "has no namespace" in result.output
+
+
+def test_check_reads_a_schema_without_a_namespace_rather_than_crash(contracts: Path) -> None:
+    without_namespace(contracts, filed_as_bare_name=True)
+
+    # Avro resolves records by their unqualified names: dropping the namespace breaks no
+    # reader, so the finding is lint's alone.
+    assert breaks(contracts) == []
+    result = CliRunner().invoke(app, ["schemas", "check", "--dir", str(contracts)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert result.exit_code == 0, result.output
+    assert "compatible with every released version" in result.output
+
+
+def test_check_names_a_catalog_schema_no_file_defines_rather_than_crash(contracts: Path) -> None:
+    without_namespace(contracts, filed_as_bare_name=False)
+
+    result = CliRunner().invoke(app, ["schemas", "check", "--dir", str(contracts)])
+    assert result.exit_code == 2, result.output
+    assert "error: no schema io.revsync.events.OrderCancelled" in result.output
+    assert "namespace must be io.revsync.events" in "\n".join(findings(contracts))
+
+
+def test_a_nested_type_without_a_namespace_takes_the_enclosing_one(contracts: Path) -> None:
+    def drop_nested_namespace(schema: Schema) -> None:
+        field(schema, "source_system")["type"].pop("namespace")
+
+    edit_schema(contracts, "io.revsync.events.Envelope.avsc", drop_nested_namespace)
+    assert findings(contracts) == []
+    assert breaks(contracts) == []
+
+
 @pytest.mark.parametrize("case", BREAKING, ids=list(BREAKING))
 def test_check_catches_a_breaking_change(contracts: Path, case: str) -> None:
     file, change, expected = BREAKING[case]

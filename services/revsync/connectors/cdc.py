@@ -5,22 +5,96 @@ fields, either bare or wrapped as the Pub/Sub and Streaming APIs deliver it (``p
 ``replayId`` and ``schema``). Decoding gives each change an envelope, so the runtime's inbox
 recognises a change delivered twice: Salesforce identifies a change by its transaction and
 its sequence number within that transaction.
+
+Also the strict JSON reader behind every Salesforce document revsync reads (``read_json``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from revsync.contracts.events import Envelope, SourceSystem
-from revsync.errors import CorruptPayload, PayloadInvalid
+from revsync.errors import CorruptPayload, MalformedJson, PayloadInvalid
 
 CHANGE_EVENT_NAMESPACE = uuid.UUID("0f3d5c8a-7b21-4e69-b0d4-6a1c2e9f8b37")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LAST_MILLISECOND = 253_402_300_799_999
+"""9999-12-31T23:59:59.999Z, the last millisecond a datetime holds."""
+LONG_MAX = 2**63 - 1
+"""Salesforce's sequence and commit numbers are Java longs."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting read. Salesforce nests a few levels; the runtime and the dead-letter tools
+walk documents recursively, so anything near Python's recursion limit is refused here."""
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def read_json(raw: bytes | str, *, parse_float: Callable[[str], Any] = float) -> Any:
+    """A JSON document, or MalformedJson: for bytes that are not UTF-8, -16 or -32, NaN or
+    Infinity, a number past Python's int digit limit or Decimal's exponent range, nesting
+    deeper than MAX_JSON_DEPTH, or a string holding a lone surrogate (not Unicode text)."""
+    try:
+        if isinstance(raw, bytes):
+            text = raw.decode(json.detect_encoding(raw))
+        else:
+            text = raw
+            if not text.isascii():
+                text.encode()  # text may hold a lone surrogate; strictly decoded bytes cannot
+        document = json.loads(text, parse_float=parse_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise MalformedJson(f"nested deeper than {MAX_JSON_DEPTH} levels") from None
+    # ValueError: not Unicode, not JSON, past the digit limit; ArithmeticError: Decimal's range.
+    except (ValueError, ArithmeticError) as error:
+        raise MalformedJson(f"not JSON: {error}") from None
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _too_deep(document):
+        raise MalformedJson(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if _SURROGATE_ESCAPE.search(text) and _holds_lone_surrogate(document):
+        raise MalformedJson("a string holds a lone surrogate (\\ud800-\\udfff): not Unicode text")
+    return document
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _too_deep(document: Any) -> bool:
+    """Whether ``document`` nests more than MAX_JSON_DEPTH objects and arrays, walked a level
+    at a time (no recursion) and no further than that."""
+    level = [document] if isinstance(document, dict | list) else []
+    for _ in range(MAX_JSON_DEPTH):
+        if not level:
+            return False
+        level = [
+            child
+            for node in level
+            for child in (node.values() if isinstance(node, dict) else node)
+            if isinstance(child, dict | list)
+        ]
+    return bool(level)
+
+
+def _holds_lone_surrogate(document: Any) -> bool:
+    pending = [document]
+    while pending:
+        value = pending.pop()
+        if isinstance(value, dict):
+            pending += value.keys()
+            pending += value.values()
+        elif isinstance(value, list):
+            pending += value
+        elif isinstance(value, str) and not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return True
+    return False
 
 
 class ChangeType(StrEnum):
@@ -52,16 +126,17 @@ class ChangeEventHeader(BaseModel):
     changeType: ChangeType  # noqa: N815
     changeOrigin: str = ""  # noqa: N815
     transactionKey: str = Field(min_length=1)  # noqa: N815
-    sequenceNumber: int = Field(ge=0)  # noqa: N815
-    commitTimestamp: int = Field(ge=0)  # noqa: N815
-    commitNumber: int | None = None  # noqa: N815
+    sequenceNumber: int = Field(ge=0, le=LONG_MAX)  # noqa: N815
+    commitTimestamp: int = Field(ge=0, le=LAST_MILLISECOND)  # noqa: N815
+    commitNumber: int | None = Field(default=None, le=LONG_MAX)  # noqa: N815
     commitUser: str = ""  # noqa: N815
     changedFields: list[str] = Field(default_factory=list)  # noqa: N815
     nulledFields: list[str] = Field(default_factory=list)  # noqa: N815
 
     @property
     def committed_at(self) -> datetime:
-        return datetime.fromtimestamp(self.commitTimestamp / 1000, UTC)
+        # Exact: a float of seconds rounds the last millisecond of 9999 into the year 10000.
+        return EPOCH + timedelta(milliseconds=self.commitTimestamp)
 
     @property
     def origin_client(self) -> str | None:
@@ -93,9 +168,9 @@ def decode_change(topic: str, data: bytes | None) -> RecordChange:
     if not data:
         raise CorruptPayload(topic, "empty value: not a change event")
     try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorruptPayload(topic, f"not JSON: {error}") from None
+        document = read_json(data)
+    except MalformedJson as error:
+        raise CorruptPayload(topic, str(error)) from None
     if not isinstance(document, dict):
         kind = type(document).__name__
         raise CorruptPayload(topic, f"a change event is a JSON object, not {kind}")
@@ -125,3 +200,21 @@ def decode_change(topic: str, data: bytes | None) -> RecordChange:
         replay_id=replay_id if isinstance(replay_id, int) else None,
         envelope=envelope,
     )
+
+
+def narrowed(change: RecordChange, record_id: str, *, refetch: bool = False) -> bytes:
+    """``change`` as a change event of ``record_id`` alone: what a record of a merged change
+    (one event naming several records) becomes when it fails on its own. It decodes to an
+    envelope of its own (the record ids are part of a change's identity). With ``refetch``
+    it is a gap event, whose fields the record itself has to say (for a record found by a
+    reconciliation, which has no fields of its own)."""
+    header = change.header.model_dump(mode="json") | {"recordIds": [record_id]}
+    fields: dict[str, Any] = change.fields
+    if refetch:
+        header["changeType"] = ChangeType.GAP_UPDATE.value
+        header["changedFields"] = []
+        fields = {}
+    document: dict[str, Any] = {"payload": {**fields, "ChangeEventHeader": header}}
+    if change.replay_id is not None:
+        document["replayId"] = change.replay_id
+    return json.dumps(document, default=str).encode()

@@ -23,6 +23,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
+from revsync.connectors.cdc import read_json
 from revsync.connectors.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     BoundedClient,
@@ -51,8 +52,9 @@ REFUSED_CREDENTIALS = frozenset({"invalid_client", "invalid_grant", "invalid_cli
 
 
 def decode_json(raw: bytes | str) -> Any:
-    """Salesforce JSON with every fractional number as a Decimal (never a float)."""
-    return json.loads(raw, parse_float=Decimal)
+    """Salesforce JSON with every fractional number as a Decimal (never a float). What is no
+    such JSON raises MalformedJson, a ValueError: see ``read_json`` for what it refuses."""
+    return read_json(raw, parse_float=Decimal)
 
 
 def encode_json(value: Any) -> bytes:

@@ -172,7 +172,11 @@ def topics_apply_command(
 
 
 def _breaks(contracts: Contracts) -> bool:
-    breaks = check_compatibility(contracts.catalog, contracts.schemas, contracts.releases)
+    try:
+        breaks = check_compatibility(contracts.catalog, contracts.schemas, contracts.releases)
+    except ContractError as error:  # e.g. the catalog names a schema no .avsc defines
+        errors.print(f"[bold red]error:[/] {error}")
+        raise typer.Exit(2) from None
     for found in breaks:
         errors.print(f"[red]break:[/] {found}")
     return bool(breaks)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
@@ -15,6 +15,11 @@ import pycountry
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 SCALE = Decimal("0.0001")
+MONEY_ARITHMETIC = Context(prec=40, rounding=ROUND_HALF_EVEN)
+"""Exact for the product of two decimal(18,4) amounts, up to 36 digits: the default context's
+28 would round it, and refuse to quantize it to 4 places."""
+INT_MAX = 2**31 - 1
+"""The largest Avro int."""
 
 
 def _iso_4217(code: str) -> str:
@@ -29,8 +34,20 @@ def _iso_3166(code: str) -> str:
     return code
 
 
+def _unicode(text: str) -> str:
+    if not text.isascii():
+        try:
+            text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{text!r} holds a lone surrogate: not Unicode text") from None
+    return text
+
+
 def _utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{moment.isoformat()} is outside the years 1 to 9999 in UTC") from None
 
 
 # Decimal(18, 4), as in the schemas. Amounts are never floats.
@@ -40,12 +57,20 @@ Quantity = Annotated[Decimal, Field(max_digits=18, decimal_places=4, gt=0, allow
 CurrencyCode = Annotated[str, AfterValidator(_iso_4217)]
 CountryCode = Annotated[str, AfterValidator(_iso_3166)]
 UtcDatetime = Annotated[AwareDatetime, AfterValidator(_utc)]
+Str = Annotated[str, AfterValidator(_unicode)]
+"""Text Avro can carry (UTF-8). A plain ``str`` lets a lone surrogate (U+D800 to U+DFFF)
+through, and the event could then never be encoded; a constrained one, like Text, refuses it."""
 Text = Annotated[str, Field(min_length=1)]
 
 
 def money(value: Decimal) -> Decimal:
-    """Rounds to the contracts' scale of 4 decimal places (banker's rounding)."""
-    return value.quantize(SCALE, rounding=ROUND_HALF_EVEN)
+    """Rounds to the contracts' scale of 4 decimal places (banker's rounding). Raises
+    ValueError for an amount that is not finite or too large to round exactly."""
+    with localcontext(MONEY_ARITHMETIC):
+        try:
+            return value.quantize(SCALE, rounding=ROUND_HALF_EVEN)
+        except InvalidOperation:
+            raise ValueError(f"{value} cannot be rounded to 4 decimal places") from None
 
 
 def decimal_text(value: object) -> Decimal:
@@ -126,20 +151,20 @@ class Envelope(_Contract):
     occurred_at: UtcDatetime
     source_system: SourceSystem
     correlation_id: Text
-    causation_id: str | None = None
-    schema_version: int = Field(ge=1)
+    causation_id: Str | None = None
+    schema_version: int = Field(ge=1, le=INT_MAX)
 
 
 class Address(_Contract):
     street: Text
     city: Text
-    state_province: str | None = None
-    postal_code: str | None = None
+    state_province: Str | None = None
+    postal_code: Str | None = None
     country_code: CountryCode
 
 
 class OrderLine(_Contract):
-    line_number: int = Field(ge=1)
+    line_number: int = Field(ge=1, le=INT_MAX)
     crm_line_id: Text
     sku: Text
     product_name: Text
@@ -153,13 +178,15 @@ class OrderLine(_Contract):
 
     @model_validator(mode="after")
     def _line_total_adds_up(self) -> Self:
-        gross = self.quantity * self.unit_price
+        with localcontext(MONEY_ARITHMETIC):
+            gross = self.quantity * self.unit_price
+            net = gross - self.discount_amount
         if self.discount_amount > gross:
             raise ValueError(
                 f"line {self.line_number}: discount_amount {self.discount_amount} exceeds "
                 f"quantity * unit_price {money(gross)}"
             )
-        expected = money(gross - self.discount_amount)
+        expected = money(net)
         if self.line_total != expected:
             raise ValueError(
                 f"line {self.line_number}: line_total {self.line_total} is not quantity * "
@@ -169,7 +196,7 @@ class OrderLine(_Contract):
 
 
 class ShippedLine(_Contract):
-    line_number: int = Field(ge=1)
+    line_number: int = Field(ge=1, le=INT_MAX)
     sku: Text
     quantity_shipped: Quantity
 
@@ -208,8 +235,8 @@ class OrderCreated(Event):
 
     crm_order_number: Text
     crm_account_id: Text
-    erp_customer_id: str | None = None
-    purchase_order_number: str | None = None
+    erp_customer_id: Str | None = None
+    purchase_order_number: Str | None = None
     price_book_id: Text
     currency: CurrencyCode
     legal_entity: Text
@@ -265,7 +292,7 @@ class OrderRejected(Event):
 
     reason_code: RejectionReason
     message: Text
-    offending_skus: list[str] = Field(default_factory=list)
+    offending_skus: list[Str] = Field(default_factory=list)
     legal_entity: Text
     region: Text
     rejected_at: UtcDatetime
@@ -275,8 +302,8 @@ class OrderCancelled(Event):
     schema_name = "io.revsync.events.OrderCancelled"
     event_type = "io.revsync.order.cancelled"
 
-    erp_order_id: str | None = None
-    reason: str | None = None
+    erp_order_id: Str | None = None
+    reason: Str | None = None
     cancelled_at: UtcDatetime
 
 
@@ -324,9 +351,9 @@ class ShipmentConfirmed(Event):
     lines: list[ShippedLine] = Field(min_length=1)
     carrier: Text
     tracking_number: Text
-    tracking_url: str | None = None
+    tracking_url: Str | None = None
     completeness: ShipmentCompleteness
-    warehouse: str | None = None
+    warehouse: Str | None = None
     shipped_at: UtcDatetime
 
 

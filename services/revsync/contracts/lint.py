@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from revsync.contracts.catalog import Catalog
-from revsync.contracts.schemas import NAMED_KINDS, ReleaseRecord, SchemaRepository, full_name
+from revsync.contracts.schemas import (
+    NAMED_KINDS,
+    ReleaseRecord,
+    SchemaError,
+    SchemaRepository,
+    full_name,
+    namespace_of,
+)
 
 NAMESPACE = "io.revsync.events"
 PASCAL_CASE = re.compile(r"^[A-Z][A-Za-z0-9]*$")
@@ -56,7 +63,11 @@ def _named_type(
     kind = definition["type"]
     name = definition["name"]
     here = path or name
-    if definition.get("namespace", namespace) != NAMESPACE:
+    # The namespace Avro gives the type: its own, the enclosing type's, or none at all.
+    space = namespace_of(full_name(definition, namespace))
+    if space is None:
+        yield Finding(file, here, f"has no namespace; namespace must be {NAMESPACE}")
+    elif space != NAMESPACE:
         yield Finding(file, here, f"namespace must be {NAMESPACE}")
     if not PASCAL_CASE.match(name):
         yield Finding(file, here, f"type name {name!r} must be PascalCase")
@@ -67,7 +78,7 @@ def _named_type(
     if kind in ("record", "error"):
         for field in definition["fields"]:
             field_path = f"{path}.{field['name']}" if path else field["name"]
-            yield from _field(file, field, full_name(definition, namespace), field_path)
+            yield from _field(file, field, space, field_path)
 
 
 def _enum(file: str, definition: dict[str, Any], path: str) -> Iterator[Finding]:
@@ -81,7 +92,7 @@ def _enum(file: str, definition: dict[str, Any], path: str) -> Iterator[Finding]
         )
 
 
-def _field(file: str, field: dict[str, Any], namespace: str, path: str) -> Iterator[Finding]:
+def _field(file: str, field: dict[str, Any], namespace: str | None, path: str) -> Iterator[Finding]:
     name = field["name"]
     if not SNAKE_CASE.match(name):
         yield Finding(file, path, f"field name {name!r} must be snake_case")
@@ -103,7 +114,7 @@ def _field(file: str, field: dict[str, Any], namespace: str, path: str) -> Itera
         yield from _nested(file, branch, namespace, path)
 
 
-def _nested(file: str, node: Any, namespace: str, path: str) -> Iterator[Finding]:
+def _nested(file: str, node: Any, namespace: str | None, path: str) -> Iterator[Finding]:
     if not isinstance(node, dict):
         return
     if node.get("type") in NAMED_KINDS:
@@ -121,7 +132,12 @@ def _fields_added_without_default(
     if not history:
         return
     released = _field_paths(json.loads(history[-1]), "")
-    for path, field in _field_paths(schemas.expanded(name), "").items():
+    try:
+        current = schemas.expanded(name)
+    except SchemaError as error:  # a type it uses is not defined: a finding, not a crash
+        yield Finding(file, name, str(error))
+        return
+    for path, field in _field_paths(current, "").items():
         if path not in released and "default" not in field:
             yield Finding(
                 file,

@@ -32,6 +32,11 @@ def full_name(definition: dict[str, Any], namespace: str | None = None) -> str:
     return name if "." in name or not space else f"{space}.{name}"
 
 
+def namespace_of(name: str) -> str | None:
+    """The namespace of a full name, or None for a name in no namespace."""
+    return name.rpartition(".")[0] or None
+
+
 class SchemaRepository:
     """The ``.avsc`` files of one folder, one named type each, filed as ``<full name>.avsc``."""
 
@@ -86,10 +91,15 @@ class SchemaRepository:
         if kind in NAMED_KINDS:
             name = full_name(node, namespace)
             defined.add(name)
-            node["name"], node["namespace"] = name.rsplit(".", 1)[1], name.rsplit(".", 1)[0]
+            space = namespace_of(name)
+            node["name"] = name.rpartition(".")[2]
+            if space is None:
+                node.pop("namespace", None)  # a type in no namespace, which lint reports
+            else:
+                node["namespace"] = space
             if kind in ("record", "error"):
                 for field in node["fields"]:
-                    field["type"] = self._expand(field["type"], node["namespace"], defined)
+                    field["type"] = self._expand(field["type"], space, defined)
             return node
         if kind == "array":
             node["items"] = self._expand(node["items"], namespace, defined)

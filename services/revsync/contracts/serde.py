@@ -27,6 +27,7 @@ from revsync.errors import (
     NotConfluentFramed,
     PayloadInvalid,
     TransientError,
+    UnencodableEvent,
     UnknownSchemaId,
 )
 
@@ -86,10 +87,20 @@ class EventSerde:
             raise SubjectNotRegistered("; ".join(missing))
 
     def serialize(self, topic: str, event: Event) -> bytes:
+        """An event in wire format; a value its schema cannot carry raises UnencodableEvent.
+        A validated event always fits: only one changed past validation (``model_copy``)
+        can hold such a value."""
         codec = self._codec(topic)
         if not isinstance(event, codec.model):
             raise TypeError(f"{topic} carries {codec.model.__name__}, not {type(event).__name__}")
-        data = codec.serializer(event.to_avro(), SerializationContext(topic, MessageField.VALUE))
+        context = SerializationContext(topic, MessageField.VALUE)
+        try:
+            data = codec.serializer(event.to_avro(), context)
+        # fastavro's refusals: out of range (OverflowError), wrong type or scale, not UTF-8.
+        except (SerializationError, ValueError, TypeError, ArithmeticError) as error:
+            raise UnencodableEvent(
+                topic, f"{codec.model.__name__} does not fit {codec.topic.avro_schema}: {error}"
+            ) from None
         assert data is not None
         return data
 
@@ -114,7 +125,16 @@ class EventSerde:
                 f"writer schema id {schema_id} does not resolve to "
                 f"{codec.topic.avro_schema}: {error}",
             ) from None
-        except (SerializationError, EOFError, ValueError, IndexError, struct.error) as error:
+        # ArithmeticError: a long, int or decimal past what Python's datetime, date or Decimal
+        # holds (a timestamp after 9999, a date of 2^31 days) is read as an OverflowError.
+        except (
+            SerializationError,
+            EOFError,
+            ValueError,
+            IndexError,
+            struct.error,
+            ArithmeticError,
+        ) as error:
             raise CorruptPayload(
                 topic, f"Avro body unreadable with writer schema id {schema_id}: {error}"
             ) from None

@@ -24,7 +24,7 @@ from revsync.connectors.cdc import RecordChange
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import Event
 from revsync.contracts.serde import FRAME, MAGIC_BYTE
-from revsync.errors import RevsyncError
+from revsync.errors import MalformedHeader, RevsyncError
 from revsync.runtime import headers as h
 from revsync.runtime.records import Decoder
 
@@ -89,12 +89,19 @@ class DeadLetter:
 
     @property
     def replay_count(self) -> int:
-        return int(self.header(h.REPLAY_COUNT) or 0)
+        """How often it was replayed; a count that does not parse counts as none."""
+        try:
+            return h.replay_count(self.headers)
+        except MalformedHeader:
+            return 0
 
     @property
     def failed_at(self) -> datetime | None:
-        moment = self.header(h.LAST_FAILURE_AT)
-        return datetime.fromisoformat(moment) if moment else None
+        """When it last failed; None if its header says nothing that parses."""
+        try:
+            return h.last_failure_at(self.headers)
+        except MalformedHeader:
+            return None
 
     @property
     def key_text(self) -> str:

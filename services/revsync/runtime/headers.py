@@ -1,15 +1,18 @@
 """Kafka headers revsync reads and writes: CloudEvents binary mode, tracing, and the error
-headers on retry and dead-letter records (replaced, never stacked)."""
+headers on retry and dead-letter records (replaced, never stacked), and the parsers of their
+values: each returns the value or raises MalformedHeader."""
 
 from __future__ import annotations
 
 import base64
+import binascii
+import re
 import traceback
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
-from revsync.errors import classify
+from revsync.errors import MalformedHeader, classify
 
 Headers = list[tuple[str, str | bytes | None]]
 """Kafka headers as confluent-kafka takes them; revsync writes bytes."""
@@ -59,6 +62,101 @@ def get(headers: HeadersLike, name: str) -> str | None:
     return None
 
 
+# --- parsing the values revsync writes ---------------------------------------------------------
+
+INT32_MAX = 2**31 - 1
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FIRST_MILLISECOND = -62_135_596_800_000
+"""0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z: the range of a datetime, in epoch ms."""
+LAST_MILLISECOND = 253_402_300_799_999
+_INTEGER = re.compile(r"-?[0-9]+")
+"""What revsync writes: ``str(int)``. No sign, spaces, underscores or non-ASCII digits."""
+
+
+def _integer(headers: HeadersLike, name: str, low: int, high: int) -> int | None:
+    text = get(headers, name)
+    if text is None:
+        return None
+    # Checked before int(): a digit string past Python's int-string limit raises ValueError.
+    if not _INTEGER.fullmatch(text) or len(text.lstrip("-")) > 19:
+        raise MalformedHeader(name, text, f"not an integer from {low} to {high}")
+    number = int(text)
+    if not low <= number <= high:
+        raise MalformedHeader(name, text, f"not an integer from {low} to {high}")
+    return number
+
+
+def attempts(headers: HeadersLike) -> int:
+    """How often the record has failed so far (0 if never)."""
+    return _integer(headers, ATTEMPTS, 0, INT64_MAX) or 0
+
+
+def replay_count(headers: HeadersLike) -> int:
+    """How often the record has been replayed (0 if never)."""
+    return _integer(headers, REPLAY_COUNT, 0, INT64_MAX) or 0
+
+
+def original_partition(headers: HeadersLike) -> int | None:
+    """The partition the record was first consumed from; -1 if that was not known."""
+    return _integer(headers, ORIGINAL_PARTITION, -1, INT32_MAX)
+
+
+def original_offset(headers: HeadersLike) -> int | None:
+    """The offset the record was first consumed at; -1 if that was not known."""
+    return _integer(headers, ORIGINAL_OFFSET, -1, INT64_MAX)
+
+
+def original_timestamp(headers: HeadersLike) -> int | None:
+    """The first record's Kafka timestamp, in epoch ms (negative when Kafka had none)."""
+    return _integer(headers, ORIGINAL_TIMESTAMP, INT64_MIN, INT64_MAX)
+
+
+def due_at(headers: HeadersLike) -> datetime | None:
+    """When a retry-tier record is due. Any integer of epoch ms parses: one past what a
+    datetime holds (after the year 9999, 10^30 ms) is held at its last or first moment."""
+    millis = get(headers, DUE_AT)
+    if not millis:
+        return None
+    if not _INTEGER.fullmatch(millis):
+        raise MalformedHeader(DUE_AT, millis, "not a time in epoch milliseconds")
+    negative, digits = millis.startswith("-"), len(millis.lstrip("-"))
+    if digits > 19:  # compared as text: past Python's int-string limit int() would refuse
+        moment = FIRST_MILLISECOND if negative else LAST_MILLISECOND
+    else:
+        moment = min(max(int(millis), FIRST_MILLISECOND), LAST_MILLISECOND)
+    return EPOCH + timedelta(milliseconds=moment)
+
+
+def _moment(headers: HeadersLike, name: str) -> datetime | None:
+    text = get(headers, name)
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise MalformedHeader(name, text, "not an ISO 8601 time") from None
+    if moment.tzinfo is None:
+        raise MalformedHeader(name, text, "an ISO 8601 time without its UTC offset")
+    return moment
+
+
+def first_failure_at(headers: HeadersLike) -> datetime | None:
+    return _moment(headers, FIRST_FAILURE_AT)
+
+
+def last_failure_at(headers: HeadersLike) -> datetime | None:
+    return _moment(headers, LAST_FAILURE_AT)
+
+
+def _carried(parse: Callable[[HeadersLike], object], headers: HeadersLike) -> bool:
+    """Whether an earlier failure's header is there and parses, so it can be carried on."""
+    try:
+        return parse(headers) is not None
+    except MalformedHeader:
+        return False
+
+
 def without_revsync(headers: HeadersLike) -> Headers:
     """The original headers: everything but revsync's own error headers."""
     return [(k, v) for k, v in as_list(headers) if not k.startswith(ERROR_PREFIX)]
@@ -76,40 +174,47 @@ def failure_headers(
     due_at: datetime | None = None,
 ) -> Headers:
     """Headers for a retry or dead-letter copy. The original coordinates and first failure
-    time survive from an earlier failure; everything else is replaced."""
+    time survive from an earlier failure; everything else is replaced. An earlier value that
+    does not parse is replaced as if it were missing, so that a record whose headers were
+    damaged can still be sent on to its retry tier or the dead letters."""
     topic, partition, offset, timestamp = source
-    first = get(original, FIRST_FAILURE_AT) or now.isoformat()
-    attempts = int(get(original, ATTEMPTS) or 0) + 1
+
+    def earlier(name: str, parse: Callable[[HeadersLike], object], otherwise: str) -> str:
+        value = get(original, name)
+        return value if value is not None and _carried(parse, original) else otherwise
+
+    try:
+        failures = attempts(original)
+    except MalformedHeader:
+        failures = 0
     stack = "".join(traceback.format_exception(error))[-STACK_LIMIT:]
     values = {
         ORIGINAL_TOPIC: get(original, ORIGINAL_TOPIC) or topic,
-        ORIGINAL_PARTITION: get(original, ORIGINAL_PARTITION) or str(partition),
-        ORIGINAL_OFFSET: get(original, ORIGINAL_OFFSET) or str(offset),
-        ORIGINAL_TIMESTAMP: get(original, ORIGINAL_TIMESTAMP) or str(timestamp),
+        ORIGINAL_PARTITION: earlier(ORIGINAL_PARTITION, original_partition, str(partition)),
+        ORIGINAL_OFFSET: earlier(ORIGINAL_OFFSET, original_offset, str(offset)),
+        ORIGINAL_TIMESTAMP: earlier(ORIGINAL_TIMESTAMP, original_timestamp, str(timestamp)),
         CONSUMER_GROUP: consumer,
         SERVICE: service,
         ERROR_CLASS: classify(error).value,
         ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
         ERROR_MESSAGE: str(error)[:MESSAGE_LIMIT],
         ERROR_STACK: stack,
-        ATTEMPTS: str(attempts),
-        FIRST_FAILURE_AT: first,
+        ATTEMPTS: str(min(failures + 1, INT64_MAX)),
+        FIRST_FAILURE_AT: earlier(FIRST_FAILURE_AT, first_failure_at, now.isoformat()),
         LAST_FAILURE_AT: now.isoformat(),
     }
     if correlation_id:
         values[CORRELATION_ID] = correlation_id
-    for carried in (REPLAY_ID, REPLAY_COUNT):
-        value = get(original, carried)
-        if value is not None:
-            values[carried] = value
+    replay_id = get(original, REPLAY_ID)
+    if replay_id is not None:
+        values[REPLAY_ID] = replay_id
+    if _carried(replay_count, original):
+        values[REPLAY_COUNT] = str(replay_count(original))
     if due_at is not None:
-        values[DUE_AT] = str(int(due_at.timestamp() * 1000))
-    return without_revsync(original) + [(k, v.encode()) for k, v in values.items()]
-
-
-def due_at(headers: HeadersLike) -> datetime | None:
-    millis = get(headers, DUE_AT)
-    return datetime.fromtimestamp(int(millis) / 1000, UTC) if millis else None
+        # Exact to the millisecond, where seconds as a float can land one short.
+        since = due_at - EPOCH if due_at.tzinfo else timedelta(seconds=due_at.timestamp())
+        values[DUE_AT] = str(since // timedelta(milliseconds=1))
+    return without_revsync(original) + [(k, _bytes(v)) for k, v in values.items()]
 
 
 def to_json(headers: HeadersLike) -> list[list[str]]:
@@ -118,10 +223,21 @@ def to_json(headers: HeadersLike) -> list[list[str]]:
 
 
 def from_json(pairs: Sequence[Sequence[str]]) -> Headers:
-    return [(k, base64.b64decode(v)) for k, v in pairs]
+    """Pairs ``to_json`` wrote back to headers; a pair that is not one raises MalformedHeader."""
+    headers: Headers = []
+    for pair in pairs:
+        if len(pair) != 2:
+            raise MalformedHeader("?", repr(pair)[:80], "not a [name, base64 value] pair")
+        name, value = pair
+        try:
+            headers.append((name, base64.b64decode(value)))
+        except (binascii.Error, ValueError):  # also a value that is not ASCII text
+            raise MalformedHeader(name, value, "not base64") from None
+    return headers
 
 
 def _bytes(value: str | bytes | None) -> bytes:
+    """A header value as bytes; a lone surrogate in text is written as its escape."""
     if value is None:
         return b""
-    return value.encode() if isinstance(value, str) else value
+    return value.encode(errors="backslashreplace") if isinstance(value, str) else value

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Message
 
-from revsync.errors import DecodeError, ErrorClass
+from revsync.errors import DecodeError, ErrorClass, MalformedHeader
 from revsync.runtime import headers as h
 from revsync.runtime.handler import Inbound
 
@@ -27,16 +27,17 @@ Decoder = Callable[[str, bytes | None], Inbound]
 is given the topic the record was first consumed from."""
 
 
-ROUTING_NUMBERS = {
-    h.ORIGINAL_PARTITION: (0, 2**31 - 1),
-    h.ORIGINAL_OFFSET: (0, 2**63 - 1),
-    h.ORIGINAL_TIMESTAMP: (-1, 2**63 - 1),
-    h.ATTEMPTS: (0, 10**6),
-    h.REPLAY_COUNT: (0, 10**6),
-    h.DUE_AT: (0, 253_402_300_799_999),  # the last millisecond of year 9999
-}
-"""The routing headers that are integers, and the range each must be in."""
-INTEGER = re.compile(r"-?[0-9]{1,19}")
+ROUTING_PARSERS = (
+    h.original_partition,
+    h.original_offset,
+    h.original_timestamp,
+    h.attempts,
+    h.replay_count,
+    h.due_at,
+    h.first_failure_at,
+    h.last_failure_at,
+)
+"""Every routing header revsync reads back: each parses, or raises MalformedHeader."""
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
@@ -53,12 +54,11 @@ def routing_problem(headers: h.Headers) -> str | None:
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         return f"{', '.join(repeated)} given more than once"
-    for name, (low, high) in ROUTING_NUMBERS.items():
-        text = h.get(headers, name)
-        if text is None:
-            continue
-        if not INTEGER.fullmatch(text) or not low <= int(text) <= high:
-            return f"{name} is {text[:40]!r}, not an integer in [{low}, {high}]"
+    for parse in ROUTING_PARSERS:
+        try:
+            parse(headers)
+        except MalformedHeader as error:
+            return str(error)
     topic = h.get(headers, h.ORIGINAL_TOPIC)
     if topic is not None and not TOPIC_NAME.fullmatch(topic):
         return f"{h.ORIGINAL_TOPIC} is {topic[:40]!r}, not a topic name"
@@ -119,11 +119,8 @@ class Record:
         topic = h.get(self.headers, h.ORIGINAL_TOPIC)
         if topic is None:
             return self.topic, self.partition, self.offset
-        return (
-            topic,
-            int(h.get(self.headers, h.ORIGINAL_PARTITION) or -1),
-            int(h.get(self.headers, h.ORIGINAL_OFFSET) or -1),
-        )
+        partition, offset = h.original_partition(self.headers), h.original_offset(self.headers)
+        return topic, -1 if partition is None else partition, -1 if offset is None else offset
 
     @property
     def hold(self) -> Hold | None:
