@@ -18,7 +18,7 @@ from typing import Any
 from order_sync import logic
 from order_sync.rules import RuleBook
 from revsync.connectors.cache import TtlCache
-from revsync.connectors.cdc import RecordChange
+from revsync.connectors.cdc import RecordChange, narrowed
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import (
     Envelope,
@@ -32,7 +32,14 @@ from revsync.contracts.events import (
 from revsync.deployables import ConsumerDeployable, Context, output_topics
 from revsync.ports.crm import CrmPort, RecordNotFound
 from revsync.ports.erp import Customer, ErpPort, ErpRejected, PriceBook, Product
-from revsync.runtime.handler import Decision, Emission, Inbound, handle_concurrently, route
+from revsync.runtime.handler import (
+    Decision,
+    Emission,
+    FailedPart,
+    Inbound,
+    handle_concurrently,
+    route,
+)
 
 log = logging.getLogger(__name__)
 OUTPUTS: tuple[type[Event], ...] = (OrderCreated, OrderCancelled, OrderAccepted, OrderRejected)
@@ -84,16 +91,26 @@ class OrderSync:
         step = logic.plan(change, self.integration)
         if isinstance(step, logic.Ignore):
             return Decision()
+        reconciling = isinstance(step, logic.Reconcile)
         if isinstance(step, logic.Reconcile):
             found = self.crm.query(logic.reconcile_query(step.since))
             record_ids: tuple[str, ...] = tuple(str(row["Id"]) for row in found)
             log.info("change overflow: reconciling %d orders", len(record_ids))
         else:
             record_ids = step.record_ids
+        if len(record_ids) == 1 and not reconciling:
+            return Decision(emits=self._capture_order(change.envelope, record_ids[0]))
+        # Many orders in one event: each on its own, so that one failing holds back only itself.
         emits: list[Emission] = []
+        failed: list[FailedPart] = []
         for record_id in record_ids:
-            emits += self._capture_order(change.envelope, record_id)
-        return Decision(emits=emits)
+            try:
+                emits += self._capture_order(change.envelope, record_id)
+            except Exception as error:  # routed on as that order's own record
+                log.warning("order %s of a merged change failed: %s", record_id, error)
+                narrow = narrowed(change, record_id, refetch=reconciling)
+                failed.append(FailedPart(record_id.encode(), narrow, error))
+        return Decision(emits=emits, failed=failed)
 
     def _capture_order(self, cause: Envelope, record_id: str) -> list[Emission]:
         try:

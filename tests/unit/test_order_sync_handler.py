@@ -17,6 +17,7 @@ from fakes import FakeCrm, FakeErp
 from order_sync.logic import Integration
 from order_sync.rules import RuleBook
 from order_sync.service import OrderSync
+from revsync.connectors.cdc import decode_change
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import (
     CreditCheckOutcome,
@@ -27,7 +28,7 @@ from revsync.contracts.events import (
     OrderRejected,
     RejectionReason,
 )
-from revsync.errors import DependencyNotReady
+from revsync.errors import DependencyNotReady, TransientError
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, SalesOrderStatus
 from revsync.runtime.handler import Decision
 from samples import status_change
@@ -182,6 +183,59 @@ def test_an_activated_order_is_captured_as_order_created(sync: OrderSync, world:
     gap = status_change(order_id, changeType="GAP_UPDATE")
     [again] = sync.capture(gap).emits
     assert again.event.envelope.event_id == created.envelope.event_id
+
+
+def test_each_order_of_a_merged_change_is_captured_on_its_own(
+    sync: OrderSync, world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, failing, third = world.crm.create_orders([an_order(world) for _ in range(3)])
+    merged = status_change(first, recordIds=[first, failing, third])
+    reads = world.crm.get
+
+    def get(sobject: str, record_id: str, fields: list[str]) -> dict[str, Any]:
+        if record_id == failing:
+            raise TransientError("CRM answered 503")
+        return reads(sobject, record_id, fields)
+
+    monkeypatch.setattr(world.crm, "get", get)
+    decision = sync.capture(merged)
+
+    created = [emission.event for emission in decision.emits]
+    assert [e.crm_order_id for e in created if isinstance(e, OrderCreated)] == [first, third]
+    [part] = decision.failed
+    assert part.key == failing.encode()
+    assert isinstance(part.error, TransientError)
+    # The failed order goes on as a change of its own, with an identity of its own.
+    alone = decode_change("crm-change", part.value)
+    assert alone.header.recordIds == [failing]
+    assert alone.header.transactionKey == merged.header.transactionKey
+    assert alone.fields == merged.fields
+    assert alone.envelope.event_id != merged.envelope.event_id
+    monkeypatch.setattr(world.crm, "get", reads)
+    [retried] = sync.capture(alone).emits
+    assert isinstance(retried.event, OrderCreated)
+    assert retried.event.crm_order_id == failing
+
+
+def test_a_wildcard_record_id_reconciles_like_an_overflow(sync: OrderSync, world: World) -> None:
+    activated = world.crm.create_orders([an_order(world) for _ in range(2)])
+    wildcard = status_change("801*", recordIds=["801*"])
+
+    decision = sync.capture(wildcard)
+
+    assert sorted(e.event.crm_order_id for e in decision.emits) == sorted(activated)
+
+
+def test_the_integration_users_own_overflow_still_reconciles(sync: OrderSync, world: World) -> None:
+    [order_id] = world.crm.create_orders([an_order(world)])
+    overflow = status_change(
+        "000000000000000AAA",
+        changeType="GAP_OVERFLOW",
+        changeOrigin="com/salesforce/api/rest/62.0;client=revsync",
+        commitUser=INTEGRATION_USER,
+    )
+
+    assert [e.event.crm_order_id for e in sync.capture(overflow).emits] == [order_id]
 
 
 def test_a_draft_and_revsyncs_own_write_back_are_not_captured(
