@@ -5,8 +5,13 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SCENARIO ?= passthrough
+# Development tools built from source, gitignored (deploy/helm/check.sh builds helm there too).
+TOOLS := $(CURDIR)/.tools
+TOXIPROXY_VERSION := v2.12.0
+TOXIPROXY_SERVER := $(TOOLS)/bin/toxiproxy-server
+TOXIPROXY_CLI := $(TOOLS)/bin/toxiproxy-cli
 
-.PHONY: install stack-up stack-down test lint demo bench clean
+.PHONY: install stack-up stack-down test lint demo bench clean toxiproxy chaos
 
 install: $(VENV)/.installed
 
@@ -45,6 +50,36 @@ bench: stack-up $(VENV)/.bench-installed
 $(VENV)/.bench-installed: $(VENV)/.installed
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	touch $@
+
+# Toxiproxy (TCP fault injection for the chaos tests), built from source with go install from
+# the Go module proxy, as deploy/helm/check.sh builds helm: only when a binary is missing or
+# reports another version. go install names the binaries after their folders (server, cli),
+# hence the rename.
+toxiproxy:
+	@if [[ "$$($(TOXIPROXY_SERVER) -version 2>/dev/null)" == *" $(TOXIPROXY_VERSION)" && \
+	      "$$($(TOXIPROXY_CLI) --version 2>/dev/null)" == *" $(TOXIPROXY_VERSION)" ]]; then \
+		echo "toxiproxy $(TOXIPROXY_VERSION) already in $(TOOLS)/bin"; \
+	else \
+		echo "installing toxiproxy $(TOXIPROXY_VERSION) into $(TOOLS)/bin (go install)" && \
+		rm -rf $(TOOLS)/toxiproxy-build && mkdir -p $(TOOLS)/bin $(TOOLS)/toxiproxy-build && \
+		GOBIN=$(TOOLS)/toxiproxy-build CGO_ENABLED=0 go install -trimpath \
+			-ldflags "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$(TOXIPROXY_VERSION)" \
+			github.com/Shopify/toxiproxy/v2/cmd/server@$(TOXIPROXY_VERSION) \
+			github.com/Shopify/toxiproxy/v2/cmd/cli@$(TOXIPROXY_VERSION) && \
+		mv $(TOOLS)/toxiproxy-build/server $(TOXIPROXY_SERVER) && \
+		mv $(TOOLS)/toxiproxy-build/cli $(TOXIPROXY_CLI) && \
+		rmdir $(TOOLS)/toxiproxy-build; \
+	fi
+
+# The fault suite, on servers of its own (never the stack `make stack-up` runs): the chaos-marked
+# tests (a three-broker stack, Toxiproxy), then the whole pipeline under kills and network
+# faults (bench/chaos.py, bench/results/chaos.json). CHAOS_PROFILE=short CHAOS_ORDERS=300 is the
+# version CI runs; the default is the full one.
+CHAOS_PROFILE ?= full
+CHAOS_ORDERS ?= 10000
+chaos: $(VENV)/.bench-installed toxiproxy
+	$(BIN)/pytest -m chaos tests/integration/test_stack_brokers.py
+	CHAOS_PROFILE=$(CHAOS_PROFILE) $(BIN)/python -m bench chaos --events $(CHAOS_ORDERS)
 
 clean: stack-down
 	rm -rf $(VENV) .stack .mypy_cache .ruff_cache .pytest_cache

@@ -7,12 +7,13 @@ import time
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from revsync.settings import Settings, SettingsError
+from revsync.settings import SettingsError
 from revsync_devstack.settings import StackSettings
-from revsync_devstack.stack import LocalStack, StackError, State, tail
+from revsync_devstack.stack import Kafka, LocalStack, StackError, State, tail
 
 stack_app = typer.Typer(help="The local Kafka, schema registry and PostgreSQL.")
 console = Console()
@@ -24,17 +25,34 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _local_stack() -> LocalStack:
+def _local_stack(brokers: int | None = None) -> LocalStack:
     try:
-        return LocalStack(StackSettings.load())
-    except SettingsError as error:
+        settings = StackSettings.load()
+        if brokers is not None:
+            # Through validation again, so a bad count or a port clash is named.
+            settings = StackSettings.model_validate(
+                {**settings.model_dump(), "kafka_brokers": brokers}
+            )
+        return LocalStack(settings)
+    except ValidationError as error:
+        raise _fail(f"--brokers {brokers}: {error.errors()[0]['msg']}") from None
+    except (SettingsError, StackError) as error:
         raise _fail(str(error)) from None
 
 
 @stack_app.command("up")
-def stack_up() -> None:
+def stack_up(
+    brokers: Annotated[
+        int | None,
+        typer.Option(
+            help="Kafka brokers of a stack made now: 1, or 3 (a 3-voter KRaft quorum, "
+            "replication factor 3, min.insync.replicas 2; broker n on the Kafka ports + 2(n-1)). "
+            "A stack already made keeps its number; default: REVSYNC_STACK_KAFKA_BROKERS, else 1.",
+        ),
+    ] = None,
+) -> None:
     """Start Kafka, the registry and PostgreSQL; a running stack is left as it is."""
-    stack = _local_stack()
+    stack = _local_stack(brokers)
     started = time.monotonic()
     try:
         report = stack.up()
@@ -72,16 +90,59 @@ def stack_status() -> None:
         raise typer.Exit(code=1)
 
 
+@stack_app.command("kill")
+def stack_kill(
+    broker: Annotated[int, typer.Option(help="The broker to kill (1-based).")],
+) -> None:
+    """SIGKILL one Kafka broker, as a crash would (no controlled shutdown); `stack start
+    --broker N` brings it back. With three brokers the cluster carries on without it."""
+    stack = _local_stack()
+    try:
+        pid = stack.kill_broker(broker)
+    except StackError as error:
+        raise _fail(str(error)) from None
+    name = stack.broker(broker).name
+    console.print(f"killed {name} (pid {pid})" if pid else f"{name} was not running")
+
+
+@stack_app.command("start")
+def stack_start(
+    broker: Annotated[int, typer.Option(help="The broker to start (1-based).")],
+) -> None:
+    """Start one Kafka broker again (after `stack kill`) and wait until the cluster counts it
+    live."""
+    stack = _local_stack()
+    started = time.monotonic()
+    try:
+        was_stopped = stack.start_broker(broker)
+    except StackError as error:
+        raise _fail(str(error)) from None
+    name = stack.broker(broker).name
+    console.print(
+        f"started {name} in {time.monotonic() - started:.1f}s"
+        if was_stopped
+        else f"{name} already running: nothing to do"
+    )
+
+
 @stack_app.command("logs")
 def stack_logs(
-    component: Annotated[str | None, typer.Argument(help="postgres, kafka or registry")] = None,
+    component: Annotated[
+        str | None,
+        typer.Argument(help="postgres, kafka (every broker), kafka-N (one of several), registry"),
+    ] = None,
     lines: Annotated[int, typer.Option("--lines", "-n", help="Lines from the end.")] = 40,
 ) -> None:
     """The end of each component's log."""
     stack = _local_stack()
-    chosen = [c for c in stack.components if component in (None, c.name)]
+    chosen = [
+        c
+        for c in stack.components
+        if component in (None, c.name) or (component == "kafka" and isinstance(c, Kafka))
+    ]
     if not chosen:
-        raise _fail(f"no component {component!r}; choose postgres, kafka or registry")
+        names = list(dict.fromkeys(["postgres", "kafka", *(c.name for c in stack.components)]))
+        raise _fail(f"no component {component!r}; choose {', '.join(names[:-1])} or {names[-1]}")
     for item in chosen:
         console.rule(f"{item.name}: {item.log}")
         console.print(tail(item.log, lines), markup=False, highlight=False)
@@ -95,7 +156,8 @@ def stack_check() -> None:
     stack = _local_stack()
     try:
         stack.up()
-        settings = Settings.load()
+        # The stack's own endpoints (every broker), unless the environment names others.
+        settings = stack.client_settings()
     except (StackError, SettingsError) as error:
         raise _fail(str(error)) from None
     for line in run_stack_check(settings):

@@ -14,6 +14,11 @@ from revsync.settings import STACK_PREFIX, SettingsError, load_checked
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this development package is installed from."""
 
+BROKER_COUNTS = (1, 3)
+"""Kafka clusters the stack can run: one node, or three (a quorum that survives losing one)."""
+BROKER_PORT_STEP = 2
+"""Broker n listens on the configured client and controller ports + 2 * (n - 1)."""
+
 
 class StackSettings(BaseSettings):
     """Where the local development stack lives and listens (``REVSYNC_STACK_*``)."""
@@ -24,9 +29,26 @@ class StackSettings(BaseSettings):
         default=REPO_ROOT / ".stack",
         description="Folder for the stack's servers, data and logs (gitignored).",
     )
-    kafka_port: int = Field(default=19092, ge=1, le=65535, description="Kafka client listener.")
+    kafka_port: int = Field(
+        default=19092,
+        ge=1,
+        le=65535,
+        description="Kafka client listener; with several brokers, broker n listens on "
+        "this + 2 * (n - 1): 19092, 19094, 19096 by default.",
+    )
     kafka_controller_port: int = Field(
-        default=19093, ge=1, le=65535, description="KRaft controller listener."
+        default=19093,
+        ge=1,
+        le=65535,
+        description="KRaft controller listener; with several brokers, broker n's controller "
+        "listens on this + 2 * (n - 1): 19093, 19095, 19097 by default.",
+    )
+    kafka_brokers: int | None = Field(
+        default=None,
+        description="Kafka brokers of a stack made now: 1 (one broker+controller) or 3 (three "
+        "broker+controller nodes, a 3-voter quorum, replication factor 3, min.insync.replicas "
+        "2); `stack up --brokers` sets it too. A stack already made keeps the number it was "
+        "made with (remembered in its folder) until `stack down --purge`. Default 1.",
     )
     registry_port: int = Field(
         default=18081, ge=1, le=65535, description="Schema registry HTTP API."
@@ -35,7 +57,12 @@ class StackSettings(BaseSettings):
         default=18082, ge=1, le=65535, description="Schema registry health endpoints."
     )
     postgres_port: int = Field(default=15432, ge=1, le=65535, description="PostgreSQL.")
-    kafka_heap: str = Field(default="768m", pattern=r"^\d+[mg]$", description="Kafka JVM heap.")
+    kafka_heap: str | None = Field(
+        default=None,
+        pattern=r"^\d+[mg]$",
+        description="JVM heap of each Kafka broker; default 768m for one broker, 384m each for "
+        "three.",
+    )
     registry_heap: str = Field(
         default="384m", pattern=r"^\d+[mg]$", description="Schema registry JVM heap."
     )
@@ -48,23 +75,52 @@ class StackSettings(BaseSettings):
     )
 
     @model_validator(mode="after")
-    def _ports_are_distinct(self) -> Self:
-        ports: dict[int, str] = {}
-        for name in (
-            "kafka_port",
-            "kafka_controller_port",
-            "registry_port",
-            "registry_management_port",
-            "postgres_port",
-        ):
-            port = getattr(self, name)
-            if port in ports:
-                raise ValueError(
-                    f"{STACK_PREFIX}{name.upper()} and {STACK_PREFIX}{ports[port].upper()} "
-                    f"are both {port}; each stack port must differ"
-                )
-            ports[port] = name
+    def _brokers_and_ports_fit(self) -> Self:
+        if self.kafka_brokers is not None and self.kafka_brokers not in BROKER_COUNTS:
+            raise ValueError(
+                f"{STACK_PREFIX}KAFKA_BROKERS is {self.kafka_brokers}; the stack runs "
+                f"{' or '.join(map(str, BROKER_COUNTS))} brokers"
+            )
+        collision = self.port_collision(self.kafka_brokers or 1)
+        if collision:
+            raise ValueError(collision)
         return self
+
+    def kafka_client_port(self, node_id: int) -> int:
+        """The client listener of broker ``node_id`` (1-based)."""
+        return self.kafka_port + BROKER_PORT_STEP * (node_id - 1)
+
+    def kafka_controller_port_of(self, node_id: int) -> int:
+        """The KRaft controller listener of broker ``node_id`` (1-based)."""
+        return self.kafka_controller_port + BROKER_PORT_STEP * (node_id - 1)
+
+    def port_collision(self, brokers: int) -> str | None:
+        """Why the ports of a stack with ``brokers`` brokers overlap, or None when each differs.
+
+        Each port is named by the setting it comes from (a broker's by its offset from one).
+        """
+        ports: dict[int, str] = {}
+        for name, port in self._named_ports(brokers):
+            if port in ports:
+                return f"{name} and {ports[port]} are both {port}; each stack port must differ"
+            ports[port] = name
+        return None
+
+    def _named_ports(self, brokers: int) -> list[tuple[str, int]]:
+        named = []
+        for node_id in range(1, brokers + 1):
+            step = BROKER_PORT_STEP * (node_id - 1)
+            offset = f" + {step} (broker {node_id})" if node_id > 1 else ""
+            named.append((f"{STACK_PREFIX}KAFKA_PORT{offset}", self.kafka_client_port(node_id)))
+            named.append(
+                (
+                    f"{STACK_PREFIX}KAFKA_CONTROLLER_PORT{offset}",
+                    self.kafka_controller_port_of(node_id),
+                )
+            )
+        for name in ("registry_port", "registry_management_port", "postgres_port"):
+            named.append((f"{STACK_PREFIX}{name.upper()}", getattr(self, name)))
+        return named
 
     @classmethod
     def load(cls) -> StackSettings:

@@ -2,11 +2,16 @@
 
 Kafka and the registry come from Maven Central through ``deploy/local/pom.xml``; PostgreSQL is
 Debian's server running a throwaway cluster. Everything lives under one gitignored folder.
+
+Kafka is one node (broker and controller in one process) or three such nodes: a 3-voter KRaft
+quorum in which every broker is also a voter, so losing any one node leaves both a controller
+majority and two in-sync replicas of every partition.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import resource
 import shutil
@@ -25,14 +30,20 @@ import psutil
 import psycopg
 from pydantic import SecretStr
 
-from revsync.settings import ENV_PREFIX, STACK_PREFIX, Settings
-from revsync_devstack.settings import REPO_ROOT, StackSettings
+from revsync.settings import ENV_PREFIX, STACK_PREFIX, Settings, SettingsError
+from revsync_devstack.settings import BROKER_COUNTS, BROKER_PORT_STEP, REPO_ROOT, StackSettings
 
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 POSTGRES_USER = "revsync"
 # Databases the stack creates: one for revsync's services, one for the registry's storage.
 POSTGRES_DATABASES = ("revsync", "registry")
 OPEN_FILES = 262_144
+# What the stack remembers about its Kafka cluster, beside the servers' folders.
+BROKERS_FILE = "kafka.brokers"
+CLUSTER_ID_FILE = "kafka.cluster-id"
+# JVM heap of each broker unless REVSYNC_STACK_KAFKA_HEAP says otherwise.
+ONE_BROKER_HEAP = "768m"
+CLUSTER_BROKER_HEAP = "384m"
 
 
 class StackError(RuntimeError):
@@ -222,17 +233,36 @@ class Postgres(Component):
 
 
 class Kafka(Component):
+    """One KRaft node, broker and controller in one process: the whole cluster when the stack
+    has one broker (named ``kafka``), else node ``node_id`` of ``brokers`` (``kafka-<id>``)."""
+
     name = "kafka"
+
+    def __init__(self, settings: StackSettings, node_id: int = 1, brokers: int = 1) -> None:
+        self.node_id = node_id
+        self.brokers = brokers
+        if brokers > 1:
+            self.name = f"kafka-{node_id}"
+        super().__init__(settings)
 
     def ports(self) -> dict[str, int]:
         return {
-            "client": self.settings.kafka_port,
-            "controller": self.settings.kafka_controller_port,
+            "client": self.settings.kafka_client_port(self.node_id),
+            "controller": self.settings.kafka_controller_port_of(self.node_id),
         }
 
     @property
+    def address(self) -> str:
+        """This node's own client listener."""
+        return f"127.0.0.1:{self.settings.kafka_client_port(self.node_id)}"
+
+    @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.settings.kafka_port}"
+        """Every broker of the cluster, so a client starts even while one of them is down."""
+        return ",".join(
+            f"127.0.0.1:{self.settings.kafka_client_port(node)}"
+            for node in range(1, self.brokers + 1)
+        )
 
     def pid(self) -> int | None:
         return self._java_pid("kafka.Kafka")
@@ -243,7 +273,7 @@ class Kafka(Component):
         config.write_text(self._server_properties())
         if (self.home / "data" / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = self._cluster_id()
         result = subprocess.run(
             [
                 *self._java(),
@@ -259,24 +289,50 @@ class Kafka(Component):
             check=False,
         )
         if result.returncode != 0:
-            raise StackError(f"kafka: formatting storage failed: {result.stdout}{result.stderr}")
+            raise StackError(
+                f"{self.name}: formatting storage failed: {result.stdout}{result.stderr}"
+            )
 
     def spawn(self) -> None:
         self._spawn_java([*self._java(), "kafka.Kafka", str(self.home / "server.properties")])
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a pulled plug would end it: no controlled shutdown, no flush."""
+        pid = self.pid()
+        if pid is None:
+            return
+        _kill_now(pid)
+        self._pid_file().unlink(missing_ok=True)
+
     def healthy(self) -> bool:
+        """This node answers on its own listener and the cluster counts it as a live broker
+        (registered and unfenced), which a restarted broker is once it has caught up."""
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap_servers, "log_level": 0})
+        admin = AdminClient(
+            {"bootstrap.servers": self.address, "log_level": 0, "socket.timeout.ms": 2000}
+        )
         try:
-            admin.list_topics(timeout=2)
+            metadata = admin.list_topics(timeout=2)
         except Exception:
             return False
-        return True
+        return self.node_id in metadata.brokers
+
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster, kept so a node formatted later still joins."""
+        path = self.settings.dir / CLUSTER_ID_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            cluster_id = _new_cluster_id()
+            path.write_text(cluster_id)
+            return cluster_id
 
     def _java(self) -> list[str]:
         classpath = (self.settings.dir / "kafka.classpath").read_text().strip()
-        heap = self.settings.kafka_heap
+        heap = self.settings.kafka_heap or (
+            ONE_BROKER_HEAP if self.brokers == 1 else CLUSTER_BROKER_HEAP
+        )
         return [
             "java",
             f"-Xms{heap}",
@@ -290,28 +346,51 @@ class Kafka(Component):
         ]
 
     def _server_properties(self) -> str:
-        client, controller = self.settings.kafka_port, self.settings.kafka_controller_port
+        client = self.settings.kafka_client_port(self.node_id)
+        controller = self.settings.kafka_controller_port_of(self.node_id)
+        voters = ",".join(
+            f"{node}@127.0.0.1:{self.settings.kafka_controller_port_of(node)}"
+            for node in range(1, self.brokers + 1)
+        )
         properties = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{controller}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.home / "data"),
-            # One broker: internal topics cannot have more than one replica.
-            "offsets.topic.replication.factor": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            **self._replication_properties(),
             "group.initial.rebalance.delay.ms": "0",
             # Topics are governed: created from the catalog, never by a stray producer.
             "auto.create.topics.enable": "false",
         }
         return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+    def _replication_properties(self) -> dict[str, str]:
+        if self.brokers == 1:
+            # One broker: internal topics cannot have more than one replica.
+            return {
+                "offsets.topic.replication.factor": "1",
+                "transaction.state.log.replication.factor": "1",
+                "transaction.state.log.min.isr": "1",
+                "share.coordinator.state.topic.replication.factor": "1",
+                "share.coordinator.state.topic.min.isr": "1",
+            }
+        # Every topic on every broker, and an acks=all write on two of them: one broker may be
+        # down (killed, restarting) and writes still succeed and are never on one disk alone.
+        replicas, min_isr = str(self.brokers), str(self.brokers - 1)
+        return {
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+        }
 
 
 class Registry(Component):
@@ -390,17 +469,61 @@ class UpReport:
 
 
 class LocalStack:
-    """The three servers, started and stopped together in dependency order."""
+    """The servers (PostgreSQL, one or three Kafka brokers, the registry), started and stopped
+    together in dependency order.
+
+    A stack already made keeps the number of brokers it was made with (remembered in its
+    folder), so ``status``, ``down`` and ``check`` act on all of them whatever the environment
+    says now; ``REVSYNC_STACK_KAFKA_BROKERS`` (``stack up --brokers``) chooses it for a new one.
+    """
 
     def __init__(self, settings: StackSettings) -> None:
         self.settings = settings
+        self.broker_count = remembered_brokers(settings.dir) or settings.kafka_brokers or 1
+        collision = settings.port_collision(self.broker_count)
+        if collision:
+            raise SettingsError(collision)
         self.postgres = Postgres(settings)
-        self.kafka = Kafka(settings)
+        self.brokers = tuple(
+            Kafka(settings, node_id, self.broker_count)
+            for node_id in range(1, self.broker_count + 1)
+        )
+        # Broker 1 (the only one, by default); its bootstrap_servers name every broker.
+        self.kafka = self.brokers[0]
         self.registry = Registry(settings)
 
     @property
     def components(self) -> tuple[Component, ...]:
-        return (self.postgres, self.kafka, self.registry)
+        return (self.postgres, *self.brokers, self.registry)
+
+    def broker(self, node_id: int) -> Kafka:
+        """Broker ``node_id`` (1-based); a StackError names the brokers there are."""
+        if not 1 <= node_id <= self.broker_count:
+            raise StackError(
+                f"no broker {node_id}: the stack in {self.settings.dir} has "
+                f"{self._brokers_phrase()} (1..{self.broker_count})"
+            )
+        return self.brokers[node_id - 1]
+
+    def kill_broker(self, node_id: int) -> int | None:
+        """SIGKILL broker ``node_id``, as a crash would; the pid it had, None if not running."""
+        broker = self.broker(node_id)
+        pid = broker.pid()
+        broker.kill()
+        return pid
+
+    def start_broker(self, node_id: int) -> bool:
+        """Start broker ``node_id`` again and wait until the cluster counts it live; False when
+        it was running already."""
+        broker = self.broker(node_id)
+        if broker.pid() is not None:
+            self._await(broker)
+            return False
+        _refuse_taken_ports([broker])
+        broker.prepare()
+        broker.spawn()
+        self._await(broker)
+        return True
 
     def client_settings(self) -> Settings:
         """revsync's settings from the environment, with this stack's endpoints wherever the
@@ -419,7 +542,8 @@ class LocalStack:
         return given.model_copy(update=defaults)
 
     def up(self) -> UpReport:
-        """Start what is not running and wait until all three answer. Running -> no-op."""
+        """Start what is not running and wait until every server answers. Running -> no-op."""
+        self._refuse_other_broker_count()
         to_start = [component for component in self.components if component.pid() is None]
         if not to_start:
             self._await_all(self.components)
@@ -427,33 +551,41 @@ class LocalStack:
         _refuse_taken_ports(to_start)
         _resolve_maven_artifacts(self.settings)
         self.settings.dir.mkdir(parents=True, exist_ok=True)
+        (self.settings.dir / BROKERS_FILE).write_text(f"{self.broker_count}\n")
         for component in to_start:
             component.prepare()
-        # Kafka starts beside PostgreSQL; the registry needs PostgreSQL's database first.
-        for component in (self.postgres, self.kafka):
+        # Kafka starts beside PostgreSQL, every broker at once (none is ready before a quorum
+        # of them runs); the registry needs PostgreSQL's database first.
+        for component in (self.postgres, *self.brokers):
             if component in to_start:
                 component.spawn()
         self._await(self.postgres)
         self.postgres.create_databases()
         if self.registry in to_start:
             self.registry.spawn()
-        self._await_all((self.kafka, self.registry))
+        self._await_all((*self.brokers, self.registry))
         return UpReport(
             started=[c.name for c in to_start],
             already_running=[c.name for c in self.components if c not in to_start],
         )
 
     def down(self, purge: bool = False) -> list[str]:
-        """Stop every running component, registry first; with purge, delete their data."""
+        """Stop every running component, registry first; with purge, delete their data (and
+        what the stack remembers of its Kafka cluster)."""
         stopped = []
-        for component in reversed(self.components):
-            if component.pid() is not None:
-                component.stop()
-                stopped.append(component.name)
+        if self.registry.pid() is not None:
+            self.registry.stop()
+            stopped.append(self.registry.name)
+        stopped += _stop_together(self.brokers)
+        if self.postgres.pid() is not None:
+            self.postgres.stop()
+            stopped.append(self.postgres.name)
         if purge:
             for component in self.components:
                 shutil.rmtree(component.home, ignore_errors=True)
             shutil.rmtree(self.settings.dir / "logs", ignore_errors=True)
+            for remembered in (BROKERS_FILE, CLUSTER_ID_FILE):
+                (self.settings.dir / remembered).unlink(missing_ok=True)
         return stopped
 
     def status(self) -> list[ComponentStatus]:
@@ -468,6 +600,59 @@ class LocalStack:
 
     def _await(self, component: Component) -> None:
         wait_until_healthy(component, self.settings.start_timeout_s)
+
+    def _brokers_phrase(self) -> str:
+        return f"{self.broker_count} broker{'s' if self.broker_count > 1 else ''}"
+
+    def _refuse_other_broker_count(self) -> None:
+        asked = self.settings.kafka_brokers
+        if asked is None or asked == self.broker_count:
+            return
+        raise StackError(
+            f"the stack in {self.settings.dir} was made with {self._brokers_phrase()}, not "
+            f"{asked}; run `revsync stack down --purge` first to make it anew (its data goes), "
+            f"or leave out --brokers / {STACK_PREFIX}KAFKA_BROKERS"
+        )
+
+
+def _new_cluster_id() -> str:
+    """A random id in Kafka's form (URL-safe base64 of 16 bytes), never starting with '-': the
+    storage tool would take such an id after ``-t`` for an option of its own."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def remembered_brokers(stack_dir: Path) -> int | None:
+    """How many brokers the stack in ``stack_dir`` was made with; None for a stack not made
+    yet. A stack made before the number was remembered has one, in ``kafka/``."""
+    try:
+        count = int((stack_dir / BROKERS_FILE).read_text())
+    except FileNotFoundError:
+        return 1 if (stack_dir / "kafka" / "data").exists() else None
+    except ValueError:
+        raise StackError(
+            f"{stack_dir / BROKERS_FILE} does not hold a number of brokers; "
+            "`revsync stack down --purge` makes the stack anew"
+        ) from None
+    if count not in BROKER_COUNTS:
+        raise StackError(f"{stack_dir / BROKERS_FILE} says {count} brokers; expected 1 or 3")
+    return count
+
+
+def _stop_together(brokers: tuple[Kafka, ...]) -> list[str]:
+    """SIGTERM every running broker at once, then wait for each: stopped one after another,
+    the last ones would wait for a controller quorum that has already gone."""
+    running = [(broker, pid) for broker in brokers if (pid := broker.pid()) is not None]
+    for _, pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for broker, pid in running:
+        # By pid, not broker.stop(): one that has exited already must still be reaped.
+        _terminate(pid, 30.0)
+        broker._pid_file().unlink(missing_ok=True)
+    return [broker.name for broker, _ in running]
 
 
 def wait_until_healthy(component: Component, timeout_s: float) -> None:
@@ -494,16 +679,16 @@ def _refuse_taken_ports(components: list[Component]) -> None:
     for component in components:
         for purpose, port in component.ports().items():
             if _port_taken(port):
-                setting = f"{STACK_PREFIX}{_port_setting(component.name, purpose)}"
                 taken.append(
                     f"port {port} ({component.name} {purpose}) is already in use by another "
-                    f"process; stop it or set {setting}"
+                    f"process; stop it or set {_port_setting(component, purpose)}"
                 )
     if taken:
         raise StackError("; ".join(taken))
 
 
-def _port_setting(component: str, purpose: str) -> str:
+def _port_setting(component: Component, purpose: str) -> str:
+    """The setting that moves ``component``'s ``purpose`` port (a broker's: with its offset)."""
     names = {
         ("kafka", "client"): "KAFKA_PORT",
         ("kafka", "controller"): "KAFKA_CONTROLLER_PORT",
@@ -511,7 +696,12 @@ def _port_setting(component: str, purpose: str) -> str:
         ("registry", "health"): "REGISTRY_MANAGEMENT_PORT",
         ("postgres", "sql"): "POSTGRES_PORT",
     }
-    return names[(component, purpose)]
+    kind = "kafka" if isinstance(component, Kafka) else component.name
+    setting = f"{STACK_PREFIX}{names[(kind, purpose)]}"
+    if isinstance(component, Kafka) and component.node_id > 1:
+        offset = BROKER_PORT_STEP * (component.node_id - 1)
+        return f"{setting} (broker {component.node_id} listens on it + {offset})"
+    return setting
 
 
 def _port_taken(port: int) -> bool:
@@ -592,6 +782,26 @@ def _alive(pid: int, marker: str) -> bool:
         return False
 
 
+def _kill_now(pid: int) -> None:
+    """SIGKILL ``pid`` and wait until it is gone (and reaped, if this interpreter started it)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.wait()
+        return
+    # Started by another process, which may not have reaped it yet: a zombie is gone enough.
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(0.05)
+    raise StackError(f"process {pid} survived SIGKILL for 10s")
+
+
 def _terminate(pid: int, timeout_s: float) -> None:
     """SIGTERM for a clean shutdown; SIGKILL if it has not finished within ``timeout_s``."""
     for sig, wait_s in ((signal.SIGTERM, timeout_s), (signal.SIGKILL, 10.0)):
@@ -614,10 +824,15 @@ def _tree_rss_mb(pid: int | None) -> float | None:
     try:
         root = psutil.Process(pid)
         tree = [root, *root.children(recursive=True)]
-        # PSS, so the pages that PostgreSQL's processes share are counted once.
-        return sum(process.memory_full_info().pss for process in tree) / 2**20
+        total = root.memory_full_info().pss
     except psutil.Error:
         return None
+    # PSS, so the pages that PostgreSQL's processes share are counted once; a child that ends
+    # meanwhile (a PostgreSQL backend) no longer counts.
+    for process in tree[1:]:
+        with contextlib.suppress(psutil.Error):
+            total += process.memory_full_info().pss
+    return total / 2**20
 
 
 def tail(path: Path, lines: int) -> str:
