@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import order_to_cash, passthrough, replay, runtime
+from bench import chaos, order_to_cash, passthrough, replay, runtime
 from revsync.settings import Settings
 
 SCENARIOS = {
@@ -14,9 +14,10 @@ SCENARIOS = {
     "runtime": runtime.run,
     "order-to-cash": order_to_cash.run,
     "replay": replay.run,
+    "chaos": chaos.run,
 }
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000}
+DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000, "chaos": 10_000}
 
 
 def main() -> None:
@@ -34,6 +35,8 @@ def main() -> None:
     for name, value in figures.items():
         print(f"{name:>28}: {value}")
     print(f"{'written to':>28}: {output}")
+    if str(figures.get("verdict", "passed")) != "passed":
+        raise SystemExit(f"{arguments.scenario}: {figures['verdict']}")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,16 @@ def private_contracts(source: Path, destination: Path, partitions: int | None = 
     return folder
 
 
+def with_consumer_settings(contracts: Path, **values: Any) -> None:
+    """Give every consumer of a private copy of the contracts these settings: short retry
+    tiers, say, so a run sees failures through every tier in seconds."""
+    path = contracts / "catalog.yaml"
+    catalog = yaml.safe_load(path.read_text())
+    for spec in catalog["consumers"].values():
+        spec.update(values)
+    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
+
+
 class PipelineError(RuntimeError):
     """A part of the pipeline would not start, or died; the message names it and its log."""
 
@@ -134,6 +144,9 @@ class Pipeline:
     erp_url: str = ""
     planned: dict[str, str] = field(default_factory=dict)
     """CRM order id -> expected end state, for every order pushed."""
+    via: Callable[[str, str], str] = field(default=lambda _name, address: address)
+    """Where the services reach a dependency (``crm``, ``erp``, ``postgres``, ``registry``)
+    given its address: the address itself, or a fault proxy in front of it."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -182,9 +195,14 @@ class Pipeline:
             if client is not None:
                 client.close()
 
-    def restart(self, name: str) -> None:
-        """Stop one service and start it again, as a deployment would."""
-        self.processes.pop(name).stop()
+    def restart(self, name: str, *, hard: bool = False) -> None:
+        """Stop one service and start it again, as a deployment would (``hard``: SIGKILL, as
+        a crash or an evicted pod would end it, no drain)."""
+        process = self.processes.pop(name)
+        if hard and process.alive():
+            process.popen.kill()
+            process.popen.wait()
+        process.stop()
         self._service(name)
         self._wait_ready([name])
 
@@ -270,14 +288,16 @@ class Pipeline:
                 else {}
             ),
             "REVSYNC_BOOTSTRAP_SERVERS": self.settings.bootstrap_servers,
-            "REVSYNC_SCHEMA_REGISTRY_URL": self.settings.schema_registry_url,
-            "REVSYNC_POSTGRES_DSN": self.settings.postgres_dsn.get_secret_value(),
+            "REVSYNC_SCHEMA_REGISTRY_URL": self.via("registry", self.settings.schema_registry_url),
+            "REVSYNC_POSTGRES_DSN": self.via(
+                "postgres", self.settings.postgres_dsn.get_secret_value()
+            ),
             "REVSYNC_SCHEMAS_DIR": str(self.schemas_dir),
-            "REVSYNC_CRM_INSTANCE_URL": self.crm_url,
+            "REVSYNC_CRM_INSTANCE_URL": self.via("crm", self.crm_url),
             "REVSYNC_CRM_CLIENT_ID": DEFAULT_CLIENT_ID,
             "REVSYNC_CRM_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
             "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
-            "REVSYNC_ERP_BASE_URL": self.erp_url,
+            "REVSYNC_ERP_BASE_URL": self.via("erp", self.erp_url),
             "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
             "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",

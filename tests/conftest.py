@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sandbox.harness import Pipeline
+from sandbox.harness import Pipeline, with_consumer_settings
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from revsync.settings import Settings
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
-from runtime_support import RuntimeWorld, prepare_database, with_retry_tiers
+from runtime_support import RuntimeWorld, prepare_database
 
 ENDPOINT_VARIABLES = (
     "REVSYNC_BOOTSTRAP_SERVERS",
@@ -146,7 +146,12 @@ def _testcontainers(containers: ExitStack) -> Endpoints:
 def world(settings: Settings, tmp_path: Path) -> Iterator[RuntimeWorld]:
     """A governed catalog of its own (retry tiers 1 s and 2 s) and the runtime's tables."""
     contracts = isolated_contracts(tmp_path / "avro")
-    with_retry_tiers(contracts, ["1s", "2s"])
+    # Its tests dead-letter records by the dozen on purpose: a breaker that lets them.
+    with_consumer_settings(
+        contracts,
+        retry_tiers=["1s", "2s"],
+        circuit_breaker={"window": 1000, "consecutive_dead_letters": 1000},
+    )
     catalog = governed(cli_for(settings), contracts)
     prepare_database(settings)
     yield RuntimeWorld(settings, contracts, catalog)
@@ -165,7 +170,7 @@ def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[...,
 
     def start(invoice_delay_s: float = 0.0, ship_delay_s: float = 0.0) -> Pipeline:
         contracts = isolated_contracts(tmp_path / "contracts")
-        with_retry_tiers(contracts, E2E_RETRY_TIERS)
+        with_consumer_settings(contracts, retry_tiers=E2E_RETRY_TIERS)
         pipeline = Pipeline(
             settings=settings,
             workdir=tmp_path / "logs",

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -233,14 +232,6 @@ def prepare_database(settings: Settings) -> None:
         migrate(connection)
         connection.execute(EFFECTS)
         connection.commit()
-
-
-def with_retry_tiers(contracts: Path, tiers: list[str]) -> None:
-    path = contracts / "catalog.yaml"
-    catalog = yaml.safe_load(path.read_text())
-    for spec in catalog["consumers"].values():
-        spec["retry_tiers"] = tiers
-    path.write_text(yaml.safe_dump(catalog, sort_keys=False))
 
 
 def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 30) -> list[Message]:
