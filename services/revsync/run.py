@@ -114,7 +114,11 @@ def _run_consumer(
 def _relay_beside(relay: OutboxRelay, loop: ConsumerLoop) -> None:
     """The relay beside a consumer loop. It waits out PostgreSQL outages itself; any other
     failure stops the loop too, so the process exits and is restarted rather than going on
-    with emitted events that nothing publishes."""
+    with emitted events that nothing publishes. It starts once the loop has created the
+    runtime's tables, the outbox among them (a new database has none)."""
+    while not loop.migrated.wait(0.5):
+        if relay.stopped:
+            return
     try:
         relay.run()
     except Exception:

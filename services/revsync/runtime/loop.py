@@ -87,6 +87,8 @@ class ConsumerLoop:
         self._kafka_config = kafka_config
         self._dsn = postgres_dsn
         self._stopping = threading.Event()
+        self.migrated = threading.Event()
+        """Set once the runtime's tables exist (what the relay beside the loop waits for)."""
         self._last_poll = time.monotonic()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
@@ -137,6 +139,7 @@ class ConsumerLoop:
                 1, thread_name_prefix=f"{self.name}-batch"
             )
         self._db = db = self.outages.until_up(self._connect)
+        self.migrated.set()
         self.breaker.load(db)
         self._producer = Producer(
             {**self._kafka_config, "enable.idempotence": True, "linger.ms": 5, "acks": "all"}

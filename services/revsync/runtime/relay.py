@@ -177,6 +177,10 @@ class OutboxRelay:
     def stop(self) -> None:
         self._stopping.set()
 
+    @property
+    def stopped(self) -> bool:
+        return self._stopping.is_set()
+
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Publish until stopped (or idle as leader for ``max_idle_s``). A lost PostgreSQL is
         waited out with backoff, not ready meanwhile; leadership is taken again after it."""
