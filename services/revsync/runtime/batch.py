@@ -105,11 +105,17 @@ class BatchProcessor:
                 batch.releases.add(hold)
             if isinstance(self.handler, BatchHandler) and self.wave_runner is not None:
                 batch.prepared = self._handle_wave(self.handler, list(work), batch)
+            tripped = False
             while work:
                 record, decoded = work.popleft()
                 self.keepalive()
                 if record.parked_seq is None and not self.owns(record.where):
                     continue  # revoked mid-batch: its new owner redelivers it
+                if tripped and record.parked_seq is None:
+                    # The breaker is open: nothing new is handled, nor committed. (What a
+                    # released key un-parked still is, so no key is left without its hold.)
+                    batch.unhandled.append(record)
+                    continue
                 failures, parks = len(batch.outgoing), len(batch.parks)
                 released = self._handle_one(db, record, decoded, batch)
                 if record.parked_seq is None:
@@ -118,9 +124,7 @@ class BatchProcessor:
                     now_at = batch.positions.get(record.where, 0)
                     batch.positions[record.where] = max(now_at, record.offset + 1)
                 if len(batch.parks) == parks and self._trips(batch.outgoing[failures:]):
-                    # Stop here: nothing later in the batch is handled, nor committed.
-                    batch.unhandled = [r for r, _ in work if r.parked_seq is None]
-                    break
+                    tripped = True
                 # What the record held back comes next, before anything later in the batch.
                 work.extendleft((r, self.decode(r)) for r in reversed(released))
             self._write(db, batch)
