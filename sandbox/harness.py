@@ -224,7 +224,8 @@ class Pipeline:
         records = {record["Id"]: record for record in self.crm.records("Order")}
         counts: Counter[str] = Counter()
         settled, wrong = 0, []
-        for order_id, expected in self.planned.items():
+        planned = dict(self.planned)  # orders may be pushed meanwhile, from another thread
+        for order_id, expected in planned.items():
             record = records.get(order_id, {})
             state = _state(record)
             for name in state:
@@ -242,7 +243,7 @@ class Pipeline:
                     wrong.append(f"{order_id}: expected {expected}, got {message}")
             elif "accepted" in state:
                 wrong.append(f"{order_id}: expected {expected}, but the ERP accepted it")
-        return Outcome(counts, settled, wrong, len(self.planned) - settled - len(wrong))
+        return Outcome(counts, settled, wrong, len(planned) - settled - len(wrong))
 
     def wait_settled(
         self, timeout_s: float, on_progress: Callable[[Outcome], None] = lambda _: None
