@@ -182,3 +182,14 @@ def status_change(order_id: str, status: str = "Activated", **header: Any) -> Re
     }
     payload = {"ChangeEventHeader": fields, "Status": status}
     return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())
+
+
+def sample_order(order_id: str, correlation_id: str | None = None) -> OrderCreated:
+    """A valid OrderCreated for ``order_id``, correlated as its own order unless told."""
+    return sample_event(
+        OrderCreated,
+        crm_order_id=order_id,
+        envelope=sample_envelope(
+            OrderCreated.event_type, correlation_id=correlation_id or f"corr-{order_id}"
+        ),
+    )

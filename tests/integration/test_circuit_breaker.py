@@ -16,16 +16,11 @@ from revsync.contracts.catalog import CircuitBreakerSpec
 from revsync.contracts.events import OrderCreated
 from revsync.runtime.observability import Liveness
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
-from samples import sample_envelope, sample_event
+from samples import sample_order
 
 
 def order(number: int) -> OrderCreated:
-    order_id = f"8019c0000{number:09d}"
-    return sample_event(
-        OrderCreated,
-        crm_order_id=order_id,
-        envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"corr-{order_id}"),
-    )
+    return sample_order(f"8019c0000{number:09d}")
 
 
 def with_breaker(world: RuntimeWorld, spec: CircuitBreakerSpec) -> RuntimeWorld:

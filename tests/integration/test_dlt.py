@@ -27,7 +27,7 @@ from revsync.ops.dead_letters import OperationRefused
 from revsync.ops.operations import Operations
 from revsync.runtime import headers as h
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
-from samples import sample_envelope, sample_event
+from samples import sample_envelope, sample_event, sample_order
 
 RUN_REPLAY = """
 import sys
@@ -57,14 +57,7 @@ operations.replays.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replay
 
 
 def order(number: int, correlation_id: str | None = None) -> OrderCreated:
-    order_id = f"8015g0000DLT{number:06d}"
-    return sample_event(
-        OrderCreated,
-        crm_order_id=order_id,
-        envelope=sample_envelope(
-            OrderCreated.event_type, correlation_id=correlation_id or f"corr-{number}"
-        ),
-    )
+    return sample_order(f"8015g0000DLT{number:06d}", correlation_id or f"corr-{number}")
 
 
 @pytest.fixture

@@ -18,16 +18,11 @@ from revsync.contracts.events import OrderCreated
 from revsync.runtime.observability import Liveness
 from revsync.runtime.relay import OutboxRelay
 from runtime_support import RuntimeWorld, read_topic, wait_for
-from samples import sample_envelope, sample_event
+from samples import sample_order
 
 
 def order(number: int) -> OrderCreated:
-    order_id = f"8017h0000{number:09d}"
-    return sample_event(
-        OrderCreated,
-        crm_order_id=order_id,
-        envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"corr-{order_id}"),
-    )
+    return sample_order(f"8017h0000{number:09d}")
 
 
 def through(proxy: CuttableProxy, dsn: str) -> str:

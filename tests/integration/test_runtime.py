@@ -32,18 +32,13 @@ from runtime_support import (
     read_topic,
     wait_for,
 )
-from samples import sample_envelope, sample_event
+from samples import sample_envelope, sample_event, sample_order
 
 TESTS = Path(__file__).parents[1]
 
 
 def order(number: int) -> OrderCreated:
-    order_id = f"8015g0000{number:09d}"
-    return sample_event(
-        OrderCreated,
-        crm_order_id=order_id,
-        envelope=sample_envelope(OrderCreated.event_type, correlation_id=f"corr-{order_id}"),
-    )
+    return sample_order(f"8015g0000{number:09d}")
 
 
 def metric(name: str, **labels: str) -> float:
