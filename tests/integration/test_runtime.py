@@ -359,6 +359,35 @@ def test_a_rebalance_mid_batch_loses_and_duplicates_nothing(world: RuntimeWorld)
     )
 
 
+def test_partitions_that_leave_while_paused_flow_again_when_they_come_back(
+    world: RuntimeWorld,
+) -> None:
+    # The keepalive pauses every partition while a slow batch runs; the client keeps a
+    # partition's pause across a rebalance, so one revoked meanwhile came back paused for ever.
+    first = world.loop(world.handler(delay_s=0.05), batch_size=20, keepalive_s=0.1)
+    runner = threading.Thread(target=first.run)
+    runner.start()
+    try:
+        world.produce([order(4000 + n) for n in range(200)])
+        wait_for(lambda: len(world.effects()) >= 20)
+        second = world.loop(world.handler(), batch_size=20)
+        joined = threading.Thread(target=second.run)
+        joined.start()  # takes partitions over mid-batch, then leaves: they come back
+        wait_for(lambda: len(second.batches.handler.handled) > 0)  # type: ignore[attr-defined]
+        second.stop()
+        joined.join(timeout=120)
+        later = [order(4500 + n) for n in range(60)]
+        world.produce(later)
+
+        wait_for(lambda: len(world.effects()) >= 260, timeout_s=60)
+    finally:
+        first.stop()
+        runner.join(timeout=60)
+    assert {event_id for _, event_id in world.effects()} >= {
+        str(e.envelope.event_id) for e in later
+    }
+
+
 def test_a_slow_batch_keeps_its_group_membership(world: RuntimeWorld) -> None:
     events = [order(3000 + n) for n in range(20)]
     world.produce(events)

@@ -166,6 +166,7 @@ class ConsumerLoop:
         try:
             while not self._stopping.is_set():
                 self.liveness.beat()
+                self.positions.settle(self._consumer)
                 self.positions.resume_due(self._consumer)
                 messages = self._consumer.consume(
                     1 if self.breaker.probing else self.policy.batch_size,

@@ -55,14 +55,34 @@ class Positions:
         self.paused: dict[Partition, datetime] = {}
         self.stopped = False
         """Every partition paused (an open circuit breaker), whatever its due time."""
+        self._fresh: set[Partition] = set()
+        """Assigned since :meth:`settle`: their pause state is still the client's."""
 
     def assign(self, partitions: list[TopicPartition]) -> None:
-        self.assigned |= {(p.topic, p.partition) for p in partitions}
+        fresh = {(p.topic, p.partition) for p in partitions}
+        self.assigned |= fresh
+        self._fresh |= fresh
+
+    def settle(self, consumer: Consumer) -> None:
+        """Give partitions assigned since the last call the state this member wants: flowing,
+        or paused while :attr:`stopped`. The client keeps a partition's pause across a
+        rebalance, so one revoked while paused (by the keepalive, or for a due time) would
+        otherwise come back paused for ever. (Not in the assignment callback: the partitions
+        are only assigned after it returns.)"""
+        fresh = [TopicPartition(t, p) for t, p in self._fresh if (t, p) in self.assigned]
+        self._fresh.clear()
+        if not fresh:
+            return
+        if self.stopped:
+            consumer.pause(fresh)
+        else:
+            consumer.resume(fresh)
 
     def revoke(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             self.assigned.discard((p.topic, p.partition))
             self.paused.pop((p.topic, p.partition), None)
+            self._fresh.discard((p.topic, p.partition))
 
     def owns(self, where: Partition) -> bool:
         return where in self.assigned
