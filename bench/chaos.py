@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import tempfile
 import threading
@@ -56,6 +57,8 @@ CHAOS_STACK: dict[str, Any] = {
 }
 RETRY_TIERS = ("2s", "10s", "30s", "1m")
 TOXIPROXY_PORT = 38474
+LOGS = CHAOS_STACK["dir"] / "services"
+"""Each service's log of the last run, kept to read after it."""
 PROXY_PORTS = {"postgres": 35433, "registry": 38083, "crm": 38090, "erp": 38091}
 
 
@@ -119,6 +122,7 @@ def _run(
     profile: Profile,
 ) -> dict[str, Any]:
     rng = random.Random(11)  # noqa: S311 - a fault schedule, not a secret
+    shutil.rmtree(LOGS, ignore_errors=True)
     contracts = private_contracts(settings.schemas_dir, scratch / "contracts")
     # Tiers that outlast the longest outage (with the in-process retries) yet keep a record
     # failed during one from waiting ten minutes: no order may end in a dead letter here.
@@ -134,7 +138,7 @@ def _run(
 
     pipeline = Pipeline(
         settings=settings,
-        workdir=scratch / "logs",
+        workdir=LOGS,
         schemas_dir=contracts,
         invoice_delay_s=0.5,
         ship_delay_s=0.5,
@@ -345,9 +349,10 @@ def _judge(pipeline: Pipeline, settings: Settings, contracts: Path) -> dict[str,
             str(r["ERP_Shipment_Id__c"]) for r in pipeline.crm.records("Shipment__c")
         ),
     }
-    expected = Counter(pipeline.planned.values())
-    shipped = expected[scenario.SHIPPED]
-    topics = _event_ids(settings, pipeline)
+    planned = dict(pipeline.planned)
+    shipped = sum(1 for expected in planned.values() if expected == scenario.SHIPPED)
+    topics = _events(settings, pipeline)
+    implied = _implied_orders(pipeline, planned)
     return {
         "erp_orders_per_crm_order": dict(sorted(per_order.items())),
         "crm_orders_without_erp_order": shipped - sum(per_order.values()),
@@ -356,37 +361,51 @@ def _judge(pipeline: Pipeline, settings: Settings, contracts: Path) -> dict[str,
         "crm_invoices_doubled": sum(1 for n in crm_copies["invoices"].values() if n > 1),
         "crm_shipments_missing": len(erp_documents["shipments"] - set(crm_copies["shipments"])),
         "crm_shipments_doubled": sum(1 for n in crm_copies["shipments"].values() if n > 1),
-        "distinct_events": {topic: ids for topic, (ids, _) in topics.items()},
-        "expected_events": _expected_events(pipeline, expected),
-        "republished": sum(copies - ids for ids, copies in topics.values()),
+        "distinct_events": {topic: len(found.ids) for topic, found in topics.items()},
+        "expected_events": {topic: len(orders) for topic, orders in implied.items()},
+        "orders_without_their_event": {
+            topic: sorted(orders - topics[topic].keys)[:20]
+            for topic, orders in implied.items()
+            if orders - topics[topic].keys
+        },
+        "republished": sum(found.records - len(found.ids) for found in topics.values()),
     }
 
 
-def _expected_events(pipeline: Pipeline, expected: Counter[str]) -> dict[str, int]:
-    """What the orders imply on each canonical topic: one created event per order, one
-    accepted, invoice and shipment per order that ships, one rejection per other order."""
-    shipped = expected[scenario.SHIPPED]
-    rejected = sum(expected.values()) - shipped
+def _implied_orders(pipeline: Pipeline, planned: dict[str, str]) -> dict[str, set[str]]:
+    """The CRM orders each canonical topic must carry an event of: every order a created
+    event; each order that ships an accepted, invoice and shipment event; each other order a
+    rejection."""
+    shipped = {order for order, expected in planned.items() if expected == scenario.SHIPPED}
     implied = {
-        "created": shipped + rejected,
+        "created": set(planned),
         "accepted": shipped,
-        "rejected": rejected,
+        "rejected": set(planned) - shipped,
         "posted": shipped,
         "confirmed": shipped,
     }
-    counts = {}
+    orders = {}
     for topic in pipeline.catalog.topics:
         if topic.format is TopicFormat.AVRO:
             event = topic.name.split(".")[2]
-            for word, number in implied.items():
+            for word, keys in implied.items():
                 if word in event:
-                    counts[topic.name] = number
-    return counts
+                    orders[topic.name] = keys
+    return orders
 
 
-def _event_ids(settings: Settings, pipeline: Pipeline) -> dict[str, tuple[int, int]]:
-    """Per canonical topic: distinct CloudEvents ids, and records."""
-    found: dict[str, tuple[int, int]] = {}
+@dataclass
+class _Found:
+    ids: set[str] = field(default_factory=set)
+    """Distinct CloudEvents ids."""
+    keys: set[str] = field(default_factory=set)
+    """Distinct record keys: the CRM order ids."""
+    records: int = 0
+
+
+def _events(settings: Settings, pipeline: Pipeline) -> dict[str, _Found]:
+    """What each canonical topic holds, read from its beginning to its end."""
+    found: dict[str, _Found] = {}
     for topic in pipeline.catalog.topics:
         if topic.format is not TopicFormat.AVRO:
             continue
@@ -402,19 +421,18 @@ def _event_ids(settings: Settings, pipeline: Pipeline) -> dict[str, tuple[int, i
                 for p in partitions
             }
             consumer.assign([TopicPartition(topic.name, p, 0) for p in partitions])
-            ids: set[str] = set()
-            records = 0
+            here = found[topic.name] = _Found()
             left = {p for p, end in ends.items() if end > 0}
             while left:
                 for message in consumer.consume(1000, 2.0):
                     if message.error():
                         continue
-                    records += 1
-                    ids.add(h.get(message.headers(), "ce_id") or "")
+                    here.records += 1
+                    here.ids.add(h.get(message.headers(), "ce_id") or "")
+                    here.keys.add((message.key() or b"").decode())
                     partition = message.partition()
                     if partition is not None and (message.offset() or 0) + 1 >= ends[partition]:
                         left.discard(partition)
-            found[topic.name] = (len(ids), records)
         finally:
             consumer.close()
     return found
