@@ -43,6 +43,16 @@ class StackSettings(BaseSettings):
         description="KRaft controller listener; with several brokers, broker n's controller "
         "listens on this + 2 * (n - 1): 19093, 19095, 19097 by default.",
     )
+    kafka_proxy_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="When set, clients reach broker n through a TCP proxy (a fault proxy such "
+        "as Toxiproxy) listening on this + 2 * (n - 1), which forwards to the broker's client "
+        "listener: the brokers advertise the proxy's address, and reach each other directly on "
+        "a listener of their own at this + 2 * (n - 1) + 1. The proxy must be running before "
+        "the stack starts. Default: none, clients connect to the brokers.",
+    )
     kafka_brokers: int | None = Field(
         default=None,
         description="Kafka brokers of a stack made now: 1 (one broker+controller) or 3 (three "
@@ -90,6 +100,18 @@ class StackSettings(BaseSettings):
         """The client listener of broker ``node_id`` (1-based)."""
         return self.kafka_port + BROKER_PORT_STEP * (node_id - 1)
 
+    def kafka_advertised_port(self, node_id: int) -> int:
+        """Where clients reach broker ``node_id``: its proxy, or its client listener."""
+        if self.kafka_proxy_port is None:
+            return self.kafka_client_port(node_id)
+        return self.kafka_proxy_port + BROKER_PORT_STEP * (node_id - 1)
+
+    def kafka_internal_port(self, node_id: int) -> int | None:
+        """The listener brokers reach broker ``node_id`` on, past the proxy (None unproxied)."""
+        if self.kafka_proxy_port is None:
+            return None
+        return self.kafka_advertised_port(node_id) + 1
+
     def kafka_controller_port_of(self, node_id: int) -> int:
         """The KRaft controller listener of broker ``node_id`` (1-based)."""
         return self.kafka_controller_port + BROKER_PORT_STEP * (node_id - 1)
@@ -118,6 +140,11 @@ class StackSettings(BaseSettings):
                     self.kafka_controller_port_of(node_id),
                 )
             )
+            internal = self.kafka_internal_port(node_id)
+            if internal is not None:
+                proxy = f"{STACK_PREFIX}KAFKA_PROXY_PORT{offset}"
+                named.append((proxy, self.kafka_advertised_port(node_id)))
+                named.append((f"{proxy} + 1", internal))
         for name in ("registry_port", "registry_management_port", "postgres_port"):
             named.append((f"{STACK_PREFIX}{name.upper()}", getattr(self, name)))
         return named

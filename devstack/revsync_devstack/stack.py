@@ -246,10 +246,15 @@ class Kafka(Component):
         super().__init__(settings)
 
     def ports(self) -> dict[str, int]:
-        return {
+        """The ports this node listens on (a proxy in front of it listens on its own)."""
+        ports = {
             "client": self.settings.kafka_client_port(self.node_id),
             "controller": self.settings.kafka_controller_port_of(self.node_id),
         }
+        internal = self.settings.kafka_internal_port(self.node_id)
+        if internal is not None:
+            ports["internal"] = internal
+        return ports
 
     @property
     def address(self) -> str:
@@ -258,9 +263,10 @@ class Kafka(Component):
 
     @property
     def bootstrap_servers(self) -> str:
-        """Every broker of the cluster, so a client starts even while one of them is down."""
+        """Every broker of the cluster as clients reach it (through its proxy, if it has one),
+        so a client starts even while one of them is down."""
         return ",".join(
-            f"127.0.0.1:{self.settings.kafka_client_port(node)}"
+            f"127.0.0.1:{self.settings.kafka_advertised_port(node)}"
             for node in range(1, self.brokers + 1)
         )
 
@@ -356,11 +362,7 @@ class Kafka(Component):
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{client},CONTROLLER://127.0.0.1:{controller}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
-            "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self._listener_properties(client, controller),
             "log.dirs": str(self.home / "data"),
             **self._replication_properties(),
             "group.initial.rebalance.delay.ms": "0",
@@ -368,6 +370,33 @@ class Kafka(Component):
             "auto.create.topics.enable": "false",
         }
         return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+    def _listener_properties(self, client: int, controller: int) -> dict[str, str]:
+        """Clients' listener, advertised as the proxy's address when the broker is proxied,
+        with the brokers then talking on a listener of their own (faults between clients and
+        Kafka must not cut replication); the controllers' listener."""
+        advertised = self.settings.kafka_advertised_port(self.node_id)
+        internal = self.settings.kafka_internal_port(self.node_id)
+        own = f"CONTROLLER://127.0.0.1:{controller}"
+        if internal is None:
+            return {
+                "listeners": f"PLAINTEXT://127.0.0.1:{client},{own}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
+                "controller.listener.names": "CONTROLLER",
+                "inter.broker.listener.name": "PLAINTEXT",
+                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            }
+        return {
+            "listeners": (f"PLAINTEXT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal},{own}"),
+            "advertised.listeners": (
+                f"PLAINTEXT://127.0.0.1:{advertised},INTERNAL://127.0.0.1:{internal}"
+            ),
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "INTERNAL",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+        }
 
     def _replication_properties(self) -> dict[str, str]:
         if self.brokers == 1:

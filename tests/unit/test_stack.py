@@ -81,6 +81,41 @@ def test_kafka_listens_on_loopback_at_the_configured_ports(tmp_path: Path) -> No
     assert properties["auto.create.topics.enable"] == "false"
 
 
+def test_a_proxied_broker_advertises_its_proxy_and_replicates_past_it(tmp_path: Path) -> None:
+    settings = StackSettings(
+        dir=tmp_path,
+        kafka_port=29092,
+        kafka_controller_port=29192,
+        kafka_proxy_port=29292,
+        kafka_brokers=3,
+    )
+    kafka = Kafka(settings, node_id=2, brokers=3)
+    properties = dict(line.split("=", 1) for line in kafka._server_properties().splitlines())
+    assert properties["listeners"] == (
+        "PLAINTEXT://127.0.0.1:29094,INTERNAL://127.0.0.1:29295,CONTROLLER://127.0.0.1:29194"
+    )
+    assert properties["advertised.listeners"] == (
+        "PLAINTEXT://127.0.0.1:29294,INTERNAL://127.0.0.1:29295"
+    )
+    assert properties["inter.broker.listener.name"] == "INTERNAL"
+    assert properties["controller.listener.names"] == "CONTROLLER"
+    # Clients start from the proxies; the stack's own health check asks the broker itself.
+    assert kafka.bootstrap_servers == "127.0.0.1:29292,127.0.0.1:29294,127.0.0.1:29296"
+    assert kafka.address == "127.0.0.1:29094"
+    assert kafka.ports() == {"client": 29094, "controller": 29194, "internal": 29295}
+
+
+def test_a_proxy_port_that_meets_a_brokers_own_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"PORT \+ 4 \(broker 3\) and \S+_PROXY_PORT are both"):
+        StackSettings(
+            dir=tmp_path,
+            kafka_port=29092,
+            kafka_controller_port=29093,
+            kafka_proxy_port=29096,  # broker 1's proxy on broker 3's own listener
+            kafka_brokers=3,
+        )
+
+
 def test_logs_of_an_unknown_component_is_refused() -> None:
     result = CliRunner().invoke(app, ["stack", "logs", "zookeeper"])
     assert result.exit_code == 2
