@@ -3,8 +3,8 @@ brokers (replication factor 3, ``min.insync.replicas=2``), the schema registry a
 both sandboxes, every service its own process — while orders stream in and faults are
 applied one after the other: services SIGKILLed at random points, a broker of three SIGKILLed
 and restarted, PostgreSQL SIGKILLed and restarted, the registry down, and through Toxiproxy
-between the services and PostgreSQL, the registry, the CRM and the ERP: latency with jitter,
-connection resets, a blackhole; an ERP 503 storm and 429s with Retry-After.
+between the services and Kafka, PostgreSQL, the registry, the CRM and the ERP: latency with
+jitter, connection resets, a blackhole; an ERP 503 storm and 429s with Retry-After.
 
 It judges from the systems' own records, not from revsync's metrics: orders not in their
 expected end state in the CRM, ERP sales orders per CRM order, CRM invoices and shipments per
@@ -12,8 +12,9 @@ ERP document, distinct event ids on each canonical topic against what the orders
 records republished (the same event id again) and each fault's recovery time (from its end
 until the CRM shows the next order settle).
 
-The services reach Kafka directly: a broker's clients follow its advertised address, which a
-proxy in front of it would not change; broker faults are kills instead.
+The services reach each broker through a proxy of its own too: the brokers advertise the
+proxies' addresses (``REVSYNC_STACK_KAFKA_PROXY_PORT``) and replicate among themselves on a
+listener past them, so the faults cut clients from Kafka, not the brokers from each other.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ CHAOS_STACK: dict[str, Any] = {
     "registry_management_port": 38082,
     "postgres_port": 35432,
     "kafka_heap": "384m",
+    "kafka_proxy_port": 39292,
 }
 RETRY_TIERS = ("2s", "10s", "30s", "1m")
 TOXIPROXY_PORT = 38474
@@ -68,14 +70,22 @@ class Profile:
     service_kills: int
     """SIGKILLs of each service."""
     outage_s: float
-    """How long the registry is down, and a proxy blackholes."""
+    """How long the registry is down."""
+    blackhole_s: float
+    """How long a proxy swallows everything."""
     settle_timeout_s: float
 
 
 PROFILES = {
-    "short": Profile(orders_per_s=5, service_kills=1, outage_s=10, settle_timeout_s=600),
-    "full": Profile(orders_per_s=25, service_kills=3, outage_s=30, settle_timeout_s=1800),
+    "short": Profile(
+        orders_per_s=5, service_kills=1, outage_s=10, blackhole_s=10, settle_timeout_s=600
+    ),
+    "full": Profile(
+        orders_per_s=25, service_kills=3, outage_s=30, blackhole_s=20, settle_timeout_s=1800
+    ),
 }
+LATENCY_MS = {"postgres": 150, "registry": 300, "kafka": 100}
+"""Each proxied dependency's added latency; the jitter is two thirds of it."""
 
 
 @dataclass
@@ -99,18 +109,26 @@ def run(_settings: Settings, events: int) -> dict[str, Any]:
     """``events`` orders streamed in while the faults run; the profile (``CHAOS_PROFILE``:
     short or full) says how hard and how long."""
     profile = PROFILES[os.environ.get("CHAOS_PROFILE", "short")]
-    stack = LocalStack(StackSettings(**CHAOS_STACK))
-    stack.up()
-    try:
-        settings = stack.client_settings()
-        log = Path(CHAOS_STACK["dir"]) / "toxiproxy.log"
-        with (
-            ToxiproxyServer(TOXIPROXY_PORT, log=log) as proxy,
-            tempfile.TemporaryDirectory(prefix="revsync-chaos-") as scratch,
-        ):
+    stack_settings = StackSettings(**CHAOS_STACK)
+    stack = LocalStack(stack_settings)
+    stack_settings.dir.mkdir(parents=True, exist_ok=True)
+    with (
+        ToxiproxyServer(TOXIPROXY_PORT, log=stack_settings.dir / "toxiproxy.log") as proxy,
+        tempfile.TemporaryDirectory(prefix="revsync-chaos-") as scratch,
+    ):
+        # Before the brokers start: they advertise the proxies' addresses.
+        for node in range(1, stack.broker_count + 1):
+            proxy.create_proxy(
+                f"kafka-{node}",
+                f"127.0.0.1:{stack_settings.kafka_advertised_port(node)}",
+                f"127.0.0.1:{stack_settings.kafka_client_port(node)}",
+            )
+        stack.up()
+        try:
+            settings = stack.client_settings()
             return _run(stack, settings, proxy, Path(scratch), events, profile)
-    finally:
-        stack.down()
+        finally:
+            stack.down()
 
 
 def _run(
@@ -208,14 +226,23 @@ def _verdict(figures: dict[str, Any]) -> str:
 def _schedule(
     stack: LocalStack, pipeline: Pipeline, proxy: Toxiproxy, profile: Profile, rng: random.Random
 ) -> Iterator[tuple[str, Callable[[], None]]]:
-    outage = profile.outage_s
+    outage, blackhole = profile.outage_s, profile.blackhole_s
     kills = [name for name in SERVICES for _ in range(profile.service_kills)]
     rng.shuffle(kills)
+    kafka = tuple(f"kafka-{node}" for node in range(1, stack.broker_count + 1))
+
+    def toxic(target: str, kind: str, seconds: float = 10) -> Callable[[], None]:
+        names = kafka if target == "kafka" else (target,)
+        return lambda: _toxic(proxy, names, LATENCY_MS.get(target, 0), kind, seconds)
+
     network: list[tuple[str, Callable[[], None]]] = [
-        ("postgres: latency 150 ms ± 100 ms, 10 s", lambda: _toxic(proxy, "postgres", "latency")),
-        ("erp: connections reset, 5 s", lambda: _toxic(proxy, "erp", "reset")),
-        (f"crm: blackhole, {outage:.0f} s", lambda: _toxic(proxy, "crm", "blackhole", outage)),
-        ("registry: latency 300 ms ± 200 ms, 10 s", lambda: _toxic(proxy, "registry", "latency")),
+        ("postgres: latency 150 ms ± 100 ms, 10 s", toxic("postgres", "latency")),
+        ("erp: connections reset, 5 s", toxic("erp", "reset", 5)),
+        (f"crm: blackhole, {blackhole:.0f} s", toxic("crm", "blackhole", blackhole)),
+        ("registry: latency 300 ms ± 200 ms, 10 s", toxic("registry", "latency")),
+        ("kafka: latency 100 ms ± 67 ms, 10 s", toxic("kafka", "latency")),
+        ("kafka: connections reset, 5 s", toxic("kafka", "reset", 5)),
+        (f"kafka: blackhole, {blackhole:.0f} s", toxic("kafka", "blackhole", blackhole)),
         ("erp: 503 storm, 10 s", lambda: _erp(pipeline, error_rate=1)),
         ("erp: 429 with Retry-After 2 s, 10 s", lambda: _erp(pipeline, throttle_rate=0.5)),
     ]
@@ -239,17 +266,22 @@ def _killer(pipeline: Pipeline, name: str, rng: random.Random) -> Callable[[], N
     return kill
 
 
-def _toxic(proxy: Toxiproxy, name: str, kind: str, seconds: float = 10) -> None:
-    if kind == "latency":
-        latency = 300 if name == "registry" else 150
-        toxic = proxy.add_latency(name, latency, jitter_ms=latency * 2 // 3)
-    elif kind == "reset":
-        toxic = proxy.add_reset_peer(name)
-        seconds = 5
-    else:
-        toxic = proxy.add_timeout(name)  # data goes nowhere, nothing comes back
+def _toxic(
+    proxy: Toxiproxy, names: tuple[str, ...], latency_ms: int, kind: str, seconds: float
+) -> None:
+    """A toxic on every proxy of ``names`` at once, for ``seconds``."""
+    toxics = []
+    for name in names:
+        if kind == "latency":
+            toxic = proxy.add_latency(name, latency_ms, jitter_ms=latency_ms * 2 // 3)
+        elif kind == "reset":
+            toxic = proxy.add_reset_peer(name)
+        else:
+            toxic = proxy.add_timeout(name)  # data goes nowhere, nothing comes back
+        toxics.append((name, toxic.name))
     time.sleep(seconds)
-    proxy.remove_toxic(name, toxic.name)
+    for name, toxic_name in toxics:
+        proxy.remove_toxic(name, toxic_name)
 
 
 def _erp(pipeline: Pipeline, **faults: float) -> None:
