@@ -69,7 +69,11 @@ class Positions:
         rebalance, so one revoked while paused (by the keepalive, or for a due time) would
         otherwise come back paused for ever. (Not in the assignment callback: the partitions
         are only assigned after it returns.)"""
-        fresh = [TopicPartition(t, p) for t, p in self._fresh if (t, p) in self.assigned]
+        fresh = [
+            TopicPartition(t, p)
+            for t, p in self._fresh
+            if (t, p) in self.assigned and (t, p) not in self.paused  # waiting for a due time
+        ]
         self._fresh.clear()
         if not fresh:
             return
