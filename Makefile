@@ -11,7 +11,7 @@ TOXIPROXY_VERSION := v2.12.0
 TOXIPROXY_SERVER := $(TOOLS)/bin/toxiproxy-server
 TOXIPROXY_CLI := $(TOOLS)/bin/toxiproxy-cli
 
-.PHONY: install stack-up stack-down test lint demo bench clean toxiproxy chaos
+.PHONY: install stack-up stack-down test lint demo bench clean toxiproxy chaos proto
 
 install: $(VENV)/.installed
 
@@ -39,6 +39,14 @@ lint: install
 	$(BIN)/revsync schemas check
 	./deploy/check-wheel.sh
 	./deploy/helm/check.sh
+
+# The Salesforce Pub/Sub API stubs, generated from the .proto beside them and committed (a unit
+# test holds them to it). The plugins run from the virtualenv, hence its bin on PATH.
+PUBSUB_PROTO := services/revsync/connectors/pubsub_api/pubsub_api.proto
+proto: install
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m grpc_tools.protoc -I services \
+		--python_out=services --mypy_out=services \
+		--grpc_python_out=services --mypy_grpc_out=services $(PUBSUB_PROTO)
 
 # The order-to-cash demo; pass options with DEMO_ARGS="--orders 200".
 demo: install
