@@ -1,7 +1,8 @@
 """What a revsync deployable declares, once, and how the installed ones are found.
 
 Each service package declares one :class:`ConsumerDeployable` (or, for a publisher of an
-outbox, one :class:`RelayDeployable`): its name for ``revsync run``, the inputs it takes, the
+outbox, one :class:`RelayDeployable`; for a bridge from an external system's stream into
+Kafka, one :class:`SourceDeployable`): its name for ``revsync run``, the inputs it takes, the
 events it emits and the factory of its handler. It is published as a Python entry point in
 the ``revsync.deployables`` group, so this library imports no service: ``revsync run``
 discovers what is installed, and :func:`declaration_problems` holds every declaration to the
@@ -14,9 +15,11 @@ from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Protocol
 
 from revsync.connectors.cdc import RecordChange, decode_change
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
+from revsync.connectors.pubsub import PubSubClient, PubSubConfig
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.contracts.catalog import Catalog, CatalogError, TopicFormat
 from revsync.contracts.events import Event
@@ -65,6 +68,23 @@ class Context:
         self.resources.callback(client.close)
         return client
 
+    def pubsub(self) -> PubSubClient:
+        """Salesforce's Pub/Sub API, signed in with the CRM's OAuth session."""
+        s = self.service
+        session = self.crm().session  # which requires the instance URL and credentials
+        assert s.crm_instance_url
+        client = PubSubClient(
+            PubSubConfig(
+                endpoint=s.crm_pubsub_endpoint,
+                instance_url=s.crm_instance_url,
+                tls=s.crm_pubsub_tls,
+                timeout_s=s.http_timeout_s,
+            ),
+            session,
+        )
+        self.resources.callback(client.close)
+        return client
+
     def erp(self) -> ErpRestAdapter:
         s = self.service
         s.required("erp_base_url", "erp_api_token")
@@ -109,7 +129,27 @@ class RelayDeployable:
     build: Callable[[Context, Liveness], OutboxRelay]
 
 
-Deployable = ConsumerDeployable | RelayDeployable
+class Runnable(Protocol):
+    """A deployable's own loop: runs in the foreground until stopped."""
+
+    def run(self, *, max_idle_s: float | None = None) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SourceDeployable:
+    """A bridge that brings an external system's stream into Kafka (Salesforce's change data
+    capture): a loop of its own, declared with what it writes (:class:`RecordChange`: the
+    catalog's CDC topics)."""
+
+    name: str
+    service: str
+    outputs: tuple[type[Inbound], ...]
+    build: Callable[[Context, Liveness], Runnable]
+
+
+Deployable = ConsumerDeployable | RelayDeployable | SourceDeployable
 
 
 def discover() -> dict[str, Deployable]:
@@ -117,7 +157,7 @@ def discover() -> dict[str, Deployable]:
     found: dict[str, Deployable] = {}
     for point in entry_points(group=ENTRY_POINTS):
         deployable = point.load()
-        if not isinstance(deployable, ConsumerDeployable | RelayDeployable):
+        if not isinstance(deployable, ConsumerDeployable | RelayDeployable | SourceDeployable):
             raise TypeError(f"entry point {point.name} ({point.value}) is not a deployable")
         found[deployable.name] = deployable
     return found
@@ -126,6 +166,16 @@ def discover() -> dict[str, Deployable]:
 def output_topics(catalog: Catalog, outputs: Iterable[type[Event]]) -> dict[type[Event], str]:
     """The topic of each declared output, from the catalog."""
     return {model: catalog.topic_for(model.schema_name).name for model in outputs}
+
+
+def _declared_topics(catalog: Catalog, outputs: Iterable[type[Inbound]]) -> set[str]:
+    """The topics a deployable's outputs go to: an event's own, or, for Salesforce change
+    events, every CDC topic."""
+    events = [model for model in outputs if issubclass(model, Event)]
+    topics = set(output_topics(catalog, events).values())
+    if RecordChange in outputs:
+        topics |= set(catalog.change_topics.values())
+    return topics
 
 
 def input_decoder(catalog: Catalog, serde: EventSerde) -> Decoder:
@@ -157,7 +207,7 @@ def declaration_problems(deployables: Iterable[Deployable], catalog: Catalog) ->
     for deployable in deployables:
         produced = {t.name for t in catalog.topics if deployable.service in t.producers}
         try:
-            declared = set(output_topics(catalog, deployable.outputs).values())
+            declared = _declared_topics(catalog, deployable.outputs)
         except CatalogError as error:
             problems.append(f"{deployable.name}: {error}")
             continue
@@ -166,7 +216,7 @@ def declaration_problems(deployables: Iterable[Deployable], catalog: Catalog) ->
                 f"{deployable.name} declares outputs {sorted(declared)} but the catalog has "
                 f"{deployable.service} producing {sorted(produced)}"
             )
-        if isinstance(deployable, RelayDeployable):
+        if not isinstance(deployable, ConsumerDeployable):
             continue
         try:
             consumer = catalog.consumer_of(deployable.service)

@@ -3,8 +3,9 @@ it.
 
 A consumer deployable is the shared consumer loop bound to its handler (and, when it emits,
 the relay for revsync's outbox beside it); a relay deployable is the shared relay with its
-row translation. The process logs JSON, serves ``/metrics``, ``/healthz`` and ``/readyz``,
-and stops cleanly on SIGTERM: the batch in hand is finished and committed first.
+row translation; a source deployable (the CDC bridge) is a loop of its own. The process logs
+JSON, serves ``/metrics``, ``/healthz`` and ``/readyz``, and stops cleanly on SIGTERM: the
+batch in hand is finished and committed first.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from revsync.contracts.serde import EventSerde
 from revsync.deployables import (
     ConsumerDeployable,
     Context,
-    RelayDeployable,
+    Runnable,
     UnknownDeployable,
     discover,
     input_decoder,
@@ -70,10 +71,10 @@ def run(name: str, *, max_idle_s: float | None = None) -> None:
         health = HealthServer(context.service.health_port, liveness.alive, liveness.serving).start()
         context.resources.callback(health.stop)
         log.info("%s: health and metrics on port %d", name, health.port)
-        if isinstance(deployable, RelayDeployable):
-            _run_relay(deployable, context, liveness, max_idle_s)
-        else:
+        if isinstance(deployable, ConsumerDeployable):
             _run_consumer(deployable, context, liveness, max_idle_s)
+        else:
+            _run_own_loop(deployable.build(context, liveness), max_idle_s)
 
 
 def _run_consumer(
@@ -126,15 +127,10 @@ def _relay_beside(relay: OutboxRelay, loop: ConsumerLoop) -> None:
         loop.stop()
 
 
-def _run_relay(
-    deployable: RelayDeployable,
-    context: Context,
-    liveness: Liveness,
-    max_idle_s: float | None,
-) -> None:
-    relay = deployable.build(context, liveness)
-    liveness.ready = True
+def _run_own_loop(runnable: Runnable, max_idle_s: float | None) -> None:
+    """A relay or source deployable: its own loop (which says when it is ready), stopped by
+    SIGTERM or SIGINT."""
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: relay.stop())
-    relay.run(max_idle_s=max_idle_s)
+            signal.signal(sig, lambda *_: runnable.stop())
+    runnable.run(max_idle_s=max_idle_s)

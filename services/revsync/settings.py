@@ -160,6 +160,46 @@ class ServiceSettings(BaseSettings):
     crm_integration_user_id: str | None = Field(
         default=None, description="The integration user's id; its changes are not echoed."
     )
+    crm_pubsub_endpoint: str = Field(
+        default="api.pubsub.salesforce.com:7443",
+        pattern=r"^[^\s:/]+:[0-9]{1,5}$|^\[[0-9A-Fa-f:]+\]:[0-9]{1,5}$",
+        description="Salesforce's Pub/Sub API, host:port (the CDC bridge subscribes there).",
+    )
+    crm_pubsub_tls: bool = Field(
+        default=True,
+        description="TLS to the Pub/Sub API; plain gRPC is refused off this machine.",
+    )
+    cdc_channels: str = Field(
+        default="/data/OrderChangeEvent",
+        pattern=r"^\s*/data/[A-Za-z0-9_]+(\s*,\s*/data/[A-Za-z0-9_]+)*\s*$",
+        description="Change event channels the CDC bridge subscribes to, comma-separated.",
+    )
+    cdc_initial: str = Field(
+        default="latest",
+        pattern=r"^(latest|earliest|since=.+)$",
+        description="A channel's first start: latest, earliest, or since=<ISO time> (reconciled).",
+    )
+    cdc_after_gap: str = Field(
+        default="earliest",
+        pattern=r"^(latest|earliest)$",
+        description="Where a channel resumes once a lost position is written as a gap record.",
+    )
+    cdc_retention_s: float = Field(
+        default=72 * 3600.0,
+        gt=0,
+        description="Change event retention; an older checkpoint is a gap, whatever the API says.",
+    )
+    cdc_max_in_flight: int = Field(
+        default=100,
+        ge=1,
+        le=100,
+        description="Events requested and not yet in Kafka, per channel (the API allows 100).",
+    )
+    cdc_stall_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="A stream silent this long (no event, no keepalive) is subscribed again.",
+    )
     erp_base_url: str | None = Field(default=None, description="The ERP REST API's base URL.")
     erp_api_token: SecretStr | None = Field(default=None, description="ERP API bearer token.")
     erp_outbox_dsn: SecretStr | None = Field(

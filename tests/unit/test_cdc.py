@@ -76,8 +76,13 @@ def test_a_wrapped_payload_keeps_its_replay_id_and_reads_the_same() -> None:
     assert "replayId" not in change.fields
 
 
-def test_a_replay_id_that_is_not_a_number_is_dropped() -> None:
-    assert decode_change(TOPIC, wrapped(replay_id="4711")).replay_id is None
+def test_a_pub_sub_replay_id_is_kept_as_the_bridge_wrote_it() -> None:
+    # The Pub/Sub API's replay ids are opaque bytes; the bridge writes them in base64.
+    assert decode_change(TOPIC, wrapped(replay_id="AAAAAAAAEmc=")).replay_id == "AAAAAAAAEmc="
+
+
+def test_a_replay_id_that_is_neither_text_nor_a_number_is_dropped() -> None:
+    assert decode_change(TOPIC, wrapped(replay_id=[4711])).replay_id is None
 
 
 def test_the_envelope_says_what_salesforce_committed_and_when() -> None:

@@ -43,6 +43,7 @@ def test_every_deployable_is_installed_and_found() -> None:
         "invoice-sync",
         "fulfillment-sync",
         "erp-outbox-publisher",
+        "crm-cdc-bridge",
     }
 
 
@@ -58,6 +59,16 @@ def test_a_declared_output_missing_from_the_catalog_is_named(catalog: Catalog) -
     assert len(problems) == 1
     assert "order-sync declares outputs" in problems[0]
     assert accepted in problems[0]
+
+
+def test_a_cdc_topic_the_bridge_is_not_named_producer_of_is_named(catalog: Catalog) -> None:
+    problems = declaration_problems(
+        discover().values(),
+        without_producer(catalog, "revsync.account.crm-change.v1", "crm_cdc_bridge"),
+    )
+    assert len(problems) == 1
+    assert "crm-cdc-bridge declares outputs" in problems[0]
+    assert "revsync.account.crm-change.v1" in problems[0]
 
 
 def test_a_published_output_that_is_not_declared_is_named(catalog: Catalog) -> None:

@@ -1,4 +1,4 @@
-"""Salesforce Change Data Capture events as a CDC bridge writes them to Kafka (JSON).
+"""Salesforce Change Data Capture events as the CDC bridge writes them to Kafka (JSON).
 
 A record's value is the change event's payload, a ``ChangeEventHeader`` beside the changed
 fields, either bare or wrapped as the Pub/Sub and Streaming APIs deliver it (``payload`` plus
@@ -155,7 +155,9 @@ class RecordChange(BaseModel):
 
     header: ChangeEventHeader
     fields: dict[str, Any]
-    replay_id: int | None = None
+    replay_id: str | int | None = None
+    """Where the event stands in its channel: the Pub/Sub API's opaque bytes in base64, as
+    the CDC bridge writes them (a number from the Streaming API)."""
     envelope: Envelope
 
     @property
@@ -197,7 +199,7 @@ def decode_change(topic: str, data: bytes | None) -> RecordChange:
     return RecordChange(
         header=header,
         fields=fields,
-        replay_id=replay_id if isinstance(replay_id, int) else None,
+        replay_id=replay_id if isinstance(replay_id, str | int) else None,
         envelope=envelope,
     )
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -30,7 +29,8 @@ from revsync.connectors.http import (
     raise_for_transient,
     retry_after_s,
 )
-from revsync.errors import ErrorClass, RevsyncError, TransientError
+from revsync.connectors.salesforce_auth import SYSTEM, CrmAuthFailed, SalesforceSession
+from revsync.errors import ErrorClass, RevsyncError
 from revsync.ports.crm import (
     CrmFieldError,
     CrmPort,
@@ -41,11 +41,9 @@ from revsync.ports.crm import (
     record_failure,
 )
 
-SYSTEM = "salesforce"
 BATCH_LIMIT = 200
 """Most records one sObject Collections request may carry."""
 INVALID_SESSION = "INVALID_SESSION_ID"
-REFUSED_CREDENTIALS = frozenset({"invalid_client", "invalid_grant", "invalid_client_id"})
 
 
 # --- JSON with exact numbers ----------------------------------------------------------------
@@ -133,11 +131,6 @@ class SalesforceConfig:
 # --- Errors -------------------------------------------------------------------------------
 
 
-class CrmAuthFailed(TransientError):
-    """Salesforce refused revsync's credentials or its fresh session. Retried: credentials may
-    be rotated, or a connected app re-enabled, without a redeploy."""
-
-
 def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
     """Salesforce's REST error list ``[{"message", "errorCode", "fields"}]``."""
     if not isinstance(body, list):
@@ -184,8 +177,13 @@ class SalesforceClient(CrmPort):
                 "Sforce-Call-Options": f"client={config.client_name}",
             },
         )
-        self._token: str | None = None
-        self._token_lock = threading.Lock()
+        self.session = SalesforceSession(
+            self._http,
+            config.resolved_token_url,
+            config.client_id,
+            config.client_secret.get_secret_value(),
+        )
+        """The org's OAuth session, which the Pub/Sub API client shares."""
 
     def __enter__(self) -> Self:
         return self
@@ -354,10 +352,10 @@ class SalesforceClient(CrmPort):
     ) -> Any:
         """Send one API request with the shared token; an invalid session is refreshed and
         the request sent once more."""
-        token = self._current_token()
+        token = self.session.token()
         response = self._send(method, path, token, params, body)
         if _is_invalid_session(response):
-            response = self._send(method, path, self._refresh(token), params, body)
+            response = self._send(method, path, self.session.refresh(token), params, body)
             if _is_invalid_session(response):
                 raise CrmAuthFailed(
                     f"{SYSTEM}: a freshly issued session was refused on {method} {path}"
@@ -384,37 +382,6 @@ class SalesforceClient(CrmPort):
             content = encode_json(body)
             headers["Content-Type"] = "application/json"
         return self._http.request(method, path, params=params, content=content, headers=headers)
-
-    def _current_token(self) -> str:
-        token = self._token
-        return token if token is not None else self._refresh(None)
-
-    def _refresh(self, stale: str | None) -> str:
-        """A new access token, unless another thread already replaced ``stale``."""
-        with self._token_lock:
-            if self._token is not None and self._token != stale:
-                return self._token
-            self._token = self._fetch_token()
-            return self._token
-
-    def _fetch_token(self) -> str:
-        config = self._config
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": config.client_id,
-            "client_secret": config.client_secret.get_secret_value(),
-        }
-        response = self._http.request("POST", config.resolved_token_url, data=form)
-        raise_for_transient(SYSTEM, response)
-        answer = _decoded_or_none(response)
-        if response.is_success and isinstance(answer, Mapping) and answer.get("access_token"):
-            return str(answer["access_token"])
-        reason = answer.get("error") if isinstance(answer, Mapping) else None
-        refused = "were refused" if reason in REFUSED_CREDENTIALS else "were not accepted"
-        raise CrmAuthFailed(
-            f"{SYSTEM}: the client credentials of connected app {config.client_id!r} {refused} "
-            f"(HTTP {response.status_code}, {reason or 'no error code'})"
-        )
 
 
 def _is_invalid_session(response: httpx.Response) -> bool:

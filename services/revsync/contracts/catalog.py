@@ -134,6 +134,9 @@ class TopicSpec(_Strict):
     partitions: int | None = Field(default=None, ge=1)
     retention: Milliseconds | None = None
     cleanup_policy: str | None = Field(default=None, pattern=r"^(delete|compact|compact,delete)$")
+    entities: list[str] = Field(default_factory=list)
+    """A change data capture topic's Salesforce sObjects (``Order``): the CDC bridge writes
+    each change event to the topic of its entity."""
 
     @model_validator(mode="after")
     def _name_follows_convention(self) -> Self:
@@ -144,6 +147,11 @@ class TopicSpec(_Strict):
         if (self.format is TopicFormat.AVRO) != (self.schema_name is not None):
             raise ValueError(
                 f"topic {self.name}: an Avro topic names its schema, and only an Avro topic does"
+            )
+        if (self.format is TopicFormat.SALESFORCE_CDC) != bool(self.entities):
+            raise ValueError(
+                f"topic {self.name}: a {TopicFormat.SALESFORCE_CDC} topic names the sObjects "
+                "whose changes it carries (entities), and only such a topic does"
             )
         return self
 
@@ -207,7 +215,16 @@ class Catalog(_Strict):
                     f"topic {topic.name} names consumers not declared under consumers: "
                     f"{', '.join(unknown)}"
                 )
+        entities = [entity for topic in self.topics for entity in topic.entities]
+        twice = sorted({entity for entity in entities if entities.count(entity) > 1})
+        if twice:
+            raise ValueError(f"sObjects whose changes two topics carry: {', '.join(twice)}")
         return self
+
+    @property
+    def change_topics(self) -> dict[str, str]:
+        """The change data capture topic of each sObject whose changes revsync takes."""
+        return {entity: topic.name for topic in self.topics for entity in topic.entities}
 
     @property
     def avro_topics(self) -> list[TopicSpec]:

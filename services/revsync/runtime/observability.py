@@ -66,6 +66,51 @@ OUTBOX_BACKLOG = Gauge("revsync_outbox_backlog", "Outbox rows not yet published.
 OUTBOX_OLDEST_AGE = Gauge(
     "revsync_outbox_oldest_age_seconds", "Age of the oldest unpublished outbox row.", ["outbox"]
 )
+CDC_RECEIVED = Counter(
+    "revsync_cdc_bridge_events_received_total",
+    "Change events received from the Pub/Sub API.",
+    ["channel"],
+)
+CDC_PRODUCED = Counter(
+    "revsync_cdc_bridge_records_produced_total",
+    "Change records Kafka acknowledged (one per record id of an event).",
+    ["channel", "topic"],
+)
+CDC_UNDECODABLE = Counter(
+    "revsync_cdc_bridge_undecodable_total",
+    "Change events that could not be decoded, passed on as such for the consumer's DLT.",
+    ["channel"],
+)
+CDC_GAPS = Counter(
+    "revsync_cdc_bridge_gaps_total",
+    "Positions lost (replay id refused or past retention, or a first start from a time), "
+    "each written as a gap record that reconciles from the last known time.",
+    ["channel", "reason"],
+)
+CDC_LAG = Gauge(
+    "revsync_cdc_bridge_lag_seconds",
+    "Now minus the commit time of the latest change event received.",
+    ["channel"],
+)
+CDC_CHECKPOINT_AGE = Gauge(
+    "revsync_cdc_bridge_checkpoint_age_seconds",
+    "Seconds since the channel's replay id checkpoint last advanced.",
+    ["channel"],
+)
+CDC_IN_FLIGHT = Gauge(
+    "revsync_cdc_bridge_in_flight",
+    "Events requested from the Pub/Sub API and not yet acknowledged by Kafka.",
+    ["channel"],
+)
+CDC_LEADER = Gauge(
+    "revsync_cdc_bridge_leader",
+    "1 while this replica holds the channel's subscription, 0 while it stands by.",
+    ["channel"],
+)
+CDC_SCHEMA_CACHE_MISSES = Counter(
+    "revsync_cdc_bridge_schema_cache_misses_total",
+    "Schemas fetched from the Pub/Sub API (GetSchema), each once per id.",
+)
 OUTBOX_PUBLISHED = Counter(
     "revsync_outbox_published_total", "Outbox rows published to Kafka.", ["outbox"]
 )

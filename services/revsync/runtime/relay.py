@@ -184,6 +184,7 @@ class OutboxRelay:
     def run(self, *, max_idle_s: float | None = None) -> None:
         """Publish until stopped (or idle as leader for ``max_idle_s``). A lost PostgreSQL is
         waited out with backoff, not ready meanwhile; leadership is taken again after it."""
+        self.liveness.ready = True
         while not self._stopping.is_set():
             try:
                 self._publish_until_stopped(max_idle_s)
