@@ -40,6 +40,9 @@ from revsync.runtime.observability import (
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 100
 """The Pub/Sub API's limit on events requested and not yet received, per subscription."""
+SETTLE_S = 2.0
+"""A stream still open this long after its first request is subscribed (an idle channel
+answers only with its first keepalive, up to 270 s later)."""
 
 
 class Preset(StrEnum):
@@ -240,10 +243,12 @@ class ChannelSubscriber:
         reader.start()
         positions = logic.Positions()
         gap = start.gap
-        heard_at = time.monotonic()
+        opened_at = heard_at = time.monotonic()
         try:
             while not self.stopping.is_set():
                 self.last_beat = time.monotonic()
+                if self.last_beat - opened_at > SETTLE_S:
+                    self.state = State.SUBSCRIBED
                 try:
                     item = responses.get(timeout=0.2)
                 except queue.Empty:
