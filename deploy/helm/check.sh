@@ -94,6 +94,16 @@ expect_failure "'not' failed" \
     "$HELM" template revsync "$CHART" --set "services.orderSync.extraEnv[0].name=REVSYNC_TYPO"
 expect_failure "need kafka.securityProtocol SSL or SASL_SSL" \
     "$HELM" template revsync "$CHART" --set kafka.tls.caSecret=kafka-ca
+expect_failure "maximum: got 101, want 100" \
+    "$HELM" template revsync "$CHART" --set services.crmCdcBridge.cdc.maxInFlight=101
+expect_failure "cdc/initial" \
+    "$HELM" template revsync "$CHART" --set services.crmCdcBridge.cdc.initial=since=2025-01-31T00:00:00
+# The Pub/Sub API is only ever reached over TLS: the chart never renders REVSYNC_CRM_PUBSUB_TLS.
+if grep -q REVSYNC_CRM_PUBSUB_TLS "$OUT/default.yaml" "$OUT/full.yaml"; then
+    echo "FAIL: REVSYNC_CRM_PUBSUB_TLS is rendered"
+    exit 1
+fi
+echo "REVSYNC_CRM_PUBSUB_TLS is never rendered"
 
 step "NOTES.txt (rendered through a copy of the chart: helm template leaves it out)"
 rm -rf "$OUT/notes-chart" && cp -r "$CHART" "$OUT/notes-chart"

@@ -39,7 +39,9 @@ app.kubernetes.io/part-of: revsync
 
 {{/*
 The services, in one place: the values key, the name `revsync run` takes, and for the three
-consumers the consumer group (the catalog's consumer name) they join.
+consumers the consumer group (the catalog's consumer name) they join. The other two are
+sources with no group (no KEDA, no consumer settings): replicas elect a leader through a
+PostgreSQL advisory lock and the others stand by.
 */}}
 {{- define "revsync.catalog" -}}
 orderSync:
@@ -53,6 +55,9 @@ fulfillmentSync:
   group: fulfillment-sync
 erpOutboxPublisher:
   name: erp-outbox-publisher
+  group: ""
+crmCdcBridge:
+  name: crm-cdc-bridge
   group: ""
 {{- end -}}
 
