@@ -18,11 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 import yaml
 
-from revsync.contracts.catalog import CATALOG_FILE, Catalog, TopicFormat, load_catalog
+from revsync.contracts.catalog import CATALOG_FILE, Catalog, load_catalog
 from revsync.deployables import discover
 from revsync.settings import Settings, kafka_env_name
 from sandbox.crm.control import CrmSandbox
@@ -35,6 +36,9 @@ REPO = Path(__file__).resolve().parents[1]
 REVSYNC = Path(sys.executable).with_name("revsync")
 DEPLOYABLES = tuple(sorted(discover()))
 """Every installed deployable, each started as its own process."""
+CHANNELS = ("/data/OrderChangeEvent", "/data/AccountChangeEvent")
+KEEPALIVE_S = 5
+"""The CRM sandbox's keepalive on an idle Subscribe stream (Salesforce's: within 270 s)."""
 HEALTH_PORT = re.compile(r"health and metrics on port (\d+)")
 METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 
@@ -141,19 +145,20 @@ class Pipeline:
     service_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     crm_url: str = ""
+    pubsub_url: str = ""
+    """The CRM sandbox's Pub/Sub API, as ``grpc://127.0.0.1:<port>``."""
     erp_url: str = ""
     planned: dict[str, str] = field(default_factory=dict)
     """CRM order id -> expected end state, for every order pushed."""
     via: Callable[[str, str], str] = field(default=lambda _name, address: address)
-    """Where the services reach a dependency (``crm``, ``erp``, ``postgres``, ``registry``)
-    given its address: the address itself, or a fault proxy in front of it."""
+    """Where the services reach a dependency (``crm``, ``pubsub``, ``erp``, ``postgres``,
+    ``registry``) given its address: the address itself, or a fault proxy in front of it."""
+    channels: Sequence[str] = CHANNELS
+    """The change event channels the CDC bridge subscribes to."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = load_catalog(self.schemas_dir)
-        self.cdc_topic = next(
-            t.name for t in self.catalog.topics if t.format is TopicFormat.SALESFORCE_CDC
-        )
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -163,17 +168,14 @@ class Pipeline:
             for command in (("schemas", "register"), ("topics", "apply")):
                 self._revsync(*command, "--dir", str(self.schemas_dir))
             report("starting the CRM and ERP sandboxes")
-            self.crm_url = self._sandbox(
-                "crm",
-                ["--bootstrap-servers", self.settings.bootstrap_servers],
-                ["--cdc-topic", self.cdc_topic],
-            )
+            crm = self._sandbox("crm", ["--keepalive-s", str(KEEPALIVE_S)])
+            self.crm_url, self.pubsub_url = crm["url"], f"grpc://{crm['pubsub']}"
             self.erp_url = self._sandbox(
                 "erp",
                 ["--dsn", self.settings.postgres_dsn.get_secret_value(), "--reset"],
                 ["--invoice-delay-s", str(self.invoice_delay_s)],
                 ["--ship-delay-s", str(self.ship_delay_s)],
-            )
+            )["url"]
             self.crm = CrmSandbox(self.crm_url)
             self.erp = ErpSandbox(self.erp_url)
             report(f"starting {', '.join(DEPLOYABLES)}")
@@ -298,11 +300,27 @@ class Pipeline:
             "REVSYNC_CRM_CLIENT_ID": DEFAULT_CLIENT_ID,
             "REVSYNC_CRM_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
             "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
+            **self._bridge_environment(),
             "REVSYNC_ERP_BASE_URL": self.via("erp", self.erp_url),
             "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
             "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",
             **self.service_env,
+        }
+
+    def _bridge_environment(self) -> dict[str, str]:
+        if not self.pubsub_url:  # asked before the sandboxes run (registering the contracts)
+            return {}
+        return {
+            # The sandbox speaks the Pub/Sub API in plain gRPC on loopback.
+            "REVSYNC_CRM_PUBSUB_ENDPOINT": urlsplit(self.via("pubsub", self.pubsub_url)).netloc,
+            "REVSYNC_CRM_PUBSUB_TLS": "false",
+            "REVSYNC_CDC_CHANNELS": ",".join(self.channels),
+            # Everything the sandbox holds, from its start: no order pushed before the bridge
+            # first subscribed is missed.
+            "REVSYNC_CDC_INITIAL": "earliest",
+            # Three missed keepalives end a stream that only looks alive.
+            "REVSYNC_CDC_STALL_TIMEOUT_S": str(3 * KEEPALIVE_S),
         }
 
     def _revsync(self, *arguments: str) -> None:
@@ -317,7 +335,8 @@ class Pipeline:
         if result.returncode != 0:
             raise PipelineError(f"revsync {' '.join(arguments)} failed:\n{result.stderr}")
 
-    def _sandbox(self, name: str, *options: list[str]) -> str:
+    def _sandbox(self, name: str, *options: list[str]) -> dict[str, str]:
+        """Start a sandbox; what it announces (its ``url``, the CRM's ``pubsub`` address)."""
         log = self.workdir / f"sandbox-{name}.log"
         output = log.open("wb")
         popen = subprocess.Popen(
@@ -335,7 +354,7 @@ class Pipeline:
             raise PipelineError(f"the {name} sandbox did not start; see {log}")
         if not process.alive():
             raise PipelineError(f"the {name} sandbox died; see {log}")
-        return str(json.loads(line)["url"])
+        return {key: str(value) for key, value in json.loads(line).items()}
 
     def _service(self, name: str) -> None:
         log = self.workdir / f"{name}.log"

@@ -1,6 +1,8 @@
 """``python -m sandbox.crm``: serve the simulated org until SIGTERM or SIGINT.
 
-Prints ``{"url": ...}`` on one line once it listens, so a parent process can find it.
+Prints ``{"url": ..., "pubsub": "127.0.0.1:<port>", "org_id": ...}`` on one line once it
+listens (the REST and control APIs, the Pub/Sub API in plain gRPC, and the org's id), so a
+parent process can find it.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import threading
 from types import FrameType
 
+from sandbox.crm.cdc import CdcKnobs
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, CrmSimulator
 
 
@@ -19,21 +22,26 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m sandbox.crm", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
-    parser.add_argument("--bootstrap-servers", required=True, help="Kafka, for change events")
-    parser.add_argument("--cdc-topic", default="revsync.order.crm-change.v1")
+    parser.add_argument("--pubsub-port", type=int, default=0, help="0: any free port")
+    parser.add_argument(
+        "--keepalive-s",
+        type=float,
+        default=CdcKnobs.keepalive_s,
+        help="an empty response on a quiet Subscribe stream this often",
+    )
     parser.add_argument("--client-id", default=DEFAULT_CLIENT_ID)
     parser.add_argument("--client-secret", default=DEFAULT_CLIENT_SECRET)
     parser.add_argument("--seed", type=int, default=None, help="fault dice seed")
     options = parser.parse_args(argv)
 
     simulator = CrmSimulator(
-        kafka_config={"bootstrap.servers": options.bootstrap_servers},
-        cdc_topic=options.cdc_topic,
         client_id=options.client_id,
         client_secret=options.client_secret,
         host=options.host,
         port=options.port,
+        pubsub_port=options.pubsub_port,
         seed=options.seed,
+        knobs=CdcKnobs(keepalive_s=options.keepalive_s),
     ).start()
     stopping = threading.Event()
 
@@ -42,7 +50,12 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    sys.stdout.write(json.dumps({"url": simulator.url}) + "\n")
+    announcement = {
+        "url": simulator.url,
+        "pubsub": simulator.pubsub_address,
+        "org_id": simulator.org_id,
+    }
+    sys.stdout.write(json.dumps(announcement) + "\n")
     sys.stdout.flush()
     stopping.wait()
     simulator.stop()

@@ -1,11 +1,11 @@
-"""Change Data Capture for the simulated org: each committed transaction's Order changes become
-change events on Kafka, in the JSON shape Salesforce's CDC delivers, with fault knobs for the
-duplicates, gap events and overflow events a real subscriber must cope with."""
+"""Change Data Capture for the simulated org: each committed transaction's changes to Orders,
+their items and Accounts become change events, as Salesforce builds them (one transaction key,
+sequence numbers across the transaction, identical changes merged), with fault knobs for the
+duplicates, gap events and overflow events a real subscriber must cope with. The events are
+served by :mod:`sandbox.crm.pubsub`, whose knobs live here too, in one place."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import random
 import threading
 import time
@@ -14,35 +14,61 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
-
-from revsync.connectors.salesforce import encode_json
-
+CHANGE_EVENT_ENTITIES = ("Order", "OrderItem", "Account")
+"""The sObjects whose changes are published, each on its channel."""
 EMPTY_RECORD_ID = "000000000000000AAA"
 """What an overflow event names as its record: Salesforce's empty record id."""
+EXPIRED_REPLAY_MODES = ("error", "silent")
+RATES = ("duplicate_rate", "gap_rate", "merge_rate")
 
 
 @dataclass
 class CdcKnobs:
-    """How change events go wrong. Rates are probabilities per event."""
+    """How change events go wrong, and how the Pub/Sub API serves them. Rates are
+    probabilities per event (``merge_rate``: per group of identical changes)."""
 
     duplicate_rate: float = 0.0
-    """Deliver the same event (same replayId) twice."""
+    """Publish the same event twice, under two replay ids."""
     gap_rate: float = 0.0
-    """Send a GAP_<change type> event (header and record id only) instead of the event."""
+    """Publish a GAP_<change type> event (header and record ids only) instead of the event."""
     overflow_after: int | None = None
-    """After this many events of one transaction, one GAP_OVERFLOW event stands for the
-    rest, as Salesforce does past its per-transaction threshold. None: never."""
+    """After this many events of one entity in one transaction, one GAP_OVERFLOW event stands
+    for the rest, as Salesforce does past its per-transaction threshold. None: never."""
+    merge_rate: float = 0.0
+    """Publish the same change to several records of one transaction as one event naming them
+    all, as Salesforce does."""
+    retention_s: float = 72 * 3600.0
+    """How long a channel keeps an event (Salesforce: 72 hours)."""
+    keepalive_s: float = 270.0
+    """An idle Subscribe stream gets an empty response this often (Salesforce: 270 s)."""
+    expired_replay: str = "error"
+    """A subscription from a replay id past retention: "error" refuses it as Salesforce
+    documents; "silent" starts it at the latest event without a word."""
+    batch: int = 100
+    """The most events in one FetchResponse."""
 
     def update(self, changes: Mapping[str, Any]) -> None:
+        """Apply ``changes`` (knob name -> value); KeyError, TypeError or ValueError on a bad
+        one, after applying those before it."""
         for name, value in changes.items():
             if name == "overflow_after":
-                self.overflow_after = None if value is None else int(value)
-            elif name in ("duplicate_rate", "gap_rate"):
+                self.overflow_after = None if value is None else _whole(name, value, 0)
+            elif name in RATES:
                 rate = float(value)
                 if not 0.0 <= rate <= 1.0:
                     raise ValueError(f"{name} must be between 0 and 1, not {rate}")
                 setattr(self, name, rate)
+            elif name in ("retention_s", "keepalive_s"):
+                seconds = float(value)
+                if seconds <= 0:
+                    raise ValueError(f"{name} must be above 0, not {seconds}")
+                setattr(self, name, seconds)
+            elif name == "expired_replay":
+                if value not in EXPIRED_REPLAY_MODES:
+                    raise ValueError(f"expired_replay is one of {EXPIRED_REPLAY_MODES}")
+                self.expired_replay = value
+            elif name == "batch":
+                self.batch = _whole(name, value, 1)
             else:
                 raise KeyError(name)
 
@@ -50,156 +76,158 @@ class CdcKnobs:
         return asdict(self)
 
 
+def _whole(name: str, value: Any, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f"{name} must be a whole number of at least {least}, not {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class Change:
     """One record change inside a transaction."""
 
+    entity: str
     change_type: str
-    """CREATE, UPDATE, DELETE or UNDELETE."""
+    """CREATE, UPDATE or DELETE."""
     record_id: str
     fields: dict[str, Any] = field(default_factory=dict)
-    """CREATE: every non-null field; UPDATE: the changed ones (nulled ones as None)."""
+    """Stored values. CREATE: every non-null field; UPDATE: the changed ones (nulled ones as
+    None)."""
     changed_fields: tuple[str, ...] = ()
     nulled_fields: tuple[str, ...] = ()
 
+    def merge_key(self) -> tuple[Any, ...]:
+        """What two changes share when Salesforce sends them as one event."""
+        values = tuple(sorted(self.fields.items()))
+        return (self.entity, self.change_type, self.changed_fields, self.nulled_fields, values)
+
 
 @dataclass(frozen=True)
-class _Commit:
+class Commit:
     """What every change event of one transaction shares."""
 
-    entity: str
     origin: str
+    """changeOrigin: the API and client, or "" for the UI."""
     transaction_key: str
     timestamp_ms: int
     number: int
     user: str
 
-    def header(
-        self,
-        sequence: int,
-        change_type: str,
-        record_id: str,
-        changed: Sequence[str] = (),
-        nulled: Sequence[str] = (),
-    ) -> dict[str, Any]:
-        """A ChangeEventHeader, its fields in the order Salesforce writes them."""
-        return {
-            "entityName": self.entity,
-            "recordIds": [record_id],
-            "changeType": change_type,
-            "changeOrigin": self.origin,
-            "transactionKey": self.transaction_key,
-            "sequenceNumber": sequence,
-            "commitTimestamp": self.timestamp_ms,
-            "commitNumber": self.number,
-            "commitUser": self.user,
-            "changedFields": list(changed),
-            "nulledFields": list(nulled),
-            "diffFields": [],
-        }
+
+@dataclass(frozen=True)
+class ChangeEvent:
+    """One change event, before it is encoded against its channel's schema."""
+
+    entity: str
+    change_type: str
+    record_ids: tuple[str, ...]
+    commit: Commit
+    sequence: int
+    fields: Mapping[str, Any] = field(default_factory=dict)
+    changed: tuple[str, ...] = ()
+    nulled: tuple[str, ...] = ()
+    event_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    """The ProducerEvent id: a duplicate delivery carries its original's."""
 
 
 @dataclass
 class CdcCounters:
-    sent: int = 0
-    """Events handed to Kafka, duplicates included."""
-    delivered: int = 0
-    failed: int = 0
+    published: int = 0
+    """Events handed to the event bus, duplicates included."""
     duplicates: int = 0
     gaps: int = 0
     overflows: int = 0
+    merges: int = 0
+    """Events that each stand for the same change to several records."""
 
 
-class ChangeEventPublisher:
-    """Publishes one entity's change events to one topic, keyed by record id.
+class ChangeCapture:
+    """Turns committed transactions into change events with the fault knobs applied. Callers
+    hold the org's lock, so commit numbers follow commit order."""
 
-    Callers publish under the org's lock, so events leave in commit order; :meth:`flush`
-    waits until Kafka has them all."""
-
-    def __init__(
-        self,
-        *,
-        kafka_config: Mapping[str, Any],
-        topic: str,
-        entity: str,
-        field_names: Sequence[str],
-        knobs: CdcKnobs,
-        seed: int | None = None,
-    ) -> None:
-        self.topic = topic
-        self.entity = entity
+    def __init__(self, knobs: CdcKnobs, seed: int | None = None) -> None:
         self.knobs = knobs
         self.counters = CdcCounters()
-        digest = hashlib.sha256(",".join([entity, *field_names]).encode()).digest()
-        self.schema_id = base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
-        self._producer = Producer({**kafka_config, "enable.idempotence": True, "linger.ms": 5})
         self._random = random.Random(seed)  # noqa: S311 - fault dice, not secrets
-        self._replay_id = 0
         self._commit_number = 1_000_000
         self._lock = threading.Lock()
 
-    def publish(self, changes: Sequence[Change], *, origin: str, user: str) -> None:
-        """The change events of one committed transaction."""
+    def events(self, changes: Sequence[Change], *, origin: str, user: str) -> list[ChangeEvent]:
+        """The change events of one committed transaction, in the order they are published
+        (a duplicate right after its original)."""
         if not changes:
-            return
+            return []
         with self._lock:
             self._commit_number += 1
-            commit = _Commit(
-                self.entity,
-                origin,
-                str(uuid.uuid4()),
-                int(time.time() * 1000),
-                self._commit_number,
-                user,
+            commit = Commit(
+                origin, str(uuid.uuid4()), int(time.time() * 1000), self._commit_number, user
             )
+            published: list[ChangeEvent] = []
+            per_entity: dict[str, int] = {}
             limit = self.knobs.overflow_after
-            for sequence, change in enumerate(changes, start=1):
-                if limit is not None and sequence > limit:
-                    self.counters.overflows += 1
-                    overflow = commit.header(sequence, "GAP_OVERFLOW", EMPTY_RECORD_ID)
-                    self._send(EMPTY_RECORD_ID, {"ChangeEventHeader": overflow})
-                    break
+            for sequence, (change, record_ids) in enumerate(self._merged(changes), start=1):
+                count = per_entity[change.entity] = per_entity.get(change.entity, 0) + 1
+                if limit is not None and count > limit:
+                    if count == limit + 1:
+                        self.counters.overflows += 1
+                        published.append(
+                            ChangeEvent(
+                                change.entity, "GAP_OVERFLOW", (EMPTY_RECORD_ID,), commit, sequence
+                            )
+                        )
+                    continue
                 if self._chance(self.knobs.gap_rate):
                     self.counters.gaps += 1
-                    gap = commit.header(sequence, f"GAP_{change.change_type}", change.record_id)
-                    payload: dict[str, Any] = {"ChangeEventHeader": gap}
+                    event = ChangeEvent(
+                        change.entity, f"GAP_{change.change_type}", record_ids, commit, sequence
+                    )
                 else:
-                    header = commit.header(
-                        sequence,
+                    event = ChangeEvent(
+                        change.entity,
                         change.change_type,
-                        change.record_id,
+                        record_ids,
+                        commit,
+                        sequence,
+                        change.fields,
                         change.changed_fields,
                         change.nulled_fields,
                     )
-                    payload = {"ChangeEventHeader": header, **change.fields}
-                copies = 2 if self._chance(self.knobs.duplicate_rate) else 1
-                self.counters.duplicates += copies - 1
-                self._send(change.record_id, payload, copies)
-        self._producer.poll(0)
+                published.append(event)
+                if self._chance(self.knobs.duplicate_rate):
+                    self.counters.duplicates += 1
+                    published.append(event)
+            self.counters.published += len(published)
+            return published
 
-    def flush(self, timeout_s: float = 30.0) -> None:
-        self._producer.flush(timeout_s)
-
-    def close(self) -> None:
-        """Deliver whatever is still queued; nothing is lost on stop."""
-        self._producer.flush(60.0)
-
-    def _send(self, key: str, payload: Mapping[str, Any], copies: int = 1) -> None:
-        self._replay_id += 1
-        value = encode_json(
-            {"schema": self.schema_id, "replayId": self._replay_id, "payload": payload}
-        )
-        for _ in range(copies):
-            self.counters.sent += 1
-            self._producer.produce(
-                self.topic, key=key.encode(), value=value, on_delivery=self._delivered
-            )
-
-    def _delivered(self, error: KafkaError | None, _message: Message) -> None:
-        if error is None:
-            self.counters.delivered += 1
-        else:
-            self.counters.failed += 1
+    def _merged(self, changes: Sequence[Change]) -> list[tuple[Change, tuple[str, ...]]]:
+        """Each change with the records its event names: identical UPDATEs of several records
+        become one, at the first one's place, when the merge dice say so. Changes are only
+        merged when no other change to one of their records lies between them, so each
+        record's events stay in the order they happened."""
+        groups: dict[tuple[Any, ...], list[int]] = {}
+        for index, change in enumerate(changes):
+            if change.change_type == "UPDATE":
+                groups.setdefault(change.merge_key(), []).append(index)
+        absorbed: set[int] = set()
+        merged: dict[int, tuple[str, ...]] = {}
+        for members in groups.values():
+            if len(members) < 2 or not self._chance(self.knobs.merge_rate):
+                continue
+            records = {changes[i].record_id for i in members}
+            between = set(range(members[0], members[-1] + 1)) - set(members)
+            entity = changes[members[0]].entity
+            if any(
+                changes[i].entity == entity and changes[i].record_id in records for i in between
+            ):
+                continue
+            self.counters.merges += 1
+            merged[members[0]] = tuple(changes[i].record_id for i in members)
+            absorbed.update(members[1:])
+        return [
+            (change, merged.get(index, (change.record_id,)))
+            for index, change in enumerate(changes)
+            if index not in absorbed
+        ]
 
     def _chance(self, rate: float) -> bool:
         return rate > 0 and self._random.random() < rate

@@ -28,8 +28,9 @@ class CrmSandbox:
     def create_orders(
         self, orders: Sequence[Mapping[str, Any]], *, activate: bool = True
     ) -> list[str]:
-        """Create Draft orders, each with its ``items``, then activate them, as a rep would;
-        one transaction, so one change event per step and order."""
+        """Create Draft orders, each with its ``items``, then activate them all, as a rep
+        would; one transaction: a CREATE event per order and item, then an UPDATE per order
+        (one for all of them when ``merge_rate`` merges them)."""
         answer = self._call("POST", "/orders", {"orders": list(orders), "activate": activate})
         return list(answer["ids"])
 
@@ -60,18 +61,46 @@ class CrmSandbox:
         *,
         duplicate_rate: float | None = None,
         gap_rate: float | None = None,
+        merge_rate: float | None = None,
         overflow_after: int | None = None,
         overflow_off: bool = False,
     ) -> dict[str, Any]:
-        """Change some CDC fault knobs; ``overflow_off`` turns overflow events off again."""
-        changes: dict[str, Any] = {}
-        if duplicate_rate is not None:
-            changes["duplicate_rate"] = duplicate_rate
-        if gap_rate is not None:
-            changes["gap_rate"] = gap_rate
+        """Change some change event fault knobs; ``overflow_off`` turns overflow events off
+        again. Every knob afterwards, the Pub/Sub ones too."""
+        changes: dict[str, Any] = _given(
+            duplicate_rate=duplicate_rate, gap_rate=gap_rate, merge_rate=merge_rate
+        )
         if overflow_after is not None or overflow_off:
             changes["overflow_after"] = overflow_after
-        return dict(self._call("PUT", "/cdc", changes))
+        return dict(self._call("PUT", "/pubsub", changes))
+
+    def set_pubsub(
+        self,
+        *,
+        retention_s: float | None = None,
+        keepalive_s: float | None = None,
+        expired_replay: str | None = None,
+        batch: int | None = None,
+    ) -> dict[str, Any]:
+        """Change some Pub/Sub API knobs (:class:`sandbox.crm.cdc.CdcKnobs`); every knob
+        afterwards."""
+        changes = _given(
+            retention_s=retention_s,
+            keepalive_s=keepalive_s,
+            expired_replay=expired_replay,
+            batch=batch,
+        )
+        return dict(self._call("PUT", "/pubsub", changes))
+
+    def evolve_schema(self, entity: str, field: str) -> str:
+        """Add text field ``field`` first to ``entity``'s change event schema (every other
+        field's index moves); the new schema's id."""
+        answer = self._call("POST", "/pubsub/schema", {"entity": entity, "field": field})
+        return str(answer["schema_id"])
+
+    def disconnect_subscribers(self) -> int:
+        """End every open Subscribe stream (UNAVAILABLE); how many were open."""
+        return int(self._call("POST", "/pubsub/disconnect")["disconnected"])
 
     def set_query_page_size(self, page_size: int) -> None:
         self._call("PUT", "/query", {"page_size": page_size})
@@ -100,3 +129,7 @@ class CrmSandbox:
                 f"CRM sandbox {method} {path}: HTTP {response.status_code}: {response.text}"
             )
         return decode_json(response.content) if response.content else None
+
+
+def _given(**knobs: Any) -> dict[str, Any]:
+    return {name: value for name, value in knobs.items() if value is not None}

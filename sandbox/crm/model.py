@@ -275,11 +275,6 @@ def rest_datetime(moment: datetime) -> str:
     return utc.isoformat(timespec="milliseconds") + "+0000"
 
 
-def cdc_datetime(stored: str) -> str:
-    """A stored datetime as a change event writes it (ISO 8601, ``Z``)."""
-    return stored.removesuffix("+0000") + "Z"
-
-
 def now() -> str:
     return rest_datetime(datetime.now(UTC))
 

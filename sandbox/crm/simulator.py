@@ -1,6 +1,6 @@
 """The simulated Salesforce org: an in-memory store of the sObjects revsync uses, the REST API
-shapes the adapter calls, Order change events on Kafka, and a control API for seeding, sales-rep
-actions and inspection."""
+shapes the adapter calls, change events of Orders, their items and Accounts served by the Pub/Sub
+API (gRPC), and a control API for seeding, sales-rep actions and inspection."""
 
 from __future__ import annotations
 
@@ -19,14 +19,12 @@ from typing import Any
 from urllib.parse import unquote
 
 from revsync.connectors.salesforce import decode_json, encode_json
-from sandbox.crm.cdc import CdcKnobs, Change, ChangeEventPublisher
+from sandbox.crm.cdc import CHANGE_EVENT_ENTITIES, CdcKnobs, Change, ChangeCapture
 from sandbox.crm.model import (
     PREFIXES,
     SOBJECTS,
     FieldError,
-    Kind,
     SObjectType,
-    cdc_datetime,
     check_rules,
     coerce,
     new_org,
@@ -35,6 +33,8 @@ from sandbox.crm.model import (
     record_id,
     sobject_type,
 )
+from sandbox.crm.pubsub import EventBus, PubSubServer
+from sandbox.crm.schemas import NOT_IN_EVENTS
 from sandbox.crm.soql import parse
 from sandbox.http import CONTROL_PREFIX, HttpFailure, JsonServer, Request, Response, Route
 
@@ -44,22 +44,22 @@ INTEGRATION_USER_ID = "005000000000001AAA"
 """The user the client-credentials token runs as: every API change is theirs."""
 SALES_REP_USER_ID = "005000000000002AAA"
 """The user behind the control API's changes, as if made in the Salesforce UI."""
-ORG_ID = "00D000000000001AAA"
 API = r"/services/data/(?P<version>v\d+\.\d)"
 QUERY_PAGE_SIZE = 2000
 ORDER_STATUS_FIELDS = ("Status", "ERP_Status__c", "Billing_Status__c", "Delivery_Status__c")
-DERIVED_FIELDS = frozenset({"Id", "SystemModstamp"})
-"""Never in a change event's body: the id travels in the header."""
 
 
 @dataclass
 class Transaction:
-    """Who is changing the org, and the Order changes to publish when they commit."""
+    """Who is changing the org, and the changes to publish when they commit."""
 
     origin: str
     """A change event's changeOrigin: the API and client, or "" for the UI."""
     user: str
     changes: list[Change] = field(default_factory=list)
+    stamp: str = field(default_factory=now)
+    """When it happened: every record it writes gets this LastModifiedDate, as in Salesforce,
+    so its identical changes to several records can be merged into one event."""
 
 
 @dataclass
@@ -78,18 +78,18 @@ class CrmSimulator:
     def __init__(
         self,
         *,
-        kafka_config: Mapping[str, Any],
-        cdc_topic: str,
         client_id: str = DEFAULT_CLIENT_ID,
         client_secret: str = DEFAULT_CLIENT_SECRET,
         host: str = "127.0.0.1",
         port: int = 0,
+        pubsub_port: int = 0,
         seed: int | None = None,
-        duplicate_rate: float = 0.0,
-        gap_rate: float = 0.0,
-        overflow_after: int | None = None,
+        knobs: CdcKnobs | None = None,
         query_page_size: int = QUERY_PAGE_SIZE,
     ) -> None:
+        """``port`` serves the REST and control APIs on ``host``, ``pubsub_port`` the Pub/Sub
+        API on 127.0.0.1 (0: any free port); ``knobs`` are the change event and Pub/Sub
+        knobs to start with; ``seed`` makes the fault dice repeatable."""
         self._client_id = client_id
         self._client_secret = client_secret
         self.query_page_size = query_page_size
@@ -97,14 +97,9 @@ class CrmSimulator:
         """When set, every page that is not the last links to this instead of its next page,
         as a compromised or misbehaving org might (any URL, host or path)."""
         self.server = JsonServer(host, port, seed, loads=decode_json, dumps=encode_json)
-        self.cdc = ChangeEventPublisher(
-            kafka_config=kafka_config,
-            topic=cdc_topic,
-            entity="Order",
-            field_names=list(SOBJECTS["Order"].fields),
-            knobs=CdcKnobs(duplicate_rate, gap_rate, overflow_after),
-            seed=seed,
-        )
+        knobs = knobs or CdcKnobs()
+        self.cdc = ChangeCapture(knobs, seed)
+        self.bus = EventBus(knobs, seed)
         self._lock = threading.RLock()
         self._records: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in SOBJECTS}
         self._by_external_id: dict[tuple[str, str], dict[str, str]] = {
@@ -113,6 +108,8 @@ class CrmSimulator:
             for name in sobject.external_ids
         }
         self.org = new_org()
+        self.org_id = record_id("00D", self.org, 1)
+        """Each simulated org is an org of its own (the Pub/Sub API's tenant id)."""
         self._numbers: dict[str, itertools.count[int]] = {
             name: itertools.count(1) for name in SOBJECTS
         }
@@ -121,19 +118,28 @@ class CrmSimulator:
         self._cursors: dict[str, list[dict[str, Any]]] = {}
         self._cursor_numbers = itertools.count(1)
         self._tokens: set[str] = set()
+        self.pubsub = PubSubServer(
+            self.bus, org_id=self.org_id, authorized=self._tokens.__contains__, port=pubsub_port
+        )
         self._routes()
 
     @property
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def pubsub_address(self) -> str:
+        """The Pub/Sub API's ``host:port`` (plain gRPC)."""
+        return self.pubsub.address
+
     def start(self) -> CrmSimulator:
         self.server.start()
+        self.pubsub.start()
         return self
 
     def stop(self) -> None:
+        self.pubsub.stop()
         self.server.stop()
-        self.cdc.close()
 
     # --- Routes ---------------------------------------------------------------------------
 
@@ -174,8 +180,14 @@ class CrmSimulator:
         route("POST", control + r"orders", self._ui_orders)
         route("POST", control + r"orders/(?P<id>\w+)/cancel", self._ui_cancel)
         route("GET", control + r"stats", lambda _: Response(body=self.stats()))
-        route("GET", control + r"cdc", lambda _: Response(body=self.cdc.knobs.as_dict()))
-        route("PUT", control + r"cdc", self._set_cdc)
+        route("GET", control + r"pubsub", lambda _: Response(body=self.bus.knobs.as_dict()))
+        route("PUT", control + r"pubsub", self._set_pubsub)
+        route("POST", control + r"pubsub/schema", self._evolve_schema)
+        route(
+            "POST",
+            control + r"pubsub/disconnect",
+            lambda _: Response(body={"disconnected": self.bus.disconnect()}),
+        )
         route("PUT", control + r"sessions/expire", self._expire_sessions)
         route("PUT", control + r"query", self._set_query)
 
@@ -205,13 +217,15 @@ class CrmSimulator:
         return serve
 
     def _committed(self, transaction: Transaction, work: Callable[[], Response]) -> Response:
-        """Run ``work`` under the org's lock, publish its change events in commit order, and
-        answer once Kafka has them."""
+        """Run ``work`` under the org's lock and publish its change events, so they reach the
+        bus in commit order before the caller has its answer."""
         with self._lock:
             response = work()
-            self.cdc.publish(transaction.changes, origin=transaction.origin, user=transaction.user)
-        if transaction.changes:
-            self.cdc.flush()
+            self.bus.append(
+                self.cdc.events(
+                    transaction.changes, origin=transaction.origin, user=transaction.user
+                )
+            )
         return response
 
     # --- OAuth ----------------------------------------------------------------------------
@@ -233,10 +247,10 @@ class CrmSimulator:
             raise HttpFailure(
                 400, {"error": "invalid_client", "error_description": "invalid client credentials"}
             )
-        token = f"{ORG_ID[:15]}!{secrets.token_urlsafe(32)}"
+        token = f"{self.org_id[:15]}!{secrets.token_urlsafe(32)}"
         with self._lock:
             self._tokens.add(token)
-        identity = f"{self.url}/id/{ORG_ID}/{INTEGRATION_USER_ID}"
+        identity = f"{self.url}/id/{self.org_id}/{INTEGRATION_USER_ID}"
         issued_at = str(int(time.time() * 1000))
         signature = hmac.new(
             self._client_secret.encode(), (identity + issued_at).encode(), hashlib.sha256
@@ -443,13 +457,13 @@ class CrmSimulator:
 
         def create(transaction: Transaction) -> dict[str, Any]:
             prepared = [self._prepared_order(order) for order in orders]
-            ids = []
-            for order, items in prepared:
-                order_id = self._apply(order, transaction, items)
-                ids.append(order_id)
-                if activate:
-                    activation = {"Status": "Activated", "ActivatedDate": now()}
-                    self._apply(_Write(order.sobject, activation, order_id), transaction)
+            ids = [self._apply(order, transaction, items) for order, items in prepared]
+            if activate:
+                # As a rep activating the new orders from a list view: one identical update
+                # of every order, after they all exist.
+                for order_id in ids:
+                    activation = {"Status": "Activated", "ActivatedDate": transaction.stamp}
+                    self._apply(_Write(SOBJECTS["Order"], activation, order_id), transaction)
             return {"ids": ids}
 
         return self._ui(create)
@@ -476,12 +490,24 @@ class CrmSimulator:
 
         return self._ui(delete)
 
-    def _set_cdc(self, request: Request) -> Response:
+    def _set_pubsub(self, request: Request) -> Response:
+        changes = request.body if isinstance(request.body, dict) else {}
         try:
-            self.cdc.knobs.update(request.body or {})
+            return Response(body=self.bus.configure(changes))
         except (KeyError, TypeError, ValueError) as error:
-            raise HttpFailure(400, {"error": f"bad CDC setting: {error}"}) from None
-        return Response(body=self.cdc.knobs.as_dict())
+            raise HttpFailure(400, {"error": f"bad Pub/Sub setting: {error}"}) from None
+
+    def _evolve_schema(self, request: Request) -> Response:
+        """A new text field first in an entity's change event schema: ``entity``, ``field``."""
+        body = request.body if isinstance(request.body, dict) else {}
+        entity, name = body.get("entity"), body.get("field")
+        if not isinstance(entity, str) or not isinstance(name, str):
+            raise HttpFailure(400, {"error": "the body needs the strings 'entity' and 'field'"})
+        try:
+            schema = self.bus.evolve(entity, name)
+        except ValueError as error:
+            raise HttpFailure(400, {"error": str(error)}) from None
+        return Response(body={"entity": entity, "schema_id": schema.schema_id})
 
     def _set_query(self, request: Request) -> Response:
         """Query paging: ``page_size``, and ``next_records_url`` (null: the real next page)."""
@@ -504,7 +530,8 @@ class CrmSimulator:
         )
 
     def stats(self) -> dict[str, Any]:
-        """Records per sObject, orders per status field, CDC counters, API calls per route."""
+        """Records per sObject, orders per status field, change event counters, the Pub/Sub
+        API's channels and subscriptions, API calls per route."""
         with self._lock:
             orders = list(self._records["Order"].values())
             return {
@@ -514,6 +541,7 @@ class CrmSimulator:
                     for name in ORDER_STATUS_FIELDS
                 },
                 "cdc": vars(self.cdc.counters).copy(),
+                "pubsub": self.bus.stats(),
                 "api_calls": {
                     name.removeprefix("api."): count
                     for name, count in self.server.counters.items()
@@ -622,9 +650,11 @@ class CrmSimulator:
         return write, items
 
     def _apply(self, write: _Write, transaction: Transaction, items: Sequence[_Write] = ()) -> str:
-        """Store a validated write (with an order's items), recording the Order change."""
+        """Store a validated write (with an order's items), recording its change when its
+        sObject publishes change events."""
         sobject, table = write.sobject, self._records[write.sobject.name]
-        stamp = now()
+        stamp = transaction.stamp
+        published = sobject.name in CHANGE_EVENT_ENTITIES
         if write.existing is None:
             new_id = write.values.pop("Id", None) or record_id(
                 sobject.prefix, self.org, next(self._numbers[sobject.name])
@@ -639,13 +669,19 @@ class CrmSimulator:
             self._derive(sobject, record)
             table[new_id] = record
             self._index(sobject, record, {})
+            position = len(transaction.changes)
             for item in items:
                 self._apply(item, transaction)
             if sobject.name == "Order":
                 self._total(record)
-                transaction.changes.append(
-                    Change("CREATE", new_id, self._change_fields(record, skip_nulls=True))
-                )
+            if published:
+                # Before its items' CREATEs, though its roll-up total already counts them.
+                values = {
+                    name: value
+                    for name, value in record.items()
+                    if value is not None and name not in NOT_IN_EVENTS
+                }
+                transaction.changes.insert(position, Change(sobject.name, "CREATE", new_id, values))
             return new_id
         record = table[write.existing]
         before = dict(record)
@@ -654,19 +690,19 @@ class CrmSimulator:
         self._index(sobject, record, before)
         if sobject.name == "OrderItem":
             self._total(self._records["Order"][record["OrderId"]])
-        if sobject.name == "Order":
+        if published:
             changed = [
                 name
                 for name in sobject.fields
-                if name not in DERIVED_FIELDS
+                if name not in NOT_IN_EVENTS
                 and (record[name] != before[name] or name == "LastModifiedDate")
             ]
-            values = {name: record[name] for name in changed}
             transaction.changes.append(
                 Change(
+                    sobject.name,
                     "UPDATE",
                     record["Id"],
-                    self._change_fields(values, skip_nulls=False),
+                    {name: record[name] for name in changed},
                     tuple(changed),
                     tuple(name for name in changed if record[name] is None),
                 )
@@ -674,14 +710,17 @@ class CrmSimulator:
         return str(record["Id"])
 
     def _remove(self, sobject: SObjectType, removed_id: str, transaction: Transaction) -> None:
+        """Delete a record; an Order's items go with it, without change events of their own
+        (a cascade delete publishes only the parent's)."""
         record = self._records[sobject.name].pop(removed_id)
         for name in sobject.external_ids:
             if record.get(name) is not None:
                 self._by_external_id[(sobject.name, name)].pop(record[name], None)
+        if sobject.name in CHANGE_EVENT_ENTITIES:
+            transaction.changes.append(Change(sobject.name, "DELETE", removed_id))
         if sobject.name == "Order":
             for item_id in self._items_by_order.pop(removed_id, []):
                 del self._records["OrderItem"][item_id]
-            transaction.changes.append(Change("DELETE", removed_id))
         elif sobject.name == "OrderItem":
             self._items_by_order[record["OrderId"]].remove(removed_id)
             self._total(self._records["Order"][record["OrderId"]])
@@ -717,20 +756,6 @@ class CrmSimulator:
                 index.pop(before[name], None)
             if record.get(name) is not None:
                 index[record[name]] = record["Id"]
-
-    @staticmethod
-    def _change_fields(values: Mapping[str, Any], *, skip_nulls: bool) -> dict[str, Any]:
-        """Order field values as a change event carries them, datetimes in ISO 8601 with
-        ``Z``; a CREATE leaves out the null ones."""
-        orders = SOBJECTS["Order"]
-        fields: dict[str, Any] = {}
-        for name, value in values.items():
-            if name in DERIVED_FIELDS or (skip_nulls and value is None):
-                continue
-            if orders.fields[name].kind is Kind.DATETIME and value is not None:
-                value = cdc_datetime(value)
-            fields[name] = value
-        return fields
 
     def _rest(
         self, request: Request, sobject: SObjectType, record: Mapping[str, Any]

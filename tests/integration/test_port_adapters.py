@@ -4,12 +4,10 @@ PostgreSQL. The same assertions hold the fakes (tests/unit/test_fake_ports.py)."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import closing
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from pydantic import SecretStr
 from sandbox.crm import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, CrmSandbox, CrmSimulator
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
@@ -19,23 +17,18 @@ from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.ports.erp import Customer, PriceBook, Product
 from revsync.settings import Settings
-from revsync_devstack.stack_check import ensure_topic
 from runtime_support import wait_for
 
 NEVER = 3600.0
 
 
 @pytest.fixture(scope="module")
-def crm_simulator(settings: Settings) -> Iterator[CrmSimulator]:
-    topic = f"revsync.test.crm-change.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings, topic)
-    simulator = CrmSimulator(kafka_config=settings.kafka_config(), cdc_topic=topic, seed=7)
+def crm_simulator() -> Iterator[CrmSimulator]:
+    simulator = CrmSimulator(seed=7)
     try:
         yield simulator.start()
     finally:
         simulator.stop()
-        admin = AdminClient(settings.kafka_config())
-        admin.delete_topics([topic])[topic].result(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -1,27 +1,22 @@
-"""The CRM simulator for the tests that talk to it: started once a module on a topic of its
-own, with an account and a product, and calmed after every test."""
+"""The CRM simulator for the tests that talk to it: started once a module, with an account and
+a product, and calmed after every test."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import closing
 
 import pytest
-from sandbox.crm import CrmSandbox, CrmSimulator
+from sandbox.crm import CdcKnobs, CrmSandbox, CrmSimulator
 from sandbox.http import Faults
 
 from crm_sandbox import config
 from revsync.connectors.salesforce import SalesforceClient
-from revsync.settings import Settings
-from revsync_devstack.stack_check import ensure_topic
 
 
 @pytest.fixture(scope="module")
-def simulator(settings: Settings) -> Iterator[CrmSimulator]:
-    topic = f"revsync.test.crm-change.{uuid.uuid4().hex[:8]}"
-    ensure_topic(settings, topic)
-    crm = CrmSimulator(kafka_config=settings.kafka_config(), cdc_topic=topic, seed=7).start()
+def simulator() -> Iterator[CrmSimulator]:
+    crm = CrmSimulator(seed=7).start()
     yield crm
     crm.stop()
 
@@ -34,10 +29,11 @@ def sandbox(simulator: CrmSimulator) -> Iterator[CrmSandbox]:
 
 @pytest.fixture(autouse=True)
 def calm(simulator: CrmSimulator) -> Iterator[None]:
-    """Every test starts, and leaves, without faults."""
+    """Every test starts, and leaves, without faults, with the default change event and
+    Pub/Sub knobs."""
     yield
     simulator.server.faults = Faults()
-    simulator.cdc.knobs.update({"duplicate_rate": 0, "gap_rate": 0, "overflow_after": None})
+    simulator.bus.configure(CdcKnobs().as_dict())
     simulator.query_page_size = 2000
     simulator.next_records_url_override = None
 

@@ -1,5 +1,6 @@
 """The CRM simulator's change data capture: the change events a sales rep's and the
-integration's edits send to Kafka, its fault knobs, and the simulator as a process."""
+integration's edits publish, read back through the Pub/Sub API, its fault knobs, and the
+simulator as a process. The Pub/Sub API itself is in test_pubsub_sandbox.py."""
 
 from __future__ import annotations
 
@@ -7,25 +8,33 @@ import json
 import signal
 import subprocess
 import sys
-from decimal import Decimal
 
-import httpx
+import grpc
 from sandbox.crm import (
-    DEFAULT_CLIENT_ID,
-    DEFAULT_CLIENT_SECRET,
     INTEGRATION_USER_ID,
     SALES_REP_USER_ID,
     CrmSandbox,
     CrmSimulator,
 )
 
-from crm_sandbox import REST_ORIGIN, an_order, change_events
+from crm_sandbox import (
+    ORDER_ITEMS,
+    ORDERS,
+    REST_ORIGIN,
+    Received,
+    access_token,
+    an_order,
+    change_events,
+    retained_events,
+)
+from revsync.connectors.pubsub_api import pubsub_api_pb2 as pb
+from revsync.connectors.pubsub_api import pubsub_api_pb2_grpc as pb_grpc
 from revsync.connectors.salesforce import SalesforceClient
-from revsync.settings import Settings
+
+EMPTY_RECORD_ID = "000000000000000AAA"
 
 
 def test_a_rep_creating_activating_and_cancelling_an_order_sends_its_change_events(
-    settings: Settings,
     simulator: CrmSimulator,
     sandbox: CrmSandbox,
     crm: SalesforceClient,
@@ -36,37 +45,43 @@ def test_a_rep_creating_activating_and_cancelling_an_order_sends_its_change_even
     sandbox.cancel_order(order, "customer changed their mind")
     crm.update("Order", order, {"ERP_Status__c": "Cancelled"})
 
-    created, activated, cancelled, acknowledged = change_events(settings, simulator, {order})
+    created, activated, cancelled, acknowledged = change_events(simulator, {order})
+    (item,) = items_of(simulator, {order})
 
-    header = created["payload"]["ChangeEventHeader"]
+    header = created.header
     assert header["entityName"] == "Order"
     assert header["recordIds"] == [order]
     assert (header["changeType"], header["changeOrigin"]) == ("CREATE", "")
     assert header["commitUser"] == SALES_REP_USER_ID
-    assert header["changedFields"] == []
-    assert created["payload"]["Status"] == "Draft"
-    assert created["payload"]["AccountId"] == account
-    assert created["payload"]["TotalAmount"] == Decimal("58.47")
-    assert "ActivatedDate" not in created["payload"]
+    assert (header["changedFields"], header["nulledFields"], header["diffFields"]) == ([], [], [])
+    assert created.values["Status"] == "Draft"
+    assert created.values["AccountId"] == account
+    assert created.values["TotalAmount"] == 58.47
+    assert "ActivatedDate" not in created.values
+    # The order, then its item, then its activation: one transaction, numbered across entities.
+    assert item.header["changeType"] == "CREATE"
+    assert item.values["OrderId"] == order
+    assert item.header["transactionKey"] == header["transactionKey"]
+    assert [header["sequenceNumber"], item.header["sequenceNumber"]] == [1, 2]
 
-    header = activated["payload"]["ChangeEventHeader"]
+    header = activated.header
     assert header["changeType"] == "UPDATE"
-    assert set(header["changedFields"]) == {"Status", "ActivatedDate", "LastModifiedDate"}
-    assert activated["payload"]["Status"] == "Activated"
-    assert header["transactionKey"] == created["payload"]["ChangeEventHeader"]["transactionKey"]
-    assert header["sequenceNumber"] == 2
-    assert cancelled["payload"]["Cancel_Reason__c"] == "customer changed their mind"
+    assert set(activated.changed) == {"Status", "ActivatedDate", "LastModifiedDate"}
+    assert set(activated.values) == {"Status", "ActivatedDate", "LastModifiedDate"}
+    assert activated.values["Status"] == "Activated"
+    assert header["transactionKey"] == created.header["transactionKey"]
+    assert header["sequenceNumber"] == 3
+    assert cancelled.values["Cancel_Reason__c"] == "customer changed their mind"
 
-    header = acknowledged["payload"]["ChangeEventHeader"]
+    header = acknowledged.header
     assert (header["changeOrigin"], header["commitUser"]) == (REST_ORIGIN, INTEGRATION_USER_ID)
-    assert header["changedFields"] == ["ERP_Status__c", "LastModifiedDate"]
-    replay_ids = [e["replayId"] for e in (created, activated, cancelled, acknowledged)]
+    assert acknowledged.changed == ["ERP_Status__c", "LastModifiedDate"]
+    replay_ids = [e.replay_id for e in (created, activated, cancelled, acknowledged)]
     assert replay_ids == sorted(replay_ids)
     assert len(set(replay_ids)) == 4
 
 
-def test_cdc_knobs_send_duplicates_gaps_and_an_overflow(
-    settings: Settings,
+def test_cdc_knobs_publish_duplicates_gaps_and_an_overflow(
     simulator: CrmSimulator,
     sandbox: CrmSandbox,
     account: str,
@@ -78,48 +93,56 @@ def test_cdc_knobs_send_duplicates_gaps_and_an_overflow(
     gapped = sandbox.create_orders([an_order(account, product)])[0]
     sandbox.set_cdc(gap_rate=0, overflow_after=3)
     overflowed = sandbox.create_orders([an_order(account, product) for _ in range(3)])
+    sandbox.set_cdc(overflow_off=True)
     sandbox.delete("Order", overflowed[0])
 
-    events = change_events(
-        settings, simulator, {doubled, gapped, *overflowed, "000000000000000AAA"}
-    )
+    events = change_events(simulator, {doubled, gapped, *overflowed, EMPTY_RECORD_ID})
 
     first, second, *rest = events
-    assert first == second
-    assert first["payload"]["ChangeEventHeader"]["changeType"] == "CREATE"
+    # The same event delivered twice: one id and payload, two replay ids.
+    assert (first.event_id, first.record) == (second.event_id, second.record)
+    assert first.replay_id < second.replay_id
+    assert first.header["changeType"] == "CREATE"
     gaps = rest[:2]
-    assert [g["payload"]["ChangeEventHeader"]["changeType"] for g in gaps] == [
-        "GAP_CREATE",
-        "GAP_UPDATE",
-    ]
-    assert all(set(g["payload"]) == {"ChangeEventHeader"} for g in gaps)
-    assert all(g["payload"]["ChangeEventHeader"]["recordIds"] == [gapped] for g in gaps)
-    bulk = [e["payload"]["ChangeEventHeader"] for e in rest[2:6]]
-    assert [h["changeType"] for h in bulk] == ["CREATE", "UPDATE", "CREATE", "GAP_OVERFLOW"]
-    assert bulk[3]["recordIds"] == ["000000000000000AAA"]
+    assert [g.header["changeType"] for g in gaps] == ["GAP_CREATE", "GAP_UPDATE"]
+    assert all(g.values == {} for g in gaps)
+    assert all(g.header["changedFields"] == g.header["nulledFields"] == [] for g in gaps)
+    assert all(g.header["recordIds"] == [gapped] for g in gaps)
+    bulk = [e.header for e in rest[2:6]]
+    assert [h["changeType"] for h in bulk] == ["CREATE", "CREATE", "CREATE", "GAP_OVERFLOW"]
+    assert bulk[3]["recordIds"] == [EMPTY_RECORD_ID]
     assert bulk[3]["entityName"] == "Order"
     assert len({h["transactionKey"] for h in bulk}) == 1
-    deleted = rest[6]["payload"]
-    assert deleted["ChangeEventHeader"]["changeType"] == "DELETE"
-    assert set(deleted) == {"ChangeEventHeader"}
+    # Three items in that transaction: not past the threshold of their own channel.
+    items = items_of(simulator, set(overflowed))
+    assert [i.header["changeType"] for i in items] == ["CREATE"] * 3
+    deleted = rest[6]
+    assert deleted.header["changeType"] == "DELETE"
+    assert deleted.values == {}
     assert len(rest) == 7
+    counters = sandbox.stats()["cdc"]
+    assert (counters["gaps"], counters["overflows"]) >= (2, 1)
+    assert counters["duplicates"] >= 2  # the order's CREATE, and its item's
 
 
 def test_a_thousand_orders_in_one_call_and_the_stats(
     simulator: CrmSimulator, sandbox: CrmSandbox, account: str, product: str
 ) -> None:
-    before = simulator.cdc.counters.sent
+    before = simulator.cdc.counters.published
     ids = sandbox.create_orders([an_order(account, product) for _ in range(1000)])
     assert len(set(ids)) == 1000
-    assert simulator.cdc.counters.sent == before + 2000
+    # Each order's CREATE and activation, and its item's CREATE.
+    assert simulator.cdc.counters.published == before + 3000
     stats = sandbox.stats()
     assert stats["records"]["Order"] >= 1000
     assert stats["orders"]["Status"]["Activated"] >= 1000
-    assert stats["cdc"]["failed"] == 0
+    orders = stats["pubsub"]["channels"][ORDERS]
+    assert orders["published"] == orders["retained"] >= 2000
+    assert len(bytes.fromhex(orders["latest_replay_id"])) == 8
     assert sandbox.records("Order", Id=ids[0])[0]["Status"] == "Activated"
 
 
-def test_the_simulator_runs_as_a_process_until_sigterm(settings: Settings) -> None:
+def test_the_simulator_runs_as_a_process_until_sigterm() -> None:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -127,26 +150,38 @@ def test_the_simulator_runs_as_a_process_until_sigterm(settings: Settings) -> No
             "sandbox.crm",
             "--port",
             "0",
-            "--bootstrap-servers",
-            settings.bootstrap_servers,
-            "--cdc-topic",
-            "revsync.test.crm-change.unused",
+            "--pubsub-port",
+            "0",
+            "--keepalive-s",
+            "5",
         ],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert process.stdout is not None
-        url = json.loads(process.stdout.readline())["url"]
-        answer = httpx.post(
-            url + "/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": DEFAULT_CLIENT_ID,
-                "client_secret": DEFAULT_CLIENT_SECRET,
-            },
-        )
-        assert answer.json()["token_type"] == "Bearer"
+        announced = json.loads(process.stdout.readline())
+        assert announced["pubsub"].startswith("127.0.0.1:")
+        token = access_token(announced["url"])
+        with grpc.insecure_channel(announced["pubsub"]) as channel:
+            topic = pb_grpc.PubSubStub(channel).GetTopic(
+                pb.TopicRequest(topic_name=ORDERS),
+                metadata=(
+                    ("accesstoken", token),
+                    ("instanceurl", announced["url"]),
+                    ("tenantid", announced["org_id"]),
+                ),
+            )
+        assert topic.can_subscribe
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0
+
+
+def items_of(simulator: CrmSimulator, orders: set[str]) -> list[Received]:
+    """The retained OrderItem change events of items of ``orders``."""
+    return [
+        event
+        for event in retained_events(simulator, ORDER_ITEMS)
+        if event.values.get("OrderId") in orders
+    ]
