@@ -232,10 +232,11 @@ class _Received:
 class Positions:
     """Which received events Kafka has every record of, in the order they came: the replay
     id that may be checkpointed is the last of an unbroken run of acknowledged events from
-    the oldest, so no checkpoint ever passes an event whose records are not all in Kafka."""
+    the oldest, so no checkpoint ever passes an event whose records are not all in Kafka.
+    It starts at the position the stream resumed after, if any."""
 
-    _pending: deque[_Received] = field(default_factory=deque)
     _acked: Position | None = None
+    _pending: deque[_Received] = field(default_factory=deque)
     unacked_events: int = 0
 
     def received(self, position: Position, records: int) -> _Received:
@@ -253,13 +254,19 @@ class Positions:
         entry.outstanding -= 1
         self._settle()
 
-    def idle_at(self, position: Position, *, waiting_for_more: bool) -> None:
-        """A keepalive: the channel's latest event is ``position``. Only when the server had
-        requested events to send and sent none (``waiting_for_more``) is that latest event
-        one this bridge has; then, with nothing pending, it is where a restart resumes. A
-        keepalive while nothing was requested says nothing of events not yet fetched."""
-        if waiting_for_more and not self._pending and position.replay_id:
-            self._acked = position
+    def idle_at(self, replay_id: bytes, at: datetime, *, waiting_for_more: bool) -> None:
+        """A keepalive received ``at``: the channel's latest event is ``replay_id``. Only when
+        the server had requested events to send and sent none (``waiting_for_more``) is that
+        latest event one this bridge has; then, with nothing pending, it is where a restart
+        resumes. A keepalive while nothing was requested says nothing of events not fetched.
+
+        Its commit time is not told: the last known event's stands for it (older, so the
+        retention check and a gap's reconciliation err on the safe side), else ``at``."""
+        acked = self._acked
+        if not waiting_for_more or self._pending or not replay_id:
+            return
+        if acked is None or acked.replay_id != replay_id:
+            self._acked = Position(replay_id, acked.committed_at if acked else at)
 
     @property
     def failed(self) -> bool:

@@ -8,7 +8,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -84,9 +84,14 @@ class DeliveryFailed(TransientError):
 @dataclass(frozen=True)
 class _Start:
     preset: pb.ReplayPreset.ValueType
-    replay_id: bytes = b""
+    resume_after: logic.Position | None = None
+    """The position a CUSTOM start resumes after."""
     gap: tuple[datetime, str] | None = None
     """A gap to write (reconcile since, reason) once the subscription answers."""
+
+    @property
+    def replay_id(self) -> bytes:
+        return self.resume_after.replay_id if self.resume_after else b""
 
 
 class State(StrEnum):
@@ -179,8 +184,7 @@ class ChannelSubscriber:
                     start = self._gap(store, self._resume_time(store), "replay-id-refused")
                     log.error("channel %s: %s", self.channel, refused)
                 except PubSubAuthRefused:
-                    log.info("channel %s: access token refused; fetching a new one", self.channel)
-                    self.pubsub.session.refresh(None)
+                    log.info("channel %s: access token refused; subscribing anew", self.channel)
 
     def _resume_time(self, store: Checkpoints) -> datetime:
         checkpoint = store.load()
@@ -203,7 +207,7 @@ class ChannelSubscriber:
             position = checkpoint.position
             if self.clock() - position.committed_at > options.retention:
                 return self._gap(store, position.committed_at, "replay-id-expired")
-            return _Start(pb.CUSTOM, position.replay_id)
+            return _Start(pb.CUSTOM, position)
         if isinstance(options.initial, datetime):
             return self._gap(store, options.initial, "first-start-since", Preset.LATEST)
         if options.initial is Preset.LATEST:
@@ -241,7 +245,7 @@ class ChannelSubscriber:
             target=_read, args=(subscription, responses), name=f"pubsub {self.channel}"
         )
         reader.start()
-        positions = logic.Positions()
+        positions = logic.Positions(start.resume_after)
         gap = start.gap
         opened_at = heard_at = time.monotonic()
         try:
@@ -292,14 +296,15 @@ class ChannelSubscriber:
             self._checkpoint(store, positions.acked, force=True)
         acked = positions.acked
         if acked is not None:
-            return _Start(pb.CUSTOM, acked.replay_id)
-        return start if gap is not None else _Start(start.preset, start.replay_id)
+            return _Start(pb.CUSTOM, acked)
+        return replace(start, gap=gap)  # the gap, if the stream ended before it was written
 
     def _take(self, response: pb.FetchResponse, positions: logic.Positions, pending: int) -> None:
         now = self.clock()
         if not response.events:
             positions.idle_at(
-                logic.Position(response.latest_replay_id, now),
+                response.latest_replay_id,
+                now,
                 waiting_for_more=pending > 0 and response.pending_num_requested > 0,
             )
             return

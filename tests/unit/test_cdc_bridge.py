@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import fastavro
@@ -330,10 +330,24 @@ def test_a_refused_record_holds_the_checkpoint_before_its_event() -> None:
 def test_a_keepalive_moves_the_checkpoint_only_when_the_server_had_nothing_to_send() -> None:
     positions = Positions()
     entry = positions.received(position(5), records=1)
-    positions.idle_at(position(9), waiting_for_more=True)
+    positions.idle_at(position(9).replay_id, AT, waiting_for_more=True)
     assert positions.acked is None  # an event is still on its way to Kafka
     positions.delivered(entry, ok=True)
-    positions.idle_at(position(9), waiting_for_more=False)
+    positions.idle_at(position(9).replay_id, AT, waiting_for_more=False)
     assert positions.acked == position(5)  # nothing was requested: 9 may not be fetched yet
-    positions.idle_at(position(9), waiting_for_more=True)
+    later = AT + timedelta(hours=5)
+    positions.idle_at(position(9).replay_id, later, waiting_for_more=True)
+    # Event 9's commit time is not told: event 5's stands for it, never the keepalive's.
+    assert positions.acked == Position(position(9).replay_id, AT)
+
+
+def test_a_keepalive_naming_the_position_resumed_after_changes_nothing() -> None:
+    positions = Positions(position(9))
+    positions.idle_at(position(9).replay_id, AT + timedelta(days=2), waiting_for_more=True)
     assert positions.acked == position(9)
+
+
+def test_a_first_keepalive_of_a_fresh_subscription_stands_at_its_own_time() -> None:
+    positions = Positions()
+    positions.idle_at(position(3).replay_id, AT, waiting_for_more=True)
+    assert positions.acked == position(3)

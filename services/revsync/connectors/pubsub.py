@@ -214,8 +214,9 @@ class PubSubClient:
     def subscribe(self, requests: Iterator[pb.FetchRequest]) -> Subscription:
         """A Subscribe stream fed by ``requests`` (the first names the topic and where to
         start); its failures surface, typed, as its responses are read."""
-        call = self._stub.Subscribe(requests, metadata=self.metadata())
-        return Subscription(call)
+        token = self.session.token()
+        call = self._stub.Subscribe(requests, metadata=self.metadata(token))
+        return Subscription(call, lambda: self.session.refresh(token))
 
     def _unary(self, send: Callable[[Any], T], what: str) -> T:
         token = self.session.token()
@@ -234,17 +235,23 @@ class PubSubClient:
 class Subscription:
     """An open Subscribe stream: iterate it for FetchResponses, :meth:`cancel` to end it."""
 
-    def __init__(self, call: Any) -> None:
+    def __init__(self, call: Any, refresh_token: Callable[[], object]) -> None:
         self._call = call
+        self._refresh_token = refresh_token
         self._cancelled = False
 
     def __iter__(self) -> Iterator[pb.FetchResponse]:
+        """The stream's responses; a failure ends it, typed. When its token was refused, a
+        fresh one is fetched first, so the next stream signs in anew."""
         try:
             yield from self._call
         except grpc.RpcError as error:
             if self._cancelled:
                 return
-            raise refusal(error, "subscription") from None
+            failure = refusal(error, "subscription")
+            if isinstance(failure, PubSubAuthRefused):
+                self._refresh_token()
+            raise failure from None
 
     def cancel(self) -> None:
         self._cancelled = True
