@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import chaos, order_to_cash, passthrough, replay, runtime
+from bench import cdc_bridge, chaos, order_to_cash, passthrough, replay, runtime
 from revsync.settings import Settings
 
 SCENARIOS = {
@@ -15,9 +15,10 @@ SCENARIOS = {
     "order-to-cash": order_to_cash.run,
     "replay": replay.run,
     "chaos": chaos.run,
+    "cdc-bridge": cdc_bridge.run,
 }
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000, "chaos": 10_000}
+DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000, "chaos": 10_000, "cdc-bridge": 2_000}
 
 
 def main() -> None:

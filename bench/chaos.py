@@ -3,8 +3,9 @@ brokers (replication factor 3, ``min.insync.replicas=2``), the schema registry a
 both sandboxes, every service its own process — while orders stream in and faults are
 applied one after the other: services SIGKILLed at random points, a broker of three SIGKILLed
 and restarted, PostgreSQL SIGKILLed and restarted, the registry down, and through Toxiproxy
-between the services and Kafka, PostgreSQL, the registry, the CRM and the ERP: latency with
-jitter, connection resets, a blackhole; an ERP 503 storm and 429s with Retry-After.
+between the services and Kafka, PostgreSQL, the registry, the CRM (its REST API and the
+Pub/Sub API the CDC bridge subscribes to) and the ERP: latency with jitter, connection resets,
+a blackhole; an ERP 503 storm and 429s with Retry-After.
 
 It judges from the systems' own records, not from revsync's metrics: orders not in their
 expected end state in the CRM, ERP sales orders per CRM order, CRM invoices and shipments per
@@ -45,7 +46,13 @@ from revsync_devstack.settings import REPO_ROOT, StackSettings
 from revsync_devstack.stack import Component, LocalStack
 from revsync_devstack.toxiproxy import Toxiproxy, ToxiproxyServer
 
-SERVICES = ("order-sync", "invoice-sync", "fulfillment-sync", "erp-outbox-publisher")
+SERVICES = (
+    "crm-cdc-bridge",
+    "order-sync",
+    "invoice-sync",
+    "fulfillment-sync",
+    "erp-outbox-publisher",
+)
 CHAOS_STACK: dict[str, Any] = {
     "dir": REPO_ROOT / ".stack-chaos",
     "kafka_brokers": 3,
@@ -61,7 +68,13 @@ RETRY_TIERS = ("2s", "10s", "30s", "1m")
 TOXIPROXY_PORT = 38474
 LOGS = CHAOS_STACK["dir"] / "services"
 """Each service's log of the last run, kept to read after it."""
-PROXY_PORTS = {"postgres": 35433, "registry": 38083, "crm": 38090, "erp": 38091}
+PROXY_PORTS = {
+    "postgres": 35433,
+    "registry": 38083,
+    "crm": 38090,
+    "erp": 38091,
+    "pubsub": 38092,
+}
 
 
 @dataclass(frozen=True)
@@ -239,6 +252,8 @@ def _schedule(
         ("postgres: latency 150 ms ± 100 ms, 10 s", toxic("postgres", "latency")),
         ("erp: connections reset, 5 s", toxic("erp", "reset", 5)),
         (f"crm: blackhole, {blackhole:.0f} s", toxic("crm", "blackhole", blackhole)),
+        ("crm pub/sub api: connections reset, 5 s", toxic("pubsub", "reset", 5)),
+        (f"crm pub/sub api: blackhole, {blackhole:.0f} s", toxic("pubsub", "blackhole", blackhole)),
         ("registry: latency 300 ms ± 200 ms, 10 s", toxic("registry", "latency")),
         ("kafka: latency 100 ms ± 67 ms, 10 s", toxic("kafka", "latency")),
         ("kafka: connections reset, 5 s", toxic("kafka", "reset", 5)),

@@ -1,5 +1,6 @@
-"""crm_cdc_bridge's wiring: one :class:`ChannelSubscriber` per configured channel, sharing
-one idempotent Kafka producer, the org's Pub/Sub API client and the process's health.
+"""crm_cdc_bridge's wiring: one :class:`ChannelSubscriber` per configured channel, each with
+an idempotent Kafka producer of its own (its delivery reports are handled on its own
+thread), sharing the org's Pub/Sub API client and the process's health.
 
 Ready while every channel is subscribed (this replica leads it) or standing by (another
 replica does); alive while every channel's thread keeps beating.
@@ -45,21 +46,19 @@ class CdcBridge:
     ) -> None:
         self.liveness = liveness
         self._stopping = threading.Event()
-        self._producer = Producer(
-            {
-                **kafka_config,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.timeout.ms": DELIVERY_TIMEOUT_MS,
-            }
-        )
+        producer_config = {
+            **kafka_config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": DELIVERY_TIMEOUT_MS,
+        }
         self.subscribers = [
             ChannelSubscriber(
                 channel=channel,
                 pubsub=pubsub,
                 dsn=dsn,
-                producer=self._producer,
+                producer=Producer(producer_config),
                 topics=topics,
                 options=options,
                 stopping=self._stopping,
@@ -86,7 +85,6 @@ class CdcBridge:
             self._stopping.set()
             for thread in threads:
                 thread.join(timeout=60)
-            self._producer.flush(30)
 
     def _report(self) -> None:
         now = time.monotonic()

@@ -40,6 +40,9 @@ from revsync.runtime.observability import (
 log = logging.getLogger(__name__)
 MAX_IN_FLIGHT = 100
 """The Pub/Sub API's limit on events requested and not yet received, per subscription."""
+RESUBSCRIBE_PAUSE_S = 0.5
+DRAIN_S = 30.0
+"""How long a stream's end waits for Kafka to acknowledge what it was handed."""
 SETTLE_S = 2.0
 """A stream still open this long after its first request is subscribed (an idle channel
 answers only with its first keepalive, up to 270 s later)."""
@@ -180,6 +183,7 @@ class ChannelSubscriber:
             while not self.stopping.is_set():
                 try:
                     start = self._subscribe(store, start)
+                    self._sleep(RESUBSCRIBE_PAUSE_S)  # a server ending every stream at once
                 except ReplayIdRefused as refused:
                     start = self._gap(store, self._resume_time(store), "replay-id-refused")
                     log.error("channel %s: %s", self.channel, refused)
@@ -292,7 +296,7 @@ class ChannelSubscriber:
             requests.put(None)
             reader.join(timeout=10)
             # What was handed to Kafka is settled before the position moves for the last time.
-            self.producer.flush(30)
+            self.producer.flush(DRAIN_S)
             self._checkpoint(store, positions.acked, force=True)
         acked = positions.acked
         if acked is not None:
@@ -334,7 +338,13 @@ class ChannelSubscriber:
             records = logic.change_records(record, schema, consumer_event.replay_id)
             stamp = int(record["ChangeEventHeader"].get("commitTimestamp") or 0)
             return records, datetime.fromtimestamp(stamp / 1000, UTC)
-        except (logic.UndecodableChangeEvent, TypeError, ValueError, OverflowError) as error:
+        except (
+            logic.UndecodableChangeEvent,
+            TypeError,
+            ValueError,
+            ArithmeticError,
+            OSError,
+        ) as error:
             CDC_UNDECODABLE.labels(self.channel).inc()
             log.error("channel %s: event %s not decodable: %s", self.channel, event.id, error)
             entity = self.entities[0]
@@ -387,7 +397,7 @@ class ChannelSubscriber:
         for entity in self.entities:
             record = logic.gap_record(entity, self.channel, since, reason)
             self._produce(self._topic(record), record, delivered)
-        if self.producer.flush(30) or failures:
+        if self.producer.flush(DRAIN_S) or failures:
             raise DeliveryFailed(f"channel {self.channel}: the gap record was not delivered")
         store.gap_written()
         CDC_GAPS.labels(self.channel, reason).inc()

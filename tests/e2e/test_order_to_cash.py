@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -200,4 +201,50 @@ def test_a_shipment_for_an_order_the_crm_does_not_know_yet_waits_for_it(
         ),
         timeout_s=60,
     )
+    assert pipeline.metrics()["revsync_dead_lettered_total"] == 0
+
+
+def test_a_bridge_killed_mid_stream_loses_no_change_and_doubles_no_order(
+    start_pipeline: Callable[..., Pipeline], rng: random.Random
+) -> None:
+    pipeline = start_pipeline()
+    data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+    planned = list(scenario.orders(data, 300, rng, invalid_share=0.0))
+    for part in range(3):
+        pipeline.push(planned[part * 100 : (part + 1) * 100])
+        # SIGKILL while the part's change events stream through it: no drain, no last
+        # checkpoint; it resumes from the last replay id Kafka had everything up to.
+        pipeline.restart("crm-cdc-bridge", hard=True)
+
+    settle(pipeline)
+
+    assert pipeline.erp.stats().create_requests == 300
+    orders = pipeline.erp.sales_orders()
+    assert len({order["external_id"] for order in orders}) == len(orders) == 300
+    assert pipeline.metrics()["revsync_dead_lettered_total"] == 0
+
+
+def test_an_expired_checkpoint_is_a_gap_that_reconciles_every_order_changed_meanwhile(
+    start_pipeline: Callable[..., Pipeline], rng: random.Random
+) -> None:
+    pipeline = start_pipeline()
+    data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+    pipeline.push(list(scenario.orders(data, 10, rng, invalid_share=0.0)))
+    settle(pipeline)
+    bridge = pipeline.processes["crm-cdc-bridge"]
+    bridge.stop()
+    # Orders activated while the bridge is down, and then every event of the channel,
+    # the checkpointed one among them, is past the retention window.
+    during = pipeline.push(list(scenario.orders(data, 20, rng, invalid_share=0.0)))
+    pipeline.crm.set_pubsub(retention_s=0.5)
+    time.sleep(1.5)
+    pipeline.crm.set_pubsub(retention_s=72 * 3600)
+
+    pipeline.restart("crm-cdc-bridge")
+    settle(pipeline)
+
+    assert pipeline.metrics()["revsync_cdc_bridge_gaps_total"] >= 1
+    for order_id in during:
+        assert len(pipeline.erp.sales_orders(external_id=order_id)) == 1
+    assert pipeline.erp.stats().create_requests == 30
     assert pipeline.metrics()["revsync_dead_lettered_total"] == 0

@@ -1,0 +1,244 @@
+"""SCENARIO=cdc-bridge: Salesforce change events from the CRM sandbox's Pub/Sub API through
+crm-cdc-bridge into Kafka, inside the whole pipeline (every service its own process).
+
+Figures, all measured in this run:
+
+- drain: a backlog of change events (orders created and activated while the bridge was
+  stopped) taken by the restarted bridge into Kafka; events/s from its restart until the CDC
+  topic holds them all, Kafka's acknowledgements and the checkpoint included;
+- the baseline: the same channel read by a bare subscriber (the Pub/Sub API client decoding
+  each event and expanding its bitmaps, nothing written anywhere): what the sandbox serves on
+  this machine. ``ratio_to_raw`` is the bridge's rate over it;
+- latency at a fixed offered load: per order, from its activation's commit (the change event's
+  ``commitTimestamp``) to its record in Kafka (the record's timestamp), the bridge's part, and
+  to the CRM showing it shipped, end to end; ``bridge_share_p50`` is the one over the other.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import random
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from pydantic import SecretStr
+from sandbox import scenario
+from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
+from sandbox.harness import Pipeline, private_contracts
+
+from crm_cdc_bridge import logic
+from revsync.connectors.pubsub import PubSubClient, PubSubConfig
+from revsync.connectors.pubsub_api import pubsub_api_pb2 as pb
+from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
+from revsync.settings import Settings
+
+CHANNEL = "/data/OrderChangeEvent"
+BRIDGE = "crm-cdc-bridge"
+OFFERED_PER_S = 20
+OFFERED_SECONDS = 15
+
+
+def run(settings: Settings, events: int) -> dict[str, Any]:
+    """``events`` orders in the backlog (each is two change events: created, activated)."""
+    rng = random.Random(5)  # noqa: S311 - an order mix, not a secret
+    with tempfile.TemporaryDirectory(prefix="revsync-bench-") as scratch:
+        contracts = private_contracts(settings.schemas_dir, Path(scratch) / "contracts")
+        pipeline = Pipeline(
+            settings=settings,
+            workdir=Path(scratch) / "logs",
+            schemas_dir=contracts,
+            invoice_delay_s=0,
+            ship_delay_s=0,
+            channels=(CHANNEL,),
+        )
+        pipeline.start()
+        try:
+            data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+            topic = pipeline.catalog.change_topics["Order"]
+            drain = _drain(pipeline, settings, topic, data, rng, events)
+            latency = _latency(pipeline, settings, topic, data, rng)
+        finally:
+            pipeline.stop()
+    return {
+        "orders": events,
+        "backlog_events": drain["events"],
+        "bridge_events_per_s": drain["bridge_per_s"],
+        "raw_events_per_s": drain["raw_per_s"],
+        "ratio_to_raw": round(drain["bridge_per_s"] / drain["raw_per_s"], 2),
+        "offered_orders_per_s": OFFERED_PER_S,
+        "latency_orders": latency["orders"],
+        "bridge_p50_ms": latency["bridge_p50_ms"],
+        "bridge_p99_ms": latency["bridge_p99_ms"],
+        "end_to_end_p50_ms": latency["end_to_end_p50_ms"],
+        "end_to_end_p99_ms": latency["end_to_end_p99_ms"],
+        "bridge_share_p50": latency["bridge_share_p50"],
+    }
+
+
+def _drain(
+    pipeline: Pipeline,
+    settings: Settings,
+    topic: str,
+    data: scenario.MasterData,
+    rng: random.Random,
+    count: int,
+) -> dict[str, Any]:
+    pipeline.processes[BRIDGE].stop()
+    stopped_ms = int(time.time() * 1000)
+    before = _records(settings, topic)
+    pipeline.push(list(scenario.orders(data, count, rng, invalid_share=0.0)))
+    backlog, raw_per_s = _raw_read(pipeline, since_ms=stopped_ms)
+    started = time.monotonic()
+    pipeline.restart(BRIDGE)
+    while _records(settings, topic) < before + backlog:
+        time.sleep(0.05)
+    bridge_per_s = backlog / (time.monotonic() - started)
+    pipeline.wait_settled(timeout_s=600)
+    return {
+        "events": backlog,
+        "bridge_per_s": round(bridge_per_s, 1),
+        "raw_per_s": round(raw_per_s, 1),
+    }
+
+
+def _raw_read(pipeline: Pipeline, since_ms: int) -> tuple[int, float]:
+    """Every event of the channel from the earliest, decoded and its bitmaps expanded; how
+    many were committed since ``since_ms``, and events/s over the whole read."""
+    crm = SalesforceClient(
+        SalesforceConfig(pipeline.crm_url, DEFAULT_CLIENT_ID, SecretStr(DEFAULT_CLIENT_SECRET))
+    )
+    address = pipeline.pubsub_url.removeprefix("grpc://")
+    client = PubSubClient(PubSubConfig(address, pipeline.crm_url, tls=False), crm.session)
+    total = recent = 0
+    requests: queue.Queue[pb.FetchRequest | None] = queue.Queue()
+    requests.put(pb.FetchRequest(topic_name=CHANNEL, replay_preset=pb.EARLIEST, num_requested=100))
+
+    def more() -> Iterator[pb.FetchRequest]:
+        while (request := requests.get()) is not None:
+            yield request
+
+    subscription = client.subscribe(more())
+    started = time.monotonic()
+    finished = started
+    try:
+        for response in subscription:
+            if not response.events:
+                break  # a keepalive: nothing more to send
+            for consumer_event in response.events:
+                schema = client.schema(consumer_event.event.schema_id)
+                record = schema.decode(consumer_event.event.payload)
+                logic.change_records(record, schema, consumer_event.replay_id)
+                total += 1
+                if record["ChangeEventHeader"]["commitTimestamp"] >= since_ms:
+                    recent += 1
+            finished = time.monotonic()
+            # As many again as arrived: the stream stays fed, never past 100 requested.
+            requests.put(pb.FetchRequest(topic_name=CHANNEL, num_requested=len(response.events)))
+    finally:
+        requests.put(None)
+        subscription.cancel()
+        client.close()
+        crm.close()
+    return recent, total / (finished - started)
+
+
+def _latency(
+    pipeline: Pipeline,
+    settings: Settings,
+    topic: str,
+    data: scenario.MasterData,
+    rng: random.Random,
+) -> dict[str, Any]:
+    pipeline.planned.clear()
+    interval = 1 / OFFERED_PER_S
+    began = time.monotonic()
+    ids: list[str] = []
+    for n in range(OFFERED_PER_S * OFFERED_SECONDS):
+        time.sleep(max(0.0, began + n * interval - time.monotonic()))
+        ids += pipeline.push(list(scenario.orders(data, 1, rng, invalid_share=0.0)))
+    outcome = pipeline.wait_settled(timeout_s=300)
+    if outcome.pending or outcome.wrong:
+        raise RuntimeError(f"latency run did not settle: {outcome}")
+    wanted = set(ids)
+    committed: dict[str, int] = {}
+    in_kafka: dict[str, int] = {}
+    for key, value, timestamp in _read(settings, topic):
+        payload = json.loads(value)["payload"]
+        header = payload["ChangeEventHeader"]
+        if key in wanted and payload.get("Status") == "Activated":
+            committed[key] = int(header["commitTimestamp"])
+            in_kafka[key] = timestamp
+    shipped = {
+        record["Order__c"]: _moment(record["CreatedDate"])
+        for record in pipeline.crm.records("Shipment__c")
+        if record["Order__c"] in wanted
+    }
+    bridge = sorted(float(in_kafka[i] - committed[i]) for i in committed)
+    end_to_end = sorted(
+        (shipped[i] - datetime.fromtimestamp(committed[i] / 1000, UTC)).total_seconds() * 1000
+        for i in committed
+        if i in shipped
+    )
+    return {
+        "orders": len(bridge),
+        "bridge_p50_ms": round(statistics.median(bridge), 1),
+        "bridge_p99_ms": round(_p99(bridge), 1),
+        "end_to_end_p50_ms": round(statistics.median(end_to_end), 1),
+        "end_to_end_p99_ms": round(_p99(end_to_end), 1),
+        "bridge_share_p50": round(statistics.median(bridge) / statistics.median(end_to_end), 3),
+    }
+
+
+def _p99(values: list[float]) -> float:
+    return values[max(int(len(values) * 0.99) - 1, 0)]
+
+
+def _records(settings: Settings, topic: str) -> int:
+    """Records on ``topic``: the sum of its partitions' end offsets."""
+    consumer = Consumer(settings.kafka_config(**{"group.id": "bench-cdc-bridge"}))
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
+
+
+def _read(settings: Settings, topic: str) -> list[tuple[str, bytes, int]]:
+    """Every record of ``topic``: key, value and Kafka timestamp (ms)."""
+    consumer = Consumer(
+        settings.kafka_config(**{"group.id": "bench-cdc-bridge", "enable.auto.commit": False})
+    )
+    records: list[tuple[str, bytes, int]] = []
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        }
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        left = {p for p, end in ends.items() if end > 0}
+        while left:
+            for message in consumer.consume(1000, 1.0):
+                if message.error():
+                    continue
+                key = (message.key() or b"").decode()
+                records.append((key, message.value() or b"", message.timestamp()[1]))
+                if (message.offset() or 0) + 1 >= ends[message.partition() or 0]:
+                    left.discard(message.partition() or 0)
+    finally:
+        consumer.close()
+    return records
+
+
+def _moment(value: str) -> datetime:
+    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")
