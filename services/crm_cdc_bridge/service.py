@@ -80,13 +80,14 @@ class CdcBridge:
             thread.start()
         try:
             while not self._stopping.wait(0.5):
-                self._report()
+                self.report_health()
         finally:
             self._stopping.set()
             for thread in threads:
                 thread.join(timeout=60)
 
-    def _report(self) -> None:
+    def report_health(self) -> None:
+        """Alive while every channel beats; ready while each is subscribed or standing by."""
         now = time.monotonic()
         if all(now - s.last_beat < self.liveness.timeout_s for s in self.subscribers):
             self.liveness.beat()

@@ -21,6 +21,7 @@ from crm_cdc_bridge.checkpoints import Checkpoint, Checkpoints
 from revsync.connectors.pubsub import (
     PubSubAuthRefused,
     PubSubClient,
+    PubSubRefused,
     ReplayIdRefused,
 )
 from revsync.connectors.pubsub_api import pubsub_api_pb2 as pb
@@ -177,6 +178,7 @@ class ChannelSubscriber:
                 if self.stopping.is_set():
                     return
                 connection.execute("SELECT 1")  # a lost database ends the standby too
+            self._check_channel()
             log.info("channel %s: this replica subscribes", self.channel)
             CDC_LEADER.labels(self.channel).set(1)
             start = self._start(store, store.load())
@@ -189,6 +191,16 @@ class ChannelSubscriber:
                     log.error("channel %s: %s", self.channel, refused)
                 except PubSubAuthRefused:
                     log.info("channel %s: access token refused; subscribing anew", self.channel)
+
+    def _check_channel(self) -> None:
+        """The channel exists and the integration user may subscribe to it (GetTopic), or a
+        refusal that says so before any stream is opened."""
+        topic = self.pubsub.topic(self.channel)
+        if not topic.can_subscribe:
+            raise PubSubRefused(
+                f"channel {self.channel}: the integration user may not subscribe to it "
+                "(give it read access to the entity, and select it for change data capture)"
+            )
 
     def _resume_time(self, store: Checkpoints) -> datetime:
         checkpoint = store.load()

@@ -154,9 +154,11 @@ def activations(changes: list[RecordChange]) -> dict[str, RecordChange]:
 
 def test_every_change_reaches_the_topic_of_its_entity_with_its_field_names(org: Org) -> None:
     ids = org.orders(5)
-    org.bridge()
+    bridge = org.bridge()
 
     changes = org.changes(expect=10)
+    bridge.report_health()
+    assert bridge.liveness.serving()
 
     activated = activations(changes)
     assert set(activated) == set(ids)
@@ -337,3 +339,15 @@ def test_a_standby_takes_over_when_the_leader_stops(org: Org) -> None:
     later = org.orders(2)
 
     assert set(later) <= set(activations(org.changes(expect=8)))
+
+
+def test_a_channel_the_org_does_not_have_keeps_the_bridge_unready_and_says_so(
+    org: Org, caplog: pytest.LogCaptureFixture
+) -> None:
+    bridge = org.bridge(channels=("/data/Revsync_Orders__chn",))
+
+    wait_for(lambda: bridge.subscribers[0].state is State.FAILING)
+    bridge.report_health()
+    assert not bridge.liveness.serving()
+    assert "NOT_FOUND" in caplog.text
+    assert "/data/Revsync_Orders__chn" in caplog.text
