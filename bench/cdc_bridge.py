@@ -20,19 +20,18 @@ import json
 import queue
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from pydantic import SecretStr
 from sandbox import scenario
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET
-from sandbox.harness import Pipeline, private_contracts
+from sandbox.harness import Pipeline
 
+from bench.order_to_cash import OFFERED_PER_S, bench_pipeline, offered_load, shipped_at
 from crm_cdc_bridge import logic
 from revsync.connectors.pubsub import PubSubClient, PubSubConfig
 from revsync.connectors.pubsub_api import pubsub_api_pb2 as pb
@@ -41,31 +40,17 @@ from revsync.settings import Settings
 
 CHANNEL = "/data/OrderChangeEvent"
 BRIDGE = "crm-cdc-bridge"
-OFFERED_PER_S = 20
 OFFERED_SECONDS = 15
 
 
 def run(settings: Settings, events: int) -> dict[str, Any]:
     """``events`` orders in the backlog (each is two change events: created, activated)."""
     rng = random.Random(5)  # noqa: S311 - an order mix, not a secret
-    with tempfile.TemporaryDirectory(prefix="revsync-bench-") as scratch:
-        contracts = private_contracts(settings.schemas_dir, Path(scratch) / "contracts")
-        pipeline = Pipeline(
-            settings=settings,
-            workdir=Path(scratch) / "logs",
-            schemas_dir=contracts,
-            invoice_delay_s=0,
-            ship_delay_s=0,
-            channels=(CHANNEL,),
-        )
-        pipeline.start()
-        try:
-            data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-            topic = pipeline.catalog.change_topics["Order"]
-            drain = _drain(pipeline, settings, topic, data, rng, events)
-            latency = _latency(pipeline, settings, topic, data, rng)
-        finally:
-            pipeline.stop()
+    with bench_pipeline(settings, channels=(CHANNEL,)) as pipeline:
+        data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+        topic = pipeline.catalog.change_topics["Order"]
+        drain = _drain(pipeline, settings, topic, data, rng, events)
+        latency = _latency(pipeline, settings, topic, data, rng)
     return {
         "orders": events,
         "backlog_events": drain["events"],
@@ -156,16 +141,7 @@ def _latency(
     data: scenario.MasterData,
     rng: random.Random,
 ) -> dict[str, Any]:
-    pipeline.planned.clear()
-    interval = 1 / OFFERED_PER_S
-    began = time.monotonic()
-    ids: list[str] = []
-    for n in range(OFFERED_PER_S * OFFERED_SECONDS):
-        time.sleep(max(0.0, began + n * interval - time.monotonic()))
-        ids += pipeline.push(list(scenario.orders(data, 1, rng, invalid_share=0.0)))
-    outcome = pipeline.wait_settled(timeout_s=300)
-    if outcome.pending or outcome.wrong:
-        raise RuntimeError(f"latency run did not settle: {outcome}")
+    ids = offered_load(pipeline, data, rng, OFFERED_SECONDS)
     wanted = set(ids)
     committed: dict[str, int] = {}
     in_kafka: dict[str, int] = {}
@@ -175,11 +151,7 @@ def _latency(
         if key in wanted and payload.get("Status") == "Activated":
             committed[key] = int(header["commitTimestamp"])
             in_kafka[key] = timestamp
-    shipped = {
-        record["Order__c"]: _moment(record["CreatedDate"])
-        for record in pipeline.crm.records("Shipment__c")
-        if record["Order__c"] in wanted
-    }
+    shipped = shipped_at(pipeline, ids)
     bridge = sorted(float(in_kafka[i] - committed[i]) for i in committed)
     end_to_end = sorted(
         (shipped[i] - datetime.fromtimestamp(committed[i] / 1000, UTC)).total_seconds() * 1000
@@ -238,7 +210,3 @@ def _read(settings: Settings, topic: str) -> list[tuple[str, bytes, int]]:
     finally:
         consumer.close()
     return records
-
-
-def _moment(value: str) -> datetime:
-    return datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%f%z")

@@ -21,6 +21,8 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -43,9 +45,9 @@ OFFERED_SECONDS = 20
 DIRECT_ORDERS = 200
 
 
-def run(settings: Settings, events: int) -> dict[str, Any]:
-    """``events`` orders in the sustained burst."""
-    rng = random.Random(7)  # noqa: S311 - an order mix, not a secret
+@contextmanager
+def bench_pipeline(settings: Settings, **options: Any) -> Iterator[Pipeline]:
+    """The whole pipeline on contracts of its own, the sandboxes' delays at zero."""
     with tempfile.TemporaryDirectory(prefix="revsync-bench-") as scratch:
         contracts = private_contracts(settings.schemas_dir, Path(scratch) / "contracts")
         pipeline = Pipeline(
@@ -54,15 +56,23 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
             schemas_dir=contracts,
             invoice_delay_s=0,
             ship_delay_s=0,
+            **options,
         )
         pipeline.start()
         try:
-            data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-            direct = _direct(pipeline, data, rng)
-            sustained = _sustained(pipeline, data, rng, events)
-            latency = _latency(pipeline, data, rng)
+            yield pipeline
         finally:
             pipeline.stop()
+
+
+def run(settings: Settings, events: int) -> dict[str, Any]:
+    """``events`` orders in the sustained burst."""
+    rng = random.Random(7)  # noqa: S311 - an order mix, not a secret
+    with bench_pipeline(settings) as pipeline:
+        data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+        direct = _direct(pipeline, data, rng)
+        sustained = _sustained(pipeline, data, rng, events)
+        latency = _latency(pipeline, data, rng)
     return {
         "orders": events,
         "orders_per_s": round(sustained, 1),
@@ -89,28 +99,43 @@ def _sustained(
     return count / (time.monotonic() - started)
 
 
-def _latency(pipeline: Pipeline, data: scenario.MasterData, rng: random.Random) -> dict[str, Any]:
+def offered_load(
+    pipeline: Pipeline, data: scenario.MasterData, rng: random.Random, seconds: int
+) -> list[str]:
+    """Valid orders pushed one by one at :data:`OFFERED_PER_S` for ``seconds``, then settled;
+    their CRM ids."""
     pipeline.planned.clear()
     interval = 1 / OFFERED_PER_S
     began = time.monotonic()
     ids: list[str] = []
-    for n in range(OFFERED_PER_S * OFFERED_SECONDS):
+    for n in range(OFFERED_PER_S * seconds):
         time.sleep(max(0.0, began + n * interval - time.monotonic()))
         ids += pipeline.push(list(scenario.orders(data, 1, rng, invalid_share=0.0)))
     outcome = pipeline.wait_settled(timeout_s=300)
     if outcome.pending or outcome.wrong:
         raise RuntimeError(f"latency run did not settle: {outcome}")
+    return ids
+
+
+def shipped_at(pipeline: Pipeline, ids: list[str]) -> dict[str, datetime]:
+    """When the CRM recorded each order's shipment (the sandbox's clock)."""
+    wanted = set(ids)
+    return {
+        record["Order__c"]: _moment(record["CreatedDate"])
+        for record in pipeline.crm.records("Shipment__c")
+        if record["Order__c"] in wanted
+    }
+
+
+def _latency(pipeline: Pipeline, data: scenario.MasterData, rng: random.Random) -> dict[str, Any]:
+    ids = offered_load(pipeline, data, rng, OFFERED_SECONDS)
     wanted = set(ids)
     activated = {
         record["Id"]: _moment(record["ActivatedDate"])
         for record in pipeline.crm.records("Order")
         if record["Id"] in wanted
     }
-    shipped = {
-        record["Order__c"]: _moment(record["CreatedDate"])
-        for record in pipeline.crm.records("Shipment__c")
-        if record["Order__c"] in wanted
-    }
+    shipped = shipped_at(pipeline, ids)
     millis = sorted((shipped[i] - activated[i]).total_seconds() * 1000 for i in ids)
     return {
         "orders": len(millis),
