@@ -200,11 +200,18 @@ class Pipeline:
     def restart(self, name: str, *, hard: bool = False) -> None:
         """Stop one service and start it again, as a deployment would (``hard``: SIGKILL, as
         a crash or an evicted pod would end it, no drain)."""
+        self.stop_service(name, hard=hard)
+        self.start_service(name)
+
+    def stop_service(self, name: str, *, hard: bool = False) -> None:
+        """Stop one service (SIGTERM, or SIGKILL when ``hard``) until :meth:`start_service`."""
         process = self.processes.pop(name)
         if hard and process.alive():
             process.popen.kill()
             process.popen.wait()
         process.stop()
+
+    def start_service(self, name: str) -> None:
         self._service(name)
         self._wait_ready([name])
 

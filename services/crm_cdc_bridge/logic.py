@@ -5,6 +5,7 @@ that stands for events no longer to be had, and which positions may be checkpoin
 from __future__ import annotations
 
 import base64
+import json
 import re
 import uuid
 from collections import deque
@@ -14,7 +15,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from revsync.connectors.pubsub import EventSchema
-from revsync.connectors.salesforce import encode_json
 from revsync.errors import ErrorClass, RevsyncError
 
 HEADER = "ChangeEventHeader"
@@ -206,6 +206,12 @@ def gap_record(entity: str, channel: str, since: datetime, reason: str) -> Chang
         "diffFields": [],
     }
     return ChangeRecord(entity, EMPTY_RECORD_ID, encode_json({"payload": {HEADER: header}}))
+
+
+def encode_json(document: Mapping[str, Any]) -> bytes:
+    """A record's JSON. Avro decodes to JSON's own types (Salesforce's numbers are doubles),
+    so the standard encoder suffices; what it refuses (NaN, bytes) is no change event."""
+    return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
 
 
 def replay_text(replay_id: bytes) -> str:

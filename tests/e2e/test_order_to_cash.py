@@ -231,8 +231,7 @@ def test_an_expired_checkpoint_is_a_gap_that_reconciles_every_order_changed_mean
     data = scenario.seed(pipeline.crm, pipeline.erp, rng)
     pipeline.push(list(scenario.orders(data, 10, rng, invalid_share=0.0)))
     settle(pipeline)
-    bridge = pipeline.processes["crm-cdc-bridge"]
-    bridge.stop()
+    pipeline.stop_service("crm-cdc-bridge")
     # Orders activated while the bridge is down, and then every event of the channel,
     # the checkpointed one among them, is past the retention window.
     during = pipeline.push(list(scenario.orders(data, 20, rng, invalid_share=0.0)))
@@ -240,7 +239,7 @@ def test_an_expired_checkpoint_is_a_gap_that_reconciles_every_order_changed_mean
     time.sleep(1.5)
     pipeline.crm.set_pubsub(retention_s=72 * 3600)
 
-    pipeline.restart("crm-cdc-bridge")
+    pipeline.start_service("crm-cdc-bridge")
     settle(pipeline)
 
     assert pipeline.metrics()["revsync_cdc_bridge_gaps_total"] >= 1
