@@ -269,10 +269,7 @@ class ChannelSubscriber:
                 self.last_beat = time.monotonic()
                 if self.last_beat - opened_at > SETTLE_S:
                     self.state = State.SUBSCRIBED
-                try:
-                    item = responses.get(timeout=0.2)
-                except queue.Empty:
-                    item = None
+                item = self._next(responses, awaiting_kafka=positions.unacked_events > 0)
                 if isinstance(item, BaseException):
                     raise item
                 if item is _END:
@@ -314,6 +311,20 @@ class ChannelSubscriber:
         if acked is not None:
             return _Start(pb.CUSTOM, acked)
         return replace(start, gap=gap)  # the gap, if the stream ended before it was written
+
+    def _next(self, responses: queue.Queue[Any], *, awaiting_kafka: bool) -> Any:
+        """The stream's next item, or None. While Kafka owes acknowledgements, they are what
+        frees room for more events: waited for a few milliseconds at a time, never behind a
+        long wait for a response that cannot come until more events are requested."""
+        try:
+            if not awaiting_kafka:
+                return responses.get(timeout=0.2)
+            item = responses.get_nowait()
+        except queue.Empty:
+            if awaiting_kafka:
+                self.producer.poll(0.005)
+            return None
+        return item
 
     def _take(self, response: pb.FetchResponse, positions: logic.Positions, pending: int) -> None:
         now = self.clock()
