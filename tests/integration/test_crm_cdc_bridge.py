@@ -17,13 +17,14 @@ from typing import Any
 
 import psycopg
 import pytest
+from confluent_kafka import Producer
 from sandbox.crm import CrmSandbox, CrmSimulator
 from sandbox.crm.cdc import CdcKnobs
 
 from crm_cdc_bridge.checkpoints import Checkpoints
 from crm_cdc_bridge.logic import Position
 from crm_cdc_bridge.service import CdcBridge
-from crm_cdc_bridge.subscriber import Options, Preset, State
+from crm_cdc_bridge.subscriber import ChannelSubscriber, Options, Preset, State
 from crm_sandbox import an_order, config
 from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
 from revsync.connectors.pubsub import PubSubClient, PubSubConfig
@@ -351,3 +352,70 @@ def test_a_channel_the_org_does_not_have_keeps_the_bridge_unready_and_says_so(
     assert not bridge.liveness.serving()
     assert "NOT_FOUND" in caplog.text
     assert "/data/Revsync_Orders__chn" in caplog.text
+
+
+class HeldKafka:
+    """A producer whose acknowledgements are held back until :meth:`release`: Kafka as slow
+    as it gets. Records are kept, and handed to Kafka once released."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer(settings.kafka_config())
+        self._held: list[tuple[str, bytes, bytes, Any]] = []
+        self._released = threading.Event()
+        self.produced = 0
+
+    def produce(self, topic: str, *, key: bytes, value: bytes, on_delivery: Any) -> None:
+        self.produced += 1
+        if self._released.is_set():
+            self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        else:
+            self._held.append((topic, key, value, on_delivery))
+
+    def release(self) -> None:
+        self._released.set()
+
+    def poll(self, timeout: float = 0) -> int:
+        if self._released.is_set():
+            while self._held:
+                topic, key, value, on_delivery = self._held.pop(0)
+                self._producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            return self._producer.poll(timeout)
+        time.sleep(min(timeout, 0.01))
+        return 0
+
+    def flush(self, timeout: float = 30) -> int:
+        self.poll(0)
+        return self._producer.flush(timeout) if self._released.is_set() else len(self._held)
+
+
+def test_a_slow_kafka_stops_the_requests_at_100_events_in_flight(
+    org: Org, settings: Settings, simulator: CrmSimulator
+) -> None:
+    ids = org.orders(300)  # 600 change events waiting
+    kafka = HeldKafka(settings)
+    stopping = threading.Event()
+    crm = SalesforceClient(config(simulator))
+    subscriber = ChannelSubscriber(
+        channel=ORDERS,
+        pubsub=PubSubClient(
+            PubSubConfig(simulator.pubsub_address, simulator.url, tls=False), crm.session
+        ),
+        dsn=settings.postgres_dsn.get_secret_value(),
+        producer=kafka,  # type: ignore[arg-type]
+        topics=org.topics,
+        options=Options(initial=Preset.EARLIEST, after_gap=Preset.EARLIEST),
+        stopping=stopping,
+    )
+    thread = threading.Thread(target=subscriber.run)
+    thread.start()
+    try:
+        wait_for(lambda: kafka.produced == 100)
+        time.sleep(2)  # room for more requests, were any made
+        assert kafka.produced == 100  # nothing acknowledged, nothing more fetched or held
+
+        kafka.release()
+        assert set(ids) <= set(activations(org.changes(expect=600)))
+    finally:
+        stopping.set()
+        thread.join(timeout=60)
+        crm.close()
