@@ -17,7 +17,8 @@ from datetime import datetime, timedelta
 from confluent_kafka import Producer
 
 from crm_cdc_bridge.logic import channel_entity
-from crm_cdc_bridge.subscriber import ChannelSubscriber, Options, Preset, State
+from crm_cdc_bridge.options import Options, Preset
+from crm_cdc_bridge.subscriber import ChannelSubscriber, State
 from revsync.connectors.cdc import RecordChange
 from revsync.connectors.pubsub import PubSubClient
 from revsync.deployables import Context, SourceDeployable

@@ -9,7 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from crm_cdc_bridge import logic
 from crm_cdc_bridge.checkpoints import Checkpoint, Checkpoints
+from crm_cdc_bridge.options import Options, Preset
 from revsync.connectors.pubsub import (
     PubSubAuthRefused,
     PubSubClient,
@@ -39,45 +40,12 @@ from revsync.runtime.observability import (
 )
 
 log = logging.getLogger(__name__)
-MAX_IN_FLIGHT = 100
-"""The Pub/Sub API's limit on events requested and not yet received, per subscription."""
 RESUBSCRIBE_PAUSE_S = 0.5
 DRAIN_S = 30.0
 """How long a stream's end waits for Kafka to acknowledge what it was handed."""
 SETTLE_S = 2.0
 """A stream still open this long after its first request is subscribed (an idle channel
 answers only with its first keepalive, up to 270 s later)."""
-
-
-class Preset(StrEnum):
-    """Where a subscription starts when there is no position to resume after."""
-
-    LATEST = "latest"
-    """Events committed from now on."""
-    EARLIEST = "earliest"
-    """Every event the channel still retains (72 hours of change events)."""
-
-    @property
-    def replay_preset(self) -> pb.ReplayPreset.ValueType:
-        return pb.LATEST if self is Preset.LATEST else pb.EARLIEST
-
-
-@dataclass(frozen=True)
-class Options:
-    initial: Preset | datetime
-    """A first start: from the latest event, the earliest retained, or the latest event
-    with a reconciliation of every record changed since a time."""
-    after_gap: Preset
-    """Where a subscription starts once a lost position has been written as a gap."""
-    retention: timedelta = timedelta(hours=72)
-    """A checkpoint older than this is a gap, whatever the server says of its replay id."""
-    max_in_flight: int = MAX_IN_FLIGHT
-    stall_timeout_s: float = 300.0
-    """A stream that sends nothing, not even a keepalive (due every 270 s), for this long
-    is ended and subscribed again: it only looks alive."""
-    checkpoint_interval_s: float = 1.0
-    poll_interval_s: float = 1.0
-    """How often a standby tries for the leadership."""
 
 
 class DeliveryFailed(TransientError):

@@ -23,8 +23,9 @@ from sandbox.crm.cdc import CdcKnobs
 
 from crm_cdc_bridge.checkpoints import Checkpoints
 from crm_cdc_bridge.logic import Position
+from crm_cdc_bridge.options import Options, Preset
 from crm_cdc_bridge.service import CdcBridge
-from crm_cdc_bridge.subscriber import ChannelSubscriber, Options, Preset, State
+from crm_cdc_bridge.subscriber import ChannelSubscriber, State
 from crm_sandbox import an_order, config
 from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
 from revsync.connectors.pubsub import PubSubClient, PubSubConfig
