@@ -7,11 +7,14 @@ cluster's ``security.protocol``, ``sasl.*`` and ``ssl.*`` need no code change.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
+from urllib.parse import urlsplit
 
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -35,6 +38,53 @@ class SettingsError(ValueError):
 LOCAL_BOOTSTRAP = "127.0.0.1:19092"
 LOCAL_REGISTRY = "http://127.0.0.1:18081/apis/ccompat/v7"
 LOCAL_POSTGRES = "postgresql://revsync@127.0.0.1:15432/revsync"
+
+
+def on_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine (a loopback name or address, or a Unix socket): the
+    one place a credential may cross without TLS."""
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def https_off_loopback(url: str) -> str:
+    """``url``, unless it is plain HTTP to another machine (its credentials would cross in
+    clear): then a ValueError that says so."""
+    parts = urlsplit(url)
+    if parts.scheme == "http" and not on_loopback(parts.hostname):
+        raise ValueError(
+            f"{parts.scheme}://{parts.hostname} is not on this machine; reach it over https://"
+        )
+    return url
+
+
+def verified_tls_off_loopback(dsn: SecretStr) -> SecretStr:
+    """A PostgreSQL DSN whose every host off this machine is reached with
+    ``sslmode=verify-full`` (encrypted, its certificate and name checked); a ValueError
+    naming the host otherwise. The DSN itself is never echoed: it holds a password."""
+    try:
+        parameters = conninfo_to_dict(dsn.get_secret_value())
+    except Exception:  # psycopg's ProgrammingError: a malformed DSN, told without its text
+        raise ValueError("not a PostgreSQL connection string") from None
+    hosts = str(parameters.get("host") or "").split(",")
+    remote = [host for host in hosts if not on_loopback(host)]
+    if remote and parameters.get("sslmode") != "verify-full":
+        raise ValueError(
+            f"host {remote[0]} is not on this machine; add sslmode=verify-full (and sslrootcert) "
+            f"so the connection is encrypted and the server's certificate checked"
+        )
+    return dsn
+
+
+UNVERIFIED_TLS = {
+    "enable.ssl.certificate.verification": ("false", "0"),
+    "ssl.endpoint.identification.algorithm": ("none",),
+}
+"""librdkafka properties that would accept any broker's certificate or name."""
 
 
 class Settings(BaseSettings):
@@ -64,6 +114,8 @@ class Settings(BaseSettings):
     )
     kafka: dict[str, str] = Field(
         default_factory=dict,
+        # Never in repr: SASL passwords and key passphrases pass through here.
+        repr=False,
         description="librdkafka properties, from REVSYNC_KAFKA_<PROPERTY> variables.",
     )
 
@@ -72,14 +124,14 @@ class Settings(BaseSettings):
     def _registry_url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"must be an http(s) URL, got {url!r}")
-        return url.rstrip("/")
+        return https_off_loopback(url.rstrip("/"))
 
     @field_validator("postgres_dsn")
     @classmethod
     def _dsn_is_postgres(cls, dsn: SecretStr) -> SecretStr:
         if not dsn.get_secret_value().startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
-        return dsn
+        return verified_tls_off_loopback(dsn)
 
     @model_validator(mode="after")
     def _kafka_options_agree(self) -> Self:
@@ -94,6 +146,12 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{kafka_env_name(key)} is set but REVSYNC_KAFKA_SECURITY_PROTOCOL is "
                     f"{protocol!r}; SASL options need SASL_PLAINTEXT or SASL_SSL"
+                )
+            if self.kafka[key].lower() in UNVERIFIED_TLS.get(key, ()):
+                raise ValueError(
+                    f"{kafka_env_name(key)}={self.kafka[key]} would accept any broker's "
+                    "certificate; revsync verifies it (name a CA with "
+                    f"{kafka_env_name('ssl.ca.location')} instead)"
                 )
             if key.startswith("ssl.") and protocol not in ("ssl", "sasl_ssl"):
                 raise ValueError(
@@ -245,6 +303,28 @@ class ServiceSettings(BaseSettings):
     in_process_attempts: int = Field(
         default=3, ge=1, le=10, description="Tries of a transient failure before a retry tier."
     )
+
+    @field_validator("crm_instance_url", "erp_base_url")
+    @classmethod
+    def _https_off_loopback(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError(f"must be an https:// URL, got {url!r}")
+        return None if url is None else https_off_loopback(url)
+
+    @model_validator(mode="after")
+    def _pubsub_in_clear_only_here(self) -> Self:
+        host = self.crm_pubsub_endpoint.rsplit(":", 1)[0]
+        if not self.crm_pubsub_tls and not on_loopback(host):
+            raise ValueError(
+                f"REVSYNC_CRM_PUBSUB_TLS is false but {self.crm_pubsub_endpoint} is not on this "
+                "machine; the access token crosses it, so it is reached over TLS only"
+            )
+        return self
+
+    @field_validator("erp_outbox_dsn")
+    @classmethod
+    def _outbox_dsn_verifies_tls(cls, dsn: SecretStr | None) -> SecretStr | None:
+        return None if dsn is None else verified_tls_off_loopback(dsn)
 
     def required(self, *names: str) -> None:
         """Fail, naming every missing variable, unless all of ``names`` are set."""

@@ -174,7 +174,7 @@ def test_required_settings_name_every_missing_variable() -> None:
 
 
 def test_required_settings_pass_when_all_are_set() -> None:
-    service = ServiceSettings(erp_base_url="http://erp.example", erp_api_token="t0ken")
+    service = ServiceSettings(erp_base_url="https://erp.example", erp_api_token="t0ken")
 
     service.required("erp_base_url", "erp_api_token")
 
@@ -220,8 +220,8 @@ def test_a_services_environment_is_not_rejected(monkeypatch: pytest.MonkeyPatch)
     reject_unknown_variables(environment)
     monkeypatch.setenv("REVSYNC_CRM_INSTANCE_URL", "https://acme.my.salesforce.com")
     monkeypatch.setenv("REVSYNC_CRM_CLIENT_SECRET", "s3cret")
-    monkeypatch.setenv("REVSYNC_ERP_BASE_URL", "http://erp.example")
-    monkeypatch.setenv("REVSYNC_ERP_OUTBOX_DSN", "postgresql://erp@db/erp")
+    monkeypatch.setenv("REVSYNC_ERP_BASE_URL", "https://erp.example")
+    monkeypatch.setenv("REVSYNC_ERP_OUTBOX_DSN", "postgresql://erp@db/erp?sslmode=verify-full")
 
     service = ServiceSettings.load()
     shared = Settings.load()
@@ -230,7 +230,7 @@ def test_a_services_environment_is_not_rejected(monkeypatch: pytest.MonkeyPatch)
     assert service.crm_client_secret is not None
     assert service.crm_client_secret.get_secret_value() == "s3cret"
     assert "s3cret" not in repr(service)
-    assert service.erp_base_url == "http://erp.example"
+    assert service.erp_base_url == "https://erp.example"
     assert shared.bootstrap_servers == "127.0.0.1:19092"
 
 

@@ -6,9 +6,11 @@ import os
 
 import pytest
 
-from revsync.settings import Settings, SettingsError
+from revsync.settings import ServiceSettings, Settings, SettingsError
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
+
+VERIFIED = "sslmode=verify-full&sslrootcert=/etc/revsync/db-ca.pem"
 
 
 @pytest.fixture(autouse=True)
@@ -31,21 +33,21 @@ def test_moving_a_stack_port_moves_the_stacks_endpoint(monkeypatch: pytest.Monke
     # The production settings know nothing of the development stack ...
     assert Settings.load().bootstrap_servers == "127.0.0.1:19092"
     # ... which hands its own endpoints to what it runs, unless the environment names others.
-    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://me@db:5432/revsync")
+    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", f"postgresql://me@db:5432/revsync?{VERIFIED}")
     settings = LocalStack(StackSettings.load()).client_settings()
     assert settings.bootstrap_servers == "127.0.0.1:29092"
     assert settings.schema_registry_url == "http://127.0.0.1:28081/apis/ccompat/v7"
-    assert settings.postgres_dsn.get_secret_value() == "postgresql://me@db:5432/revsync"
+    assert settings.postgres_dsn.get_secret_value() == f"postgresql://me@db:5432/revsync?{VERIFIED}"
 
 
 def test_endpoints_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REVSYNC_BOOTSTRAP_SERVERS", "kafka-1:9092,kafka-2:9092")
     monkeypatch.setenv("REVSYNC_SCHEMA_REGISTRY_URL", "https://registry.example/apis/ccompat/v7/")
-    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://svc:pw@db:5432/revsync")
+    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", f"postgresql://svc:pw@db:5432/revsync?{VERIFIED}")
     settings = Settings.load()
     assert settings.kafka_config() == {"bootstrap.servers": "kafka-1:9092,kafka-2:9092"}
     assert settings.registry_config()["url"] == "https://registry.example/apis/ccompat/v7"
-    assert settings.postgres_dsn.get_secret_value() == "postgresql://svc:pw@db:5432/revsync"
+    assert settings.postgres_dsn.get_secret_value().startswith("postgresql://svc:pw@db:5432/")
 
 
 def test_librdkafka_properties_pass_through(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +104,113 @@ def test_a_bad_setting_fails_naming_it(
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=named):
         Settings.load()
+
+
+def test_kafka_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVSYNC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_USERNAME", "order-sync")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_PASSWORD", "kafka-secret")
+    settings = Settings.load()
+    assert settings.kafka_config()["sasl.password"] == "kafka-secret"
+    assert "kafka-secret" not in repr(settings)
+    assert "kafka-secret" not in str(settings)
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        # Credentials in clear to another machine.
+        (
+            {"REVSYNC_SCHEMA_REGISTRY_URL": "http://registry.example/apis/ccompat/v7"},
+            "REVSYNC_SCHEMA_REGISTRY_URL: http://registry.example is not on this machine",
+        ),
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@db.example:5432/revsync"},
+            "REVSYNC_POSTGRES_DSN: host db.example is not on this machine",
+        ),
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@db.example/revsync?sslmode=prefer"},
+            "REVSYNC_POSTGRES_DSN: host db.example",
+        ),
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@db.example/revsync?sslmode=require"},
+            "sslmode=verify-full",
+        ),
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@127.0.0.1,db.example/revsync"},
+            "host db.example",
+        ),
+        # Certificates not checked.
+        (
+            {
+                "REVSYNC_KAFKA_SECURITY_PROTOCOL": "SSL",
+                "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION": "false",
+            },
+            "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION=false would accept any",
+        ),
+        (
+            {
+                "REVSYNC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "REVSYNC_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM": "none",
+            },
+            "REVSYNC_KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM=none",
+        ),
+    ],
+)
+def test_an_unprotected_connection_off_this_machine_is_refused_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named) as raised:
+        Settings.load()
+    assert "pw@" not in str(raised.value)  # the DSN's password is never echoed
+
+
+@pytest.mark.parametrize(
+    ("variables", "named"),
+    [
+        (
+            {"REVSYNC_CRM_INSTANCE_URL": "http://acme.my.salesforce.com"},
+            "REVSYNC_CRM_INSTANCE_URL: http://acme.my.salesforce.com is not on this machine",
+        ),
+        (
+            {"REVSYNC_ERP_BASE_URL": "http://erp.example/api"},
+            "REVSYNC_ERP_BASE_URL: http://erp.example is not on this machine",
+        ),
+        (
+            {"REVSYNC_ERP_OUTBOX_DSN": "postgresql://erp:pw@erp-db/erp"},
+            "REVSYNC_ERP_OUTBOX_DSN: host erp-db is not on this machine",
+        ),
+        (
+            {
+                "REVSYNC_CRM_PUBSUB_ENDPOINT": "api.pubsub.salesforce.com:7443",
+                "REVSYNC_CRM_PUBSUB_TLS": "false",
+            },
+            "REVSYNC_CRM_PUBSUB_TLS is false but api.pubsub.salesforce.com:7443",
+        ),
+    ],
+)
+def test_a_service_reaching_another_machine_in_clear_is_refused(
+    monkeypatch: pytest.MonkeyPatch, variables: dict[str, str], named: str
+) -> None:
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=named):
+        ServiceSettings.load()
+
+
+def test_this_machine_and_verified_tls_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("REVSYNC_CRM_INSTANCE_URL", "http://127.0.0.1:8443")
+    monkeypatch.setenv("REVSYNC_ERP_BASE_URL", "https://erp.example/api")
+    monkeypatch.setenv("REVSYNC_ERP_OUTBOX_DSN", f"postgresql://erp:pw@erp-db/erp?{VERIFIED}")
+    monkeypatch.setenv("REVSYNC_CRM_PUBSUB_ENDPOINT", "localhost:7011")
+    monkeypatch.setenv("REVSYNC_CRM_PUBSUB_TLS", "false")
+    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://svc@[::1]:5432/revsync")
+    service = ServiceSettings.load()
+    assert service.crm_instance_url == "http://127.0.0.1:8443"
+    assert Settings.load().postgres_dsn.get_secret_value().endswith("[::1]:5432/revsync")
 
 
 def test_an_error_never_echoes_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,7 +5,6 @@ failures translated into revsync's error taxonomy."""
 from __future__ import annotations
 
 import io
-import ipaddress
 import json
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from revsync.connectors.pubsub_api import pubsub_api_pb2_grpc as pb_grpc
 from revsync.connectors.salesforce_auth import SalesforceSession
 from revsync.errors import ErrorClass, RevsyncError, TransientError
 from revsync.runtime.observability import CDC_SCHEMA_CACHE_MISSES
+from revsync.settings import on_loopback
 
 SYSTEM = "salesforce pub/sub api"
 ERROR_CODE = "error-code"
@@ -135,20 +135,11 @@ class PubSubConfig:
 
     def __post_init__(self) -> None:
         host = self.endpoint.rsplit(":", 1)[0].strip("[]")
-        if not self.tls and not _loopback(host):
+        if not self.tls and not on_loopback(host):
             raise ValueError(
                 f"the Pub/Sub API endpoint {self.endpoint} is not on this machine; it is "
                 "reached over TLS only (the access token crosses it)"
             )
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class PubSubClient:
