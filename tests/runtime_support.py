@@ -62,12 +62,14 @@ class Fault:
     """Raise DependencyNotReady until this is set."""
     permanent: bool = False
     """Raise BusinessRuleViolation every time."""
+    message: str = "credit hold on the account"
+    """What the permanent failure says."""
     calls: int = 0
 
     def apply(self) -> None:
         self.calls += 1
         if self.permanent:
-            raise BusinessRuleViolation("credit hold on the account")
+            raise BusinessRuleViolation(self.message)
         if self.transient_failures > 0:
             self.transient_failures -= 1
             raise TransientError("ERP answered 503", retry_after=self.retry_after)

@@ -345,9 +345,13 @@ class OpsSettings(BaseSettings):
     dlt_mask_fields: str = Field(
         default=(
             "street,postal_code,BillingStreet,BillingPostalCode,ShippingStreet,"
-            "ShippingPostalCode,tracking_number"
+            "ShippingPostalCode,BillingAddress,ShippingAddress,MailingAddress,tracking_number,"
+            "Email,Phone,MobilePhone,HomePhone,Fax"
         ),
-        description="Payload fields `dlt show` and `dlt export` mask, comma-separated.",
+        description=(
+            "Fields `dlt show` and `dlt export` mask, comma-separated: names or paths from the "
+            "top (BillingAddress.Street), case-insensitive; a compound field is masked whole."
+        ),
     )
     dlt_max_replays: int = Field(
         default=3, ge=1, le=100, description="Replays of one record before it is quarantined."

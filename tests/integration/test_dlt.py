@@ -316,6 +316,40 @@ def test_an_export_masks_what_it_must(
     assert '"error_class": "business rule"' in text
 
 
+def test_show_prints_what_another_system_wrote_as_text_and_masks_by_path(
+    world: RuntimeWorld,
+) -> None:
+    event = order(600)
+    hostile = "ERP said [/x] [bold]no[/] \x1b[2J\x1b]0;owned\x07 done"
+    world.produce([event])
+    world.loop(
+        world.handler(faults={event.crm_order_id: Fault(permanent=True, message=hostile)})
+    ).run(max_idle_s=2)
+    topic = world.catalog.dead_letter_topic(world.consumer)
+    (letter,) = read_topic(world.settings, topic, 1)
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+        "REVSYNC_SCHEMAS_DIR": str(world.contracts),
+        # A path into one address, a compound field whole, in cases of their own.
+        "REVSYNC_DLT_MASK_FIELDS": "SHIPPING_ADDRESS.Street,Billing_Address",
+        "COLUMNS": "250",
+    }
+
+    shown = CliRunner().invoke(
+        app, ["dlt", "show", f"{topic}:{letter.partition()}:{letter.offset()}"], env=environment
+    )
+
+    assert shown.exit_code == 0, shown.output
+    assert "ERP said [/x] [bold]no[/] \\x1b[2J\\x1b]0;owned\\x07 done" in shown.output
+    assert "\x1b" not in shown.output
+    assert '"billing_address": "***"' in shown.output
+    assert '"street": "***"' in shown.output
+    assert "1 Market St" not in shown.output
+    assert '"city": "San Francisco"' in shown.output  # the shipping address's, not masked
+
+
 def test_a_rewind_refuses_a_live_group_and_reconsumes_an_idle_one(
     world: RuntimeWorld, operations: Operations
 ) -> None:

@@ -33,8 +33,10 @@ from revsync.runtime.holds import HeldKey
 from revsync.settings import OpsSettings, Settings, SettingsError
 
 dlt_app = typer.Typer(help="Dead letters: inspect, replay, purge, archive, export.")
-console = Console()
-errors = Console(stderr=True)
+# No markup: what is printed comes from other systems (error text, keys, headers), and a "[/x]"
+# in it must show as it is, not be read as Rich's markup (or crash it).
+console = Console(markup=False, highlight=False)
+errors = Console(stderr=True, markup=False, highlight=False)
 
 Service = Annotated[
     list[str] | None, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")
@@ -97,7 +99,7 @@ def selecting(*, states: bool) -> Callable[[Callable[..., None]], Callable[..., 
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    errors.print(Text.assemble(("error:", "bold red"), " ", dl.printable(message)))
     return typer.Exit(code=2)
 
 
@@ -166,13 +168,13 @@ def _letters_table(letters: list[dl.DeadLetter], limit: int) -> Table:
             letter.ref,
             letter.service,
             letter.source_topic,
-            letter.key_text,
+            dl.printable(letter.key_text),
             letter.error_class,
             letter.event_type or "-",
             failed.strftime("%Y-%m-%d %H:%M:%S") if failed else "-",
             str(letter.replay_count),
             letter.state,
-            (letter.header(h.ERROR_MESSAGE) or "")[:200],
+            dl.printable((letter.header(h.ERROR_MESSAGE) or "")[:200]),
         )
     if len(letters) > limit:
         table.caption = f"{len(letters) - limit} more; narrow the filter or raise --limit"
@@ -186,7 +188,7 @@ def _groups(letters: list[dl.DeadLetter]) -> Table:
     table.add_column("count", justify="right")
     for group, counts in grouped(letters).items():
         for value, count in counts.most_common():
-            table.add_row(group, value, str(count))
+            table.add_row(group, dl.printable(value), str(count))
     return table
 
 
@@ -218,14 +220,15 @@ def show(ref: Annotated[str, typer.Argument(help="topic:partition:offset")]) -> 
     kind, payload = dl.payload(letter, operations.registry)
     console.rule(f"{letter.ref}  ({letter.state})")
     console.print(
-        f"consumer {letter.consumer}, source {letter.source_topic}, key {letter.key_text!r}, "
-        f"{letter.replay_count} replays",
-        highlight=False,
+        f"consumer {letter.consumer}, source {letter.source_topic}, "
+        f"key {dl.printable(repr(letter.key_text))}, {letter.replay_count} replays"
     )
     console.print(
-        f"[bold]{letter.error_class}[/]: {letter.header(h.ERROR_TYPE)}: "
-        f"{letter.header(h.ERROR_MESSAGE)}",
-        highlight=False,
+        Text.assemble(
+            (letter.error_class, "bold"),
+            ": ",
+            dl.printable(f"{letter.header(h.ERROR_TYPE)}: {letter.header(h.ERROR_MESSAGE)}"),
+        )
     )
     table = Table(title="headers", title_justify="left")
     table.add_column("name")
@@ -239,7 +242,7 @@ def show(ref: Annotated[str, typer.Argument(help="topic:partition:offset")]) -> 
     stack = letter.header(h.ERROR_STACK)
     if stack:
         console.rule("stack (truncated)")
-        console.print(stack, markup=False, highlight=False)
+        console.print(dl.printable(stack))
 
 
 @dlt_app.command("replay")

@@ -32,6 +32,8 @@ OPEN = "open"
 STATES = (OPEN, "replayed", "purged", "archived", "quarantined")
 MASK = "***"
 SECRET_NAMES = re.compile(r"(authorization|token|secret|password|api[-_]?key|cookie)", re.I)
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+"""Characters a terminal acts on rather than shows (tab and newline are shown)."""
 
 
 class SelectionError(RevsyncError):
@@ -328,22 +330,37 @@ def payload(letter: DeadLetter, registry: SchemaRegistryClient) -> tuple[str, An
 
 
 def masked(document: Any, fields: frozenset[str]) -> Any:
-    """``document`` with secrets and the configured PII fields replaced, at any depth."""
+    """``document`` with secrets and the configured PII fields replaced, at any depth. A field
+    is named case-insensitively, by its own name (``email``) or by its path from the top
+    (``BillingAddress.Street``); naming a compound field (``BillingAddress``) masks it whole."""
+    return _masked(document, frozenset(name.lower() for name in fields), "")
+
+
+def _masked(document: Any, fields: frozenset[str], path: str) -> Any:
     if isinstance(document, Mapping):
-        return {
-            key: MASK if key in fields or SECRET_NAMES.search(str(key)) else masked(value, fields)
-            for key, value in document.items()
-        }
+        shown = {}
+        for key, value in document.items():
+            name = str(key)
+            here = f"{path}.{name}" if path else name
+            hidden = name.lower() in fields or here.lower() in fields or SECRET_NAMES.search(name)
+            shown[key] = MASK if hidden else _masked(value, fields, here)
+        return shown
     if isinstance(document, list):
-        return [masked(value, fields) for value in document]
+        return [_masked(value, fields, path) for value in document]
     return document
+
+
+def printable(text: str) -> str:
+    """``text`` safe for a terminal: control characters (escape sequences among them) written
+    as ``\\xNN``, so nothing a foreign system wrote can move the cursor or recolour the screen."""
+    return CONTROL.sub(lambda match: f"\\x{ord(match[0]):02x}", text)
 
 
 def masked_headers(headers: Sequence[tuple[str, str | bytes | None]]) -> list[tuple[str, str]]:
     shown = []
     for name, value in headers:
         text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
-        shown.append((name, MASK if SECRET_NAMES.search(name) else text))
+        shown.append((printable(name), MASK if SECRET_NAMES.search(name) else printable(text)))
     return shown
 
 
