@@ -314,6 +314,39 @@ def test_an_export_masks_what_it_must(
     assert '"street": "***"' in text
     assert "1 Market St" not in text
     assert '"error_class": "business rule"' in text
+    assert target.stat().st_mode & 0o777 == 0o600  # whatever the umask
+
+
+def test_a_raw_export_is_recorded_as_such_and_replaces_a_file_readable_by_others(
+    world: RuntimeWorld, operations: Operations, tmp_path: Path
+) -> None:
+    dead_lettered(world, [order(510)])
+    target = tmp_path / "letters.jsonl"
+    target.write_text("old")
+    target.chmod(0o644)
+
+    assert operations.export(dl.Selection(), target, frozenset(), raw=True) == 1
+
+    assert target.stat().st_mode & 0o777 == 0o600
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        (outcome,) = db.execute(
+            "SELECT outcome FROM revsync_audit WHERE action = 'export' ORDER BY id DESC LIMIT 1"
+        ).fetchone() or ("",)
+    assert outcome == f"to {target}, raw: key and value bytes unmasked"
+
+
+def test_a_purge_or_archive_without_a_filter_needs_all(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    dead_lettered(world, [order(520), order(521)])
+
+    for act in (operations.purge, operations.archive):
+        with pytest.raises(dl.OperationRefused, match="say --all"):
+            act(dl.Selection())
+    assert len(operations.select(dl.Selection())) == 2  # nothing was purged or archived
+
+    assert operations.purge(dl.Selection(), everything=True) == 2
+    assert operations.select(dl.Selection()) == []
 
 
 def test_show_prints_what_another_system_wrote_as_text_and_masks_by_path(

@@ -55,6 +55,9 @@ State = Annotated[
     list[str] | None, typer.Option("--state", help=f"One of {', '.join(dl.STATES)} (open).")
 ]
 Yes = Annotated[bool, typer.Option("--yes", help="Act; without it, a dry run.")]
+Everything = Annotated[
+    bool, typer.Option("--all", help="Act on every dead letter when no filter is given.")
+]
 Actor = Annotated[str | None, typer.Option(help="Who acts, for the audit trail.")]
 FILTERS: dict[str, Any] = {
     "service": Service,
@@ -319,7 +322,9 @@ def _print_report(report: ReplayReport) -> None:
     )
 
 
-def _act(action: str, selection: dl.Selection, yes: bool, actor: str | None) -> None:
+def _act(
+    action: str, selection: dl.Selection, yes: bool, everything: bool, actor: str | None
+) -> None:
     try:
         operations = _operations(actor)
         if not yes:
@@ -327,7 +332,8 @@ def _act(action: str, selection: dl.Selection, yes: bool, actor: str | None) -> 
             console.print(_groups(letters) if letters else "nothing matches")
             console.print(f"dry run: would {action} {len(letters)} dead letters; add --yes")
             return
-        count = operations.purge(selection) if action == "purge" else operations.archive(selection)
+        act = operations.purge if action == "purge" else operations.archive
+        count = act(selection, everything=everything)
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None
     console.print(f"{action}d {count} dead letters (audited)")
@@ -335,16 +341,20 @@ def _act(action: str, selection: dl.Selection, yes: bool, actor: str | None) -> 
 
 @dlt_app.command("purge")
 @selecting(states=False)
-def purge(selection: dl.Selection, yes: Yes = False, actor: Actor = None) -> None:
+def purge(
+    selection: dl.Selection, yes: Yes = False, everything: Everything = False, actor: Actor = None
+) -> None:
     """Mark dead letters as dealt with, never to be replayed (dry run unless --yes)."""
-    _act("purge", selection, yes, actor)
+    _act("purge", selection, yes, everything, actor)
 
 
 @dlt_app.command("archive")
 @selecting(states=False)
-def archive(selection: dl.Selection, yes: Yes = False, actor: Actor = None) -> None:
+def archive(
+    selection: dl.Selection, yes: Yes = False, everything: Everything = False, actor: Actor = None
+) -> None:
     """Copy dead letters into PostgreSQL, past the topic's retention, and set them aside."""
-    _act("archive", selection, yes, actor)
+    _act("archive", selection, yes, everything, actor)
 
 
 @dlt_app.command("export")

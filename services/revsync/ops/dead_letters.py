@@ -164,6 +164,21 @@ class Selection:
             return False
         return not (self.until is not None and (moment is None or moment >= self.until))
 
+    @property
+    def narrows(self) -> bool:
+        """Whether anything but the state narrows it: otherwise it names every dead letter of
+        every service."""
+        sets = (
+            self.services,
+            self.source_topics,
+            self.error_classes,
+            self.keys,
+            self.correlation_ids,
+            self.event_types,
+            self.refs,
+        )
+        return any(sets) or self.since is not None or self.until is not None
+
     def as_json(self) -> dict[str, Any]:
         """The filter as the audit trail records it."""
         document: dict[str, Any] = {}

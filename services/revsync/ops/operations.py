@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import uuid
 from collections import Counter
 from collections.abc import Collection, Iterable, Sequence
@@ -81,7 +82,10 @@ class Operations:
 
     # --- purge, archive, export ----------------------------------------------------------------
 
-    def purge(self, selection: dl.Selection) -> int:
+    def purge(self, selection: dl.Selection, *, everything: bool = False) -> int:
+        """Mark the selection dealt with; a selection without a filter only with
+        ``everything`` (``--all``), so that a forgotten filter purges nothing."""
+        _refuse_unfiltered("purge", selection, everything)
         letters = self.select(selection)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.record(connection, None, [letter.ref for letter in letters], "purged")
@@ -91,7 +95,8 @@ class Operations:
             )
         return len(letters)
 
-    def archive(self, selection: dl.Selection) -> int:
+    def archive(self, selection: dl.Selection, *, everything: bool = False) -> int:
+        _refuse_unfiltered("archive", selection, everything)
         letters = self.select(selection)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.archive(connection, letters)
@@ -108,13 +113,17 @@ class Operations:
         """The selection as JSON Lines: error, headers and payload (masked), and with ``raw``
         the key and value bytes (base64), which may carry what masking hides."""
         letters = self.select(selection)
-        with path.open("w") as out:
+        # Readable by its owner alone, whatever the umask: it holds customer data.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)
+        with os.fdopen(descriptor, "w") as out:
             for letter in letters:
                 kind, payload = dl.payload(letter, self.registry)
                 out.write(json.dumps(export_line(letter, kind, payload, mask_fields, raw)) + "\n")
+        outcome = f"to {path}" + (", raw: key and value bytes unmasked" if raw else "")
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             ledger.audit(
-                connection, self.actor, "export", selection.as_json(), len(letters), f"to {path}"
+                connection, self.actor, "export", selection.as_json(), len(letters), outcome
             )
         return len(letters)
 
@@ -263,3 +272,11 @@ def export_line(
         line["raw_key"] = base64.b64encode(letter.key or b"").decode()
         line["raw_value"] = base64.b64encode(letter.value or b"").decode()
     return line
+
+
+def _refuse_unfiltered(action: str, selection: dl.Selection, everything: bool) -> None:
+    if not selection.narrows and not everything:
+        raise dl.OperationRefused(
+            f"{action} every dead letter of every service? Name a filter (--service, --key, "
+            "--error-class, ...), or say --all"
+        )
