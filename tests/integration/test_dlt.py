@@ -383,6 +383,36 @@ def test_show_prints_what_another_system_wrote_as_text_and_masks_by_path(
     assert '"city": "San Francisco"' in shown.output  # the shipping address's, not masked
 
 
+def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
+    event = order(610)
+    dead_lettered(world, [event])
+    topic = world.catalog.dead_letter_topic(world.consumer)
+    (letter,) = read_topic(world.settings, topic, 1)
+    ref = f"{topic}:{letter.partition()}:{letter.offset()}"
+    environment = {
+        "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
+        "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
+        "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
+        "REVSYNC_SCHEMAS_DIR": str(world.contracts),
+    }
+    for arguments in (["ls", "--key", event.crm_order_id], ["show", ref]):
+        result = CliRunner().invoke(
+            app, ["dlt", *arguments, "--actor", "auditor-610"], env=environment
+        )
+        assert result.exit_code == 0, result.output
+
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        rows = db.execute(
+            "SELECT action, count, outcome, filter FROM revsync_audit WHERE actor = %s ORDER BY id",
+            ("auditor-610",),
+        ).fetchall()
+    assert [(action, count, outcome) for action, count, outcome, _ in rows] == [
+        ("list", 1, "read"),
+        ("show", 1, "read"),
+    ]
+    assert rows[1][3] == {"refs": [ref]}
+
+
 def test_a_rewind_refuses_a_live_group_and_reconsumes_an_idle_one(
     world: RuntimeWorld, operations: Operations
 ) -> None:

@@ -200,10 +200,12 @@ def _groups(letters: list[dl.DeadLetter]) -> Table:
 def ls(
     selection: dl.Selection,
     limit: Annotated[int, typer.Option(help="Rows to show.")] = 50,
+    actor: Actor = None,
 ) -> None:
-    """Dead letters across services, with counts by error class, source, region, product line."""
+    """Dead letters across services, with counts by error class, source, region, product line
+    (audited: they hold customer data)."""
     try:
-        letters = _operations(None).select(selection)
+        letters = _operations(actor).list_letters(selection)
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None
     console.print(_letters_table(letters, limit))
@@ -212,11 +214,14 @@ def ls(
 
 
 @dlt_app.command("show")
-def show(ref: Annotated[str, typer.Argument(help="topic:partition:offset")]) -> None:
-    """One dead letter decoded, with every header and the error; secrets and PII masked."""
+def show(
+    ref: Annotated[str, typer.Argument(help="topic:partition:offset")], actor: Actor = None
+) -> None:
+    """One dead letter decoded, with every header and the error; secrets and PII masked
+    (audited)."""
     try:
-        operations = _operations(None)
-        letter = operations.find(ref)
+        operations = _operations(actor)
+        letter = operations.show_letter(ref)
         ops = OpsSettings.load()
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None

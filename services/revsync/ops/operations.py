@@ -74,6 +74,23 @@ class Operations:
             chosen, key=lambda letter: (letter.dlt_topic, letter.partition, letter.offset)
         )
 
+    def list_letters(self, selection: dl.Selection) -> list[dl.DeadLetter]:
+        """What ``selection`` matches, as an operator reads it (``dlt ls``): audited, since
+        dead letters carry customer data."""
+        letters = self.select(selection)
+        self._audit_read("list", selection.as_json(), len(letters))
+        return letters
+
+    def show_letter(self, ref: str) -> dl.DeadLetter:
+        """One dead letter, as an operator reads it (``dlt show``): audited."""
+        letter = self.find(ref)
+        self._audit_read("show", {"refs": [ref]}, 1)
+        return letter
+
+    def _audit_read(self, action: str, selection: dict[str, Any], count: int) -> None:
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            ledger.audit(connection, self.actor, action, selection, count, "read")
+
     def find(self, ref: str) -> dl.DeadLetter:
         found = self.select(dl.Selection(refs=frozenset({ref}), states=frozenset(dl.STATES)))
         if not found:
