@@ -19,7 +19,7 @@ from revsync.connectors.pubsub_api import pubsub_api_pb2_grpc as pb_grpc
 from revsync.connectors.salesforce_auth import SalesforceSession
 from revsync.errors import ErrorClass, RevsyncError, TransientError
 from revsync.runtime.observability import CDC_SCHEMA_CACHE_MISSES
-from revsync.settings import on_loopback
+from revsync.transport import on_loopback
 
 SYSTEM = "salesforce pub/sub api"
 ERROR_CODE = "error-code"
