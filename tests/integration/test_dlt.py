@@ -389,6 +389,7 @@ def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
     topic = world.catalog.dead_letter_topic(world.consumer)
     (letter,) = read_topic(world.settings, topic, 1)
     ref = f"{topic}:{letter.partition()}:{letter.offset()}"
+    actor = f"auditor-{uuid.uuid4().hex[:8]}"  # the audit trail outlives the test
     environment = {
         "REVSYNC_BOOTSTRAP_SERVERS": world.settings.bootstrap_servers,
         "REVSYNC_SCHEMA_REGISTRY_URL": world.settings.schema_registry_url,
@@ -396,15 +397,13 @@ def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
         "REVSYNC_SCHEMAS_DIR": str(world.contracts),
     }
     for arguments in (["ls", "--key", event.crm_order_id], ["show", ref]):
-        result = CliRunner().invoke(
-            app, ["dlt", *arguments, "--actor", "auditor-610"], env=environment
-        )
+        result = CliRunner().invoke(app, ["dlt", *arguments, "--actor", actor], env=environment)
         assert result.exit_code == 0, result.output
 
     with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
         rows = db.execute(
             "SELECT action, count, outcome, filter FROM revsync_audit WHERE actor = %s ORDER BY id",
-            ("auditor-610",),
+            (actor,),
         ).fetchall()
     assert [(action, count, outcome) for action, count, outcome, _ in rows] == [
         ("list", 1, "read"),
