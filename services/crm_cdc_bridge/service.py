@@ -8,7 +8,6 @@ replica does); alive while every channel's thread keeps beating.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -25,7 +24,6 @@ from revsync.deployables import Context, SourceDeployable
 from revsync.runtime.observability import Liveness
 from revsync.settings import ServiceSettings, SettingsError
 
-log = logging.getLogger(__name__)
 DELIVERY_TIMEOUT_MS = 30_000
 """A record Kafka has not acknowledged by then fails, and its channel resubscribes from the
 position Kafka has everything up to."""

@@ -19,7 +19,6 @@ from revsync.connectors.pubsub_api import pubsub_api_pb2_grpc as pb_grpc
 from revsync.connectors.salesforce_auth import SalesforceSession
 from revsync.errors import ErrorClass, RevsyncError, TransientError
 from revsync.runtime.observability import CDC_SCHEMA_CACHE_MISSES
-from revsync.transport import on_loopback
 
 SYSTEM = "salesforce pub/sub api"
 ERROR_CODE = "error-code"
@@ -130,16 +129,9 @@ class PubSubConfig:
     """``host:port`` of the Pub/Sub API: ``api.pubsub.salesforce.com:7443``."""
     instance_url: str
     tls: bool = True
+    """Plain gRPC only to this machine: the settings refuse it towards another host."""
     timeout_s: float = 10.0
     """Deadline of a unary call (GetTopic, GetSchema); a Subscribe stream has none."""
-
-    def __post_init__(self) -> None:
-        host = self.endpoint.rsplit(":", 1)[0].strip("[]")
-        if not self.tls and not on_loopback(host):
-            raise ValueError(
-                f"the Pub/Sub API endpoint {self.endpoint} is not on this machine; it is "
-                "reached over TLS only (the access token crosses it)"
-            )
 
 
 class PubSubClient:
