@@ -2,7 +2,8 @@
 
 Every service and tool reads its endpoints through :class:`Settings`. Any librdkafka property
 passes through as ``REVSYNC_KAFKA_<PROPERTY>`` (dots written as underscores), so a real
-cluster's ``security.protocol``, ``sasl.*`` and ``ssl.*`` need no code change.
+cluster's ``security.protocol``, ``sasl.*`` and ``ssl.*`` need no code change. Any setting may
+instead be a file in ``REVSYNC_SECRETS_DIR``, named after its variable.
 """
 
 from __future__ import annotations
@@ -27,6 +28,11 @@ ENV_PREFIX = "REVSYNC_"
 KAFKA_PASSTHROUGH_PREFIX = "REVSYNC_KAFKA_"
 STACK_PREFIX = "REVSYNC_STACK_"
 """Reserved for the development stack (revsync-devstack), which checks its own variables."""
+SECRETS_DIR = "REVSYNC_SECRETS_DIR"
+"""A directory of settings as files, each named after its variable (``REVSYNC_POSTGRES_DSN``),
+as Kubernetes mounts a Secret, so credentials need not be in the environment. ``load()`` reads
+it; a setting given both there and in the environment is refused, since neither would clearly
+be the one meant."""
 CHECKOUT_SCHEMAS = Path(__file__).resolve().parents[2] / "schemas" / "avro"
 """The contracts of a checkout; an installed revsync is given ``REVSYNC_SCHEMAS_DIR``."""
 
@@ -140,7 +146,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return init_settings, _KafkaPassthrough(settings_cls), env_settings
+        return init_settings, _KafkaPassthrough(settings_cls), env_settings, file_secret_settings
 
     @classmethod
     def load(cls) -> Settings:
@@ -324,18 +330,51 @@ class OpsSettings(BaseSettings):
 
 
 class _KafkaPassthrough(PydanticBaseSettingsSource):
-    """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables into the ``kafka`` field."""
+    """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables and files into the ``kafka`` field."""
 
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
+        given = dict(os.environ)
+        for name, path in secret_files().items():
+            if name.startswith(KAFKA_PASSTHROUGH_PREFIX):
+                # Stripped as pydantic strips the other files: a Secret's value often ends
+                # with the newline of the file it was created from.
+                given[name] = path.read_text(encoding="utf-8").strip()
         kafka = {
             name[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", "."): value
-            for name, value in os.environ.items()
+            for name, value in given.items()
             if name.startswith(KAFKA_PASSTHROUGH_PREFIX)
         }
         return {"kafka": kafka} if kafka else {}
+
+
+def secret_files() -> dict[str, Path]:
+    """The settings given as files in ``REVSYNC_SECRETS_DIR``, by variable name; none when it
+    is unset. Hidden entries (Kubernetes' own ``..data``) are skipped; a file named after no
+    variable, or after one the environment sets too, is refused."""
+    directory = os.environ.get(SECRETS_DIR)
+    if directory is None:
+        return {}
+    if not directory or not Path(directory).is_dir():
+        raise SettingsError(f"{SECRETS_DIR}: {directory!r} is not a directory")
+    files = {
+        entry.name: entry for entry in Path(directory).iterdir() if not entry.name.startswith(".")
+    }
+    misnamed = sorted(name for name in files if not name.startswith(ENV_PREFIX))
+    if misnamed:
+        raise SettingsError(
+            f"{SECRETS_DIR}: {', '.join(misnamed)} in {directory} names no setting; each file "
+            f"there is named after the variable it sets, e.g. {ENV_PREFIX}POSTGRES_DSN"
+        )
+    twice = sorted(set(files) & set(os.environ))
+    if twice:
+        raise SettingsError(
+            f"{', '.join(twice)} is set both in the environment and as a file in "
+            f"{SECRETS_DIR} ({directory}); set it one way only"
+        )
+    return files
 
 
 def kafka_env_name(key: str) -> str:
@@ -348,6 +387,7 @@ def known_variables() -> frozenset[str]:
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
+    names.add(SECRETS_DIR)
     return frozenset(names)
 
 
@@ -369,11 +409,12 @@ def reject_unknown_variables(environ: Mapping[str, str]) -> None:
 
 
 def load_checked(settings_cls: type[_S]) -> _S:
-    """``settings_cls`` from the environment, after refusing unknown ``REVSYNC_*`` names;
-    a bad value raises :class:`SettingsError` naming the variable."""
-    reject_unknown_variables(os.environ)
+    """``settings_cls`` from the environment and ``REVSYNC_SECRETS_DIR``, after refusing unknown
+    ``REVSYNC_*`` names; a bad value raises :class:`SettingsError` naming the variable."""
+    files = secret_files()
+    reject_unknown_variables({**os.environ, **{name: "" for name in files}})
     try:
-        return settings_cls()
+        return settings_cls(_secrets_dir=os.environ.get(SECRETS_DIR))
     except ValidationError as error:
         raise SettingsError(
             _describe(error, settings_cls.model_config.get("env_prefix") or ENV_PREFIX)

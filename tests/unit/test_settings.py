@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from revsync.settings import ServiceSettings, Settings, SettingsError
+from revsync.settings import OpsSettings, ServiceSettings, Settings, SettingsError
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
 
@@ -237,3 +238,118 @@ def test_a_bad_stack_setting_fails_naming_it(
         monkeypatch.setenv(name, value)
     with pytest.raises(SettingsError, match=named):
         StackSettings.load()
+
+
+# --- settings as files (REVSYNC_SECRETS_DIR), as Kubernetes mounts a Secret -------------------
+
+
+def mounted_secret(folder: Path, files: dict[str, str]) -> Path:
+    """``files`` laid out as the kubelet mounts a Secret: the data in a timestamped folder, a
+    ``..data`` link to it, and a link per key."""
+    folder.mkdir()
+    data = folder / "..2025_01_31_00_00_00.000000001"
+    data.mkdir()
+    (folder / "..data").symlink_to(data.name)
+    for name, text in files.items():
+        (data / name).write_text(text)
+        (folder / name).symlink_to(f"..data/{name}")
+    return folder
+
+
+def test_settings_are_read_from_files_named_after_their_variables(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dsn = f"postgresql://revsync_service:pw@db:5432/revsync?{VERIFIED}"
+    folder = mounted_secret(
+        tmp_path / "secrets",
+        {
+            # A Secret created from a file keeps the file's last newline.
+            "REVSYNC_POSTGRES_DSN": dsn + "\n",
+            "REVSYNC_CRM_CLIENT_SECRET": "crm-secret",
+            "REVSYNC_DLT_MAX_REPLAYS": "5",
+        },
+    )
+    monkeypatch.setenv("REVSYNC_SECRETS_DIR", str(folder))
+
+    settings = Settings.load()
+    service = ServiceSettings.load()
+
+    assert settings.postgres_dsn.get_secret_value() == dsn
+    assert service.crm_client_secret is not None
+    assert service.crm_client_secret.get_secret_value() == "crm-secret"
+    assert OpsSettings.load().dlt_max_replays == 5
+    assert "pw@" not in repr(settings)
+
+
+def test_kafka_pass_through_is_read_from_files_too(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    folder = mounted_secret(
+        tmp_path / "secrets",
+        {
+            "REVSYNC_KAFKA_SASL_USERNAME": "revsync-order-sync",
+            "REVSYNC_KAFKA_SASL_PASSWORD": "kafka-secret\n",
+        },
+    )
+    monkeypatch.setenv("REVSYNC_SECRETS_DIR", str(folder))
+    monkeypatch.setenv("REVSYNC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+
+    settings = Settings.load()
+
+    assert settings.kafka_config() == {
+        "bootstrap.servers": "127.0.0.1:19092",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "revsync-order-sync",
+        "sasl.password": "kafka-secret",
+    }
+    assert "kafka-secret" not in repr(settings)
+
+
+def test_a_setting_given_as_a_file_and_in_the_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Neither wins: the chart renders one or the other, so both means a mistake somewhere."""
+    folder = mounted_secret(
+        tmp_path / "secrets",
+        {"REVSYNC_POSTGRES_DSN": "postgresql://a@127.0.0.1/revsync"},
+    )
+    monkeypatch.setenv("REVSYNC_SECRETS_DIR", str(folder))
+    monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://b@127.0.0.1/revsync")
+
+    for settings_cls in (Settings, ServiceSettings, OpsSettings):
+        with pytest.raises(SettingsError, match="REVSYNC_POSTGRES_DSN is set both in the env"):
+            settings_cls.load()
+
+
+@pytest.mark.parametrize(
+    ("files", "named"),
+    [
+        ({"postgres-dsn": "x"}, r"postgres-dsn in .* names no setting; each file there is named"),
+        ({"REVSYNC_POSTGRES_DNS": "x"}, "unknown setting REVSYNC_POSTGRES_DNS"),
+        ({"REVSYNC_POSTGRES_DSN": "mysql://pw@db/revsync"}, "REVSYNC_POSTGRES_DSN: must be"),
+        ({"REVSYNC_KAFKA_SASL_PASSWORD": "hunter2"}, "REVSYNC_KAFKA_SASL_PASSWORD is set but"),
+    ],
+)
+def test_a_bad_file_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, files: dict[str, str], named: str
+) -> None:
+    monkeypatch.setenv("REVSYNC_SECRETS_DIR", str(mounted_secret(tmp_path / "secrets", files)))
+
+    with pytest.raises(SettingsError, match=named) as raised:
+        Settings.load()
+    assert "hunter2" not in str(raised.value)
+    assert "pw@" not in str(raised.value)
+
+
+@pytest.mark.parametrize("where", ["missing", "a-file", ""])
+def test_a_secrets_dir_that_is_no_directory_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("REVSYNC_POSTGRES_DSN=postgresql://127.0.0.1/revsync\n")
+    monkeypatch.setenv("REVSYNC_SECRETS_DIR", str(tmp_path / where) if where else "")
+
+    for settings_cls in (Settings, ServiceSettings, OpsSettings):
+        with pytest.raises(SettingsError, match=r"REVSYNC_SECRETS_DIR: .* is not a directory"):
+            settings_cls.load()
