@@ -31,10 +31,12 @@ from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
 from revsync.deployables import input_decoder
 from revsync.errors import BusinessRuleViolation
+from revsync.migrations import ensure
 from revsync.ops.dead_letters import Selection
+from revsync.ops.ledger import Actor
 from revsync.ops.operations import Operations
 from revsync.runtime import headers as h
-from revsync.runtime.storage import migrate
+from revsync.runtime.storage import TABLES
 from revsync.settings import Settings
 from revsync_devstack.stack_check import ensure_topic
 
@@ -49,7 +51,7 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
         admin = AdminClient(settings.kafka_config())
         apply_changes(admin, catalog, plan_changes(admin, catalog))
         with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
-            migrate(connection)
+            ensure(connection, TABLES)
         serde = EventSerde(registry, catalog, schemas)
         consumer = catalog.consumer_of("order_sync")
         dead_letters = catalog.dead_letter_topic(consumer)
@@ -66,7 +68,7 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
             dsn=settings.postgres_dsn.get_secret_value(),
             decoder=input_decoder(catalog, serde),
             registry=registry,
-            actor="bench",
+            actor=Actor("bench", "User:ANONYMOUS"),
         )
         started = time.perf_counter()
         selected = len(operations.select(Selection()))

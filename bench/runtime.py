@@ -44,11 +44,12 @@ from revsync.contracts.registry import register_contracts
 from revsync.contracts.schemas import ReleaseRecord, SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.contracts.topics import apply_changes, plan_changes
+from revsync.migrations import ensure
 from revsync.runtime.handler import Decision, Emission, Inbound, StateWrite, caused_envelope
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.records import Hold, Record
 from revsync.runtime.relay import OutboxRelay
-from revsync.runtime.storage import migrate
+from revsync.runtime.storage import TABLES
 from revsync.settings import Settings
 
 FAUST_EVENTS = 20_000
@@ -110,7 +111,7 @@ def prepare(settings: Settings, events: int) -> dict[str, Any]:
     admin = AdminClient(settings.kafka_config())
     apply_changes(admin, catalog, plan_changes(admin, catalog))
     with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
-        migrate(connection)
+        ensure(connection, TABLES)
         connection.execute(STATE_TABLE)
         connection.commit()
     created = next(t.name for t in catalog.topics if t.name.endswith(".created.v1"))

@@ -26,6 +26,7 @@ from revsync.contracts.events import (
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import BusinessRuleViolation, DependencyNotReady, TransientError
+from revsync.migrations import ensure
 from revsync.runtime import headers as h
 from revsync.runtime.handler import (
     Decision,
@@ -37,7 +38,7 @@ from revsync.runtime.handler import (
 )
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.observability import Liveness
-from revsync.runtime.storage import migrate
+from revsync.runtime.storage import TABLES
 from revsync.settings import Settings
 
 EFFECTS = """
@@ -231,7 +232,7 @@ class RuntimeWorld:
 
 def prepare_database(settings: Settings) -> None:
     with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
-        migrate(connection)
+        ensure(connection, TABLES)
         connection.execute(EFFECTS)
         connection.commit()
 

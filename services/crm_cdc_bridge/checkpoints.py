@@ -12,6 +12,8 @@ from typing import Any
 import psycopg
 
 from crm_cdc_bridge.logic import Position
+from revsync.migrations import Tables
+from revsync.security import POSTGRES_SERVICE
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revsync_cdc_checkpoint (
@@ -25,6 +27,7 @@ CREATE TABLE IF NOT EXISTS revsync_cdc_checkpoint (
     PRIMARY KEY (org_id, channel)
 );
 """
+TABLES = (Tables(SCHEMA, writers=(POSTGRES_SERVICE,)),)
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,6 @@ class Checkpoints:
         self._connection = connection
         self._key = (org_id, channel)
         self._lock_id = zlib.crc32(f"revsync.cdc-bridge.{org_id}.{channel}".encode())
-
-    def migrate(self) -> None:
-        with self._connection.transaction():
-            self._connection.execute("SELECT pg_advisory_xact_lock(hashtext('revsync.migrate'))")
-            self._connection.execute(SCHEMA)
 
     def try_lead(self) -> bool:
         """The channel's leadership: a session lock, held until this connection ends."""

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 
 from confluent_kafka import Producer
 
+from crm_cdc_bridge.checkpoints import TABLES
 from crm_cdc_bridge.logic import channel_entity
 from crm_cdc_bridge.options import Options, Preset
 from crm_cdc_bridge.subscriber import ChannelSubscriber, State
@@ -139,5 +140,9 @@ def build(context: Context, liveness: Liveness) -> CdcBridge:
 
 
 DEPLOYABLE = SourceDeployable(
-    name="crm-cdc-bridge", service="crm_cdc_bridge", outputs=(RecordChange,), build=build
+    name="crm-cdc-bridge",
+    service="crm_cdc_bridge",
+    outputs=(RecordChange,),
+    build=build,
+    tables=TABLES,
 )

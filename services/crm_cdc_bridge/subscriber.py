@@ -17,7 +17,7 @@ import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
 from crm_cdc_bridge import logic
-from crm_cdc_bridge.checkpoints import Checkpoint, Checkpoints
+from crm_cdc_bridge.checkpoints import TABLES, Checkpoint, Checkpoints
 from crm_cdc_bridge.options import Options, Preset
 from revsync.connectors.pubsub import (
     PubSubAuthRefused,
@@ -27,6 +27,7 @@ from revsync.connectors.pubsub import (
 )
 from revsync.connectors.pubsub_api import pubsub_api_pb2 as pb
 from revsync.errors import TransientError
+from revsync.migrations import ensure
 from revsync.runtime.observability import (
     CDC_CHECKPOINT_AGE,
     CDC_GAPS,
@@ -137,7 +138,7 @@ class ChannelSubscriber:
         org_id = self.pubsub.session.org_id()
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as connection:
             store = Checkpoints(connection, org_id, self.channel)
-            store.migrate()
+            ensure(connection, TABLES)
             while not store.try_lead():
                 if self.state is not State.STANDBY:
                     log.info("channel %s: standing by; another replica subscribes", self.channel)

@@ -12,6 +12,7 @@ from rich.console import Console
 
 from revsync.contracts.cli import schemas_app, topics_app
 from revsync.ops.cli import consumer_app, dlt_app, holds_app, rewind
+from revsync.security_cli import acls_app, db_app
 from revsync.settings import SettingsError
 
 COMMANDS = "revsync.commands"
@@ -22,6 +23,8 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(dlt_app, name="dlt")
 app.add_typer(holds_app, name="holds")
 app.add_typer(consumer_app, name="consumer")
+app.add_typer(acls_app, name="acls")
+app.add_typer(db_app, name="db")
 app.command("replay")(rewind)
 for command in entry_points(group=COMMANDS):
     app.add_typer(command.load(), name=command.name)

@@ -25,6 +25,7 @@ from revsync.contracts.catalog import Catalog, CatalogError, TopicFormat
 from revsync.contracts.events import Event
 from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
+from revsync.migrations import Tables
 from revsync.runtime.handler import Handler, Inbound
 from revsync.runtime.observability import Liveness
 from revsync.runtime.records import Decoder
@@ -147,6 +148,9 @@ class SourceDeployable:
     service: str
     outputs: tuple[type[Inbound], ...]
     build: Callable[[Context, Liveness], Runnable]
+    tables: tuple[Tables, ...] = ()
+    """Tables of its own (its position in the external stream), which ``revsync db
+    migrate`` creates beside the runtime's."""
 
 
 Deployable = ConsumerDeployable | RelayDeployable | SourceDeployable

@@ -21,7 +21,7 @@ from confluent_kafka import Producer
 from sandbox.crm import CrmSandbox, CrmSimulator
 from sandbox.crm.cdc import CdcKnobs
 
-from crm_cdc_bridge.checkpoints import Checkpoints
+from crm_cdc_bridge.checkpoints import TABLES, Checkpoints
 from crm_cdc_bridge.logic import Position
 from crm_cdc_bridge.options import Options, Preset
 from crm_cdc_bridge.service import CdcBridge
@@ -30,6 +30,7 @@ from crm_sandbox import an_order, config
 from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
 from revsync.connectors.pubsub import PubSubClient, PubSubConfig
 from revsync.connectors.salesforce import SalesforceClient
+from revsync.migrations import ensure
 from revsync.runtime.observability import Liveness
 from revsync.settings import Settings
 from revsync_devstack.stack_check import ensure_topic
@@ -231,7 +232,7 @@ def test_a_corrupted_replay_id_is_a_gap_record_from_the_checkpoints_time(
     since = datetime.now(UTC) - timedelta(hours=1)
     with psycopg.connect(settings.postgres_dsn.get_secret_value(), autocommit=True) as db:
         store = Checkpoints(db, org.simulator.org_id, ORDERS)
-        store.migrate()
+        ensure(db, TABLES)
         store.save(Position(b"\x00\x00\x00\x00\xde\xad\xbe\xef", since))
     ids = org.orders(2)
     org.bridge()

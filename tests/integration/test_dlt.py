@@ -24,6 +24,7 @@ from revsync.contracts.events import OrderCreated
 from revsync.deployables import input_decoder
 from revsync.ops import dead_letters as dl
 from revsync.ops.dead_letters import OperationRefused
+from revsync.ops.ledger import Actor
 from revsync.ops.operations import Operations
 from revsync.runtime import headers as h
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
@@ -38,6 +39,7 @@ from revsync.contracts.serde import EventSerde
 from revsync.deployables import input_decoder
 from revsync.ops.operations import Operations
 from revsync.ops.dead_letters import Selection
+from revsync.ops.ledger import Actor
 from revsync.settings import Settings
 from pathlib import Path
 
@@ -49,7 +51,7 @@ serde = EventSerde(registry, catalog, SchemaRepository(contracts))
 operations = Operations(
     catalog=catalog, kafka_config=settings.kafka_config(),
     dsn=settings.postgres_dsn.get_secret_value(), decoder=input_decoder(catalog, serde),
-    registry=registry, actor="killed",
+    registry=registry, actor=Actor("killed", "User:ANONYMOUS"),
 )
 print("started", flush=True)
 operations.replays.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replays=3)
@@ -69,7 +71,7 @@ def operations(world: RuntimeWorld) -> Operations:
         dsn=world.settings.postgres_dsn.get_secret_value(),
         decoder=input_decoder(world.catalog, world.serde()),
         registry=registry,
-        actor="on-call",
+        actor=Actor("on-call", "User:ANONYMOUS"),
     )
 
 
@@ -261,7 +263,7 @@ def test_a_purge_takes_records_out_of_reach_and_leaves_an_audit_row(
 ) -> None:
     events = dead_lettered(world, [order(400), order(401)])
     tag = f"on-call-{uuid.uuid4().hex[:6]}"
-    operations.actor = tag
+    operations.actor = Actor(tag, "User:ANONYMOUS")
 
     purged = operations.purge(dl.Selection(keys=frozenset({events[0].crm_order_id})))
 

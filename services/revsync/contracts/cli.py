@@ -46,7 +46,7 @@ class Contracts:
     releases: ReleaseRecord
 
 
-def _contracts(directory: Path | None) -> Contracts:
+def load_contracts(directory: Path | None) -> Contracts:
     try:
         settings = Settings.load()
         folder = directory or settings.schemas_dir
@@ -61,7 +61,7 @@ def _contracts(directory: Path | None) -> Contracts:
 @schemas_app.command("lint")
 def lint_command(directory: SchemasDir = None) -> None:
     """Docs on everything, decimals for money, UTC timestamps, enum defaults, naming."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     findings = lint(contracts.catalog, contracts.schemas, contracts.releases)
     for finding in findings:
         console.print(str(finding))
@@ -74,7 +74,7 @@ def lint_command(directory: SchemasDir = None) -> None:
 @schemas_app.command("check")
 def check_command(directory: SchemasDir = None) -> None:
     """Compatibility of the working tree with every released version, in the catalog's mode."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     breaks = _breaks(contracts)
     if breaks:
         raise typer.Exit(1)
@@ -87,7 +87,7 @@ def check_command(directory: SchemasDir = None) -> None:
 @schemas_app.command("release")
 def release_command(directory: SchemasDir = None) -> None:
     """Record the working tree as the next released version of every changed subject."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     if _breaks(contracts):
         raise typer.Exit(1)
     released = release_changed(contracts.catalog, contracts.schemas, contracts.releases)
@@ -108,7 +108,7 @@ def register_command(
     ] = True,
 ) -> None:
     """Set each subject's compatibility, then register released versions and the working tree."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     if local_check and _breaks(contracts):
         errors.print("not registering: fix the breaks above, or release a new major topic")
         raise typer.Exit(1)
@@ -133,7 +133,7 @@ def docs_command(
     as_json: Annotated[bool, typer.Option("--json", help="JSON instead of YAML.")] = False,
 ) -> None:
     """An AsyncAPI 3.0 document of every topic, message and operation."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     document = build_document(contracts.catalog, contracts.schemas)
     text = (
         json.dumps(document, indent=2)
@@ -153,7 +153,7 @@ def topics_apply_command(
     dry_run: Annotated[bool, typer.Option(help="Only show the difference.")] = False,
 ) -> None:
     """Create or update the catalog's topics (with each consumer's retry and DLT topics)."""
-    contracts = _contracts(directory)
+    contracts = load_contracts(directory)
     admin = AdminClient(contracts.settings.kafka_config())
     changes = plan_changes(admin, contracts.catalog)
     if not changes:

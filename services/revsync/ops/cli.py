@@ -26,10 +26,12 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
+from revsync.ops import ledger
 from revsync.ops.operations import Operations, grouped
 from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
 from revsync.runtime.holds import HeldKey
+from revsync.security import kafka_identity
 from revsync.settings import OpsSettings, Settings, SettingsError
 
 dlt_app = typer.Typer(help="Dead letters: inspect, replay, purge, archive, export.")
@@ -119,7 +121,7 @@ def _operations(actor: str | None) -> Operations:
         dsn=settings.postgres_dsn.get_secret_value(),
         decoder=input_decoder(catalog, serde),
         registry=registry,
-        actor=actor or getpass.getuser(),
+        actor=ledger.Actor(actor or getpass.getuser(), kafka_identity(settings.kafka)),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -13,6 +14,17 @@ from psycopg.types.json import Jsonb
 from revsync.ops import dead_letters as dl
 from revsync.runtime import headers as h
 from revsync.runtime.holds import release
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who runs an operator command. The audit trail records the database role the session
+    authenticated as (PostgreSQL fills it in) and ``kafka_principal``, the Kafka user the
+    tooling authenticated as; ``name`` (``--actor`` or the OS user) anyone can set, so it is
+    recorded only as extra information."""
+
+    name: str
+    kafka_principal: str
 
 
 def record(
@@ -54,7 +66,7 @@ def archive(connection: psycopg.Connection[Any], letters: Sequence[dl.DeadLetter
 
 def audit(
     connection: psycopg.Connection[Any],
-    actor: str,
+    actor: Actor,
     action: str,
     selection: dict[str, Any],
     count: int,
@@ -63,9 +75,10 @@ def audit(
 ) -> None:
     """One line of the audit trail: who did what to how many, and how it ended."""
     connection.execute(
-        "INSERT INTO revsync_audit (actor, action, filter, count, outcome, job_id) "
-        "VALUES (%s, %s, %s, %s, %s, %s)",
-        (actor, action, Jsonb(selection), count, outcome, job_id),
+        "INSERT INTO revsync_audit "
+        "(actor, kafka_principal, action, filter, count, outcome, job_id) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+        (actor.name, actor.kafka_principal, action, Jsonb(selection), count, outcome, job_id),
     )
 
 

@@ -25,10 +25,11 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from revsync.contracts.catalog import Catalog
+from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
 from revsync.ops import ledger
 from revsync.ops.replay import ReplayJobs
-from revsync.ops.storage import migrate
+from revsync.ops.storage import TABLES
 from revsync.runtime import headers as h
 from revsync.runtime.breaker import request_resume
 from revsync.runtime.holds import RELEASED, HeldKey, held_keys, release
@@ -46,7 +47,7 @@ class Operations:
         dsn: str,
         decoder: Decoder,
         registry: SchemaRegistryClient,
-        actor: str,
+        actor: ledger.Actor,
     ) -> None:
         self.catalog = catalog
         self.registry = registry
@@ -55,7 +56,7 @@ class Operations:
         self.decoder = decoder
         self.actor = actor
         with psycopg.connect(dsn, autocommit=True) as connection:
-            migrate(connection)
+            ensure(connection, TABLES)
         self.replays = ReplayJobs(
             catalog=catalog, kafka_config=kafka_config, dsn=dsn, actor=actor, select=self.select
         )
@@ -184,7 +185,7 @@ class Operations:
         """Close ``consumer``'s open circuit breaker: its running members take records again
         within a second. Refused if it is not open; audited."""
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
-            if not request_resume(connection, consumer, self.actor):
+            if not request_resume(connection, consumer, self.actor.name):
                 raise dl.OperationRefused(f"{consumer}'s circuit breaker is not open")
             ledger.audit(
                 connection, self.actor, "resume consumer", {"consumer": consumer}, 1, "resumed"

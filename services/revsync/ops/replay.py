@@ -91,7 +91,7 @@ class ReplayJobs:
         catalog: Catalog,
         kafka_config: dict[str, Any],
         dsn: str,
-        actor: str,
+        actor: ledger.Actor,
         select: Callable[[dl.Selection], list[dl.DeadLetter]],
     ) -> None:
         self.catalog = catalog
@@ -117,7 +117,7 @@ class ReplayJobs:
                 "start_offsets) VALUES (%s, %s, %s, %s, 'running', %s, %s)",
                 (
                     job_id,
-                    self.actor,
+                    self.actor.name,
                     Jsonb(selection.as_json()),
                     rate_per_s,
                     len(letters),

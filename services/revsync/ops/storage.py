@@ -7,9 +7,10 @@ it twice and ``ls`` shows only what is still open.
 
 from __future__ import annotations
 
-import psycopg
+from revsync.migrations import Tables
+from revsync.security import POSTGRES_OPERATOR, POSTGRES_SERVICE
 
-SCHEMA = """
+LEDGER = """
 CREATE TABLE IF NOT EXISTS revsync_dlt_ledger (
     dlt_topic   text        NOT NULL,
     partition   integer     NOT NULL,
@@ -44,6 +45,12 @@ CREATE TABLE IF NOT EXISTS revsync_replay_jobs (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+"""
+
+# Who acted, as the systems that authenticated them say: the database role (PostgreSQL fills
+# it in; no insert may name it) and the Kafka principal; ``actor`` (``--actor`` or the OS
+# user) is only extra information, anyone can set it.
+AUDIT = """
 CREATE TABLE IF NOT EXISTS revsync_audit (
     id        bigserial   PRIMARY KEY,
     at        timestamptz NOT NULL DEFAULT now(),
@@ -54,10 +61,16 @@ CREATE TABLE IF NOT EXISTS revsync_audit (
     outcome   text        NOT NULL,
     job_id    uuid
 );
+ALTER TABLE revsync_audit
+    ADD COLUMN IF NOT EXISTS db_role text NOT NULL DEFAULT session_user,
+    ADD COLUMN IF NOT EXISTS kafka_principal text;
 """
+AUDITED = ("actor", "action", "filter", "count", "outcome", "job_id", "kafka_principal")
+"""What an insert into the audit trail may set; the rest (id, time, role) PostgreSQL sets."""
 
-
-def migrate(connection: psycopg.Connection[object]) -> None:
-    with connection.transaction():
-        connection.execute("SELECT pg_advisory_xact_lock(hashtext('revsync.ops.migrate'))")
-        connection.execute(SCHEMA)
+TABLES = (
+    Tables(LEDGER, writers=(POSTGRES_OPERATOR,)),
+    # Append-only for everyone but its owner (the migrations' role): no role that acts can
+    # rewrite what it did.
+    Tables(AUDIT, appenders=(POSTGRES_OPERATOR, POSTGRES_SERVICE), appendable=AUDITED),
+)

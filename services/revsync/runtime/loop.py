@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from revsync.contracts.catalog import Catalog, TopicFormat
 from revsync.contracts.serde import EventSerde
+from revsync.migrations import ensure
 from revsync.runtime.batch import BatchProcessor
 from revsync.runtime.breaker import CircuitBreaker
 from revsync.runtime.failures import FailureRouter
@@ -30,7 +31,7 @@ from revsync.runtime.outages import DEPENDENCY_ERRORS, Outages
 from revsync.runtime.outbox import OutboxWriter
 from revsync.runtime.positions import Positions, split_due
 from revsync.runtime.records import Decoder, Hold, Outgoing, Record
-from revsync.runtime.storage import migrate
+from revsync.runtime.storage import TABLES
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +280,7 @@ class ConsumerLoop:
         # Autocommit, so that only explicit transaction() blocks group statements: a stray
         # read can never leave an implicit transaction open around the next batch.
         db = psycopg.connect(self._dsn, autocommit=True, connect_timeout=10)
-        migrate(db)
+        ensure(db, TABLES)
         return db
 
     def _wait_out(self, error: BaseException) -> None:

@@ -1,21 +1,16 @@
 """The runtime's PostgreSQL tables, each defined beside the collaborator that owns it (the
-inbox, the outbox, key holds and parked records, circuit breakers), created together at
-start-up."""
+inbox, the outbox, key holds and parked records, circuit breakers), ensured together at
+start-up (:func:`revsync.migrations.ensure`)."""
 
 from __future__ import annotations
 
-from typing import Any
-
-import psycopg
-
+from revsync.migrations import Tables
 from revsync.runtime import breaker, holds, inbox, outbox
+from revsync.security import POSTGRES_OPERATOR, POSTGRES_SERVICE
 
-SCHEMA = inbox.SCHEMA + outbox.SCHEMA + holds.SCHEMA + breaker.SCHEMA
-
-
-def migrate(connection: psycopg.Connection[Any]) -> None:
-    """Create the runtime's tables if missing; safe to run from every replica at start-up."""
-    with connection.transaction():
-        # Serialise concurrent start-ups: DDL on the same objects would otherwise deadlock.
-        connection.execute("SELECT pg_advisory_xact_lock(hashtext('revsync.migrate'))")
-        connection.execute(SCHEMA)
+PIPELINE = Tables(inbox.SCHEMA + outbox.SCHEMA, writers=(POSTGRES_SERVICE,))
+"""What only the services touch: what they took in and what they owe Kafka."""
+CONTROLS = Tables(holds.SCHEMA + breaker.SCHEMA, writers=(POSTGRES_SERVICE, POSTGRES_OPERATOR))
+"""What operators act on too: held keys and parked records (``holds release``), circuit
+breakers (``consumer resume``)."""
+TABLES = (PIPELINE, CONTROLS)

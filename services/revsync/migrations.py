@@ -1,0 +1,141 @@
+"""revsync's PostgreSQL tables: created by ``revsync db migrate`` as the migrations' role,
+which owns them and grants each purpose's role only what it needs; checked (or, where one role
+does everything, as in development, created) by every service and tool at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from revsync.errors import RevsyncError
+
+_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+LOCK = "revsync.migrate"
+
+
+class SchemaMissing(RevsyncError):
+    """Tables this role may not create are missing: the migrations have not run."""
+
+
+@dataclass(frozen=True)
+class Tables:
+    """Some of revsync's tables: their DDL (safe to run again) and who may touch them."""
+
+    ddl: str
+    writers: tuple[str, ...] = ()
+    """Roles that read and change every row."""
+    appenders: tuple[str, ...] = ()
+    """Roles that may only add rows (an audit trail), and only in :attr:`appendable`."""
+    appendable: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> list[str]:
+        return _TABLE.findall(self.ddl)
+
+
+def ensure(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> None:
+    """Before first use: create the tables where this role may (development: one role does
+    everything); where it may not (production: the migrations' role owns them), check that
+    the migrations made them. Safe to run from every replica at once."""
+    try:
+        with connection.transaction():
+            # Serialise concurrent start-ups: DDL on the same objects would otherwise deadlock.
+            connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
+            for tables in every:
+                connection.execute(tables.ddl)
+    except psycopg.errors.InsufficientPrivilege:
+        names = [name for tables in every for name in tables.names]
+        missing = [name for name in names if not _exists(connection, name)]
+        if missing:
+            raise SchemaMissing(
+                f"tables {', '.join(missing)} are missing and role {_role(connection)} may not "
+                "create them; run `revsync db migrate` as the migrations' role first"
+            ) from None
+
+
+def migrate(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> list[str]:
+    """Create or update every table, then grant each role what its purpose needs, in one
+    transaction; roles that do not exist (a development database) are skipped. What was
+    granted, one line each."""
+    granted: list[str] = []
+    with connection.transaction():
+        connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
+        for tables in every:
+            connection.execute(tables.ddl)
+        roles = _existing_roles(
+            connection, {role for t in every for role in (*t.writers, *t.appenders)}
+        )
+        for tables in every:
+            granted += _grant(connection, tables, roles)
+    return granted
+
+
+def _grant(connection: psycopg.Connection[Any], tables: Tables, roles: set[str]) -> list[str]:
+    granted = []
+    for name in tables.names:
+        table = sql.Identifier(name)
+        # Whatever an earlier plan gave, this one decides: no role keeps a right it lost.
+        for role in (*tables.writers, *tables.appenders):
+            if role in roles:
+                connection.execute(
+                    sql.SQL("REVOKE ALL ON {} FROM {}").format(table, sql.Identifier(role))
+                )
+        for role in tables.writers:
+            if role in roles:
+                connection.execute(
+                    sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(
+                        table, sql.Identifier(role)
+                    )
+                )
+                granted.append(f"{role}: read and write {name}")
+        for role in tables.appenders:
+            if role in roles:
+                columns = sql.SQL(", ").join(map(sql.Identifier, tables.appendable))
+                connection.execute(
+                    sql.SQL("GRANT INSERT ({}) ON {} TO {}").format(
+                        columns, table, sql.Identifier(role)
+                    )
+                )
+                granted.append(f"{role}: insert only into {name} ({', '.join(tables.appendable)})")
+        for sequence in _sequences(connection, name):
+            for role in (*tables.writers, *tables.appenders):
+                if role in roles:
+                    connection.execute(
+                        sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+                            sql.Identifier(sequence), sql.Identifier(role)
+                        )
+                    )
+    return granted
+
+
+def _existing_roles(connection: psycopg.Connection[Any], wanted: Iterable[str]) -> set[str]:
+    rows = connection.execute(
+        "SELECT rolname FROM pg_roles WHERE rolname = ANY(%s)", (list(wanted),)
+    ).fetchall()
+    return {row[0] for row in rows}
+
+
+def _sequences(connection: psycopg.Connection[Any], table: str) -> list[str]:
+    """The sequences a table's serial columns draw from (an insert needs them)."""
+    rows = connection.execute(
+        "SELECT s.relname FROM pg_class s JOIN pg_depend d ON d.objid = s.oid "
+        "JOIN pg_class t ON d.refobjid = t.oid WHERE s.relkind = 'S' AND t.relname = %s",
+        (table,),
+    ).fetchall()
+    return [row[0] for row in rows]
+
+
+def _exists(connection: psycopg.Connection[Any], table: str) -> bool:
+    row = connection.execute("SELECT to_regclass(%s) IS NOT NULL", (table,)).fetchone()
+    return bool(row and row[0])
+
+
+def _role(connection: psycopg.Connection[Any]) -> str:
+    row = connection.execute("SELECT session_user").fetchone()
+    return str(row[0]) if row else "?"
