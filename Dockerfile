@@ -12,12 +12,18 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Metadata first, so a code-only change reuses nothing it should not.
+# The dependencies first, exactly as requirements.lock pins them (make lock): pip refuses any
+# file whose hash the lock does not name, and this layer outlives a code change. Wheels only:
+# a source archive would be built with build requirements no hash covers.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install --no-cache-dir --require-hashes --no-deps --only-binary :all: \
+        -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY services/ services/
-# Not editable: the image carries the installed packages, never the source tree.
-RUN /opt/venv/bin/pip install --no-cache-dir . \
-    && /opt/venv/bin/pip uninstall --yes pip setuptools
+# Then revsync alone, built with the lock's setuptools and wheel (no build isolation, so nothing
+# unpinned is fetched); not editable: the image carries the installed packages, never the source.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && /opt/venv/bin/pip uninstall --yes pip setuptools wheel
 
 # --- runtime: the venv, the contracts, a non-root user; nothing to compile with -------------
 FROM ${PYTHON_IMAGE} AS runtime

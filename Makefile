@@ -11,7 +11,7 @@ TOXIPROXY_VERSION := v2.12.0
 TOXIPROXY_SERVER := $(TOOLS)/bin/toxiproxy-server
 TOXIPROXY_CLI := $(TOOLS)/bin/toxiproxy-cli
 
-.PHONY: install stack-up stack-down test lint demo bench clean toxiproxy chaos proto
+.PHONY: install stack-up stack-down test lint lock demo bench clean toxiproxy chaos proto
 
 install: $(VENV)/.installed
 
@@ -38,7 +38,32 @@ lint: install
 	$(BIN)/revsync schemas lint
 	$(BIN)/revsync schemas check
 	./deploy/check-wheel.sh
+	./deploy/check-lock.sh
 	./deploy/helm/check.sh
+
+# requirements.lock: what the image installs (pip --require-hashes), every distribution pinned
+# with its hashes: pyproject's run-time dependencies and its build requirements (the image
+# builds revsync without build isolation, so nothing unhashed is fetched), resolved for the
+# image's CPython 3.11 on Linux. Existing pins stay unless pyproject's ranges move them;
+# LOCK_ARGS=--upgrade (or --upgrade-package NAME) moves them on. pip-tools runs from a venv of
+# its own in .tools, never the project's; deploy/check-lock.sh fails when the lock is stale.
+PIP_TOOLS_VERSION := 7.7.0
+PIP_TOOLS_PIP_VERSION := 26.3
+PIP_TOOLS := $(TOOLS)/pip-tools
+LOCK_ARGS ?=
+lock:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11) or sys.platform != "linux")' \
+		|| { echo "make lock resolves for the image: run it with CPython 3.11 on Linux (PYTHON=python3.11)"; exit 1; }
+	@if [[ ! -f $(PIP_TOOLS)/.pip-tools-$(PIP_TOOLS_VERSION) ]]; then \
+		echo "installing pip-tools $(PIP_TOOLS_VERSION) into $(PIP_TOOLS)" && \
+		rm -rf $(PIP_TOOLS) && $(PYTHON) -m venv $(PIP_TOOLS) && \
+		$(PIP_TOOLS)/bin/pip install -q --disable-pip-version-check \
+			"pip==$(PIP_TOOLS_PIP_VERSION)" "pip-tools==$(PIP_TOOLS_VERSION)" && \
+		touch $(PIP_TOOLS)/.pip-tools-$(PIP_TOOLS_VERSION); \
+	fi
+	CUSTOM_COMPILE_COMMAND="make lock" $(PIP_TOOLS)/bin/pip-compile --quiet --generate-hashes \
+		--allow-unsafe --all-build-deps --strip-extras --no-emit-find-links --no-emit-index-url \
+		--output-file requirements.lock $(LOCK_ARGS) pyproject.toml
 
 # The Salesforce Pub/Sub API stubs, generated from the .proto beside them and committed (a unit
 # test holds them to it). The plugins run from the virtualenv, hence its bin on PATH.
