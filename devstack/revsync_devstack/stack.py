@@ -24,20 +24,41 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import psycopg
+from psycopg import sql
 from pydantic import SecretStr
 
-from revsync.settings import ENV_PREFIX, STACK_PREFIX, Settings, SettingsError
+from revsync.security import (
+    GOVERNANCE,
+    OPERATOR,
+    POSTGRES_MIGRATOR,
+    POSTGRES_OPERATOR,
+    POSTGRES_SERVICE,
+    apply_acls,
+    governance_grants,
+    kafka_principal,
+)
+from revsync.settings import ENV_PREFIX, STACK_PREFIX, Settings, SettingsError, kafka_env_name
+from revsync_devstack.secure import (
+    BROKER_USER,
+    POSTGRES_ADMIN,
+    POSTGRES_REGISTRY,
+    REGISTRY_GOVERNANCE,
+    REGISTRY_READER,
+    Credentials,
+    write_private,
+)
 from revsync_devstack.settings import BROKER_COUNTS, BROKER_PORT_STEP, REPO_ROOT, StackSettings
 
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
-POSTGRES_USER = "revsync"
-# Databases the stack creates: one for revsync's services, one for the registry's storage.
-POSTGRES_DATABASES = ("revsync", "registry")
+POSTGRES_USER = POSTGRES_ADMIN
+SCRAM = "SCRAM-SHA-512"
 OPEN_FILES = 262_144
+INITDB = ("initdb", "-U", POSTGRES_USER, "-E", "UTF8", "--locale=C", "-D")
 # What the stack remembers about its Kafka cluster, beside the servers' folders.
 BROKERS_FILE = "kafka.brokers"
 CLUSTER_ID_FILE = "kafka.cluster-id"
@@ -80,6 +101,8 @@ class Component(ABC):
         self.settings = settings
         self.home = settings.dir / self.name
         self.log = settings.dir / "logs" / f"{self.name}.log"
+        self.credentials = Credentials(settings.dir / "secrets")
+        """Certificates and passwords: used only by a secured stack."""
 
     @abstractmethod
     def ports(self) -> dict[str, int]:
@@ -153,8 +176,17 @@ class Postgres(Component):
     def data(self) -> Path:
         return self.home / "data"
 
-    def dsn(self, database: str = "revsync") -> str:
-        return f"postgresql://{POSTGRES_USER}@127.0.0.1:{self.settings.postgres_port}/{database}"
+    def dsn(self, database: str = "revsync", role: str = POSTGRES_USER) -> str:
+        """A libpq DSN; on a secured stack with ``role``'s password, verifying the server's
+        certificate against the stack's CA."""
+        address = f"127.0.0.1:{self.settings.postgres_port}/{database}"
+        if not self.settings.secure:
+            return f"postgresql://{role}@{address}"
+        password = self.credentials.passwords("postgres")[role]
+        return (
+            f"postgresql://{role}:{password}@{address}"
+            f"?sslmode=verify-full&sslrootcert={self.credentials.ca}"
+        )
 
     def pid(self) -> int | None:
         try:
@@ -168,17 +200,30 @@ class Postgres(Component):
             return
         self.home.mkdir(parents=True, exist_ok=True)
         self._hand_to_server_user(self.home)
-        self._run(
-            "initdb",
-            "-D",
-            str(self.data),
-            "-U",
-            POSTGRES_USER,
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--locale=C",
+        if not self.settings.secure:
+            self._run(*INITDB, str(self.data), "--auth=trust")
+            return
+        # The superuser's password from a file only the server's account reads, gone after.
+        password_file = self.home / "initdb-password"
+        password_file.write_text(self.credentials.passwords("postgres")[POSTGRES_USER] + "\n")
+        self._hand_to_server_user(password_file)
+        try:
+            self._run(*INITDB, str(self.data), "--auth=scram-sha-256", f"--pwfile={password_file}")
+        finally:
+            password_file.unlink()
+        # TLS with a password, from loopback only: no trust, no connection in clear.
+        (self.data / "pg_hba.conf").write_text(
+            "# TYPE   DATABASE USER ADDRESS      METHOD\n"
+            "hostssl  all      all  127.0.0.1/32 scram-sha-256\n"
         )
+        for source, name in (
+            (self.credentials.server_certificate, "server.crt"),
+            (self.credentials.server_key, "server.key"),
+        ):
+            target = self.data / name
+            shutil.copyfile(source, target)
+            target.chmod(0o600)
+            self._hand_to_server_user(target)
 
     def spawn(self) -> None:
         self.log.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +233,11 @@ class Postgres(Component):
             f"-p {self.settings.postgres_port} -c listen_addresses=127.0.0.1 "
             f"-c unix_socket_directories='' -c max_connections=200 -c shared_buffers=256MB"
         )
+        if self.settings.secure:
+            options += (
+                " -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key"
+                " -c ssl_min_protocol_version=TLSv1.2 -c password_encryption=scram-sha-256"
+            )
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "start")
 
     def healthy(self) -> bool:
@@ -199,13 +249,54 @@ class Postgres(Component):
         return True
 
     def create_databases(self) -> None:
+        """revsync's database and the registry's; on a secured stack each owned by a role
+        of its own, with a login role per purpose beside them (:mod:`revsync.security`)."""
         with psycopg.connect(self.dsn("postgres"), autocommit=True) as connection:
-            for database in POSTGRES_DATABASES:
+            owners = {"revsync": POSTGRES_USER, "registry": POSTGRES_USER}
+            if self.settings.secure:
+                owners = {"revsync": POSTGRES_MIGRATOR, "registry": POSTGRES_REGISTRY}
+                self._create_roles(connection)
+            for database, owner in owners.items():
                 exists = connection.execute(
                     "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
                 ).fetchone()
                 if not exists:
-                    connection.execute(f'CREATE DATABASE "{database}"')
+                    connection.execute(
+                        sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                            sql.Identifier(database), sql.Identifier(owner)
+                        )
+                    )
+            if self.settings.secure:
+                # Only revsync's roles may connect to its database, the registry's to its own.
+                for database, roles in (
+                    ("revsync", (POSTGRES_MIGRATOR, POSTGRES_SERVICE, POSTGRES_OPERATOR)),
+                    ("registry", (POSTGRES_REGISTRY,)),
+                ):
+                    name = sql.Identifier(database)
+                    connection.execute(
+                        sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(name)
+                    )
+                    for role in roles:
+                        connection.execute(
+                            sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                                name, sql.Identifier(role)
+                            )
+                        )
+
+    def _create_roles(self, connection: psycopg.Connection[Any]) -> None:
+        passwords = self.credentials.passwords("postgres")
+        for role, password in passwords.items():
+            if role == POSTGRES_USER:
+                continue
+            exists = connection.execute(
+                "SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)
+            ).fetchone()
+            verb = "ALTER" if exists else "CREATE"
+            connection.execute(
+                sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
+                    sql.Identifier(role), sql.Literal(password)
+                )
+            )
 
     def stop(self, timeout_s: float = 30.0) -> None:
         if self.pid() is None:
@@ -289,6 +380,7 @@ class Kafka(Component):
                 cluster_id,
                 "-c",
                 str(config),
+                *self._scram_users(),
             ],
             capture_output=True,
             text=True,
@@ -301,6 +393,30 @@ class Kafka(Component):
 
     def spawn(self) -> None:
         self._spawn_java([*self._java(), "kafka.Kafka", str(self.home / "server.properties")])
+
+    def client_config(self, user: str = BROKER_USER) -> dict[str, str]:
+        """librdkafka settings to reach the cluster; on a secured stack as ``user``, over
+        TLS verified against the stack's CA."""
+        if not self.settings.secure:
+            return {}
+        return {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": SCRAM,
+            "sasl.username": user,
+            "sasl.password": self.credentials.passwords("kafka")[user],
+            "ssl.ca.location": str(self.credentials.ca),
+        }
+
+    def _scram_users(self) -> list[str]:
+        """Every principal's SCRAM credentials, written into the metadata log as the storage
+        is formatted: the brokers need their own before any of them can talk to another."""
+        if not self.settings.secure:
+            return []
+        return [
+            argument
+            for user, password in self.credentials.passwords("kafka").items()
+            for argument in ("--add-scram", f"{SCRAM}=[name={user},password={password}]")
+        ]
 
     def kill(self) -> None:
         """SIGKILL, as a crash or a pulled plug would end it: no controlled shutdown, no flush."""
@@ -316,7 +432,12 @@ class Kafka(Component):
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(
-            {"bootstrap.servers": self.address, "log_level": 0, "socket.timeout.ms": 2000}
+            {
+                "bootstrap.servers": self.address,
+                "log_level": 0,
+                "socket.timeout.ms": 2000,
+                **self.client_config(),
+            }
         )
         try:
             metadata = admin.list_topics(timeout=2)
@@ -363,6 +484,7 @@ class Kafka(Component):
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
             **self._listener_properties(client, controller),
+            **self._security_properties(),
             "log.dirs": str(self.home / "data"),
             **self._replication_properties(),
             "group.initial.rebalance.delay.ms": "0",
@@ -371,6 +493,40 @@ class Kafka(Component):
         }
         return "".join(f"{key}={value}\n" for key, value in properties.items())
 
+    def _security_properties(self) -> dict[str, str]:
+        """A secured stack's brokers: clients over SASL_SSL with SCRAM, the controllers'
+        listener over TLS with client certificates, every request authorised by ACLs; the
+        brokers' own identity, ``User:broker`` on both, the only super user."""
+        if not self.settings.secure:
+            return {}
+        password = self.credentials.passwords("kafka")[BROKER_USER]
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{BROKER_USER}" password="{password}";'
+        )
+        # Every SASL listener: the login is the brokers' own when they connect to each other.
+        listeners = ["sasl_ssl"]
+        if self.settings.kafka_internal_port(self.node_id) is not None:
+            listeners.append("internal")
+        return {
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            **{
+                f"listener.name.{listener}.{SCRAM.lower()}.sasl.jaas.config": login
+                for listener in listeners
+            },
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.credentials.kafka_keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.credentials.ca),
+            "listener.name.controller.ssl.client.auth": "required",
+            # The certificate's subject, CN=broker, as the principal User:broker.
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{BROKER_USER}",
+        }
+
     def _listener_properties(self, client: int, controller: int) -> dict[str, str]:
         """Clients' listener, advertised as the proxy's address when the broker is proxied,
         with the brokers then talking on a listener of their own (faults between clients and
@@ -378,23 +534,25 @@ class Kafka(Component):
         advertised = self.settings.kafka_advertised_port(self.node_id)
         internal = self.settings.kafka_internal_port(self.node_id)
         own = f"CONTROLLER://127.0.0.1:{controller}"
+        clients = "SASL_SSL" if self.settings.secure else "PLAINTEXT"
+        controllers = "SSL" if self.settings.secure else "PLAINTEXT"
         if internal is None:
             return {
-                "listeners": f"PLAINTEXT://127.0.0.1:{client},{own}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{client}",
+                "listeners": f"{clients}://127.0.0.1:{client},{own}",
+                "advertised.listeners": f"{clients}://127.0.0.1:{client}",
                 "controller.listener.names": "CONTROLLER",
-                "inter.broker.listener.name": "PLAINTEXT",
-                "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                "inter.broker.listener.name": clients,
+                "listener.security.protocol.map": f"{clients}:{clients},CONTROLLER:{controllers}",
             }
         return {
-            "listeners": (f"PLAINTEXT://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal},{own}"),
+            "listeners": f"{clients}://127.0.0.1:{client},INTERNAL://127.0.0.1:{internal},{own}",
             "advertised.listeners": (
-                f"PLAINTEXT://127.0.0.1:{advertised},INTERNAL://127.0.0.1:{internal}"
+                f"{clients}://127.0.0.1:{advertised},INTERNAL://127.0.0.1:{internal}"
             ),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "INTERNAL",
             "listener.security.protocol.map": (
-                "PLAINTEXT:PLAINTEXT,INTERNAL:PLAINTEXT,CONTROLLER:PLAINTEXT"
+                f"{clients}:{clients},INTERNAL:{clients},CONTROLLER:{controllers}"
             ),
         }
 
@@ -433,13 +591,30 @@ class Registry(Component):
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.settings.registry_port}/apis/ccompat/v7"
+        scheme = "https" if self.settings.secure else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.registry_port}/apis/ccompat/v7"
+
+    def basic_auth(self, user: str = REGISTRY_READER) -> str | None:
+        """``user:password`` on a secured stack, else None (the plain registry is open)."""
+        if not self.settings.secure:
+            return None
+        return f"{user}:{self.credentials.passwords('registry')[user]}"
 
     def pid(self) -> int | None:
         return self._java_pid("quarkus-run.jar")
 
     def prepare(self) -> None:
         (self.home / "tmp").mkdir(parents=True, exist_ok=True)
+        if self.settings.secure:
+            config = self.home / "config"
+            config.mkdir(exist_ok=True)
+            # Quarkus reads config/application.properties from its working folder: the
+            # passwords stay off the command line and out of the environment.
+            properties = self._secure_properties()
+            write_private(
+                config / "application.properties",
+                "".join(f"{key}={value}\n" for key, value in properties.items()).encode(),
+            )
 
     def spawn(self) -> None:
         heap = self.settings.registry_heap
@@ -452,31 +627,71 @@ class Registry(Component):
             "-jar",
             str(_apicurio_home(self.settings) / "quarkus-run.jar"),
         ]
-        self._spawn_java(
-            command,
-            env={
-                "APICURIO_STORAGE_KIND": "sql",
-                "APICURIO_STORAGE_SQL_KIND": "postgresql",
+        environment = {
+            "APICURIO_STORAGE_KIND": "sql",
+            "APICURIO_STORAGE_SQL_KIND": "postgresql",
+            "QUARKUS_HTTP_HOST": "127.0.0.1",
+            "QUARKUS_HTTP_PORT": str(self.settings.registry_port),
+            "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
+            "QUARKUS_MANAGEMENT_PORT": str(self.settings.registry_management_port),
+        }
+        if not self.settings.secure:
+            environment |= {
                 "APICURIO_DATASOURCE_URL": f"jdbc:postgresql://127.0.0.1:{self.settings.postgres_port}/registry",
                 "APICURIO_DATASOURCE_USERNAME": POSTGRES_USER,
                 # The throwaway cluster trusts loopback; the driver still wants a value.
                 "APICURIO_DATASOURCE_PASSWORD": "local",
-                "QUARKUS_HTTP_HOST": "127.0.0.1",
-                "QUARKUS_HTTP_PORT": str(self.settings.registry_port),
-                "QUARKUS_MANAGEMENT_HOST": "127.0.0.1",
-                "QUARKUS_MANAGEMENT_PORT": str(self.settings.registry_management_port),
-            },
-        )
+            }
+        self._spawn_java(command, env=environment)
+
+    def _secure_properties(self) -> dict[str, str]:
+        """HTTPS only, every API call authenticated (basic auth against the registry's own
+        users), writes for the governance user alone; its storage over verified TLS."""
+        passwords = self.credentials.passwords("registry")
+        database = self.credentials.passwords("postgres")[POSTGRES_REGISTRY]
+        users = {
+            f"quarkus.security.users.embedded.{kind}.{user}": value
+            for user, role in (
+                (REGISTRY_GOVERNANCE, "sr-developer"),
+                (REGISTRY_READER, "sr-readonly"),
+            )
+            for kind, value in (("users", passwords[user]), ("roles", role))
+        }
+        return {
+            "apicurio.datasource.url": (
+                f"jdbc:postgresql://127.0.0.1:{self.settings.postgres_port}/registry"
+                f"?sslmode=verify-full&sslrootcert={self.credentials.ca}"
+            ),
+            "apicurio.datasource.username": POSTGRES_REGISTRY,
+            "apicurio.datasource.password": database,
+            "quarkus.http.ssl-port": str(self.settings.registry_port),
+            "quarkus.http.insecure-requests": "disabled",
+            "quarkus.http.ssl.certificate.files": str(self.credentials.server_certificate),
+            "quarkus.http.ssl.certificate.key-files": str(self.credentials.server_key),
+            "quarkus.http.auth.basic": "true",
+            "quarkus.http.auth.permission.apis.paths": "/apis/*",
+            "quarkus.http.auth.permission.apis.policy": "authenticated",
+            "quarkus.security.users.embedded.plain-text": "true",
+            **users,
+            "apicurio.auth.role-based-authorization": "true",
+            "apicurio.auth.role-source": "token",
+        }
 
     def healthy(self) -> bool:
         health = f"http://127.0.0.1:{self.settings.registry_management_port}/health/ready"
+        auth = self.basic_auth()
         try:
-            return (
-                httpx.get(health, timeout=2).status_code == 200
-                and httpx.get(f"{self.url}/subjects", timeout=2).status_code == 200
+            if httpx.get(health, timeout=2).status_code != 200:
+                return False
+            subjects = httpx.get(
+                f"{self.url}/subjects",
+                timeout=2,
+                auth=tuple(auth.split(":", 1)) if auth else None,  # type: ignore[arg-type]
+                verify=str(self.credentials.ca) if self.settings.secure else True,
             )
         except httpx.HTTPError:
             return False
+        return subjects.status_code == 200
 
     def _java_executable(self) -> Path:
         if self.settings.registry_java is not None:
@@ -554,6 +769,44 @@ class LocalStack:
         self._await(broker)
         return True
 
+    def _grant_governance(self) -> None:
+        """What only the cluster's administrator may give: the governance job's right to
+        create topics and manage ACLs, from which it grants every other principal theirs
+        (``revsync acls apply``)."""
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(
+            {"bootstrap.servers": self.kafka.bootstrap_servers, **self.kafka.client_config()}
+        )
+        apply_acls(admin, sorted(governance_grants()), prune=False)
+
+    def environment(self, identity: str) -> dict[str, str]:
+        """revsync's ``REVSYNC_*`` settings to reach this stack as ``identity``: a deployable
+        (``order-sync``), ``operator`` or ``governance``. On a secured stack each has its own
+        Kafka user, PostgreSQL role and registry user (governance: the migrations' role and
+        the registry's writer); on the plain stack all are the same."""
+        kafka_user, role, registry_user = {
+            "operator": (OPERATOR, POSTGRES_OPERATOR, REGISTRY_READER),
+            "governance": (GOVERNANCE, POSTGRES_MIGRATOR, REGISTRY_GOVERNANCE),
+        }.get(identity, (kafka_principal(identity), POSTGRES_SERVICE, REGISTRY_READER))
+        environment = {
+            f"{ENV_PREFIX}BOOTSTRAP_SERVERS": self.kafka.bootstrap_servers,
+            f"{ENV_PREFIX}SCHEMA_REGISTRY_URL": self.registry.url,
+            f"{ENV_PREFIX}POSTGRES_DSN": self.postgres.dsn(),
+        }
+        if not self.settings.secure:
+            return environment
+        environment |= {
+            kafka_env_name(key): value
+            for key, value in self.kafka.client_config(kafka_user).items()
+        }
+        return environment | {
+            f"{ENV_PREFIX}POSTGRES_DSN": self.postgres.dsn(role=role),
+            f"{ENV_PREFIX}SCHEMA_REGISTRY_BASIC_AUTH": self.registry.basic_auth(registry_user)
+            or "",
+            f"{ENV_PREFIX}SCHEMA_REGISTRY_CA_LOCATION": str(self.registry.credentials.ca),
+        }
+
     def client_settings(self) -> Settings:
         """revsync's settings from the environment, with this stack's endpoints wherever the
         environment names none: a stack moved to other ports is still the one used."""
@@ -581,6 +834,8 @@ class LocalStack:
         _resolve_maven_artifacts(self.settings)
         self.settings.dir.mkdir(parents=True, exist_ok=True)
         (self.settings.dir / BROKERS_FILE).write_text(f"{self.broker_count}\n")
+        if self.settings.secure:
+            self.postgres.credentials.make()
         for component in to_start:
             component.prepare()
         # Kafka starts beside PostgreSQL, every broker at once (none is ready before a quorum
@@ -593,6 +848,8 @@ class LocalStack:
         if self.registry in to_start:
             self.registry.spawn()
         self._await_all((*self.brokers, self.registry))
+        if self.settings.secure:
+            self._grant_governance()
         return UpReport(
             started=[c.name for c in to_start],
             already_running=[c.name for c in self.components if c not in to_start],

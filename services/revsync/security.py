@@ -183,15 +183,17 @@ class AclChanges:
     """revsync principals' ACLs the plan no longer has, as the broker describes them."""
 
 
-def apply_acls(admin: AdminClient, plan: list[Grant], *, dry_run: bool = False) -> AclChanges:
-    """Make revsync's principals' ACLs exactly ``plan``: add what is missing, delete what the
-    plan no longer has (a topic gone from a service's outputs loses its grant). ACLs of other
-    principals are left alone."""
+def apply_acls(
+    admin: AdminClient, plan: list[Grant], *, dry_run: bool = False, prune: bool = True
+) -> AclChanges:
+    """Make revsync's principals' ACLs exactly ``plan``: add what is missing and, with
+    ``prune``, delete what the plan no longer has (a topic gone from a service's outputs
+    loses its grant). ACLs of other principals are left alone."""
     found = admin.describe_acls(_EVERYTHING).result(timeout=ADMIN_TIMEOUT_S)
     ours = [acl for acl in found if acl.principal.startswith(f"User:{PRINCIPAL_PREFIX}")]
     wanted = {_binding(grant): grant for grant in plan}
     added = [grant for binding, grant in wanted.items() if binding not in ours]
-    stale = [acl for acl in ours if acl not in wanted]
+    stale = [acl for acl in ours if acl not in wanted] if prune else []
     if not dry_run:
         if added:
             for future in admin.create_acls([_binding(grant) for grant in added]).values():
@@ -237,4 +239,3 @@ def _exact(acl: AclBinding) -> AclBindingFilter:
         acl.operation,
         acl.permission_type,
     )
-

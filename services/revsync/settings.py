@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     schema_registry_basic_auth: SecretStr | None = Field(
         default=None, description="Registry credentials as USER:PASSWORD."
     )
+    schema_registry_ca_location: Path | None = Field(
+        default=None,
+        description="The CA certificate (PEM) the registry's TLS certificate is verified "
+        "against; default: the system's trusted CAs.",
+    )
     postgres_dsn: SecretStr = Field(
         default=SecretStr(LOCAL_POSTGRES), description="libpq connection string for PostgreSQL."
     )
@@ -135,6 +140,8 @@ class Settings(BaseSettings):
         config: dict[str, Any] = {"url": self.schema_registry_url, "timeout": 10}
         if self.schema_registry_basic_auth is not None:
             config["basic.auth.user.info"] = self.schema_registry_basic_auth.get_secret_value()
+        if self.schema_registry_ca_location is not None:
+            config["ssl.ca.location"] = str(self.schema_registry_ca_location)
         return config
 
     @classmethod
