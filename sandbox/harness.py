@@ -155,6 +155,12 @@ class Pipeline:
     ``registry``) given its address: the address itself, or a fault proxy in front of it."""
     channels: Sequence[str] = CHANNELS
     """The change event channels the CDC bridge subscribes to."""
+    identity: Callable[[str], Mapping[str, str]] = field(default=lambda _name: {})
+    """Settings of each process's own principal, by deployable name or ``governance``: on a
+    secured stack each authenticates as itself; on the plain one all share ``settings``."""
+    governance: Sequence[Sequence[str]] = (("schemas", "register"), ("topics", "apply"))
+    """The governance job's commands, run before the services start (each given the
+    contracts with ``--dir`` if it takes them)."""
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -164,9 +170,10 @@ class Pipeline:
 
     def start(self, report: Callable[[str], None] = lambda _: None) -> Pipeline:
         try:
-            report("registering the contracts and applying the topics")
-            for command in (("schemas", "register"), ("topics", "apply")):
-                self._revsync(*command, "--dir", str(self.schemas_dir))
+            report(f"governance: {', '.join(' '.join(command) for command in self.governance)}")
+            for command in self.governance:
+                contracts = ["--dir", str(self.schemas_dir)] if command[0] != "db" else []
+                self._revsync(*command, *contracts)
             report("starting the CRM and ERP sandboxes")
             crm = self._sandbox("crm", ["--keepalive-s", str(KEEPALIVE_S)])
             self.crm_url, self.pubsub_url = crm["url"], f"grpc://{crm['pubsub']}"
@@ -333,7 +340,7 @@ class Pipeline:
     def _revsync(self, *arguments: str) -> None:
         result = subprocess.run(
             [str(REVSYNC), *arguments],
-            env=self.service_environment(),
+            env={**self.service_environment(), **self.identity("governance")},
             capture_output=True,
             text=True,
             timeout=120,
@@ -370,7 +377,7 @@ class Pipeline:
         popen = subprocess.Popen(
             [str(REVSYNC), "run", name],
             cwd=REPO,
-            env=self.service_environment(),
+            env={**self.service_environment(), **self.identity(name)},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

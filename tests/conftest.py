@@ -24,6 +24,7 @@ from revsync.settings import Settings
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
 from runtime_support import RuntimeWorld, prepare_database
+from secure_support import SecureStack, start_secure_stack
 
 ENDPOINT_VARIABLES = (
     "REVSYNC_BOOTSTRAP_SERVERS",
@@ -41,7 +42,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test is marked by its folder: tests/unit -> unit, and so on."""
     for item in items:
         kind = Path(item.path).relative_to(TESTS).parts[0]
-        if kind in ("unit", "integration", "e2e"):
+        if kind in ("unit", "integration", "e2e", "secure"):
             item.add_marker(getattr(pytest.mark, kind))
 
 
@@ -86,6 +87,12 @@ def endpoints() -> Iterator[Endpoints]:
             # Kafka clients the tests left behind would log their reconnects after the run.
             gc.collect()
             stack.down()
+
+
+@pytest.fixture(scope="session")
+def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureStack]:
+    """The secured stack, governed for this run (tests/secure)."""
+    yield from start_secure_stack(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import uuid
@@ -687,7 +688,11 @@ class Registry(Component):
                 f"{self.url}/subjects",
                 timeout=2,
                 auth=tuple(auth.split(":", 1)) if auth else None,  # type: ignore[arg-type]
-                verify=str(self.credentials.ca) if self.settings.secure else True,
+                verify=(
+                    ssl.create_default_context(cafile=self.credentials.ca)
+                    if self.settings.secure
+                    else True
+                ),
             )
         except httpx.HTTPError:
             return False

@@ -1,0 +1,203 @@
+"""The secured stack as an attacker, a misconfigured client and each principal meet it: no
+way in without TLS and credentials, and each principal confined to its own share."""
+
+from __future__ import annotations
+
+import ssl
+import uuid
+
+import httpx
+import psycopg
+import pytest
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from secure_support import SecureStack
+
+TIMEOUT_S = 15
+
+
+def _admin(config: dict[str, str]) -> AdminClient:
+    return AdminClient({**config, "socket.timeout.ms": 5000, "log_level": 0})
+
+
+def _kafka(secure_stack: SecureStack, identity: str) -> dict[str, str]:
+    return secure_stack.settings(identity).kafka_config()
+
+
+# --- no way in without TLS and credentials ---------------------------------------------------
+
+
+def test_kafka_refuses_a_client_in_clear(secure_stack: SecureStack) -> None:
+    admin = _admin({"bootstrap.servers": secure_stack.stack.kafka.bootstrap_servers})
+
+    with pytest.raises(KafkaException):
+        admin.list_topics(timeout=5)
+
+
+def test_kafka_refuses_a_wrong_password(secure_stack: SecureStack) -> None:
+    config = _kafka(secure_stack, "order-sync") | {"sasl.password": "not-the-password"}
+
+    with pytest.raises(KafkaException) as refused:
+        _admin(config).list_topics(timeout=TIMEOUT_S)
+    assert refused.value.args[0].code() in (KafkaError._AUTHENTICATION, KafkaError._TRANSPORT)
+
+
+def test_postgres_refuses_a_connection_without_tls(secure_stack: SecureStack) -> None:
+    dsn = secure_stack.admin_dsn().replace("sslmode=verify-full", "sslmode=disable")
+
+    with pytest.raises(psycopg.OperationalError, match=r"no pg_hba\.conf entry"):
+        psycopg.connect(dsn, connect_timeout=5).close()
+
+
+def test_postgres_refuses_a_wrong_password(secure_stack: SecureStack) -> None:
+    dsn = secure_stack.stack.postgres.dsn(role="revsync_service")
+    password = secure_stack.stack.postgres.credentials.passwords("postgres")["revsync_service"]
+
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(dsn.replace(password, "wrong"), connect_timeout=5).close()
+
+
+def test_the_registry_speaks_only_https_and_only_to_its_users(
+    secure_stack: SecureStack,
+) -> None:
+    registry = secure_stack.stack.registry
+    url = f"{registry.url}/subjects"
+    ca = ssl.create_default_context(cafile=registry.credentials.ca)
+
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(url.replace("https://", "http://"), timeout=5)
+    assert httpx.get(url, verify=ca, timeout=5).status_code == 401
+    user, password = (registry.basic_auth() or "").split(":", 1)
+    assert httpx.get(url, verify=ca, auth=(user, "wrong"), timeout=5).status_code == 401
+    assert httpx.get(url, verify=ca, auth=(user, password), timeout=5).status_code == 200
+
+
+def test_a_reader_of_the_registry_cannot_register_a_schema(secure_stack: SecureStack) -> None:
+    registry = secure_stack.stack.registry
+    user, password = (registry.basic_auth() or "").split(":", 1)
+
+    answer = httpx.post(
+        f"{registry.url}/subjects/revsync.intruder.{uuid.uuid4().hex[:6]}-value/versions",
+        json={"schema": '"string"'},
+        verify=ssl.create_default_context(cafile=registry.credentials.ca),
+        auth=(user, password),
+        timeout=5,
+    )
+
+    assert answer.status_code == 403
+
+
+# --- each principal confined to its own share ------------------------------------------------
+
+
+def _produce(config: dict[str, str], topic: str) -> KafkaError | None:
+    """Write one record to ``topic``; the broker's error, None when it took the record."""
+    outcome: list[KafkaError | None] = []
+    producer = Producer({**config, "message.timeout.ms": 10_000})
+    producer.produce(topic, b"probe", on_delivery=lambda error, _: outcome.append(error))
+    producer.flush(TIMEOUT_S)
+    assert outcome, "no delivery report"
+    return outcome[0]
+
+
+def test_order_sync_cannot_write_an_invoice_topic(secure_stack: SecureStack) -> None:
+    invoices = _topic(secure_stack, "invoice", "posted")
+    orders = _topic(secure_stack, "order", "accepted")
+
+    refused = _produce(_kafka(secure_stack, "order-sync"), invoices)
+    allowed = _produce(_kafka(secure_stack, "order-sync"), orders)
+
+    assert refused is not None
+    assert refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert allowed is None
+
+
+@pytest.mark.parametrize("identity", ["order-sync", "operator"])
+def test_only_governance_creates_topics(secure_stack: SecureStack, identity: str) -> None:
+    name = f"revsync.probe-{uuid.uuid4().hex[:8]}.created.v1"
+
+    admin = _admin(_kafka(secure_stack, identity))
+    with pytest.raises(KafkaException) as refused:
+        admin.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=TIMEOUT_S)
+
+    assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    governance = _admin(_kafka(secure_stack, "governance"))
+    governance.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=TIMEOUT_S)
+
+
+def test_a_service_cannot_grant_itself_acls(secure_stack: SecureStack) -> None:
+    result = secure_stack.revsync("order-sync", "acls", "apply")
+
+    assert result.returncode == 1
+    assert "applying the ACLs failed" in result.stderr
+
+
+def test_the_services_role_may_add_to_the_audit_trail_but_never_change_it(
+    secure_stack: SecureStack,
+) -> None:
+    actor = f"probe-{uuid.uuid4().hex[:8]}"
+    dsn = secure_stack.environment("order-sync")["REVSYNC_POSTGRES_DSN"]
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        connection.execute(
+            "INSERT INTO revsync_audit (actor, action, filter, count, outcome) "
+            "VALUES (%s, 'probe', '{}', 0, 'written')",
+            (actor,),
+        )
+        for statement in (
+            "UPDATE revsync_audit SET outcome = 'rewritten' WHERE actor = %s",
+            "DELETE FROM revsync_audit WHERE actor = %s",
+            "SELECT outcome FROM revsync_audit WHERE actor = %s",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement, (actor,))
+        # Nor may it say it was someone else: PostgreSQL names the role.
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            connection.execute(
+                "INSERT INTO revsync_audit (actor, action, filter, count, outcome, db_role) "
+                "VALUES (%s, 'probe', '{}', 0, 'written', 'revsync_migrator')",
+                (actor,),
+            )
+
+    with psycopg.connect(secure_stack.admin_dsn()) as admin:
+        rows = admin.execute(
+            "SELECT db_role, outcome FROM revsync_audit WHERE actor = %s", (actor,)
+        ).fetchall()
+    assert rows == [("revsync_service", "written")]
+
+
+def test_the_services_role_cannot_touch_the_operators_tables(secure_stack: SecureStack) -> None:
+    dsn = secure_stack.environment("invoice-sync")["REVSYNC_POSTGRES_DSN"]
+    with (
+        psycopg.connect(dsn, autocommit=True) as connection,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        connection.execute("DELETE FROM revsync_dlt_ledger")
+
+
+def test_the_operators_tooling_is_audited_as_its_authenticated_principals(
+    secure_stack: SecureStack,
+) -> None:
+    actor = f"on-call-{uuid.uuid4().hex[:8]}"
+
+    result = secure_stack.revsync("operator", "dlt", "ls", "--actor", actor)
+
+    assert result.returncode == 0, result.stderr
+    with psycopg.connect(secure_stack.admin_dsn()) as admin:
+        rows = admin.execute(
+            "SELECT db_role, kafka_principal, action FROM revsync_audit WHERE actor = %s",
+            (actor,),
+        ).fetchall()
+    assert rows == [("revsync_operator", "User:revsync-operator", "list")]
+
+
+def _topic(secure_stack: SecureStack, entity: str, event: str) -> str:
+    """This run's topic of ``entity`` ``event`` (the private contracts rename them)."""
+    from revsync.contracts.catalog import load_catalog
+
+    catalog = load_catalog(secure_stack.contracts)
+    return next(
+        topic.name
+        for topic in catalog.topics
+        if topic.name.startswith(f"revsync.{entity}-") and f".{event}." in topic.name
+    )
