@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from revsync.migrations import SchemaMissing, Tables, ensure
 from secure_support import SecureStack
 
 TIMEOUT_S = 15
@@ -201,3 +202,17 @@ def _topic(secure_stack: SecureStack, entity: str, event: str) -> str:
         for topic in catalog.topics
         if topic.name.startswith(f"revsync.{entity}-") and f".{event}." in topic.name
     )
+
+
+def test_a_service_whose_tables_were_never_migrated_is_told_to_migrate(
+    secure_stack: SecureStack,
+) -> None:
+    never_made = f"revsync_never_made_{uuid.uuid4().hex[:8]}"
+    dsn = secure_stack.environment("order-sync")["REVSYNC_POSTGRES_DSN"]
+    tables = Tables(f"CREATE TABLE IF NOT EXISTS {never_made} (id integer);")
+
+    with (
+        psycopg.connect(dsn, autocommit=True) as connection,
+        pytest.raises(SchemaMissing, match=f"{never_made} .*revsync db migrate"),
+    ):
+        ensure(connection, [tables])
