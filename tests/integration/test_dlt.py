@@ -385,7 +385,7 @@ def test_show_prints_what_another_system_wrote_as_text_and_masks_by_path(
     assert '"city": "San Francisco"' in shown.output  # the shipping address's, not masked
 
 
-def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
+def test_every_read_an_operator_makes_is_audited(world: RuntimeWorld) -> None:
     event = order(610)
     dead_lettered(world, [event])
     topic = world.catalog.dead_letter_topic(world.consumer)
@@ -398,8 +398,13 @@ def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
         "REVSYNC_POSTGRES_DSN": world.settings.postgres_dsn.get_secret_value(),
         "REVSYNC_SCHEMAS_DIR": str(world.contracts),
     }
-    for arguments in (["ls", "--key", event.crm_order_id], ["show", ref]):
-        result = CliRunner().invoke(app, ["dlt", *arguments, "--actor", actor], env=environment)
+    for arguments in (
+        ["dlt", "ls", "--key", event.crm_order_id],
+        ["dlt", "show", ref],
+        ["dlt", "status"],
+        ["holds", "ls", "--key", event.crm_order_id],
+    ):
+        result = CliRunner().invoke(app, [*arguments, "--actor", actor], env=environment)
         assert result.exit_code == 0, result.output
 
     with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
@@ -407,10 +412,13 @@ def test_reading_dead_letters_is_audited(world: RuntimeWorld) -> None:
             "SELECT action, count, outcome, filter FROM revsync_audit WHERE actor = %s ORDER BY id",
             (actor,),
         ).fetchall()
-    assert [(action, count, outcome) for action, count, outcome, _ in rows] == [
-        ("list", 1, "read"),
-        ("show", 1, "read"),
+    assert [(action, outcome) for action, _, outcome, _ in rows] == [
+        ("list", "read"),
+        ("show", "read"),
+        ("status", "read"),
+        ("list holds", "read"),
     ]
+    assert rows[0][1] == rows[1][1] == 1
     assert rows[1][3] == {"refs": [ref]}
 
 

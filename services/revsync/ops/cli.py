@@ -383,10 +383,11 @@ def export(
 @dlt_app.command("status")
 def status(
     job: Annotated[str | None, typer.Argument(help="A job id; all when left out.")] = None,
+    actor: Actor = None,
 ) -> None:
     """Replay jobs: running, completed, cancelled, interrupted; moved and remaining."""
     try:
-        jobs = _operations(None).replays.jobs(uuid.UUID(job) if job else None)
+        jobs = _operations(actor).replay_jobs(uuid.UUID(job) if job else None)
     except (RevsyncError, SettingsError, ValueError) as error:
         raise _fail(str(error)) from None
     table = Table(title="replay jobs", title_justify="left")
@@ -490,10 +491,10 @@ def _holds_table(title: str, held: list[HeldKey]) -> Table:
 
 
 @holds_app.command("ls")
-def holds_ls(service: Service = None, key: Key = None) -> None:
+def holds_ls(service: Service = None, key: Key = None, actor: Actor = None) -> None:
     """Held keys: consumer, key, source topic, the record they wait on, parked count, age."""
     try:
-        operations, consumers, keys = _held(service, key, None)
+        operations, consumers, keys = _held(service, key, actor)
         held = operations.holds(consumers, keys)
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None

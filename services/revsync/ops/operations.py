@@ -28,7 +28,7 @@ from revsync.contracts.catalog import Catalog
 from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
 from revsync.ops import ledger
-from revsync.ops.replay import ReplayJobs
+from revsync.ops.replay import Job, ReplayJobs
 from revsync.ops.storage import TABLES
 from revsync.runtime import headers as h
 from revsync.runtime.breaker import request_resume
@@ -148,8 +148,21 @@ class Operations:
     # --- held keys -------------------------------------------------------------------------------
 
     def holds(self, consumers: Collection[str], keys: Collection[bytes]) -> list[HeldKey]:
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
-            return held_keys(connection, consumers, keys)
+        """The held keys (``holds ls``): audited with the read, since keys name orders."""
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
+            held = held_keys(connection, consumers, keys)
+            chosen = {
+                "consumers": sorted(consumers),
+                "keys": sorted(key.decode(errors="replace") for key in keys),
+            }
+            ledger.audit(connection, self.actor, "list holds", chosen, len(held), "read")
+        return held
+
+    def replay_jobs(self, job_id: uuid.UUID | None) -> list[Job]:
+        """Replay jobs, one or the latest (``dlt status``): audited like every command."""
+        jobs = self.replays.jobs(job_id)
+        self._audit_read("status", {"job": str(job_id) if job_id else None}, len(jobs))
+        return jobs
 
     def release_holds(
         self, consumers: Collection[str], keys: Collection[bytes], *, dry_run: bool
