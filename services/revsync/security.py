@@ -49,12 +49,16 @@ def kafka_principal(deployable: str) -> str:
 
 
 def kafka_identity(config: Mapping[str, Any]) -> str:
-    """The principal a Kafka client with ``config`` is, as the broker names it: the SASL user,
-    else ``User:ANONYMOUS`` (a plaintext or TLS-only connection carries no user)."""
+    """The principal a Kafka client with ``config`` is, as the broker names it: the SASL user;
+    on TLS with a client certificate, the broker maps its subject (named here by the file);
+    else ``User:ANONYMOUS``."""
     protocol = str(config.get("security.protocol", "plaintext")).lower()
     user = config.get("sasl.username")
     if protocol.startswith("sasl") and user:
         return f"User:{user}"
+    certificate = config.get("ssl.certificate.location")
+    if protocol == "ssl" and certificate:
+        return f"certificate {certificate}"
     return "User:ANONYMOUS"
 
 

@@ -94,3 +94,5 @@ def test_a_client_is_audited_as_the_user_it_authenticates_as() -> None:
     assert kafka_identity({}) == "User:ANONYMOUS"
     # A SASL user named on a connection that does not authenticate is not who it is.
     assert kafka_identity({"sasl.username": "revsync-operator"}) == "User:ANONYMOUS"
+    tls = {"security.protocol": "SSL", "ssl.certificate.location": "/etc/revsync/operator.pem"}
+    assert kafka_identity(tls) == "certificate /etc/revsync/operator.pem"
