@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from revsync.cli import app
-from revsync_devstack.settings import StackSettings
+from revsync_devstack.secure import Credentials
+from revsync_devstack.settings import SECURE_DEFAULTS, StackSettings
 from revsync_devstack.stack import Component, Kafka, StackError, wait_until_healthy
 
 
@@ -103,6 +104,41 @@ def test_a_proxied_broker_advertises_its_proxy_and_replicates_past_it(tmp_path: 
     assert kafka.bootstrap_servers == "127.0.0.1:29292,127.0.0.1:29294,127.0.0.1:29296"
     assert kafka.address == "127.0.0.1:29094"
     assert kafka.ports() == {"client": 29094, "controller": 29194, "internal": 29295}
+
+
+def test_a_secured_broker_takes_only_authenticated_clients_over_tls(tmp_path: Path) -> None:
+    settings = StackSettings(dir=tmp_path, secure=True)
+    Credentials(tmp_path / "secrets").make()
+    kafka = Kafka(settings)
+
+    properties = dict(line.split("=", 1) for line in kafka._server_properties().splitlines())
+
+    assert properties["listeners"] == (
+        f"SASL_SSL://127.0.0.1:{SECURE_DEFAULTS['kafka_port']},"
+        f"CONTROLLER://127.0.0.1:{SECURE_DEFAULTS['kafka_controller_port']}"
+    )
+    assert properties["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:SSL"
+    assert "PLAINTEXT" not in properties["listener.security.protocol.map"]
+    assert properties["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert properties["listener.name.controller.ssl.client.auth"] == "required"
+    assert properties["allow.everyone.if.no.acl.found"] == "false"
+    assert properties["super.users"] == "User:broker"
+    assert properties["authorizer.class.name"].endswith("StandardAuthorizer")
+    assert settings.dir == tmp_path  # given folder wins over the secured stack's default
+
+
+def test_the_secured_stack_keeps_its_secrets_to_its_owner(tmp_path: Path) -> None:
+    credentials = Credentials(tmp_path / "secrets")
+    credentials.make()
+
+    assert (credentials.folder.stat().st_mode & 0o777) == 0o700
+    for path in credentials.folder.iterdir():
+        assert (path.stat().st_mode & 0o777) == 0o600, path
+    passwords = credentials.passwords("kafka")
+    assert {"broker", "revsync-order-sync", "revsync-operator", "revsync-governance"} <= set(
+        passwords
+    )
+    assert len(set(passwords.values())) == len(passwords)
 
 
 def test_a_proxy_port_that_meets_a_brokers_own_is_refused(tmp_path: Path) -> None:
