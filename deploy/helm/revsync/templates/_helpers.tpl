@@ -41,24 +41,34 @@ app.kubernetes.io/part-of: revsync
 The services, in one place: the values key, the name `revsync run` takes, and for the three
 consumers the consumer group (the catalog's consumer name) they join. The other two are
 sources with no group (no KEDA, no consumer settings): replicas elect a leader through a
-PostgreSQL advisory lock and the others stand by.
+PostgreSQL advisory lock and the others stand by. Then what each calls besides Kafka, the
+registry and PostgreSQL (its wiring, services/<package>/service.py): Salesforce (crm; the CDC
+bridge its Pub/Sub API too), the ERP's API, the ERP's outbox database. Its credentials follow
+from these, and from nothing else.
 */}}
 {{- define "revsync.catalog" -}}
 orderSync:
   name: order-sync
   group: order-sync
+  crm: true
+  erp: true
 invoiceSync:
   name: invoice-sync
   group: invoice-sync
+  crm: true
 fulfillmentSync:
   name: fulfillment-sync
   group: fulfillment-sync
+  crm: true
 erpOutboxPublisher:
   name: erp-outbox-publisher
   group: ""
+  erpOutbox: true
 crmCdcBridge:
   name: crm-cdc-bridge
   group: ""
+  crm: true
+  pubsub: true
 {{- end -}}
 
 {{/* Component object name: (dict "root" $ "name" "order-sync") */}}
@@ -93,10 +103,6 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- end -}}
 
-{{- define "revsync.credentialsSecret" -}}
-{{- default (printf "%s-credentials" (include "revsync.fullname" .)) .Values.secrets.existingSecret -}}
-{{- end -}}
-
 {{- define "revsync.isSasl" -}}
 {{- if hasPrefix "SASL_" .Values.kafka.securityProtocol }}true{{ end -}}
 {{- end -}}
@@ -112,27 +118,27 @@ app.kubernetes.io/component: {{ .name }}
 {{- end -}}
 {{- range $property, $_ := .Values.kafka.properties -}}
 {{- if or (eq $property "bootstrap.servers") (eq $property "security.protocol") (hasPrefix "sasl." $property) (hasPrefix "ssl." $property) -}}
-{{- fail (printf "kafka.properties.%s: set it through kafka.bootstrapServers, kafka.securityProtocol, kafka.sasl or kafka.tls (secrets in the credentials Secret)" $property) -}}
+{{- fail (printf "kafka.properties.%s: set it through kafka.bootstrapServers, kafka.securityProtocol, kafka.sasl or kafka.tls (secrets in each principal's Secret)" $property) -}}
 {{- end -}}
 {{- end -}}
-{{- if and .Values.secrets.create .Values.secrets.existingSecret -}}
-{{- fail "secrets.create and secrets.existingSecret exclude each other: the chart would render a Secret you already have" -}}
+{{- /* A principal per component: two sharing a Secret or a Kafka user would share their grants. */ -}}
+{{- $secrets := dict -}}
+{{- $users := dict -}}
+{{- range $component := include "revsync.components" . | fromYamlArray -}}
+{{- $ctx := dict "root" $ "component" $component -}}
+{{- $secret := include "revsync.secretName" $ctx -}}
+{{- with index $secrets $secret -}}
+{{- fail (printf "%s and %s both read the Secret %s; each has its own (see credentials.secret)" . $component $secret) -}}
+{{- end -}}
+{{- $_ := set $secrets $secret $component -}}
+{{- with include "revsync.kafkaUser" $ctx -}}
+{{- $user := . -}}
+{{- with index $users $user -}}
+{{- fail (printf "%s and %s both authenticate to Kafka as %s; each has its own user (credentials.kafkaUser)" . $component $user) -}}
+{{- end -}}
+{{- $_ := set $users $user $component -}}
 {{- end -}}
 {{- end -}}
-
-{{/*
-A secretKeyRef env var: (dict "root" $ "env" "REVSYNC_X" "ref" .Values.secrets.keys.x
-"optional" true "secretName" "<instead of the credentials Secret>"); a ref's own secret wins.
-*/}}
-{{- define "revsync.secretEnv" -}}
-- name: {{ .env }}
-  valueFrom:
-    secretKeyRef:
-      name: {{ .ref.secret | default .secretName | default (include "revsync.credentialsSecret" .root) }}
-      key: {{ .ref.key }}
-      {{- if .optional }}
-      optional: true
-      {{- end }}
 {{- end -}}
 
 {{/*
@@ -152,9 +158,6 @@ REVSYNC_KAFKA_SECURITY_PROTOCOL: {{ $v.kafka.securityProtocol | quote }}
 {{- end }}
 {{- if include "revsync.isSasl" . }}
 REVSYNC_KAFKA_SASL_MECHANISM: {{ $v.kafka.sasl.mechanism | quote }}
-{{- with $v.kafka.sasl.username }}
-REVSYNC_KAFKA_SASL_USERNAME: {{ . | quote }}
-{{- end }}
 {{- end }}
 {{- if and (include "revsync.isTls" .) $v.kafka.tls.caSecret }}
 REVSYNC_KAFKA_SSL_CA_LOCATION: {{ printf "/etc/revsync/kafka-ca/%s" $v.kafka.tls.caKey | quote }}
@@ -169,22 +172,164 @@ REVSYNC_KAFKA_SSL_KEY_LOCATION: "/etc/revsync/kafka-client/tls.key"
 {{- end -}}
 
 {{/*
-The cluster credentials, as secretKeyRef env (rendered only where they apply):
-(dict "root" $ "secretName" "<Secret to read instead of the credentials Secret>")
+Who holds credentials, each its own principal: the services by their values key, the
+governance Job's steps that speak to Kafka and the registry (revsync-governance), and its
+`revsync db migrate` step (the PostgreSQL role that owns the tables).
 */}}
-{{- define "revsync.clusterSecretEnv" -}}
+{{- define "revsync.components" -}}
+{{- range $key, $_ := include "revsync.catalog" . | fromYaml }}
+{{- if (index $.Values.services $key).enabled }}
+- {{ $key }}
+{{- end }}
+{{- end }}
+{{- if .Values.governance.enabled }}
+- governance
+- migrations
+{{- end }}
+{{- end -}}
+
+{{/* A component's values: (dict "root" $ "component" "orderSync"). */}}
+{{- define "revsync.componentValues" -}}
+{{- $v := .root.Values -}}
+{{- if eq .component "governance" -}}
+{{- toYaml $v.governance -}}
+{{- else if eq .component "migrations" -}}
+{{- toYaml $v.governance.migrations -}}
+{{- else -}}
+{{- toYaml (index $v.services .component) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's Secret: its credentials.secret, else "<fullname>-<component>-credentials". */}}
+{{- define "revsync.secretName" -}}
+{{- $values := include "revsync.componentValues" . | fromYaml -}}
+{{- $name := .component -}}
+{{- with index (include "revsync.catalog" .root | fromYaml) .component }}{{ $name = .name }}{{ end -}}
+{{- $values.credentials.secret | default (printf "%s-credentials" (include "revsync.componentName" (dict "root" .root "name" $name))) -}}
+{{- end -}}
+
+{{/* A component's Kafka SASL user; empty for the migrations, which never speak to Kafka. */}}
+{{- define "revsync.kafkaUser" -}}
+{{- $values := include "revsync.componentValues" . | fromYaml -}}
+{{- $values.credentials.kafkaUser | default "" -}}
+{{- end -}}
+
+{{/*
+The credentials a component reads from its Secret, and nothing more: the variable each sets,
+its key, whether it may be absent. (dict "root" $ "component" "orderSync")
+*/}}
+{{- define "revsync.credentials" -}}
 {{- $root := .root -}}
 {{- $keys := $root.Values.secrets.keys -}}
-{{- $secretName := .secretName -}}
-{{ include "revsync.secretEnv" (dict "root" $root "secretName" $secretName "env" "REVSYNC_SCHEMA_REGISTRY_BASIC_AUTH" "ref" $keys.schemaRegistryBasicAuth "optional" true) }}
-{{- if include "revsync.isSasl" $root }}
-{{- if not $root.Values.kafka.sasl.username }}
-{{ include "revsync.secretEnv" (dict "root" $root "secretName" $secretName "env" "REVSYNC_KAFKA_SASL_USERNAME" "ref" $keys.kafkaSaslUsername) }}
+{{- $calls := index (include "revsync.catalog" $root | fromYaml) .component | default dict -}}
+{{- if ne .component "governance" }}
+- env: REVSYNC_POSTGRES_DSN
+  key: {{ $keys.postgresDsn | quote }}
 {{- end }}
-{{ include "revsync.secretEnv" (dict "root" $root "secretName" $secretName "env" "REVSYNC_KAFKA_SASL_PASSWORD" "ref" $keys.kafkaSaslPassword) }}
+{{- if ne .component "migrations" }}
+- env: REVSYNC_SCHEMA_REGISTRY_BASIC_AUTH
+  key: {{ $keys.schemaRegistryBasicAuth | quote }}
+  optional: true
+{{- if include "revsync.isSasl" $root }}
+- env: REVSYNC_KAFKA_SASL_PASSWORD
+  key: {{ $keys.kafkaSaslPassword | quote }}
 {{- end }}
 {{- if and (include "revsync.isTls" $root) $root.Values.kafka.tls.clientCertSecret }}
-{{ include "revsync.secretEnv" (dict "root" $root "secretName" $secretName "env" "REVSYNC_KAFKA_SSL_KEY_PASSWORD" "ref" $keys.kafkaSslKeyPassword "optional" true) }}
+- env: REVSYNC_KAFKA_SSL_KEY_PASSWORD
+  key: {{ $keys.kafkaSslKeyPassword | quote }}
+  optional: true
+{{- end }}
+{{- end }}
+{{- if $calls.crm }}
+- env: REVSYNC_CRM_CLIENT_SECRET
+  key: {{ $keys.crmClientSecret | quote }}
+{{- end }}
+{{- if $calls.erp }}
+- env: REVSYNC_ERP_API_TOKEN
+  key: {{ $keys.erpApiToken | quote }}
+{{- end }}
+{{- if $calls.erpOutbox }}
+- env: REVSYNC_ERP_OUTBOX_DSN
+  key: {{ $keys.erpOutboxDsn | quote }}
+  optional: true
+{{- end }}
+{{- end -}}
+
+{{/*
+A component's identity and credentials as env: its Kafka user (not secret), then, with
+secrets.mode files, only REVSYNC_SECRETS_DIR (the credentials are files there, see
+revsync.credentialsVolume); with env, a secretKeyRef per credential.
+(dict "root" $ "component" "orderSync")
+*/}}
+{{- define "revsync.credentialsEnv" -}}
+{{- $secret := include "revsync.secretName" . -}}
+{{- with include "revsync.kafkaUser" . }}
+{{- if include "revsync.isSasl" $.root }}
+- name: REVSYNC_KAFKA_SASL_USERNAME
+  value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .root.Values.secrets.mode "files" }}
+- name: REVSYNC_SECRETS_DIR
+  value: /etc/revsync/secrets
+{{- else }}
+{{- range include "revsync.credentials" . | fromYamlArray }}
+- name: {{ .env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .key }}
+      {{- if .optional }}
+      optional: true
+      {{- end }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+With secrets.mode files, a component's credentials as a projected volume: each key of its
+Secret becomes a file named after the variable it sets, which is how revsync reads
+REVSYNC_SECRETS_DIR. Keys that may be absent come in a source of their own, marked optional.
+(dict "root" $ "component" "orderSync" "volume" "<volume name>")
+*/}}
+{{- define "revsync.credentialsVolume" -}}
+{{- if eq .root.Values.secrets.mode "files" }}
+{{- $secret := include "revsync.secretName" . -}}
+{{- $required := list -}}
+{{- $optional := list -}}
+{{- range include "revsync.credentials" . | fromYamlArray -}}
+{{- if .optional -}}
+{{- $optional = append $optional (dict "key" .key "path" .env) -}}
+{{- else -}}
+{{- $required = append $required (dict "key" .key "path" .env) -}}
+{{- end -}}
+{{- end }}
+- name: {{ .volume }}
+  projected:
+    # 0440: the files are root's, readable by the pod's fsGroup (revsync's group), no other.
+    defaultMode: 288
+    sources:
+      {{- with $required }}
+      - secret:
+          name: {{ $secret }}
+          items:
+            {{- toYaml . | nindent 12 }}
+      {{- end }}
+      {{- with $optional }}
+      - secret:
+          name: {{ $secret }}
+          optional: true
+          items:
+            {{- toYaml . | nindent 12 }}
+      {{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "revsync.credentialsVolumeMount" -}}
+{{- if eq .root.Values.secrets.mode "files" }}
+- name: {{ .volume }}
+  mountPath: /etc/revsync/secrets
+  readOnly: true
 {{- end }}
 {{- end -}}
 
