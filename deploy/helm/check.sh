@@ -109,6 +109,11 @@ expect_failure "both authenticate to Kafka as revsync-order-sync" \
     "$HELM" template revsync "$CHART" --set services.invoiceSync.credentials.kafkaUser=revsync-order-sync
 expect_failure "additional properties 'existingSecret' not allowed" \
     "$HELM" template revsync "$CHART" --set secrets.existingSecret=revsync-credentials
+# No egress rule opens every port, nor names a peer Kubernetes would not know.
+expect_failure "minItems: got 0, want 1" \
+    "$HELM" template revsync "$CHART" --set-json 'networkPolicy.egress.kafka.ports=[]'
+expect_failure "additional properties 'ipblock' not allowed" \
+    "$HELM" template revsync "$CHART" --set-json 'networkPolicy.egress.erp.to=[{"ipblock":{"cidr":"10.0.0.0/8"}}]'
 # The Pub/Sub API is only ever reached over TLS: the chart never renders REVSYNC_CRM_PUBSUB_TLS.
 if grep -q REVSYNC_CRM_PUBSUB_TLS "$OUT/default.yaml" "$OUT/full.yaml"; then
     echo "FAIL: REVSYNC_CRM_PUBSUB_TLS is rendered"

@@ -1,7 +1,7 @@
 """Validates rendered chart manifests offline: Kubernetes kinds against the schemas that
 kubernetes-validate ships (strict: unknown fields fail), the chart's two CRDs against the local
 schemas in ``schemas/``, and the rules the chart promises of every revsync pod: its security
-context, its settings and its own credentials.
+context, its settings, its own credentials, and NetworkPolicies that fence it in.
 
 Usage: validate_manifests.py --kube-version 1.27 [--kube-version 1.37]
        [--known-env FILE] [--dashboard FILE] MANIFEST...
@@ -26,12 +26,20 @@ CRD_SCHEMAS = {
 }
 POD_KINDS = {"Deployment", "Job", "Pod"}
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+COMPONENT = "app.kubernetes.io/component"
 SECRETS_DIR = "REVSYNC_SECRETS_DIR"
 
 
 def pod_spec(doc: dict[str, Any]) -> dict[str, Any]:
     spec: dict[str, Any] = doc["spec"]
     return spec if doc["kind"] == "Pod" else spec["template"]["spec"]
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    labels: dict[str, str] = (
+        doc["metadata"] if doc["kind"] == "Pod" else doc["spec"]["template"]["metadata"]
+    ).get("labels", {})
+    return labels
 
 
 def revsync_setting(name: str, known_env: set[str] | None) -> bool:
@@ -129,6 +137,51 @@ def secrets_dir_problems(
     return problems
 
 
+def selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether ``policy`` applies to pods labelled ``labels`` (the chart selects by labels only)."""
+    match: dict[str, str] = policy["spec"]["podSelector"].get("matchLabels", {})
+    return all(labels.get(key) == value for key, value in match.items())
+
+
+def network_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Once the chart renders NetworkPolicies: one denying everything selects every pod, another
+    selects each pod by its component and admits only what it names, and no rule opens every
+    port."""
+    policies = [doc for doc in docs if doc["kind"] == "NetworkPolicy"]
+    if not policies:
+        return []
+    problems = []
+    for policy in policies:
+        name = f"NetworkPolicy/{policy['metadata']['name']}"
+        spec = policy["spec"]
+        if sorted(spec.get("policyTypes", [])) != ["Egress", "Ingress"]:
+            problems.append(f"{name}: policyTypes are not Ingress and Egress")
+        problems += [
+            f"{name}: an {direction} rule opens every port"
+            for direction in ("ingress", "egress")
+            for rule in spec.get(direction, [])
+            if not rule.get("ports")
+        ]
+    denials = [p for p in policies if not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    for doc in docs:
+        if doc["kind"] not in POD_KINDS:
+            continue
+        name = f"{doc['kind']}/{doc['metadata']['name']}"
+        labels = pod_labels(doc)
+        if not any(selects(policy, labels) for policy in denials):
+            problems.append(f"{name}: no NetworkPolicy denies what the others do not admit")
+        own = [
+            policy
+            for policy in policies
+            if policy["spec"]["podSelector"].get("matchLabels", {}).get(COMPONENT)
+            == labels.get(COMPONENT)
+            and selects(policy, labels)
+        ]
+        if not own:
+            problems.append(f"{name}: no NetworkPolicy of its own ({COMPONENT}) selects it")
+    return problems
+
+
 def principal_problems(docs: list[dict[str, Any]]) -> list[str]:
     """Least privilege: no two Deployments, nor a Deployment and the Job, read credentials from
     the same Secret or sign in to Kafka as the same user."""
@@ -187,6 +240,7 @@ def validate(
         core += 1
         if doc["kind"] in POD_KINDS:
             problems += [f"{name}: {problem}" for problem in policy_problems(doc, known_env)]
+    problems += [f"{path.name}: {problem}" for problem in network_problems(docs)]
     problems += [f"{path.name}: {problem}" for problem in principal_problems(docs)]
     if known_env is not None:
         for configmap, data in configmaps.items():

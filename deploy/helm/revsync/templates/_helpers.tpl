@@ -43,8 +43,8 @@ consumers the consumer group (the catalog's consumer name) they join. The other 
 sources with no group (no KEDA, no consumer settings): replicas elect a leader through a
 PostgreSQL advisory lock and the others stand by. Then what each calls besides Kafka, the
 registry and PostgreSQL (its wiring, services/<package>/service.py): Salesforce (crm; the CDC
-bridge its Pub/Sub API too), the ERP's API, the ERP's outbox database. Its credentials follow
-from these, and from nothing else.
+bridge its Pub/Sub API too), the ERP's API, the ERP's outbox database. Its credentials and its
+NetworkPolicy follow from these, and from nothing else.
 */}}
 {{- define "revsync.catalog" -}}
 orderSync:
@@ -395,4 +395,20 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
+{{- end -}}
+
+{{/*
+One egress rule of a NetworkPolicy: (dict "name" "Kafka" "rule" .Values.networkPolicy.egress.kafka).
+Without peers it admits any address, on its ports only.
+*/}}
+{{- define "revsync.egressRule" -}}
+# {{ .name }}
+{{- if .rule.to }}
+- to:
+    {{- toYaml .rule.to | nindent 4 }}
+  ports:
+{{- else }}
+- ports:
+{{- end }}
+    {{- toYaml .rule.ports | nindent 4 }}
 {{- end -}}
