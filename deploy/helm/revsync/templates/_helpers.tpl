@@ -153,6 +153,9 @@ REVSYNC_BOOTSTRAP_SERVERS: {{ $v.kafka.bootstrapServers | quote }}
 {{- if $v.schemaRegistry.url }}
 REVSYNC_SCHEMA_REGISTRY_URL: {{ $v.schemaRegistry.url | quote }}
 {{- end }}
+{{- if $v.schemaRegistry.caSecret }}
+REVSYNC_SCHEMA_REGISTRY_CA_LOCATION: {{ printf "/etc/revsync/registry-ca/%s" $v.schemaRegistry.caKey | quote }}
+{{- end }}
 {{- if ne $v.kafka.securityProtocol "PLAINTEXT" }}
 REVSYNC_KAFKA_SECURITY_PROTOCOL: {{ $v.kafka.securityProtocol | quote }}
 {{- end }}
@@ -343,6 +346,14 @@ REVSYNC_SECRETS_DIR. Keys that may be absent come in a source of their own, mark
       - key: {{ .Values.kafka.tls.caKey }}
         path: {{ .Values.kafka.tls.caKey }}
 {{- end }}
+{{- if .Values.schemaRegistry.caSecret }}
+- name: registry-ca
+  secret:
+    secretName: {{ .Values.schemaRegistry.caSecret }}
+    items:
+      - key: {{ .Values.schemaRegistry.caKey }}
+        path: {{ .Values.schemaRegistry.caKey }}
+{{- end }}
 {{- if and (include "revsync.isTls" .) .Values.kafka.tls.clientCertSecret }}
 - name: kafka-client
   secret:
@@ -359,6 +370,11 @@ REVSYNC_SECRETS_DIR. Keys that may be absent come in a source of their own, mark
 {{- if and (include "revsync.isTls" .) .Values.kafka.tls.caSecret }}
 - name: kafka-ca
   mountPath: /etc/revsync/kafka-ca
+  readOnly: true
+{{- end }}
+{{- if .Values.schemaRegistry.caSecret }}
+- name: registry-ca
+  mountPath: /etc/revsync/registry-ca
   readOnly: true
 {{- end }}
 {{- if and (include "revsync.isTls" .) .Values.kafka.tls.clientCertSecret }}
