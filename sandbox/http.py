@@ -27,6 +27,12 @@ class Faults:
     error_rate: float = 0.0
     """Answer 503 without doing the work."""
     error_status: int = 503
+    echo_rate: float = 0.0
+    """Refuse a request that carries a body with ``echo_status`` and an error body that quotes
+    the request's body back, without doing the work, as APIs do that repeat what they refused
+    (and with it the customer's data). The body is the ERP's ``{"code", "message"}``; to the
+    CRM it is an answer not in Salesforce's shape, as a gateway in front of it might give."""
+    echo_status: int = 400
     throttle_rate: float = 0.0
     """Answer ``throttle_status`` with ``Retry-After: retry_after_s`` without doing the work."""
     throttle_status: int = 429
@@ -212,6 +218,11 @@ class JsonServer:
             self.count("faults.errors")
             unavailable = [{"errorCode": "SERVER_UNAVAILABLE"}]
             return Response(faults.error_status, unavailable), faults.delivery(delay)
+        if request.body is not None and self._chance(faults.echo_rate):
+            self.count("faults.echoed")
+            quoted = self.dumps(request.body).decode()
+            echoed = {"code": "invalid_request", "message": f"cannot process {quoted}"}
+            return Response(faults.echo_status, echoed), faults.delivery(delay)
         response = self._run(handler, request)
         if self._chance(faults.timeout_rate):
             self.count("faults.timeouts")

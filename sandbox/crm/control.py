@@ -52,7 +52,7 @@ class CrmSandbox:
         return dict(self._call("GET", "/counters"))
 
     def set_faults(self, **faults: float) -> dict[str, Any]:
-        """The HTTP fault knobs (error_rate, throttle_rate, throttle_status, latency_ms,
+        """The HTTP fault knobs (error_rate, echo_rate, throttle_rate, throttle_status, latency_ms,
         drip_ms, pad_bytes, chunked...; :class:`sandbox.http.Faults`)."""
         return dict(self._call("PUT", "/faults", faults))
 

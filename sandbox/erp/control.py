@@ -138,7 +138,7 @@ class ErpSandbox:
         return self._call("GET", "/faults")
 
     def set_faults(self, **changes: float) -> dict[str, Any]:
-        """Changes fault knobs (``error_rate``, ``throttle_rate``, ``timeout_rate``,
+        """Changes fault knobs (``error_rate``, ``echo_rate``, ``throttle_rate``, ``timeout_rate``,
         ``drip_ms``, ``pad_bytes``, ``chunked``...; :class:`sandbox.http.Faults`)."""
         return self._call("PUT", "/faults", changes)
 

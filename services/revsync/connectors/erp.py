@@ -46,7 +46,13 @@ from urllib.parse import quote
 import httpx
 from pydantic import SecretStr
 
-from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, BoundedClient, raise_for_transient
+from revsync.connectors.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    BoundedClient,
+    error_code,
+    failed_call,
+    raise_for_transient,
+)
 from revsync.contracts.events import (
     CreditCheckOutcome,
     PricingOutcome,
@@ -82,7 +88,9 @@ class ErpAuthFailed(TransientError):
 
 class ErpUnexpectedResponse(RevsyncError):
     """The ERP answered something this adapter does not understand (a 400, an unknown
-    status, a malformed document); permanent, so it is looked at."""
+    status, a malformed document); permanent, so it is looked at. Its text names the call,
+    the status, the ERP's error code and the field at fault, never the answer's body or a
+    value from it: an ERP's error body often quotes the order back, addresses and all."""
 
 
 @dataclass(frozen=True)
@@ -183,9 +191,7 @@ class ErpRestAdapter(ErpPort):
         )
         raise_for_transient(SYSTEM, response)
         if response.status_code in (401, 403):
-            raise ErpAuthFailed(
-                f"erp: HTTP {response.status_code} on {method} {path}: the API token was refused"
-            )
+            raise ErpAuthFailed(f"{failed_call(SYSTEM, response)}: the API token was refused")
         return response
 
     @staticmethod
@@ -193,24 +199,30 @@ class ErpRestAdapter(ErpPort):
         if response.status_code != 422:
             return
         document = _json(response)
-        code = str(document.get("code", ""))
-        message = str(document.get("message", ""))
+        code = error_code(document.get("code")) or "UNKNOWN"
         if code == "idempotency_key_reused":
             raise IdempotencyConflict(
-                f"erp: {response.request.method} {response.request.url.path}: {message or code}"
+                f"{failed_call(SYSTEM, response, code)}: the Idempotency-Key was used with a "
+                "different request"
             )
         skus = document.get("skus") or []
-        raise ErpRejected(code or "UNKNOWN", message or "no reason given", tuple(map(str, skus)))
+        message = str(document.get("message") or "no reason given")
+        raise ErpRejected(code, message, tuple(map(str, skus)))
 
     @staticmethod
     def _expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
         if response.status_code not in statuses:
-            body = response.text[:300]
-            raise ErpUnexpectedResponse(
-                f"erp: HTTP {response.status_code} on {response.request.method} "
-                f"{response.request.url.path}: {body}"
-            )
+            raise ErpUnexpectedResponse(failed_call(SYSTEM, response, _error_code(response)))
         return _json(response)
+
+
+def _error_code(response: httpx.Response) -> str | None:
+    """The ``code`` of the ERP's error document ``{"code", "message"}``, if it sent one."""
+    try:
+        document = response.json()
+    except ValueError:
+        return None
+    return error_code(document.get("code")) if isinstance(document, dict) else None
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -229,14 +241,18 @@ def _json(response: httpx.Response) -> dict[str, Any]:
 def _parse(
     response: httpx.Response, build: Callable[[dict[str, Any]], T], document: dict[str, Any]
 ) -> T:
-    """``build(document)``, with any shape error reported as the ERP's fault."""
+    """``build(document)``, with any shape error reported as the ERP's fault: a missing
+    field by its name; a value of the wrong type or form by its kind alone, since the text of
+    such an error quotes the value (which may be the customer's name or address)."""
     try:
         return build(document)
-    except (KeyError, TypeError, ValueError, InvalidOperation) as error:
-        raise ErpUnexpectedResponse(
-            f"erp: malformed answer to {response.request.method} {response.request.url.path}: "
-            f"{type(error).__name__}: {error}"
-        ) from None
+    except KeyError as missing:
+        problem = f"no field {missing.args[0]!r}"
+    except (TypeError, ValueError, InvalidOperation) as error:
+        problem = f"a value of the wrong type or form ({type(error).__name__})"
+    raise ErpUnexpectedResponse(
+        f"erp: malformed answer to {response.request.method} {response.request.url.path}: {problem}"
+    )
 
 
 def _plain(value: Decimal) -> str:

@@ -1,9 +1,11 @@
 """What the CRM and ERP adapters share: a keep-alive pool whose every call is bounded in time
-and in size, and the failures of any HTTP dependency that may pass (timeouts, dropped
-connections, 429, 5xx, an answer too slow or too large) as transient errors."""
+and in size, the failures of any HTTP dependency that may pass (timeouts, dropped
+connections, 429, 5xx, an answer too slow or too large) as transient errors, and how a failed
+call is told in error text: by its status and error code, never by its body."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -15,6 +17,8 @@ import httpx
 from revsync.errors import TransientError
 
 TRANSIENT_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+ERROR_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+"""What an error code or a field name in a dependency's answer looks like."""
 DEFAULT_MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 """The largest answer an adapter reads (8 MiB): room for a full query page of wide records,
 while a service with eight calls in flight holds at most tens of MiB of answers."""
@@ -160,14 +164,27 @@ def retry_after_s(response: httpx.Response) -> float | None:
     return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
 
 
+def failed_call(system: str, response: httpx.Response, code: str | None = None) -> str:
+    """A failed call as error text: the system, the status, the method and path called, and
+    the dependency's error code when it gave one. Never the answer's body: it may quote back
+    what was sent (an address, an email) or what the dependency holds on the customer, and
+    error text ends up in dead-letter headers and logs."""
+    request = response.request
+    named = f" ({code})" if code else ""
+    return f"{system}: HTTP {response.status_code} on {request.method} {request.url.path}{named}"
+
+
+def error_code(value: object) -> str | None:
+    """An error code or a field name read from a dependency's answer, if it is one: a word
+    of letters, digits, ``_``, ``.`` and ``-``. Whatever else stands in its place is free
+    text, which error text does not repeat."""
+    return value if isinstance(value, str) and ERROR_CODE.fullmatch(value) else None
+
+
 def raise_for_transient(system: str, response: httpx.Response) -> None:
     """A status that may pass becomes a :class:`TransientError` naming the system."""
     if response.status_code in TRANSIENT_STATUSES:
-        raise TransientError(
-            f"{system}: HTTP {response.status_code} on {response.request.method} "
-            f"{response.request.url.path}",
-            retry_after=retry_after_s(response),
-        )
+        raise TransientError(failed_call(system, response), retry_after=retry_after_s(response))
 
 
 def transport_failure(system: str, request: str, error: httpx.TransportError) -> TransientError:

@@ -130,11 +130,15 @@ class SalesOrder:
 class ErpRejected(BusinessRuleViolation):
     """The ERP refused the order for a business reason; ``code`` says which (CREDIT_HOLD,
     CREDIT_LIMIT_EXCEEDED, UNKNOWN_PRODUCT, PRICING_MISMATCH, CUSTOMER_BLOCKED,
-    ORDER_NOT_CANCELLABLE, ...) and ``skus`` names the offending products, if any."""
+    ORDER_NOT_CANCELLABLE, ...) and ``skus`` names the offending products, if any.
+
+    ``message`` is the ERP's own reason, for the person the refusal is reported to (the CRM
+    user who placed the order). It may quote the order's values, so the exception's text,
+    which may be logged or dead-lettered, leaves it out."""
 
     def __init__(self, code: str, message: str, skus: tuple[str, ...] = ()) -> None:
         detail = f" (skus: {', '.join(skus)})" if skus else ""
-        super().__init__(f"erp rejected: {code}: {message}{detail}")
+        super().__init__(f"erp rejected: {code}{detail}")
         self.code = code
         self.message = message
         self.skus = skus

@@ -15,13 +15,15 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
+from sandbox.http import JsonServer, Response
 
+from leaks import told
 from port_contracts import ACTIVE, PRICE_BOOK, PRODUCTS, line, order_request
-from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter
+from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter, ErpUnexpectedResponse
 from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, ResponseTooLarge
 from revsync.contracts.events import CreditCheckOutcome, PricingOutcome
 from revsync.errors import ErrorClass, TransientError, classify
-from revsync.ports.erp import ErpOrderMissing, IdempotencyConflict, SalesOrderStatus
+from revsync.ports.erp import ErpOrderMissing, ErpRejected, IdempotencyConflict, SalesOrderStatus
 
 
 def orders_for(database: psycopg.Connection[Any], external_id: str) -> int:
@@ -121,8 +123,74 @@ def test_a_key_reused_with_another_body_is_an_idempotency_conflict(
 ) -> None:
     key = str(uuid.uuid4())
     erp.create_sales_order(order_request(), key)
-    with pytest.raises(IdempotencyConflict, match="different request"):
+    with pytest.raises(IdempotencyConflict, match="different request") as conflict:
         erp.create_sales_order(order_request(), key)
+    assert str(conflict.value).startswith(
+        "erp: HTTP 422 on POST /api/v1/sales-orders (idempotency_key_reused): "
+    )
+    assert key not in told(conflict.value)  # the ERP's message quotes it; ours does not
+
+
+def test_a_refusal_quoting_the_order_back_is_told_by_status_and_code_alone(
+    erp: ErpRestAdapter, control: ErpSandbox
+) -> None:
+    """No customer data in errors: the ERP's error body repeats the ship-to address."""
+    request = order_request()
+    control.set_faults(echo_rate=1)
+    with pytest.raises(ErpUnexpectedResponse) as refused:
+        erp.create_sales_order(request, str(uuid.uuid4()))
+    assert str(refused.value) == "erp: HTTP 400 on POST /api/v1/sales-orders (invalid_request)"
+    assert request.ship_to.street not in told(refused.value)
+    assert "94105" not in told(refused.value)  # the postal code
+
+
+def test_a_business_refusal_keeps_the_erps_reason_for_the_crm_user_out_of_its_text(
+    erp: ErpRestAdapter,
+) -> None:
+    request = order_request(customer_id="C-PC-UNKNOWN")
+    with pytest.raises(ErpRejected) as refused:
+        erp.create_sales_order(request, str(uuid.uuid4()))
+    assert str(refused.value) == "erp rejected: CUSTOMER_NOT_MASTERED"
+    assert "C-PC-UNKNOWN" in refused.value.message  # what the ERP said, written back to the CRM
+    assert "C-PC-UNKNOWN" not in told(refused.value)
+
+
+def test_a_malformed_answer_names_the_missing_field_or_the_kind_of_fault_never_a_value() -> None:
+    """No customer data in errors: a value that does not fit is not quoted."""
+    odd = {
+        "id": "C-ODD",
+        "name": "Acme Corp",
+        "crm_account_id": None,
+        "legal_entity": "US01",
+        "status": "ap@acme.example",  # the contact's email where the status belongs
+        "credit_limit": "100.0000",
+        "currency": "USD",
+    }
+    answers = {"C-ODD": odd, "C-SHORT": {"id": "C-SHORT"}}
+    server = JsonServer()
+    server.route(
+        "GET",
+        r"/api/v1/customers/(?P<id>[^/]+)",
+        lambda request: Response(body=answers[request.params["id"]]),
+    )
+    server.start()
+    adapter = ErpRestAdapter(ErpConfig(server.url, SecretStr("t"), timeout_s=1.0))
+    try:
+        with pytest.raises(ErpUnexpectedResponse) as wrong_value:
+            adapter.customer("C-ODD")
+        with pytest.raises(ErpUnexpectedResponse) as missing:
+            adapter.customer("C-SHORT")
+    finally:
+        adapter.close()
+        server.stop()
+    assert str(wrong_value.value) == (
+        "erp: malformed answer to GET /api/v1/customers/C-ODD: "
+        "a value of the wrong type or form (ValueError)"
+    )
+    assert "ap@acme.example" not in told(wrong_value.value)
+    assert str(missing.value) == (
+        "erp: malformed answer to GET /api/v1/customers/C-SHORT: no field 'name'"
+    )
 
 
 def test_throttling_is_transient_with_retry_after(erp: ErpRestAdapter, control: ErpSandbox) -> None:
