@@ -287,7 +287,7 @@ class FakeCrm(CrmPort):
             try:
                 return work()
             except FieldError as error:
-                reported = CrmFieldError(error.status_code, error.message, tuple(error.fields))
+                reported = CrmFieldError(error.status_code, tuple(error.fields))
                 raise record_failure(subject, [reported], not_found) from None
 
     def _controlled(self, work: Callable[[], T]) -> T:
@@ -340,7 +340,7 @@ class FakeCrm(CrmPort):
             existing, prepared = self._keyed(kind, key_field, key, values)
             saved = self._apply(kind, prepared, existing)
         except FieldError as error:
-            reported = CrmFieldError(error.status_code, error.message, tuple(error.fields))
+            reported = CrmFieldError(error.status_code, tuple(error.fields))
             return RecordResult(None, False, False, (reported,), **named)
         return RecordResult(saved, True, existing is None, (), **named)
 

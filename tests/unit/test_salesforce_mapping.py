@@ -47,7 +47,7 @@ def result(
         id=None,
         success=False,
         created=False,
-        errors=tuple(CrmFieldError(code, "detail", fields) for code, fields in errors),
+        errors=tuple(CrmFieldError(code, fields) for code, fields in errors),
         sobject="Invoice__c",
         external_id_field=key_field,
         external_id="INV-1",
@@ -74,8 +74,7 @@ def test_an_unknown_code_is_refused_and_named() -> None:
     failure = result(("SOMETHING_NEW", ("Due_Date__c",))).error()
     assert isinstance(failure, CrmRejected)
     assert str(failure) == (
-        "Salesforce refused Invoice__c ERP_Invoice_Id__c=INV-1: SOMETHING_NEW on Due_Date__c: "
-        "detail"
+        "Salesforce refused Invoice__c ERP_Invoice_Id__c=INV-1: SOMETHING_NEW on Due_Date__c"
     )
 
 

@@ -26,6 +26,7 @@ from revsync.connectors.cdc import read_json
 from revsync.connectors.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
     BoundedClient,
+    error_code,
     raise_for_transient,
     retry_after_s,
 )
@@ -132,18 +133,26 @@ class SalesforceConfig:
 
 
 def _field_errors(body: Any) -> tuple[CrmFieldError, ...]:
-    """Salesforce's REST error list ``[{"message", "errorCode", "fields"}]``."""
+    """Salesforce's REST error list ``[{"message", "errorCode", "fields"}]``: the codes and
+    field names only, since the message may quote the record's values."""
     if not isinstance(body, list):
         return ()
     return tuple(
         CrmFieldError(
-            str(item.get("errorCode") or item.get("statusCode") or "UNKNOWN_EXCEPTION"),
-            str(item.get("message", "")),
-            tuple(item.get("fields") or ()),
+            error_code(item.get("errorCode"))
+            or error_code(item.get("statusCode"))
+            or "UNKNOWN_EXCEPTION",
+            _field_names(item.get("fields")),
         )
         for item in body
         if isinstance(item, Mapping)
     )
+
+
+def _field_names(fields: Any) -> tuple[str, ...]:
+    if not isinstance(fields, list):
+        return ()
+    return tuple(name for name in fields if error_code(name))
 
 
 class CrmProtocolViolation(RevsyncError):
@@ -260,7 +269,7 @@ class SalesforceClient(CrmPort):
             raise CrmRejected(
                 f"{sobject} {external_id_field}={external_id}",
                 "UNKNOWN_EXCEPTION",
-                "the upsert answer names no record id",
+                detail="the upsert answer names no record id",
             )
         return UpsertResult(str(answer["id"]), bool(answer.get("created")))
 
@@ -289,10 +298,11 @@ class SalesforceClient(CrmPort):
                 },
             )
             if not isinstance(answer, list) or len(answer) != len(chunk):
+                got = len(answer) if isinstance(answer, list) else f"a {type(answer).__name__}"
                 raise CrmRejected(
                     f"{len(chunk)} {sobject} records",
                     "UNKNOWN_EXCEPTION",
-                    f"expected {len(chunk)} results, got {answer!r:.200}",
+                    detail=f"expected {len(chunk)} results, got {got}",
                 )
             results += [
                 RecordResult(
@@ -365,7 +375,8 @@ class SalesforceClient(CrmPort):
         raise_for_transient(SYSTEM, response)
         errors = _field_errors(_decoded_or_none(response))
         if not errors:
-            errors = (CrmFieldError(f"HTTP_{response.status_code}", response.text[:200]),)
+            # Not Salesforce's error list (a gateway's answer, say): its status stands for a code.
+            errors = (CrmFieldError(f"HTTP_{response.status_code}"),)
         raise record_failure(subject, errors, not_found, retry_after_s(response))
 
     def _send(

@@ -6,6 +6,11 @@ keyed by id or by an external id field, child relationships, SOQL, and Salesforc
 codes. How a failed record's codes become revsync's error taxonomy lives here, so every
 implementation (the REST adapter in :mod:`revsync.connectors.salesforce`, the test fake)
 fails alike.
+
+A failure is told by the record, Salesforce's error code and the fields at fault. Salesforce's
+own messages are not kept: a validation rule's or a trigger's message may quote the record's
+values (an address, an email, a phone number), and error text ends up in dead-letter headers
+and logs.
 """
 
 from __future__ import annotations
@@ -27,17 +32,18 @@ TRANSIENT_CODES = frozenset({"REQUEST_LIMIT_EXCEEDED", "UNABLE_TO_LOCK_ROW", "SE
 
 
 class CrmRejected(BusinessRuleViolation):
-    """Salesforce refused a record for good (validation rule, missing field, unknown field)."""
+    """Salesforce refused a record for good (validation rule, missing field, unknown field).
+    ``detail`` is revsync's own account of an answer it could not use, if that is the case."""
 
     def __init__(
-        self, subject: str, status_code: str, message: str, fields: Sequence[str] = ()
+        self, subject: str, status_code: str, fields: Sequence[str] = (), detail: str = ""
     ) -> None:
         where = f" on {', '.join(fields)}" if fields else ""
-        super().__init__(f"Salesforce refused {subject}: {status_code}{where}: {message}")
+        why = f": {detail}" if detail else ""
+        super().__init__(f"Salesforce refused {subject}: {status_code}{where}{why}")
         self.subject = subject
         self.status_code = status_code
         self.fields = tuple(fields)
-        self.message = message
 
 
 class RecordNotFound(DependencyNotReady):
@@ -52,14 +58,13 @@ class RecordNotFound(DependencyNotReady):
 class CrmReferenceMissing(DependencyNotReady):
     """A lookup (such as ``Order__c``) points at a record Salesforce does not have yet."""
 
-    def __init__(self, subject: str, fields: Sequence[str], message: str) -> None:
+    def __init__(self, subject: str, fields: Sequence[str]) -> None:
         super().__init__(
             f"Salesforce cannot link {subject}: {', '.join(fields) or 'a lookup'} references "
-            f"a record that does not exist yet: {message}"
+            "a record that does not exist yet"
         )
         self.subject = subject
         self.fields = tuple(fields)
-        self.message = message
 
 
 # --- Results ------------------------------------------------------------------------------
@@ -67,10 +72,9 @@ class CrmReferenceMissing(DependencyNotReady):
 
 @dataclass(frozen=True)
 class CrmFieldError:
-    """One error Salesforce reported for a record."""
+    """One error Salesforce reported for a record: its code and the fields it names."""
 
     status_code: str
-    message: str
     fields: tuple[str, ...] = ()
 
 
@@ -128,19 +132,18 @@ def record_failure(
     for error in errors:
         if error.status_code in TRANSIENT_CODES:
             return TransientError(
-                f"{SYSTEM}: {error.status_code} for {subject}: {error.message}",
-                retry_after=retry_after,
+                f"{SYSTEM}: {error.status_code} for {subject}", retry_after=retry_after
             )
     for error in errors:
         if error.status_code == NOT_FOUND and not_found is not None:
             return not_found
     for error in errors:
         if error.status_code == REFERENCE_MISSING:
-            return CrmReferenceMissing(subject, error.fields, error.message)
+            return CrmReferenceMissing(subject, error.fields)
     if not errors:
-        return CrmRejected(subject, "UNKNOWN_EXCEPTION", "no error detail in the answer")
+        return CrmRejected(subject, "UNKNOWN_EXCEPTION", detail="no error detail in the answer")
     first = errors[0]
-    return CrmRejected(subject, first.status_code, first.message, first.fields)
+    return CrmRejected(subject, first.status_code, first.fields)
 
 
 # --- The port -----------------------------------------------------------------------------

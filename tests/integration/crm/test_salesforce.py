@@ -20,6 +20,7 @@ from sandbox.crm import CrmSandbox, CrmSimulator
 from sandbox.http import Faults, JsonServer, Request, Response
 
 from crm_sandbox import an_invoice, an_order, calls, config
+from leaks import told
 from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, ResponseTooLarge
 from revsync.connectors.salesforce import (
     BATCH_LIMIT,
@@ -162,9 +163,9 @@ def test_each_refused_record_of_a_collection_is_typed_and_names_its_field(
     missing, refused, dangling, unknown = (r.error() for r in results[1:])
     assert isinstance(missing, CrmRejected)
     assert (missing.status_code, missing.fields) == ("REQUIRED_FIELD_MISSING", ("Total__c",))
-    assert str(missing).startswith(
+    assert str(missing) == (
         f"Salesforce refused Invoice__c ERP_Invoice_Id__c=INV-{run}-1: REQUIRED_FIELD_MISSING "
-        "on Total__c: "
+        "on Total__c"
     )
     assert isinstance(refused, CrmRejected)
     assert (refused.status_code, refused.fields) == (
@@ -175,6 +176,7 @@ def test_each_refused_record_of_a_collection_is_typed_and_names_its_field(
     assert dangling.fields == ("Order__c",)
     assert isinstance(dangling, DependencyNotReady)
     assert "Order__c" in str(dangling)
+    assert unknown_order["Order__c"] not in str(dangling)  # Salesforce's message quotes it
     assert isinstance(unknown, CrmRejected)
     assert (unknown.status_code, unknown.fields) == ("INVALID_FIELD", ("Colour__c",))
     with pytest.raises(CrmRejected):
@@ -215,8 +217,13 @@ def test_single_record_refusals_and_missing_records(crm: SalesforceClient, order
         )
     with pytest.raises(CrmRejected, match="REQUIRED_FIELD_MISSING on Tracking_Number__c"):
         crm.upsert("Shipment__c", "ERP_Shipment_Id__c", "SHP-Y", {"Order__c": order})
-    with pytest.raises(CrmRejected, match="INVALID_TYPE_ON_FIELD_IN_RECORD"):
+    with pytest.raises(CrmRejected) as wrong_type:
         crm.update("Order", order, {"EffectiveDate": "next tuesday"})
+    # Salesforce's message quotes the value; the error names the code and the field.
+    assert str(wrong_type.value) == (
+        f"Salesforce refused Order {order}: INVALID_TYPE_ON_FIELD_IN_RECORD on EffectiveDate"
+    )
+    assert "next tuesday" not in told(wrong_type.value)
 
     absent = "801" + "6" * 15
     with pytest.raises(RecordNotFound) as not_found:
@@ -226,6 +233,43 @@ def test_single_record_refusals_and_missing_records(crm: SalesforceClient, order
         crm.update("Order", absent, {"ERP_Status__c": "Accepted"})
     with pytest.raises(RecordNotFound):
         crm.related("Order", absent, "OrderItems")
+
+
+def test_an_answer_not_in_salesforces_error_format_is_told_by_its_status_alone(
+    sandbox: CrmSandbox, crm: SalesforceClient, order: str
+) -> None:
+    """No customer data in errors: a gateway's error body quotes the record sent."""
+    sandbox.set_faults(echo_rate=1)
+    with pytest.raises(CrmRejected) as refused:
+        crm.update("Order", order, {"ShippingStreet": "17 Quill Lane"})
+    assert str(refused.value) == f"Salesforce refused Order {order}: HTTP_400"
+    assert "17 Quill Lane" not in told(refused.value)
+
+
+def test_a_collection_answer_of_the_wrong_shape_is_told_by_its_shape_not_its_content() -> None:
+    stub = JsonServer()
+    stub.route(
+        "POST",
+        r"/services/oauth2/token",
+        lambda _: Response(body={"access_token": "token", "id": ""}),
+    )
+    stub.route(
+        "PATCH",
+        r"/services/data/v62\.0/composite/sobjects/Invoice__c/ERP_Invoice_Id__c",
+        lambda request: Response(body={"received": request.body}),
+    )
+    stub.start()
+    settings = SalesforceConfig(stub.url, "revsync", SecretStr("secret"), timeout_s=2.0)
+    invoice = {"ERP_Invoice_Id__c": "INV-1", "Bill_To_Street__c": "17 Quill Lane"}
+    try:
+        with SalesforceClient(settings) as crm, pytest.raises(CrmRejected) as refused:
+            crm.upsert_many("Invoice__c", "ERP_Invoice_Id__c", [invoice])
+    finally:
+        stub.stop()
+    assert str(refused.value) == (
+        "Salesforce refused 1 Invoice__c records: UNKNOWN_EXCEPTION: expected 1 results, got a dict"
+    )
+    assert "17 Quill Lane" not in told(refused.value)
 
 
 # --- Transient failures -----------------------------------------------------------------------
