@@ -24,7 +24,7 @@ from revsync.contracts.events import (
     SourceSystem,
     decimal_text,
 )
-from revsync.errors import ErrorClass, RevsyncError
+from revsync.errors import ErrorClass, RevsyncError, invalid_fields
 
 SCHEMA_VERSION = 1
 
@@ -42,7 +42,9 @@ class UnknownErpEventType(RevsyncError):
 
 class ErpPayloadInvalid(RevsyncError):
     """An ERP outbox row whose payload cannot become its canonical event; ``field`` names
-    the culprit (a dotted path into the payload, or the event field)."""
+    the culprit (a dotted path into the payload, or the event field). The reason says what
+    was expected and, at most, the type found: never the value, which may be the customer's
+    (the relay logs a row that will not publish each time it tries it again)."""
 
     error_class = ErrorClass.VALIDATION
 
@@ -102,7 +104,7 @@ class _Payload:
     def text(self, path: str) -> str:
         value = self.value(path)
         if not isinstance(value, str) or not value:
-            raise self.invalid(path, f"expected non-empty text, got {value!r}")
+            raise self.invalid(path, f"expected non-empty text, got {_kind(value)}")
         return value
 
     def optional_text(self, path: str) -> str | None:
@@ -113,7 +115,7 @@ class _Payload:
         if value is None:
             return None
         if not isinstance(value, str):
-            raise self.invalid(path, f"expected text, got {value!r}")
+            raise self.invalid(path, f"expected text, got {_kind(value)}")
         return value or None
 
     def amount(self, path: str) -> Decimal:
@@ -121,29 +123,29 @@ class _Payload:
         try:
             return decimal_text(value)
         except (TypeError, ValueError, InvalidOperation):
-            raise self.invalid(path, f"expected a decimal string, got {value!r}") from None
+            raise self.invalid(path, f"expected a decimal string, got {_kind(value)}") from None
 
     def day(self, path: str) -> date:
         value = self.text(path)
         try:
             return date.fromisoformat(value)
         except ValueError:
-            raise self.invalid(path, f"expected an ISO date, got {value!r}") from None
+            raise self.invalid(path, "expected an ISO date") from None
 
     def moment(self, path: str) -> datetime:
         value = self.text(path)
         try:
             moment = datetime.fromisoformat(value)
         except ValueError:
-            raise self.invalid(path, f"expected an ISO timestamp, got {value!r}") from None
+            raise self.invalid(path, "expected an ISO timestamp") from None
         if moment.tzinfo is None:
-            raise self.invalid(path, f"timestamp {value!r} has no UTC offset")
+            raise self.invalid(path, "a timestamp without its UTC offset")
         return moment
 
     def integer(self, path: str) -> int:
         value = self.value(path)
         if not isinstance(value, int) or isinstance(value, bool):
-            raise self.invalid(path, f"expected an integer, got {value!r}")
+            raise self.invalid(path, f"expected an integer, got {_kind(value)}")
         return value
 
     def elements(self, path: str) -> list[str]:
@@ -166,16 +168,19 @@ def canonical_event(row: ErpOutboxRow) -> Event:
     payload = _Payload(row)
     crm_order_id = payload.text("sales_order.external_id")
     if crm_order_id != row.aggregateid:
-        raise payload.invalid(
-            "sales_order.external_id",
-            f"{crm_order_id!r} is not the row's aggregateid {row.aggregateid!r}",
-        )
+        raise payload.invalid("sales_order.external_id", "not the row's aggregateid")
     try:
         return build(payload)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or row.type
-        raise payload.invalid(field, first["msg"]) from None
+        field, why = invalid_fields(error)[0]
+        raise payload.invalid(field or row.type, why) from None
+
+
+def _kind(value: object) -> str:
+    """What a value is, for an error that may not quote it."""
+    if isinstance(value, str):
+        return "other text" if value else "an empty string"
+    return "null" if value is None else type(value).__name__
 
 
 def _envelope(payload: _Payload, event_type: str, occurred_at: datetime) -> Envelope:
@@ -218,7 +223,7 @@ def _shipment_confirmed(payload: _Payload) -> ShipmentConfirmed:
     completeness = payload.text("shipment.completeness")
     if completeness not in ERP_COMPLETENESS:
         raise payload.invalid(
-            "shipment.completeness", f"{completeness!r} is not one of {sorted(ERP_COMPLETENESS)}"
+            "shipment.completeness", f"not one of {', '.join(sorted(ERP_COMPLETENESS))}"
         )
     lines = [
         ShippedLine(

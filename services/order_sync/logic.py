@@ -24,6 +24,7 @@ from revsync.contracts.events import (
     RejectionReason,
     SourceSystem,
 )
+from revsync.errors import invalid_fields
 from revsync.ports.erp import (
     Address,
     Customer,
@@ -152,7 +153,8 @@ def reconcile_query(since: datetime) -> str:
 
 
 class InvalidCrmOrder(ValueError):
-    """The CRM order cannot become a canonical event; the message says which field and why."""
+    """The CRM order cannot become a canonical event; the message says which field and why,
+    never its value (it goes back to the CRM, and on to the rejection event)."""
 
 
 def canonical(
@@ -189,11 +191,9 @@ def canonical(
                 cancelled_at=_datetime(order.get("LastModifiedDate")) or cause.occurred_at,
             )
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
+        where, why = invalid_fields(error)[0]
         raise InvalidCrmOrder(
-            f"order {order.get('OrderNumber', order_id)}: {where}: "
-            f"{first['msg'].removeprefix('Value error, ')}"
+            f"order {order.get('OrderNumber', order_id)}: {where}: {why}"
         ) from None
     return None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import ClassVar
 
+from pydantic import ValidationError
+
 
 class ErrorClass(StrEnum):
     """How a failure is handled; recorded on every dead letter."""
@@ -150,3 +152,33 @@ RETRYABLE = frozenset({ErrorClass.TRANSIENT, ErrorClass.DEPENDENCY_NOT_READY})
 def classify(error: BaseException) -> ErrorClass:
     """The class of any exception: revsync's own know theirs, anything else is unknown."""
     return error.error_class if isinstance(error, RevsyncError) else ErrorClass.UNKNOWN
+
+
+VALUE_QUOTING = frozenset(
+    {
+        "value_error",
+        "assertion_error",
+        "union_tag_invalid",
+        "get_attribute_error",
+        "iteration_error",
+        "mapping_type",
+        "datetime_object_invalid",
+    }
+)
+"""pydantic error types whose message may quote the value refused: a validator's own
+ValueError or assertion, and the few of pydantic's own that repeat what they were given."""
+
+
+def invalid_fields(error: ValidationError) -> list[tuple[str, str]]:
+    """Each field ``error`` refused, as a dotted path, and why, without its value. pydantic's
+    own reasons name the rule broken (a bound, a pattern, the choices); a message that may
+    quote the value (see :data:`VALUE_QUOTING`) is replaced by its error type."""
+    return [
+        (
+            ".".join(str(part) for part in detail["loc"]),
+            f"not a valid value ({detail['type']})"
+            if detail["type"] in VALUE_QUOTING
+            else detail["msg"],
+        )
+        for detail in error.errors(include_url=False, include_context=False, include_input=False)
+    ]

@@ -22,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from revsync.contracts.events import Envelope, SourceSystem
-from revsync.errors import CorruptPayload, MalformedJson, PayloadInvalid
+from revsync.errors import CorruptPayload, MalformedJson, PayloadInvalid, invalid_fields
 
 CHANGE_EVENT_NAMESPACE = uuid.UUID("0f3d5c8a-7b21-4e69-b0d4-6a1c2e9f8b37")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -184,9 +184,10 @@ def decode_change(topic: str, data: bytes | None) -> RecordChange:
     try:
         header = ChangeEventHeader.model_validate(payload["ChangeEventHeader"])
     except ValidationError as error:
-        first = error.errors()[0]
-        where = ".".join(["ChangeEventHeader", *(str(part) for part in first["loc"])])
-        raise PayloadInvalid(topic, where, first["msg"]) from None
+        where, why = invalid_fields(error)[0]
+        raise PayloadInvalid(
+            topic, ".".join(filter(None, ["ChangeEventHeader", where])), why
+        ) from None
     identity = f"{header.transactionKey}/{header.sequenceNumber}/{','.join(header.recordIds)}"
     envelope = Envelope(
         event_id=uuid.uuid5(CHANGE_EVENT_NAMESPACE, identity),
