@@ -58,6 +58,8 @@ from revsync_devstack.settings import BROKER_COUNTS, BROKER_PORT_STEP, REPO_ROOT
 DEPLOY_LOCAL = REPO_ROOT / "deploy" / "local"
 POSTGRES_USER = POSTGRES_ADMIN
 SCRAM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 8192
+"""Kafka's own default for SCRAM credentials; the Admin API asks for it explicitly."""
 OPEN_FILES = 262_144
 INITDB = ("initdb", "-U", POSTGRES_USER, "-E", "UTF8", "--locale=C", "-D")
 # What the stack remembers about its Kafka cluster, beside the servers' folders.
@@ -409,15 +411,13 @@ class Kafka(Component):
         }
 
     def _scram_users(self) -> list[str]:
-        """Every principal's SCRAM credentials, written into the metadata log as the storage
-        is formatted: the brokers need their own before any of them can talk to another."""
+        """The brokers' own SCRAM credentials, written into the metadata log as the storage
+        is formatted: they need them before any broker can talk to another. Every other
+        principal's are made through the Admin API once the cluster runs, as in production."""
         if not self.settings.secure:
             return []
-        return [
-            argument
-            for user, password in self.credentials.passwords("kafka").items()
-            for argument in ("--add-scram", f"{SCRAM}=[name={user},password={password}]")
-        ]
+        password = self.credentials.passwords("kafka")[BROKER_USER]
+        return ["--add-scram", f"{SCRAM}=[name={BROKER_USER},password={password}]"]
 
     def kill(self) -> None:
         """SIGKILL, as a crash or a pulled plug would end it: no controlled shutdown, no flush."""
@@ -774,15 +774,29 @@ class LocalStack:
         self._await(broker)
         return True
 
-    def _grant_governance(self) -> None:
-        """What only the cluster's administrator may give: the governance job's right to
-        create topics and manage ACLs, from which it grants every other principal theirs
-        (``revsync acls apply``)."""
-        from confluent_kafka.admin import AdminClient
+    def _make_principals(self) -> None:
+        """What only the cluster's administrator may do: a SCRAM user per principal, and the
+        governance job's right to create topics and manage ACLs, from which it grants every
+        other principal theirs (``revsync acls apply``)."""
+        from confluent_kafka.admin import (
+            AdminClient,
+            ScramCredentialInfo,
+            ScramMechanism,
+            UserScramCredentialAlteration,
+            UserScramCredentialUpsertion,
+        )
 
         admin = AdminClient(
             {"bootstrap.servers": self.kafka.bootstrap_servers, **self.kafka.client_config()}
         )
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+        users: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(user, info, password.encode())
+            for user, password in self.kafka.credentials.passwords("kafka").items()
+            if user != BROKER_USER
+        ]
+        for future in admin.alter_user_scram_credentials(users).values():
+            future.result(timeout=30)
         apply_acls(admin, sorted(governance_grants()), prune=False)
 
     def environment(self, identity: str) -> dict[str, str]:
@@ -854,7 +868,7 @@ class LocalStack:
             self.registry.spawn()
         self._await_all((*self.brokers, self.registry))
         if self.settings.secure:
-            self._grant_governance()
+            self._make_principals()
         return UpReport(
             started=[c.name for c in to_start],
             already_running=[c.name for c in self.components if c not in to_start],
