@@ -38,6 +38,7 @@ from revsync.runtime.handler import (
 )
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.observability import Liveness
+from revsync.runtime.records import Decoder
 from revsync.runtime.storage import TABLES
 from revsync.settings import Settings
 
@@ -156,6 +157,7 @@ class RuntimeWorld:
         postgres_dsn: str | None = None,
         kafka_config: dict[str, Any] | None = None,
         serde: EventSerde | None = None,
+        decoder: Decoder | None = None,
         **policy: Any,
     ) -> ConsumerLoop:
         """The order consumer's loop; the dependencies' addresses may be overridden (to reach
@@ -175,6 +177,7 @@ class RuntimeWorld:
             postgres_dsn=postgres_dsn or self.settings.postgres_dsn.get_secret_value(),
             policy=Policy(**{**defaults, **policy}),
             liveness=liveness,
+            decoder=decoder,
         )
 
     def handler(self, **options: Any) -> RecordingHandler:

@@ -30,6 +30,7 @@ from revsync.contracts.events import (
     RejectionReason,
 )
 from revsync.deployables import ConsumerDeployable, Context, output_topics
+from revsync.errors import described
 from revsync.ports.crm import CrmPort, RecordNotFound
 from revsync.ports.erp import Customer, ErpPort, ErpRejected, PriceBook, Product
 from revsync.runtime.handler import (
@@ -107,7 +108,7 @@ class OrderSync:
             try:
                 emits += self._capture_order(change.envelope, record_id)
             except Exception as error:  # routed on as that order's own record
-                log.warning("order %s of a merged change failed: %s", record_id, error)
+                log.warning("order %s of a merged change failed: %s", record_id, described(error))
                 narrow = narrowed(change, record_id, refetch=reconciling)
                 failed.append(FailedPart(record_id.encode(), narrow, error))
         return Decision(emits=emits, failed=failed)

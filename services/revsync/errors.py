@@ -1,4 +1,5 @@
-"""revsync's error taxonomy: every failure is typed, classed, and says what to act on."""
+"""revsync's error taxonomy: every failure is typed, classed, and says what to act on; and
+what may be told of any failure where it is kept (dead-letter headers, logs)."""
 
 from __future__ import annotations
 
@@ -182,3 +183,19 @@ def invalid_fields(error: ValidationError) -> list[tuple[str, str]]:
         )
         for detail in error.errors(include_url=False, include_context=False, include_input=False)
     ]
+
+
+def described(error: BaseException) -> str:
+    """What may be told of ``error`` where it is kept or shown: failure headers, logs.
+
+    revsync's own errors tell it all: their text names codes, statuses and fields, never a
+    foreign body or a payload value. A pydantic ValidationError tells its fields and why (its
+    own text quotes every input). Any other exception tells only its type: what a library, a
+    database or the standard library writes may quote the data it failed on.
+    """
+    if isinstance(error, RevsyncError):
+        return str(error)
+    if isinstance(error, ValidationError):
+        fields = "; ".join(f"{field or error.title}: {why}" for field, why in invalid_fields(error))
+        return f"{error.title}: {fields}"
+    return f"{type(error).__name__} (its text is not kept: it may quote the data it failed on)"

@@ -282,7 +282,7 @@ def test_a_row_the_producer_refuses_holds_back_its_key_only(
 
 
 def test_an_encoder_refusing_a_row_holds_back_its_key_only_on_a_schema_qualified_table(
-    settings: Settings,
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     schema = f"relay_test_{tag}"
@@ -313,7 +313,8 @@ def test_an_encoder_refusing_a_row_holds_back_its_key_only_on_a_schema_qualified
     def encode(row: OutboxRow) -> tuple[str, bytes, h.Headers]:
         seen.append(row)
         if row.aggregate_id == "bad" and row.payload["n"] == 0:
-            raise ValueError("no canonical event for this row")
+            # A library's refusal quoting the row's data, as the standard library's do.
+            raise ValueError("'ap@acme.example' is not a valid amount")
         value = json.dumps([row.payload["key"], row.payload["n"]]).encode()
         return topic, value, [("ce_id", str(row.id).encode())]
 
@@ -358,6 +359,9 @@ def test_an_encoder_refusing_a_row_holds_back_its_key_only_on_a_schema_qualified
     assert leaked == [], "a held key's later row must not overtake the refused one"
     assert sorted(published) == [["good-1", 0], ["good-1", 1], ["good-2", 0]]
     assert [n for key, n in published if key == "good-1"] == [0, 1]
+    # No customer data in errors: the refusal is logged (at every try) by its kind alone.
+    assert "not publishable: ValueError" in caplog.text
+    assert "ap@acme.example" not in caplog.text
     assert states == [
         ("good-1", 0, True),
         ("bad", 0, False),

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from prometheus_client import REGISTRY
 
@@ -165,6 +166,30 @@ def test_undecodable_bytes_reach_the_dlt_at_once_while_the_partition_flows(
     dead = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 2)
     assert [m.value() for m in dead] == [b"\x00\x00\x00\x00\x07garbage", b"not avro at all"]
     assert [h.get(m.headers(), h.ERROR_CLASS) for m in dead] == ["schema", "deserialization"]
+
+
+def test_a_decoder_that_breaks_on_a_record_dead_letters_it_without_quoting_it(
+    world: RuntimeWorld,
+) -> None:
+    """No customer data in errors: a decoder's own bug, whose text quotes the bytes."""
+    event = order(12)
+
+    def broken(topic: str, value: bytes | None) -> Inbound:
+        raise ValueError(f"cannot read {value!r}")
+
+    world.produce([event])
+    world.loop(world.handler(), decoder=broken).run(max_idle_s=2)
+
+    [dead] = read_topic(world.settings, world.catalog.dead_letter_topic(world.consumer), 1)
+    assert dead.value() == world.serde().serialize(world.created_topic, event)
+    assert h.get(dead.headers(), h.ERROR_MESSAGE) == (
+        f"{world.created_topic}: decoder failed: "
+        "ValueError (its text is not kept: it may quote the data it failed on)"
+    )
+    street = event.shipping_address.street.encode()
+    assert street in (dead.value() or b"")  # the record itself, kept for its replay
+    for name, _ in h.as_list(dead.headers()):
+        assert street.decode() not in (h.get(dead.headers(), name) or "")
 
 
 def test_routing_headers_forged_on_an_input_topic_neither_crash_nor_pause_the_loop(
@@ -496,6 +521,32 @@ class BatchRecordingHandler(RecordingHandler):
             except Exception as failure:  # a batching handler reports each input's outcome
                 results.append(failure)
         return results
+
+
+@dataclass
+class BrokenBatchHandler(RecordingHandler):
+    """A handler whose batch call breaks, its error quoting the data it failed on."""
+
+    def handle_many(self, inbounds: Sequence[Inbound]) -> list[Decision | Exception]:
+        streets = [e.shipping_address.street for e in inbounds if isinstance(e, OrderCreated)]
+        raise ValueError(f"cannot route {streets}")
+
+
+def test_a_batch_call_failing_as_a_whole_is_logged_without_the_data_its_error_quotes(
+    world: RuntimeWorld, caplog: pytest.LogCaptureFixture
+) -> None:
+    events = [order(8101), order(8102)]
+    world.produce(events)
+
+    world.loop(BrokenBatchHandler(world.consumer, world.accepted_topic), batch_timeout_s=1.0).run(
+        max_idle_s=2
+    )
+
+    assert sorted(order_id for order_id, _ in world.effects()) == [
+        e.crm_order_id for e in events
+    ]  # handled one by one
+    assert "batch handler failed as a whole, handling one by one: ValueError" in caplog.text
+    assert events[0].shipping_address.street not in caplog.text
 
 
 def test_a_batch_handler_gets_one_input_per_key_and_a_failed_key_holds_its_later_input(

@@ -217,6 +217,25 @@ def test_each_order_of_a_merged_change_is_captured_on_its_own(
     assert retried.event.crm_order_id == failing
 
 
+def test_a_failed_order_of_a_merged_change_is_logged_without_the_data_its_error_quotes(
+    sync: OrderSync, world: World, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, failing = world.crm.create_orders([an_order(world) for _ in range(2)])
+    reads = world.crm.get
+
+    def get(sobject: str, record_id: str, fields: list[str]) -> dict[str, Any]:
+        if record_id == failing:
+            raise ValueError("'ap@acme.example' is not a valid email")  # a library's own text
+        return reads(sobject, record_id, fields)
+
+    monkeypatch.setattr(world.crm, "get", get)
+    [part] = sync.capture(status_change(first, recordIds=[first, failing])).failed
+
+    assert isinstance(part.error, ValueError)
+    assert f"order {failing} of a merged change failed: ValueError" in caplog.text
+    assert "ap@acme.example" not in caplog.text
+
+
 def test_a_wildcard_record_id_reconciles_like_an_overflow(sync: OrderSync, world: World) -> None:
     activated = world.crm.create_orders([an_order(world) for _ in range(2)])
     wildcard = status_change("801*", recordIds=["801*"])

@@ -3,10 +3,12 @@ the dead letters, retry-tier due times, and where a failed batch rewinds to."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import traceback
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pydantic import BaseModel, Field
 
 from revsync.errors import (
     BusinessRuleViolation,
@@ -67,6 +69,72 @@ def test_each_tier_passes_a_retryable_failure_to_the_next_and_the_last_to_the_dl
 def test_a_permanent_failure_goes_straight_to_the_dlt() -> None:
     target, *_ = router().route(record(), BusinessRuleViolation("credit limit"), None)
     assert target == DLT
+
+
+STREET = "17 Quill Lane"
+
+
+class ShipTo(BaseModel):
+    street: str = Field(max_length=5)
+
+
+def raised(fail: Callable[[], object]) -> BaseException:
+    """What ``fail`` raises, with its traceback, as a handler would have raised it."""
+    try:
+        fail()
+    except Exception as error:
+        return error
+    raise AssertionError("it did not fail")
+
+
+def timed_out_reading_a_street() -> None:
+    try:
+        int(STREET)  # its ValueError quotes the street
+    except ValueError as error:
+        raise TransientError("erp: POST /api/v1/sales-orders timed out") from error
+
+
+@pytest.mark.parametrize(
+    ("fail", "message"),
+    [
+        (
+            lambda: ShipTo(street=STREET),
+            "ShipTo: street: String should have at most 5 characters",
+        ),
+        (
+            lambda: int(STREET),
+            "ValueError (its text is not kept: it may quote the data it failed on)",
+        ),
+        (timed_out_reading_a_street, "erp: POST /api/v1/sales-orders timed out"),
+    ],
+    ids=["validation", "foreign", "caused-by-foreign"],
+)
+def test_failure_headers_and_the_routing_log_never_quote_the_data_an_error_carries(
+    fail: Callable[[], object], message: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No customer data in errors: pydantic's text quotes every input, a library's error
+    what it failed on; the dead letter keeps their field names and types, never the value."""
+    error = raised(fail)
+    assert STREET in "".join(traceback.format_exception(error))  # as Python would print it
+
+    *_, headers = router().route(record(), error, None)
+
+    assert h.get(headers, h.ERROR_MESSAGE) == message
+    stack = h.get(headers, h.ERROR_STACK) or ""
+    assert f"{type(error).__qualname__}: {message}" in stack
+    assert "in raised" in stack  # the frames are kept
+    assert STREET not in stack
+    assert STREET not in caplog.text
+
+
+def test_the_stack_header_keeps_the_chain_of_causes() -> None:
+    *_, headers = router().route(record(), raised(timed_out_reading_a_street), None)
+    stack = h.get(headers, h.ERROR_STACK) or ""
+    assert (
+        stack.index("builtins.ValueError: ValueError")
+        < stack.index("The above exception was the direct cause of the following exception")
+        < stack.index("revsync.errors.TransientError: erp: POST")
+    )
 
 
 def test_in_process_retries_stop_at_the_attempt_limit() -> None:

@@ -17,7 +17,7 @@ import psycopg
 
 from revsync.contracts.events import Event
 from revsync.contracts.serde import RegistryUnavailable
-from revsync.errors import DecodeError, TransientError
+from revsync.errors import DecodeError, TransientError, described
 from revsync.runtime.breaker import CircuitBreaker
 from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Decision, Handler, Inbound
@@ -147,7 +147,7 @@ class BatchProcessor:
         except RegistryUnavailable:
             raise  # nothing wrong with the record: the batch is rewound and tried again
         except Exception as error:  # a decoder's own bug must not stall the partition either
-            return DecodeError(topic, f"decoder failed: {error!r}")
+            return DecodeError(topic, f"decoder failed: {described(error)}")
 
     def _blocked(self, record: Record, batch: BatchOutcome) -> bool:
         hold = record.hold
@@ -191,7 +191,9 @@ class BatchProcessor:
         try:
             results: Sequence[Decision | Exception] = call.result()
         except Exception as error:  # the call as a whole failed: each input goes alone
-            log.warning("batch handler failed as a whole, handling one by one: %s", error)
+            log.warning(
+                "batch handler failed as a whole, handling one by one: %s", described(error)
+            )
             return {}
         if len(results) != len(wave):
             log.warning("batch handler gave %d results for %d inputs", len(results), len(wave))

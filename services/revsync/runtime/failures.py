@@ -17,7 +17,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from revsync.errors import RETRYABLE, TransientError, classify
+from revsync.errors import RETRYABLE, TransientError, classify, described
 from revsync.runtime import headers as h
 from revsync.runtime.observability import DEAD_LETTERED, IN_PROCESS_RETRIES, RETRIED
 from revsync.runtime.records import Outgoing, Record
@@ -89,7 +89,7 @@ class FailureRouter:
             "%s -> %s: %s",
             record.blocker_id,
             target,
-            error,
+            described(error),
             extra={"fields": {"error_class": error_class.value}},
         )
         return target, record.key, record.value, failure

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
-from revsync.errors import MalformedHeader, classify
+from revsync.errors import MalformedHeader, classify, described
 
 Headers = list[tuple[str, str | bytes | None]]
 """Kafka headers as confluent-kafka takes them; revsync writes bytes."""
@@ -187,7 +187,7 @@ def failure_headers(
         failures = attempts(original)
     except MalformedHeader:
         failures = 0
-    stack = "".join(traceback.format_exception(error))[-STACK_LIMIT:]
+    stack = _stack(error)[-STACK_LIMIT:]
     values = {
         ORIGINAL_TOPIC: get(original, ORIGINAL_TOPIC) or topic,
         ORIGINAL_PARTITION: earlier(ORIGINAL_PARTITION, original_partition, str(partition)),
@@ -197,7 +197,7 @@ def failure_headers(
         SERVICE: service,
         ERROR_CLASS: classify(error).value,
         ERROR_TYPE: f"{type(error).__module__}.{type(error).__qualname__}",
-        ERROR_MESSAGE: str(error)[:MESSAGE_LIMIT],
+        ERROR_MESSAGE: described(error)[:MESSAGE_LIMIT],
         ERROR_STACK: stack,
         ATTEMPTS: str(min(failures + 1, INT64_MAX)),
         FIRST_FAILURE_AT: earlier(FIRST_FAILURE_AT, first_failure_at, now.isoformat()),
@@ -215,6 +215,41 @@ def failure_headers(
         since = due_at - EPOCH if due_at.tzinfo else timedelta(seconds=due_at.timestamp())
         values[DUE_AT] = str(since // timedelta(milliseconds=1))
     return without_revsync(original) + [(k, _bytes(v)) for k, v in values.items()]
+
+
+CAUSED = "\nThe above exception was the direct cause of the following exception:\n\n"
+DURING = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def _stack(error: BaseException) -> str:
+    """``error``'s traceback with those of its causes, as Python prints them but each
+    exception told by :func:`~revsync.errors.described`: the usual last line of each is the
+    exception's own text, which may quote the data it failed on."""
+    # Newest first, each with how the exception after it (its cause or context) led to it.
+    chain: list[tuple[BaseException, str]] = []
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__cause__ is not None:
+            chain.append((current, CAUSED))
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            chain.append((current, DURING))
+            current = current.__context__
+        else:
+            chain.append((current, ""))
+            current = None
+    parts: list[str] = []
+    for failure, link in reversed(chain):
+        kind = type(failure)
+        parts.append(link)
+        parts.append(
+            "Traceback (most recent call last):\n"
+            + "".join(traceback.format_tb(failure.__traceback__))
+            + f"{kind.__module__}.{kind.__qualname__}: {described(failure)}\n"
+        )
+    return "".join(parts)
 
 
 def to_json(headers: HeadersLike) -> list[list[str]]:

@@ -16,6 +16,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from psycopg import sql
 
+from revsync.errors import described
 from revsync.runtime import headers as h
 from revsync.runtime.observability import (
     OUTBOX_BACKLOG,
@@ -274,8 +275,9 @@ class OutboxRelay:
                     OutboxRow(row_id, aggregate_type, key, kind, payload, topic, pairs, created)
                 )
             except Exception as error:  # this row and its key wait; the others go on
-                log.error("outbox %s: row %s not publishable: %s", self.name, row_id, error)
-                delivered(KafkaError(KafkaError._BAD_MSG, str(error)), None)
+                refusal = described(error)  # logged at each try: never the row's values
+                log.error("outbox %s: row %s not publishable: %s", self.name, row_id, refusal)
+                delivered(KafkaError(KafkaError._BAD_MSG, refusal), None)
                 return False
         return self._send(destination, key, payload, pairs, delivered)
 
