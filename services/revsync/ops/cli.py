@@ -160,14 +160,15 @@ def _utc(moment: datetime | None) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
-def _letters_table(letters: list[dl.DeadLetter], limit: int) -> Table:
+def _letters_table(letters: list[dl.DeadLetter], limit: int, errors: list[str]) -> Table:
+    """The first ``limit`` letters, each with its error (``errors``, masked, in their order)."""
     table = Table(title=f"{len(letters)} dead letters", title_justify="left")
     for column in ("ref", "service", "source topic", "key", "class", "event", "failed at"):
         table.add_column(column, overflow="fold")
     table.add_column("replays", justify="right")
     table.add_column("state")
     table.add_column("error", overflow="fold", max_width=50)
-    for letter in letters[:limit]:
+    for letter, error in zip(letters[:limit], errors, strict=True):
         failed = letter.failed_at
         table.add_row(
             letter.ref,
@@ -179,7 +180,7 @@ def _letters_table(letters: list[dl.DeadLetter], limit: int) -> Table:
             failed.strftime("%Y-%m-%d %H:%M:%S") if failed else "-",
             str(letter.replay_count),
             letter.state,
-            dl.printable((letter.header(h.ERROR_MESSAGE) or "")[:200]),
+            error[:200],
         )
     if len(letters) > limit:
         table.caption = f"{len(letters) - limit} more; narrow the filter or raise --limit"
@@ -207,10 +208,16 @@ def ls(
     """Dead letters across services, with counts by error class, source, region, product line
     (audited: they hold customer data)."""
     try:
-        letters = _operations(actor).list_letters(selection)
+        operations = _operations(actor)
+        letters = operations.list_letters(selection)
+        fields = OpsSettings.load().mask_fields
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None
-    console.print(_letters_table(letters, limit))
+    errors = [
+        dict(_shown(letter, operations, fields)[2]).get(h.ERROR_MESSAGE, "")
+        for letter in letters[:limit]
+    ]
+    console.print(_letters_table(letters, limit, errors))
     if letters:
         console.print(_groups(letters))
 
@@ -227,7 +234,8 @@ def show(
         ops = OpsSettings.load()
     except (RevsyncError, SettingsError) as error:
         raise _fail(str(error)) from None
-    kind, payload = dl.payload(letter, operations.registry)
+    kind, payload, headers = _shown(letter, operations, ops.mask_fields)
+    told = dict(headers)
     console.rule(f"{letter.ref}  ({letter.state})")
     console.print(
         f"consumer {letter.consumer}, source {letter.source_topic}, "
@@ -237,22 +245,31 @@ def show(
         Text.assemble(
             (letter.error_class, "bold"),
             ": ",
-            dl.printable(f"{letter.header(h.ERROR_TYPE)}: {letter.header(h.ERROR_MESSAGE)}"),
+            f"{told.get(h.ERROR_TYPE)}: {told.get(h.ERROR_MESSAGE)}",
         )
     )
     table = Table(title="headers", title_justify="left")
     table.add_column("name")
     table.add_column("value", overflow="fold")
-    for name, value in dl.masked_headers(letter.headers):
+    for name, value in headers:
         if name != h.ERROR_STACK:
             table.add_row(name, value)
     console.print(table)
     console.rule(f"payload ({kind})")
-    console.print_json(json.dumps(dl.masked(payload, ops.mask_fields), default=str))
-    stack = letter.header(h.ERROR_STACK)
+    console.print_json(json.dumps(payload, default=str))
+    stack = told.get(h.ERROR_STACK)
     if stack:
         console.rule("stack (truncated)")
-        console.print(dl.printable(stack))
+        console.print(stack)
+
+
+def _shown(
+    letter: dl.DeadLetter, operations: Operations, fields: frozenset[str]
+) -> tuple[str, Any, list[tuple[str, str]]]:
+    """How a letter is shown: its payload's kind, and the payload and headers masked."""
+    kind, payload = dl.payload(letter, operations.registry)
+    shown, headers = dl.masked_letter(letter, payload, fields)
+    return kind, shown, headers
 
 
 @dlt_app.command("replay")

@@ -288,16 +288,18 @@ def grouped(letters: Iterable[dl.DeadLetter]) -> dict[str, Counter[str]]:
 def export_line(
     letter: dl.DeadLetter, kind: str, payload: Any, mask_fields: frozenset[str], raw: bool
 ) -> dict[str, Any]:
+    shown, headers = dl.masked_letter(letter, payload, mask_fields)
+    told = dict(headers)
     line: dict[str, Any] = {
         "ref": letter.ref,
         "consumer": letter.consumer,
         "state": letter.state,
         "key": letter.key_text,
         "error_class": letter.error_class,
-        "error": letter.header(h.ERROR_MESSAGE),
-        "headers": dict(dl.masked_headers(letter.headers)),
+        "error": told.get(h.ERROR_MESSAGE),
+        "headers": told,
         "payload_kind": kind,
-        "payload": dl.masked(payload, mask_fields),
+        "payload": shown,
     }
     if raw:
         line["raw_key"] = base64.b64encode(letter.key or b"").decode()
