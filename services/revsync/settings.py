@@ -18,9 +18,10 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from revsync.transport import (
-    UNVERIFIED_TLS,
     https_off_loopback,
+    kafka_in_clear_off_loopback,
     on_loopback,
+    unverified_tls,
     verified_tls_off_loopback,
 )
 
@@ -91,7 +92,7 @@ class Settings(BaseSettings):
     @classmethod
     def _registry_url_is_http(cls, url: str) -> str:
         if not url.startswith(("http://", "https://")):
-            raise ValueError(f"must be an http(s) URL, got {url!r}")
+            raise ValueError("must be an http(s) URL")
         return https_off_loopback(url.rstrip("/"))
 
     @field_validator("postgres_dsn")
@@ -115,7 +116,7 @@ class Settings(BaseSettings):
                     f"{kafka_env_name(key)} is set but REVSYNC_KAFKA_SECURITY_PROTOCOL is "
                     f"{protocol!r}; SASL options need SASL_PLAINTEXT or SASL_SSL"
                 )
-            if self.kafka[key].lower() in UNVERIFIED_TLS.get(key, ()):
+            if unverified_tls(key, self.kafka[key]):
                 raise ValueError(
                     f"{kafka_env_name(key)}={self.kafka[key]} would accept any broker's "
                     "certificate; revsync verifies it (name a CA with "
@@ -126,6 +127,12 @@ class Settings(BaseSettings):
                     f"{kafka_env_name(key)} is set but REVSYNC_KAFKA_SECURITY_PROTOCOL is "
                     f"{protocol!r}; TLS options need SSL or SASL_SSL"
                 )
+        remote = kafka_in_clear_off_loopback(self.bootstrap_servers)
+        if protocol == "sasl_plaintext" and remote:
+            raise ValueError(
+                f"REVSYNC_KAFKA_SECURITY_PROTOCOL is SASL_PLAINTEXT but broker {remote} is not "
+                "on this machine; the SASL credentials would cross in clear, so use SASL_SSL"
+            )
         if self.kafka:
             _check_librdkafka_accepts(self.kafka)
         return self
@@ -278,7 +285,7 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _https_off_loopback(cls, url: str | None) -> str | None:
         if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError(f"must be an https:// URL, got {url!r}")
+            raise ValueError("must be an https:// URL")
         return None if url is None else https_off_loopback(url)
 
     @model_validator(mode="after")

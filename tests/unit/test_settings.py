@@ -142,6 +142,29 @@ def test_kafka_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> N
             {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@127.0.0.1,db.example/revsync"},
             "host db.example",
         ),
+        # libpq connects to hostaddr, not to the host named beside it.
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@localhost/revsync?hostaddr=10.1.2.3"},
+            "host 10.1.2.3 is not on this machine",
+        ),
+        # What the DSN leaves out, libpq takes from the environment.
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@/revsync", "PGHOST": "db.example"},
+            "host db.example is not on this machine",
+        ),
+        (
+            {"REVSYNC_POSTGRES_DSN": "postgresql://svc:pw@/revsync?service=prod"},
+            "connection service file",
+        ),
+        # SASL credentials in clear to another machine.
+        (
+            {
+                "REVSYNC_BOOTSTRAP_SERVERS": "broker-1.prod:9092",
+                "REVSYNC_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "REVSYNC_KAFKA_SASL_MECHANISM": "PLAIN",
+            },
+            "SASL_PLAINTEXT but broker broker-1.prod is not on this machine",
+        ),
         # Certificates not checked.
         (
             {
@@ -149,6 +172,14 @@ def test_kafka_secrets_are_not_in_the_repr(monkeypatch: pytest.MonkeyPatch) -> N
                 "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION": "false",
             },
             "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION=false would accept any",
+        ),
+        # librdkafka reads f as false too.
+        (
+            {
+                "REVSYNC_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION": "f",
+            },
+            "REVSYNC_KAFKA_ENABLE_SSL_CERTIFICATE_VERIFICATION=f would accept any",
         ),
         (
             {
@@ -209,6 +240,10 @@ def test_this_machine_and_verified_tls_are_accepted(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("REVSYNC_CRM_PUBSUB_ENDPOINT", "localhost:7011")
     monkeypatch.setenv("REVSYNC_CRM_PUBSUB_TLS", "false")
     monkeypatch.setenv("REVSYNC_POSTGRES_DSN", "postgresql://svc@[::1]:5432/revsync")
+    monkeypatch.setenv("REVSYNC_KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("REVSYNC_KAFKA_SASL_PASSWORD", "pw")
     service = ServiceSettings.load()
     assert service.crm_instance_url == "http://127.0.0.1:8443"
     assert Settings.load().postgres_dsn.get_secret_value().endswith("[::1]:5432/revsync")
