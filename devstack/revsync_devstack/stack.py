@@ -797,7 +797,7 @@ class LocalStack:
         ]
         for future in admin.alter_user_scram_credentials(users).values():
             future.result(timeout=30)
-        apply_acls(admin, sorted(governance_grants()), prune=False)
+        apply_acls(admin, sorted(governance_grants()))
 
     def environment(self, identity: str) -> dict[str, str]:
         """revsync's ``REVSYNC_*`` settings to reach this stack as ``identity``: a deployable

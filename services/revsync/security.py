@@ -109,32 +109,40 @@ def acl_plan(catalog: Catalog, deployables: Mapping[str, str]) -> list[Grant]:
         principal = kafka_principal(name)
         produced = [topic.name for topic in catalog.topics if service in topic.producers]
         grants |= _topics(principal, produced, Operation.WRITE)
-        consumer = next((c for c, s in catalog.consumers.items() if s.service == service), None)
-        if consumer is None:
-            continue
-        spec = catalog.consumers[consumer]
-        retries = [catalog.retry_topic(consumer, delay) for delay in spec.retry_tiers]
-        inputs = [topic.name for topic in catalog.consumed_by(consumer)]
-        grants |= _topics(
-            principal, [*inputs, *retries, catalog.replay_topic(consumer)], Operation.READ
-        )
-        grants |= _topics(
-            principal, [*retries, catalog.dead_letter_topic(consumer)], Operation.WRITE
-        )
-        grants.add(Grant(principal, Resource.GROUP, consumer, Operation.READ))
+        for consumer, spec in catalog.consumers.items():
+            if spec.service == service:
+                grants |= _consumer(catalog, principal, consumer)
     grants |= _operator(catalog)
     grants |= governance_grants()
     return sorted(grants)
 
 
+def _consumer(catalog: Catalog, principal: str, consumer: str) -> set[Grant]:
+    """What running ``consumer`` takes: its inputs, retries and replays to read, its retries
+    and dead letters to write, its group."""
+    spec = catalog.consumers[consumer]
+    retries = [catalog.retry_topic(consumer, delay) for delay in spec.retry_tiers]
+    inputs = [topic.name for topic in catalog.consumed_by(consumer)]
+    reads = [*inputs, *retries, catalog.replay_topic(consumer)]
+    writes = [*retries, catalog.dead_letter_topic(consumer)]
+    return {
+        *_topics(principal, reads, Operation.READ),
+        *_topics(principal, writes, Operation.WRITE),
+        Grant(principal, Resource.GROUP, consumer, Operation.READ),
+    }
+
+
 def _operator(catalog: Catalog) -> set[Grant]:
-    """Read dead letters, write replays; see and rewind the consumers' groups (a rewind
-    commits offsets on their inputs, which Kafka allows a reader of topic and group)."""
+    """Read dead letters, write replays (and read them: a resumed replay finds what it
+    sent already); see and rewind the consumers' groups (a rewind commits offsets on their
+    inputs, which Kafka allows a reader of topic and group)."""
     grants: set[Grant] = set()
     for consumer in catalog.consumers:
         inputs = [topic.name for topic in catalog.consumed_by(consumer)]
-        grants |= _topics(OPERATOR, [*inputs, catalog.dead_letter_topic(consumer)], Operation.READ)
-        grants |= _topics(OPERATOR, [catalog.replay_topic(consumer)], Operation.WRITE)
+        replays = catalog.replay_topic(consumer)
+        reads = [*inputs, catalog.dead_letter_topic(consumer), replays]
+        grants |= _topics(OPERATOR, reads, Operation.READ)
+        grants |= _topics(OPERATOR, [replays], Operation.WRITE)
         grants.add(Grant(OPERATOR, Resource.GROUP, consumer, Operation.READ))
         grants.add(Grant(OPERATOR, Resource.GROUP, consumer, Operation.DESCRIBE))
     for prefix in OPS_GROUP_PREFIXES:
@@ -184,20 +192,30 @@ _OPERATIONS = {operation: AclOperation[operation.name] for operation in Operatio
 class AclChanges:
     added: list[Grant]
     removed: list[str]
-    """revsync principals' ACLs the plan no longer has, as the broker describes them."""
+    """The plan's principals' ACLs it no longer has (with ``prune``), as the broker
+    describes them."""
 
 
 def apply_acls(
-    admin: AdminClient, plan: list[Grant], *, dry_run: bool = False, prune: bool = True
+    admin: AdminClient, plan: list[Grant], *, dry_run: bool = False, prune: bool = False
 ) -> AclChanges:
-    """Make revsync's principals' ACLs exactly ``plan``: add what is missing and, with
-    ``prune``, delete what the plan no longer has (a topic gone from a service's outputs
-    loses its grant). ACLs of other principals are left alone."""
+    """Add what ``plan`` has and the cluster lacks; with ``prune``, also delete the ALLOW
+    ACLs of the plan's principals (from any host) that the plan no longer has, such as a topic
+    gone from a service's outputs. DENY ACLs, ACLs limited to particular hosts and other
+    principals' ACLs are never touched: an administrator's cut-off stays."""
     found = admin.describe_acls(_EVERYTHING).result(timeout=ADMIN_TIMEOUT_S)
-    ours = [acl for acl in found if acl.principal.startswith(f"User:{PRINCIPAL_PREFIX}")]
+    principals = {f"User:{grant.principal}" for grant in plan}
     wanted = {_binding(grant): grant for grant in plan}
-    added = [grant for binding, grant in wanted.items() if binding not in ours]
-    stale = [acl for acl in ours if acl not in wanted] if prune else []
+    added = [grant for binding, grant in wanted.items() if binding not in found]
+    stale = [
+        acl
+        for acl in found
+        if prune
+        and acl.principal in principals
+        and acl.permission_type == AclPermissionType.ALLOW
+        and acl.host == "*"
+        and acl not in wanted
+    ]
     if not dry_run:
         if added:
             for future in admin.create_acls([_binding(grant) for grant in added]).values():

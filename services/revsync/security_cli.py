@@ -45,13 +45,22 @@ def plan_command(directory: SchemasDir = None) -> None:
 def apply_command(
     directory: SchemasDir = None,
     dry_run: Annotated[bool, typer.Option(help="Only show the difference.")] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            help="Also delete the plan's principals' ALLOW ACLs (from any host) that the plan "
+            "no longer has; run it once every replica runs the new version, since the old "
+            "ones may still need them. DENY and host-limited ACLs are never deleted."
+        ),
+    ] = False,
 ) -> None:
-    """Make revsync's principals' ACLs what the catalog calls for: add the missing, delete
+    """Grant revsync's principals what the catalog calls for; with --prune, also take back
     what no service needs any more. Needs a principal allowed to alter the cluster's ACLs
     (the governance job's)."""
     settings, plan = _plan(directory)
     try:
-        changes = apply_acls(AdminClient(settings.kafka_config()), plan, dry_run=dry_run)
+        admin = AdminClient(settings.kafka_config())
+        changes = apply_acls(admin, plan, dry_run=dry_run, prune=prune)
     except KafkaException as error:
         errors.print(f"error: applying the ACLs failed: {error.args[0].str()}")
         raise typer.Exit(1) from None

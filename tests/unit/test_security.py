@@ -4,8 +4,18 @@ dead letters, replays and groups, governance alone creating and altering."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
 
 import pytest
+from confluent_kafka.admin import (
+    AclBinding,
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from contract_fixtures import SCHEMAS_DIR
 from revsync.contracts.catalog import Catalog, load_catalog
@@ -17,6 +27,7 @@ from revsync.security import (
     Operation,
     Resource,
     acl_plan,
+    apply_acls,
     kafka_identity,
     kafka_principal,
 )
@@ -83,8 +94,10 @@ def test_the_operators_read_dead_letters_and_write_only_replays(
     writes = _named(plan, OPERATOR, Operation.WRITE)
     reads = _named(plan, OPERATOR, Operation.READ)
 
-    assert writes == {catalog.replay_topic(c) for c in catalog.consumers}
-    assert {catalog.dead_letter_topic(c) for c in catalog.consumers} <= reads
+    replays = {catalog.replay_topic(c) for c in catalog.consumers}
+    assert writes == replays
+    # A resumed replay reads what it sent already.
+    assert {catalog.dead_letter_topic(c) for c in catalog.consumers} | replays <= reads
 
 
 def test_a_client_is_audited_as_the_user_it_authenticates_as() -> None:
@@ -96,3 +109,91 @@ def test_a_client_is_audited_as_the_user_it_authenticates_as() -> None:
     assert kafka_identity({"sasl.username": "revsync-operator"}) == "User:ANONYMOUS"
     tls = {"security.protocol": "SSL", "ssl.certificate.location": "/etc/revsync/operator.pem"}
     assert kafka_identity(tls) == "certificate /etc/revsync/operator.pem"
+
+
+ORDER_SYNC = kafka_principal("order-sync")
+
+
+class FakeAdmin:
+    """The three ACL calls of Kafka's Admin API over a list of ACLs."""
+
+    def __init__(self, acls: list[AclBinding]) -> None:
+        self.acls = list(acls)
+
+    def describe_acls(self, _filter: object) -> Future[list[AclBinding]]:
+        return _done(list(self.acls))
+
+    def create_acls(self, acls: list[AclBinding]) -> dict[AclBinding, Future[None]]:
+        self.acls += acls
+        return {acl: _done(None) for acl in acls}
+
+    def delete_acls(self, filters: list[AclBindingFilter]) -> dict[object, Future[None]]:
+        gone = {(f.restype, f.name, f.principal, f.host, f.operation) for f in filters}
+        self.acls = [
+            a
+            for a in self.acls
+            if (a.restype, a.name, a.principal, a.host, a.operation) not in gone
+        ]
+        return {f: _done(None) for f in filters}
+
+
+def _done(value: Any) -> Future[Any]:
+    future: Future[Any] = Future()
+    future.set_result(value)
+    return future
+
+
+def _acl(
+    topic: str,
+    operation: AclOperation = AclOperation.WRITE,
+    permission: AclPermissionType = AclPermissionType.ALLOW,
+    host: str = "*",
+    principal: str = "User:revsync-order-sync",
+) -> AclBinding:
+    return AclBinding(
+        ResourceType.TOPIC,
+        topic,
+        ResourcePatternType.LITERAL,
+        principal,
+        host,
+        operation,
+        permission,
+    )
+
+
+def test_applying_adds_what_is_missing_and_prunes_only_stale_grants_when_asked() -> None:
+    grant = Grant(
+        "revsync-order-sync", Resource.TOPIC, "revsync.order.accepted.v1", Operation.WRITE
+    )
+    stale = _acl("revsync.order.gone.v1")
+    cut_off = _acl("revsync.order.accepted.v1", permission=AclPermissionType.DENY)
+    one_host = _acl("revsync.order.other.v1", host="10.0.0.7")
+    someone_else = _acl("revsync.order.gone.v1", principal="User:analytics")
+    admin = FakeAdmin([stale, cut_off, one_host, someone_else])
+
+    kept = apply_acls(admin, [grant])  # type: ignore[arg-type]
+
+    assert kept.added == [grant]
+    assert kept.removed == []
+    assert stale in admin.acls
+
+    pruned = apply_acls(admin, [grant], prune=True)  # type: ignore[arg-type]
+
+    assert pruned.added == []
+    assert len(pruned.removed) == 1
+    assert stale not in admin.acls
+    # An administrator's DENY, a host-limited grant and other principals' ACLs stay.
+    assert {cut_off, one_host, someone_else} <= set(admin.acls)
+
+
+def test_a_dry_run_changes_nothing() -> None:
+    grant = Grant(
+        "revsync-order-sync", Resource.TOPIC, "revsync.order.accepted.v1", Operation.WRITE
+    )
+    admin = FakeAdmin([_acl("revsync.order.gone.v1")])
+
+    changes = apply_acls(admin, [grant], dry_run=True, prune=True)  # type: ignore[arg-type]
+
+    assert changes.added == [grant]
+    assert len(changes.removed) == 1
+    assert admin.acls == [_acl("revsync.order.gone.v1")]
