@@ -59,18 +59,20 @@ def ensure(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> None
             ) from None
 
 
-def migrate(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> list[str]:
+def migrate(
+    connection: psycopg.Connection[Any], every: Sequence[Tables], every_role: Sequence[str]
+) -> list[str]:
     """Create or update every table, then grant each role what its purpose needs, in one
-    transaction; roles that do not exist (a development database) are skipped. What was
-    granted, one line each."""
+    transaction, after revoking everything from ``every_role`` (revsync's roles, including
+    any that no table names any more); roles that do not exist (a development database) are
+    skipped. What was granted, one line each."""
     granted: list[str] = []
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
         for tables in every:
             connection.execute(tables.ddl)
-        roles = _existing_roles(
-            connection, {role for t in every for role in (*t.writers, *t.appenders)}
-        )
+        named = {role for t in every for role in (*t.writers, *t.appenders)}
+        roles = _existing_roles(connection, named | set(every_role))
         for tables in every:
             granted += _grant(connection, tables, roles)
     return granted
@@ -80,12 +82,11 @@ def _grant(connection: psycopg.Connection[Any], tables: Tables, roles: set[str])
     granted = []
     for name in tables.names:
         table = sql.Identifier(name)
-        # Whatever an earlier plan gave, this one decides: no role keeps a right it lost.
-        for role in (*tables.writers, *tables.appenders):
-            if role in roles:
-                connection.execute(
-                    sql.SQL("REVOKE ALL ON {} FROM {}").format(table, sql.Identifier(role))
-                )
+        # Whatever an earlier migration gave, this one decides: no role (nor PUBLIC) keeps a
+        # right it no longer has.
+        for role in ("PUBLIC", *sorted(roles)):
+            grantee = sql.SQL(role) if role == "PUBLIC" else sql.Identifier(role)
+            connection.execute(sql.SQL("REVOKE ALL ON {} FROM {}").format(table, grantee))
         for role in tables.writers:
             if role in roles:
                 connection.execute(

@@ -16,7 +16,13 @@ from revsync.deployables import SourceDeployable, discover
 from revsync.migrations import Tables, migrate
 from revsync.ops import storage as ops_storage
 from revsync.runtime import storage as runtime_storage
-from revsync.security import Grant, acl_plan, apply_acls
+from revsync.security import (
+    POSTGRES_OPERATOR,
+    POSTGRES_SERVICE,
+    Grant,
+    acl_plan,
+    apply_acls,
+)
 from revsync.settings import Settings, SettingsError
 
 acls_app = typer.Typer(help="Kafka ACLs: a principal per service, from the catalog.")
@@ -62,7 +68,8 @@ def apply_command(
         admin = AdminClient(settings.kafka_config())
         changes = apply_acls(admin, plan, dry_run=dry_run, prune=prune)
     except KafkaException as error:
-        errors.print(f"error: applying the ACLs failed: {error.args[0].str()}")
+        # The code names the refusal; the broker's own text is its request's internals.
+        errors.print(f"error: applying the ACLs failed: {error.args[0].name()}")
         raise typer.Exit(1) from None
     for grant in changes.added:
         console.print(f"add     {grant}")
@@ -86,7 +93,7 @@ def migrate_command() -> None:
         raise typer.Exit(2) from None
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as connection:
-            granted = migrate(connection, every_table())
+            granted = migrate(connection, every_table(), (POSTGRES_SERVICE, POSTGRES_OPERATOR))
     except psycopg.Error as error:
         errors.print(
             f"error: migrating failed: {type(error).__name__}: {error.diag.message_primary}"

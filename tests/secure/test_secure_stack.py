@@ -3,8 +3,11 @@ way in without TLS and credentials, and each principal confined to its own share
 
 from __future__ import annotations
 
+import socket
 import ssl
+import time
 import uuid
+from typing import Any
 
 import httpx
 import psycopg
@@ -18,7 +21,7 @@ from secure_support import SecureStack
 TIMEOUT_S = 15
 
 
-def _admin(config: dict[str, str]) -> AdminClient:
+def _admin(config: dict[str, Any]) -> AdminClient:
     return AdminClient({**config, "socket.timeout.ms": 5000, "log_level": 0})
 
 
@@ -30,18 +33,28 @@ def _kafka(secure_stack: SecureStack, identity: str) -> dict[str, str]:
 
 
 def test_kafka_refuses_a_client_in_clear(secure_stack: SecureStack) -> None:
-    admin = _admin({"bootstrap.servers": secure_stack.stack.kafka.bootstrap_servers})
+    kafka = secure_stack.stack.kafka
+    host, port = kafka.address.rsplit(":", 1)
+    socket.create_connection((host, int(port)), timeout=5).close()  # the broker is there
+    admin = _admin({"bootstrap.servers": kafka.bootstrap_servers})
 
-    with pytest.raises(KafkaException):
+    with pytest.raises(KafkaException) as refused:
         admin.list_topics(timeout=5)
+    assert refused.value.args[0].code() == KafkaError._TRANSPORT
 
 
 def test_kafka_refuses_a_wrong_password(secure_stack: SecureStack) -> None:
-    config = _kafka(secure_stack, "order-sync") | {"sasl.password": "not-the-password"}
+    errors: list[KafkaError] = []
+    config = _kafka(secure_stack, "order-sync") | {
+        "sasl.password": "not-the-password",
+        "error_cb": errors.append,
+    }
+    producer = Producer(config)
+    deadline = time.monotonic() + TIMEOUT_S
+    while not errors and time.monotonic() < deadline:
+        producer.poll(0.5)
 
-    with pytest.raises(KafkaException) as refused:
-        _admin(config).list_topics(timeout=TIMEOUT_S)
-    assert refused.value.args[0].code() in (KafkaError._AUTHENTICATION, KafkaError._TRANSPORT)
+    assert KafkaError._AUTHENTICATION in {error.code() for error in errors}
 
 
 def test_postgres_refuses_a_connection_without_tls(secure_stack: SecureStack) -> None:
@@ -125,6 +138,10 @@ def test_only_governance_creates_topics(secure_stack: SecureStack, identity: str
     assert refused.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
     governance = _admin(_kafka(secure_stack, "governance"))
     governance.create_topics([NewTopic(name, 1, 1)])[name].result(timeout=TIMEOUT_S)
+    # Governance deletes nothing: the cluster's administrator tidies up.
+    kafka = secure_stack.stack.kafka
+    administrator = _admin({"bootstrap.servers": kafka.bootstrap_servers, **kafka.client_config()})
+    administrator.delete_topics([name])[name].result(timeout=TIMEOUT_S)
 
 
 def test_a_service_cannot_grant_itself_acls(secure_stack: SecureStack) -> None:
@@ -132,19 +149,28 @@ def test_a_service_cannot_grant_itself_acls(secure_stack: SecureStack) -> None:
 
     assert result.returncode == 1
     assert "applying the ACLs failed" in result.stderr
+    assert "CLUSTER_AUTHORIZATION_FAILED" in result.stderr
 
 
-def test_the_services_role_may_add_to_the_audit_trail_but_never_change_it(
+def test_the_operators_may_not_write_what_the_services_emit(secure_stack: SecureStack) -> None:
+    refused = _produce(_kafka(secure_stack, "operator"), _topic(secure_stack, "order", "accepted"))
+
+    assert refused is not None
+    assert refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_the_audit_trail_takes_the_operators_inserts_and_nothing_else(
     secure_stack: SecureStack,
 ) -> None:
     actor = f"probe-{uuid.uuid4().hex[:8]}"
-    dsn = secure_stack.environment("order-sync")["REVSYNC_POSTGRES_DSN"]
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        connection.execute(
-            "INSERT INTO revsync_audit (actor, action, filter, count, outcome) "
-            "VALUES (%s, 'probe', '{}', 0, 'written')",
-            (actor,),
-        )
+    insert = (
+        "INSERT INTO revsync_audit (actor, action, filter, count, outcome) "
+        "VALUES (%s, 'probe', '{}', 0, 'written')"
+    )
+    operator = secure_stack.environment("operator")["REVSYNC_POSTGRES_DSN"]
+    service = secure_stack.environment("order-sync")["REVSYNC_POSTGRES_DSN"]
+    with psycopg.connect(operator, autocommit=True) as connection:
+        connection.execute(insert, (actor,))
         for statement in (
             "UPDATE revsync_audit SET outcome = 'rewritten' WHERE actor = %s",
             "DELETE FROM revsync_audit WHERE actor = %s",
@@ -159,12 +185,17 @@ def test_the_services_role_may_add_to_the_audit_trail_but_never_change_it(
                 "VALUES (%s, 'probe', '{}', 0, 'written', 'revsync_migrator')",
                 (actor,),
             )
+    # The services write no audit rows, so they may not touch the table at all.
+    with psycopg.connect(service, autocommit=True) as connection:
+        for statement in (insert, "UPDATE revsync_audit SET outcome = 'x' WHERE actor = %s"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                connection.execute(statement, (actor,))
 
     with psycopg.connect(secure_stack.admin_dsn()) as admin:
         rows = admin.execute(
             "SELECT db_role, outcome FROM revsync_audit WHERE actor = %s", (actor,)
         ).fetchall()
-    assert rows == [("revsync_service", "written")]
+    assert rows == [("revsync_operator", "written")]
 
 
 def test_the_services_role_cannot_touch_the_operators_tables(secure_stack: SecureStack) -> None:

@@ -8,7 +8,7 @@ it twice and ``ls`` shows only what is still open.
 from __future__ import annotations
 
 from revsync.migrations import Tables
-from revsync.security import POSTGRES_OPERATOR, POSTGRES_SERVICE
+from revsync.security import POSTGRES_OPERATOR
 
 LEDGER = """
 CREATE TABLE IF NOT EXISTS revsync_dlt_ledger (
@@ -70,7 +70,7 @@ AUDITED = ("actor", "action", "filter", "count", "outcome", "job_id", "kafka_pri
 
 TABLES = (
     Tables(LEDGER, writers=(POSTGRES_OPERATOR,)),
-    # Append-only for everyone but its owner (the migrations' role): no role that acts can
-    # rewrite what it did.
-    Tables(AUDIT, appenders=(POSTGRES_OPERATOR, POSTGRES_SERVICE), appendable=AUDITED),
+    # Append-only for the operators, whose commands it records, and closed to the services,
+    # which write none; only its owner (the migrations' role) may change it.
+    Tables(AUDIT, appenders=(POSTGRES_OPERATOR,), appendable=AUDITED),
 )
