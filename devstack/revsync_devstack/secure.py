@@ -89,9 +89,11 @@ class Credentials:
         ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "revsync local stack CA")])
         ca = _certificate(ca_name, ca_name, ca_key.public_key(), ca_key, authority=True)
         write_private(self.ca, ca.public_bytes(serialization.Encoding.PEM))
-        kafka_key, kafka = _server(BROKER_USER, ca, ca_key)
+        # The brokers' certificate also signs them in to their controllers (mutual TLS);
+        # the other servers' only identifies a server.
+        kafka_key, kafka = _server(BROKER_USER, ca, ca_key, client=True)
         write_private(self.kafka_keystore, _pkcs8(kafka_key) + kafka + _pem(ca))
-        server_key, server = _server("localhost", ca, ca_key)
+        server_key, server = _server("localhost", ca, ca_key, client=False)
         write_private(self.server_key, _pkcs8(server_key))
         write_private(self.server_certificate, server + _pem(ca))
         passwords = {
@@ -123,13 +125,18 @@ def kafka_users() -> list[str]:
 
 
 def _server(
-    name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
+    name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey, *, client: bool
 ) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
     """A key and a certificate for ``name`` that hostname verification accepts on loopback;
-    good for client authentication too (the brokers present it to their controllers)."""
+    with ``client``, good for client authentication too."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    certificate = _certificate(subject, ca.subject, key.public_key(), ca_key, authority=False)
+    usages = [ExtendedKeyUsageOID.SERVER_AUTH]
+    if client:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
+    certificate = _certificate(
+        subject, ca.subject, key.public_key(), ca_key, authority=False, usages=usages
+    )
     return key, _pem(certificate)
 
 
@@ -140,6 +147,7 @@ def _certificate(
     signing_key: ec.EllipticCurvePrivateKey,
     *,
     authority: bool,
+    usages: list[x509.ObjectIdentifier] | None = None,
 ) -> x509.Certificate:
     now = datetime.datetime.now(datetime.UTC)
     builder = (

@@ -156,7 +156,7 @@ class Component(ABC):
                 cwd=self.home,
                 env={**os.environ, **(env or {})},
                 start_new_session=True,
-                preexec_fn=_raise_open_file_limit,
+                preexec_fn=_private_files if self.settings.secure else _raise_open_file_limit,
             )
         _children[process.pid] = process
         self._pid_file().write_text(str(process.pid))
@@ -208,7 +208,8 @@ class Postgres(Component):
             return
         # The superuser's password from a file only the server's account reads, gone after.
         password_file = self.home / "initdb-password"
-        password_file.write_text(self.credentials.passwords("postgres")[POSTGRES_USER] + "\n")
+        password = self.credentials.passwords("postgres")[POSTGRES_USER]
+        write_private(password_file, f"{password}\n".encode())
         self._hand_to_server_user(password_file)
         try:
             self._run(*INITDB, str(self.data), "--auth=scram-sha-256", f"--pwfile={password_file}")
@@ -370,7 +371,8 @@ class Kafka(Component):
     def prepare(self) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         config = self.home / "server.properties"
-        config.write_text(self._server_properties())
+        # Owner-only: on a secured stack it holds the brokers' own password.
+        write_private(config, self._server_properties().encode())
         if (self.home / "data" / "meta.properties").exists():
             return
         cluster_id = self._cluster_id()
@@ -889,6 +891,8 @@ class LocalStack:
             for component in self.components:
                 shutil.rmtree(component.home, ignore_errors=True)
             shutil.rmtree(self.settings.dir / "logs", ignore_errors=True)
+            # A secured stack's CA and passwords go too: the next one makes its own.
+            shutil.rmtree(self.postgres.credentials.folder, ignore_errors=True)
             for remembered in (BROKERS_FILE, CLUSTER_ID_FILE):
                 (self.settings.dir / remembered).unlink(missing_ok=True)
         return stopped
@@ -1062,6 +1066,13 @@ def _postgres_bindir() -> Path:
         "postgres: the PostgreSQL server (initdb, pg_ctl) is not installed; "
         "install Debian's package: apt-get install -y postgresql"
     )
+
+
+def _private_files() -> None:
+    """A secured stack's servers write owner-only files (Kafka's log segments hold customer
+    records and its metadata log the SCRAM credentials)."""
+    os.umask(0o077)
+    _raise_open_file_limit()
 
 
 def _raise_open_file_limit() -> None:

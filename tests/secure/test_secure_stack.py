@@ -247,3 +247,22 @@ def test_a_service_whose_tables_were_never_migrated_is_told_to_migrate(
         pytest.raises(SchemaMissing, match=f"{never_made} .*revsync db migrate"),
     ):
         ensure(connection, [tables])
+
+
+def test_no_file_others_may_read_holds_a_password(secure_stack: SecureStack) -> None:
+    credentials = secure_stack.stack.kafka.credentials
+    passwords = [
+        password.encode()
+        for kind in ("kafka", "postgres", "registry")
+        for password in credentials.passwords(kind).values()
+    ]
+    readable = [
+        path
+        for path in secure_stack.stack.settings.dir.rglob("*")
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o004
+    ]
+
+    leaking = [path for path in readable if any(p in path.read_bytes() for p in passwords)]
+
+    assert readable, "the stack's logs at least are readable"
+    assert leaking == []
