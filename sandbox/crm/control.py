@@ -110,6 +110,12 @@ class CrmSandbox:
         to its real next page again."""
         self._call("PUT", "/query", {"next_records_url": link})
 
+    def set_triggers(self, triggers: Sequence[Mapping[str, Any]]) -> int:
+        """Replace the org's Apex triggers, each ``{"sobject", "field", "equals", "message"}``:
+        an API write to a record whose ``field`` is ``equals`` is refused with ``message``,
+        its ``{Field}`` placeholders filled from the record (:class:`sandbox.crm.model.Trigger`)."""
+        return int(self._call("PUT", "/triggers", {"triggers": list(triggers)})["triggers"])
+
     def expire_sessions(self) -> int:
         """Invalidate every issued access token; the number invalidated."""
         return int(self._call("PUT", "/sessions/expire")["expired"])

@@ -106,7 +106,7 @@ SOBJECTS: dict[str, SObjectType] = {
             {
                 "Id": READ_ONLY_ID,
                 "Name": Field(required=True),
-                **_text("ERP_Customer_Id__c"),
+                **_text("ERP_Customer_Id__c", "Phone"),
                 **_system(),
             },
             external_ids=frozenset({"ERP_Customer_Id__c"}),
@@ -160,6 +160,8 @@ SOBJECTS: dict[str, SObjectType] = {
                     "ShippingState",
                     "ShippingPostalCode",
                     "ShippingCountryCode",
+                    "BillingEmailAddress",
+                    "BillingPhoneNumber",
                 ),
                 "TotalAmount": Field(Kind.NUMBER, writable=False),
                 **_text("Cancel_Reason__c", "ERP_Order_Id__c", "ERP_Order_Number__c"),
@@ -333,6 +335,37 @@ def coerce(sobject: SObjectType, name: str, value: Any) -> Any:
                     [name],
                 )
             return value
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """An Apex trigger refusing API writes to the records of ``sobject`` whose ``field`` is
+    ``equals``, its message ``message`` filled from the record's fields (``{Field}``), as an
+    ``addError`` concatenated from them would be: a Salesforce error quoting the record back,
+    customer data and all."""
+
+    sobject: str
+    field: str
+    equals: Any
+    message: str
+
+    @classmethod
+    def parse(cls, document: Any) -> Trigger:
+        """A trigger as the control API takes it; FieldError if it names no sObject or field."""
+        if not isinstance(document, Mapping) or not isinstance(document.get("message"), str):
+            raise FieldError("JSON_PARSER_ERROR", "a trigger is {sobject, field, equals, message}")
+        sobject = sobject_type(str(document.get("sobject")))
+        message = document["message"]
+        quoted = [name for _, name, _, _ in string.Formatter().parse(message) if name]
+        sobject.check_fields([str(document.get("field")), *quoted])
+        return cls(sobject.name, str(document["field"]), document.get("equals"), message)
+
+    def fire(self, sobject: SObjectType, record: Mapping[str, Any]) -> None:
+        """FIELD_CUSTOM_VALIDATION_EXCEPTION if ``record`` (as the write would leave it) is
+        one this trigger refuses."""
+        if sobject.name == self.sobject and record.get(self.field) == self.equals:
+            values = {name: "" if record.get(name) is None else record[name] for name in record}
+            raise FieldError("FIELD_CUSTOM_VALIDATION_EXCEPTION", self.message.format_map(values))
 
 
 def check_rules(sobject: SObjectType, record: Mapping[str, Any]) -> None:

@@ -25,6 +25,7 @@ from sandbox.crm.model import (
     SOBJECTS,
     FieldError,
     SObjectType,
+    Trigger,
     check_rules,
     coerce,
     new_org,
@@ -93,6 +94,8 @@ class CrmSimulator:
         self._client_id = client_id
         self._client_secret = client_secret
         self.query_page_size = query_page_size
+        self.triggers: list[Trigger] = []
+        """Apex triggers on API writes, as ``PUT /__sandbox/triggers`` sets them."""
         self.next_records_url_override: str | None = None
         """When set, every page that is not the last links to this instead of its next page,
         as a compromised or misbehaving org might (any URL, host or path)."""
@@ -190,6 +193,7 @@ class CrmSimulator:
         )
         route("PUT", control + r"sessions/expire", self._expire_sessions)
         route("PUT", control + r"query", self._set_query)
+        route("PUT", control + r"triggers", self._set_triggers)
 
     def _api(self, name: str, handler: Callable[[Request, Transaction], Response]) -> Route:
         """An API route: signed in, counted, and attributed to the integration user."""
@@ -529,6 +533,16 @@ class CrmSimulator:
             }
         )
 
+    def _set_triggers(self, request: Request) -> Response:
+        """Replace the org's triggers: ``{"triggers": [{"sobject", "field", "equals",
+        "message"}]}`` (see :class:`~sandbox.crm.model.Trigger`)."""
+        try:
+            triggers = [Trigger.parse(document) for document in _body_list(request, "triggers")]
+        except FieldError as error:
+            raise HttpFailure(400, [error.rest()]) from None
+        self.triggers = triggers
+        return Response(body={"triggers": len(triggers)})
+
     def stats(self) -> dict[str, Any]:
         """Records per sObject, orders per status field, change event counters, the Pub/Sub
         API's channels and subscriptions, API calls per route."""
@@ -613,6 +627,9 @@ class CrmSimulator:
                 )
         before = self._records[sobject.name][existing] if existing else {}
         check_rules(sobject, {**before, **coerced})
+        if api:
+            for trigger in self.triggers:
+                trigger.fire(sobject, {**before, **coerced})
         return _Write(sobject, coerced, existing)
 
     def _check_reference(self, name: str, target: str, value: str, pending: set[str]) -> None:

@@ -29,13 +29,14 @@ def sandbox(simulator: CrmSimulator) -> Iterator[CrmSandbox]:
 
 @pytest.fixture(autouse=True)
 def calm(simulator: CrmSimulator) -> Iterator[None]:
-    """Every test starts, and leaves, without faults, with the default change event and
-    Pub/Sub knobs."""
+    """Every test starts, and leaves, without faults or triggers, with the default change
+    event and Pub/Sub knobs."""
     yield
     simulator.server.faults = Faults()
     simulator.bus.configure(CdcKnobs().as_dict())
     simulator.query_page_size = 2000
     simulator.next_records_url_override = None
+    simulator.triggers = []
 
 
 @pytest.fixture

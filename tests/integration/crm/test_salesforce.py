@@ -235,6 +235,36 @@ def test_single_record_refusals_and_missing_records(crm: SalesforceClient, order
         crm.related("Order", absent, "OrderItems")
 
 
+def test_a_trigger_quoting_the_record_back_is_told_by_its_code_alone(
+    sandbox: CrmSandbox, crm: SalesforceClient, account: str, product: str
+) -> None:
+    """No customer data in errors: an Apex trigger's message quotes the contact and address."""
+    contact = {
+        "BillingEmailAddress": "ap@acme.example",
+        "BillingPhoneNumber": "+1 312 555 0100",
+        "ShippingStreet": "17 Quill Lane",
+    }
+    [order] = sandbox.create_orders([an_order(account, product, PoNumber="PO-LOCKED", **contact)])
+    sandbox.set_triggers(
+        [
+            {
+                "sobject": "Order",
+                "field": "PoNumber",
+                "equals": "PO-LOCKED",
+                "message": "{ShippingStreet}: locked for {BillingEmailAddress}, "
+                "{BillingPhoneNumber}",
+            }
+        ]
+    )
+    with pytest.raises(CrmRejected) as refused:
+        crm.update("Order", order, {"ERP_Status__c": "Accepted"})
+    assert str(refused.value) == (
+        f"Salesforce refused Order {order}: FIELD_CUSTOM_VALIDATION_EXCEPTION"
+    )
+    for quoted in contact.values():
+        assert quoted not in told(refused.value)
+
+
 def test_an_answer_not_in_salesforces_error_format_is_told_by_its_status_alone(
     sandbox: CrmSandbox, crm: SalesforceClient, order: str
 ) -> None:
