@@ -3,6 +3,7 @@ what may be told of any failure where it is kept (dead-letter headers, logs)."""
 
 from __future__ import annotations
 
+import traceback
 from enum import StrEnum
 from typing import ClassVar
 
@@ -199,3 +200,38 @@ def described(error: BaseException) -> str:
         fields = "; ".join(f"{field or error.title}: {why}" for field, why in invalid_fields(error))
         return f"{error.title}: {fields}"
     return f"{type(error).__name__} (its text is not kept: it may quote the data it failed on)"
+
+
+CAUSED = "\nThe above exception was the direct cause of the following exception:\n\n"
+DURING = "\nDuring handling of the above exception, another exception occurred:\n\n"
+
+
+def described_traceback(error: BaseException) -> str:
+    """``error``'s traceback with those of its causes, as Python prints them but each
+    exception told by :func:`described`: the usual last line of each is the exception's own
+    text, which may quote the data it failed on. Its frames' source lines are code."""
+    # Newest first, each with how the exception after it (its cause or context) led to it.
+    chain: list[tuple[BaseException, str]] = []
+    current: BaseException | None = error
+    seen: set[int] = set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if current.__cause__ is not None:
+            chain.append((current, CAUSED))
+            current = current.__cause__
+        elif current.__context__ is not None and not current.__suppress_context__:
+            chain.append((current, DURING))
+            current = current.__context__
+        else:
+            chain.append((current, ""))
+            current = None
+    parts: list[str] = []
+    for failure, link in reversed(chain):
+        kind = type(failure)
+        parts.append(link)
+        parts.append(
+            "Traceback (most recent call last):\n"
+            + "".join(traceback.format_tb(failure.__traceback__))
+            + f"{kind.__module__}.{kind.__qualname__}: {described(failure)}\n"
+        )
+    return "".join(parts)

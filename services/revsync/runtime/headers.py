@@ -7,12 +7,11 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TypeAlias
 
-from revsync.errors import MalformedHeader, classify, described
+from revsync.errors import MalformedHeader, classify, described, described_traceback
 
 Headers = list[tuple[str, str | bytes | None]]
 """Kafka headers as confluent-kafka takes them; revsync writes bytes."""
@@ -187,7 +186,7 @@ def failure_headers(
         failures = attempts(original)
     except MalformedHeader:
         failures = 0
-    stack = _stack(error)[-STACK_LIMIT:]
+    stack = described_traceback(error)[-STACK_LIMIT:]
     values = {
         ORIGINAL_TOPIC: get(original, ORIGINAL_TOPIC) or topic,
         ORIGINAL_PARTITION: earlier(ORIGINAL_PARTITION, original_partition, str(partition)),
@@ -215,41 +214,6 @@ def failure_headers(
         since = due_at - EPOCH if due_at.tzinfo else timedelta(seconds=due_at.timestamp())
         values[DUE_AT] = str(since // timedelta(milliseconds=1))
     return without_revsync(original) + [(k, _bytes(v)) for k, v in values.items()]
-
-
-CAUSED = "\nThe above exception was the direct cause of the following exception:\n\n"
-DURING = "\nDuring handling of the above exception, another exception occurred:\n\n"
-
-
-def _stack(error: BaseException) -> str:
-    """``error``'s traceback with those of its causes, as Python prints them but each
-    exception told by :func:`~revsync.errors.described`: the usual last line of each is the
-    exception's own text, which may quote the data it failed on."""
-    # Newest first, each with how the exception after it (its cause or context) led to it.
-    chain: list[tuple[BaseException, str]] = []
-    current: BaseException | None = error
-    seen: set[int] = set()
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if current.__cause__ is not None:
-            chain.append((current, CAUSED))
-            current = current.__cause__
-        elif current.__context__ is not None and not current.__suppress_context__:
-            chain.append((current, DURING))
-            current = current.__context__
-        else:
-            chain.append((current, ""))
-            current = None
-    parts: list[str] = []
-    for failure, link in reversed(chain):
-        kind = type(failure)
-        parts.append(link)
-        parts.append(
-            "Traceback (most recent call last):\n"
-            + "".join(traceback.format_tb(failure.__traceback__))
-            + f"{kind.__module__}.{kind.__qualname__}: {described(failure)}\n"
-        )
-    return "".join(parts)
 
 
 def to_json(headers: HeadersLike) -> list[list[str]]:
