@@ -74,7 +74,9 @@ def run(settings: Settings, events: int) -> dict[str, Any]:
         selected = len(operations.select(Selection()))
         select_s = time.perf_counter() - started
         started = time.perf_counter()
-        report = operations.replays.replay(Selection(), rate_per_s=None, max_replays=3)
+        report = operations.replays.replay(
+            Selection(), everything=True, rate_per_s=None, max_replays=3
+        )
         replay_s = time.perf_counter() - started
         if report.moved != events or selected != events:
             raise RuntimeError(f"replayed {report.moved} of {events} (selected {selected})")

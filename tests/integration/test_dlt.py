@@ -54,7 +54,9 @@ operations = Operations(
     registry=registry, actor=Actor("killed", "User:ANONYMOUS"),
 )
 print("started", flush=True)
-operations.replays.replay(Selection(), rate_per_s=float(sys.argv[2]), max_replays=3)
+operations.replays.replay(
+    Selection(), everything=True, rate_per_s=float(sys.argv[2]), max_replays=3
+)
 """
 
 
@@ -110,7 +112,9 @@ def test_fixed_poison_records_are_replayed_and_processed_exactly_once(
     )
     assert world.effects() == []
 
-    report = operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=3)
+    report = operations.replays.replay(
+        dl.Selection(), everything=True, rate_per_s=None, max_replays=3
+    )
     assert (report.selected, report.moved, report.status) == (3, 3, "completed")
     # The cause is fixed: the same consumer, with a handler that no longer fails.
     world.loop(world.handler()).run(max_idle_s=3)
@@ -127,7 +131,12 @@ def test_fixed_poison_records_are_replayed_and_processed_exactly_once(
         ).fetchone()
     assert holds == (0,)
     # Nothing is replayed twice: the ledger knows, and a second replay finds nothing.
-    assert operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=3).selected == 0
+    assert (
+        operations.replays.replay(
+            dl.Selection(), everything=True, rate_per_s=None, max_replays=3
+        ).selected
+        == 0
+    )
     assert operations.select(dl.Selection(states=frozenset({"replayed"}))) != []
 
 
@@ -176,7 +185,9 @@ def test_the_rate_limit_holds(world: RuntimeWorld, operations: Operations) -> No
     dead_lettered(world, [order(100 + n) for n in range(15)])
 
     started = time.monotonic()
-    report = operations.replays.replay(dl.Selection(), rate_per_s=10, max_replays=3)
+    report = operations.replays.replay(
+        dl.Selection(), everything=True, rate_per_s=10, max_replays=3
+    )
     elapsed = time.monotonic() - started
 
     assert report.moved == 15
@@ -231,7 +242,12 @@ def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
     [poison] = dead_lettered(world, [order(300)])
     still_failing = world.handler(faults={poison.crm_order_id: Fault(permanent=True)})
     for replays in (1, 2):
-        assert operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=2).moved == 1
+        assert (
+            operations.replays.replay(
+                dl.Selection(), everything=True, rate_per_s=None, max_replays=2
+            ).moved
+            == 1
+        )
         world.loop(still_failing).run(max_idle_s=2)
 
         def failed_again(times: int = replays) -> bool:
@@ -242,7 +258,9 @@ def test_the_loop_guard_quarantines_a_record_that_keeps_failing(
 
     key = poison.crm_order_id.encode()
     assert [held.key for held in operations.holds([world.consumer], [key])] == [key]
-    report = operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=2)
+    report = operations.replays.replay(
+        dl.Selection(), everything=True, rate_per_s=None, max_replays=2
+    )
 
     assert (report.moved, report.quarantined) == (0, 1)
     assert operations.holds([world.consumer], [key]) == []  # released with the quarantine
@@ -376,7 +394,7 @@ def test_a_raw_export_is_recorded_as_such_and_replaces_a_file_readable_by_others
     assert outcome == f"to {target}, raw: key and value bytes unmasked"
 
 
-def test_a_purge_or_archive_without_a_filter_needs_all(
+def test_a_purge_archive_or_replay_without_a_filter_needs_all(
     world: RuntimeWorld, operations: Operations
 ) -> None:
     dead_lettered(world, [order(520), order(521)])
@@ -384,7 +402,9 @@ def test_a_purge_or_archive_without_a_filter_needs_all(
     for act in (operations.purge, operations.archive):
         with pytest.raises(dl.OperationRefused, match="say --all"):
             act(dl.Selection())
-    assert len(operations.select(dl.Selection())) == 2  # nothing was purged or archived
+    with pytest.raises(dl.OperationRefused, match="say --all"):
+        operations.replays.replay(dl.Selection(), rate_per_s=None, max_replays=3)
+    assert len(operations.select(dl.Selection())) == 2  # nothing was purged, archived, sent
 
     assert operations.purge(dl.Selection(), everything=True) == 2
     assert operations.select(dl.Selection()) == []
@@ -538,3 +558,29 @@ def test_an_operator_lists_and_releases_a_held_key_through_the_cli(world: Runtim
             (key,),
         ).fetchall()
     assert audited == [(getpass.getuser(), 1, "dry run"), ("on-call", 1, "released")]
+
+
+def test_a_dry_run_is_an_audited_read_and_a_replay_is_on_record_before_it_sends(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    event = order(530)
+    dead_lettered(world, [event])
+    operations.actor = operations.replays.actor = Actor(
+        f"on-call-{uuid.uuid4().hex[:6]}", "User:ANONYMOUS"
+    )
+    selection = dl.Selection(keys=frozenset({event.crm_order_id}))
+
+    previewed = operations.preview("purge", selection)
+    report = operations.replays.replay(selection, rate_per_s=None, max_replays=3)
+
+    assert len(previewed) == 1
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        rows = db.execute(
+            "SELECT action, count, outcome, job_id FROM revsync_audit WHERE actor = %s ORDER BY id",
+            (operations.actor.name,),
+        ).fetchall()
+    assert rows == [
+        ("purge dry run", 1, "read", None),
+        ("replay", 1, "started", report.job_id),
+        ("replay", 1, "completed: 1 replayed, 0 quarantined", report.job_id),
+    ]

@@ -279,6 +279,7 @@ def replay(
     rate: Annotated[float, typer.Option(help="Records per second at most; 0: no limit.")] = 50,
     resume: Annotated[str | None, typer.Option(help="An interrupted job's id.")] = None,
     yes: Yes = False,
+    everything: Everything = False,
     actor: Actor = None,
 ) -> None:
     """Send dead letters back through their own consumer only (dry run unless --yes)."""
@@ -294,7 +295,7 @@ def replay(
             _print_report(report)
             return
         if not yes:
-            letters = operations.select(selection)
+            letters = operations.preview("replay", selection)
             guarded = sum(letter.replay_count >= max_replays for letter in letters)
             console.print(_groups(letters) if letters else "nothing matches")
             console.print(
@@ -310,6 +311,7 @@ def replay(
                 max_replays=max_replays,
                 on_progress=progress,
                 stop=stop,
+                everything=everything,
             )
         )
     except (RevsyncError, SettingsError, ValueError) as error:
@@ -352,7 +354,7 @@ def _act(
     try:
         operations = _operations(actor)
         if not yes:
-            letters = operations.select(selection)
+            letters = operations.preview(action, selection)
             console.print(_groups(letters) if letters else "nothing matches")
             console.print(f"dry run: would {action} {len(letters)} dead letters; add --yes")
             return

@@ -432,3 +432,13 @@ def _plain(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+def refuse_unfiltered(action: str, selection: Selection, everything: bool) -> None:
+    """A destructive ``action`` without a filter only with ``everything`` (``--all``), so
+    that a forgotten filter acts on nothing."""
+    if not selection.narrows and not everything:
+        raise OperationRefused(
+            f"{action} every dead letter of every service? Name a filter (--service, --key, "
+            "--error-class, ...), or say --all"
+        )

@@ -88,6 +88,12 @@ class Operations:
         self._audit_read("show", {"refs": [ref]}, 1)
         return letter
 
+    def preview(self, action: str, selection: dl.Selection) -> list[dl.DeadLetter]:
+        """What ``action`` would take (a dry run): read, and audited as a read."""
+        letters = self.select(selection)
+        self._audit_read(f"{action} dry run", selection.as_json(), len(letters))
+        return letters
+
     def _audit_read(self, action: str, selection: dict[str, Any], count: int) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             ledger.audit(connection, self.actor, action, selection, count, "read")
@@ -103,7 +109,7 @@ class Operations:
     def purge(self, selection: dl.Selection, *, everything: bool = False) -> int:
         """Mark the selection dealt with; a selection without a filter only with
         ``everything`` (``--all``), so that a forgotten filter purges nothing."""
-        _refuse_unfiltered("purge", selection, everything)
+        dl.refuse_unfiltered("purge", selection, everything)
         letters = self.select(selection)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.record(connection, None, [letter.ref for letter in letters], "purged")
@@ -114,7 +120,7 @@ class Operations:
         return len(letters)
 
     def archive(self, selection: dl.Selection, *, everything: bool = False) -> int:
-        _refuse_unfiltered("archive", selection, everything)
+        dl.refuse_unfiltered("archive", selection, everything)
         letters = self.select(selection)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.archive(connection, letters)
@@ -131,18 +137,21 @@ class Operations:
         """The selection as JSON Lines: error, headers and payload (masked), and with ``raw``
         the key and value bytes (base64), which may carry what masking hides."""
         letters = self.select(selection)
-        # Readable by its owner alone, whatever the umask: it holds customer data.
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.fchmod(descriptor, 0o600)
-        with os.fdopen(descriptor, "w") as out:
-            for letter in letters:
-                kind, payload = dl.payload(letter, self.registry)
-                out.write(json.dumps(export_line(letter, kind, payload, mask_fields, raw)) + "\n")
         outcome = f"to {path}" + (", raw: key and value bytes unmasked" if raw else "")
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        # The audit row first, committed only once the file is written: no export without
+        # its row, and no row for an export that failed.
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.audit(
                 connection, self.actor, "export", selection.as_json(), len(letters), outcome
             )
+            # Readable by its owner alone, whatever the umask: it holds customer data.
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)
+            with os.fdopen(descriptor, "w") as out:
+                for letter in letters:
+                    kind, payload = dl.payload(letter, self.registry)
+                    line = export_line(letter, kind, payload, mask_fields, raw)
+                    out.write(json.dumps(line) + "\n")
         return len(letters)
 
     # --- held keys -------------------------------------------------------------------------------
@@ -221,13 +230,8 @@ class Operations:
             )
         inputs = [topic.name for topic in self.catalog.consumed_by(consumer)]
         positions = self._positions(inputs, when, offset)
-        if not dry_run:
-            partitions = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-            future = admin.alter_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(consumer, partitions)]
-            )[consumer]
-            future.result()
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        # The audit row commits only once the offsets moved: none without the other.
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.audit(
                 connection,
                 self.actor,
@@ -240,6 +244,12 @@ class Operations:
                 len(positions),
                 "dry run" if dry_run else "offsets moved",
             )
+            if not dry_run:
+                partitions = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
+                future = admin.alter_consumer_group_offsets(
+                    [ConsumerGroupTopicPartitions(consumer, partitions)]
+                )[consumer]
+                future.result()
         return positions
 
     def _positions(
@@ -305,11 +315,3 @@ def export_line(
         line["raw_key"] = base64.b64encode(letter.key or b"").decode()
         line["raw_value"] = base64.b64encode(letter.value or b"").decode()
     return line
-
-
-def _refuse_unfiltered(action: str, selection: dl.Selection, everything: bool) -> None:
-    if not selection.narrows and not everything:
-        raise dl.OperationRefused(
-            f"{action} every dead letter of every service? Name a filter (--service, --key, "
-            "--error-class, ...), or say --all"
-        )

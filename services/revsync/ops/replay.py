@@ -108,10 +108,25 @@ class ReplayJobs:
         max_replays: int,
         on_progress: Callable[[ReplayReport], None] = lambda _: None,
         stop: threading.Event | None = None,
+        everything: bool = False,
     ) -> ReplayReport:
+        """Send ``selection``'s dead letters back through their own consumer; a selection
+        without a filter only with ``everything`` (``--all``)."""
+        dl.refuse_unfiltered("replay", selection, everything)
         letters = self._select(selection)
         job_id = uuid.uuid4()
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        # The job and its audit row together, before anything is sent: a replay killed
+        # half-way is on the record; its end is audited again when it finishes.
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
+            ledger.audit(
+                connection,
+                self.actor,
+                "replay",
+                selection.as_json(),
+                len(letters),
+                "started",
+                job_id,
+            )
             connection.execute(
                 "INSERT INTO revsync_replay_jobs (id, actor, filter, rate_per_s, status, total, "
                 "start_offsets) VALUES (%s, %s, %s, %s, 'running', %s, %s)",
@@ -348,7 +363,7 @@ class ReplayJobs:
         job = self.job(job_id)
         if job.status != "running":
             raise dl.OperationRefused(f"job {job_id} is {job.status}; only a running job cancels")
-        with psycopg.connect(self.dsn, autocommit=True) as connection:
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             connection.execute(
                 "UPDATE revsync_replay_jobs SET cancel_requested = true WHERE id = %s", (job_id,)
             )
