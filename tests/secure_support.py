@@ -46,12 +46,15 @@ class SecureStack:
         """The cluster's superuser: what the tests check with, never what revsync runs as."""
         return self.stack.postgres.dsn(role=POSTGRES_ADMIN)
 
-    def revsync(self, identity: str, *arguments: str) -> subprocess.CompletedProcess[str]:
-        """``revsync ARGUMENTS`` run as ``identity``, as its own process."""
+    def revsync(
+        self, identity: str, *arguments: str, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``revsync ARGUMENTS`` run as ``identity`` (with ``env`` over its settings), as
+        its own process."""
         clean = {k: v for k, v in os.environ.items() if not k.startswith("REVSYNC_")}
         return subprocess.run(
             [str(REVSYNC), *arguments],
-            env={**clean, **self.environment(identity)},
+            env={**clean, **self.environment(identity), **(env or {})},
             capture_output=True,
             text=True,
             timeout=180,

@@ -266,3 +266,23 @@ def test_no_file_others_may_read_holds_a_password(secure_stack: SecureStack) -> 
 
     assert readable, "the stack's logs at least are readable"
     assert leaking == []
+
+
+def test_reading_dead_letters_without_the_right_fails_at_once(secure_stack: SecureStack) -> None:
+    from revsync.contracts.catalog import load_catalog
+
+    catalog = load_catalog(secure_stack.contracts)
+    dead_letters = catalog.dead_letter_topic(catalog.consumer_of("order_sync"))
+    assert _produce(_kafka(secure_stack, "order-sync"), dead_letters) is None
+    # The operators' database role, but order-sync's Kafka user: it may write its dead
+    # letters, never read them.
+    order_sync = secure_stack.environment("order-sync")
+    kafka_user = {k: v for k, v in order_sync.items() if k.startswith("REVSYNC_KAFKA_")}
+
+    refused = secure_stack.revsync("operator", "dlt", "ls", env=kafka_user)
+    allowed = secure_stack.revsync("operator", "dlt", "ls", "--service", "order-sync")
+
+    assert refused.returncode == 2
+    assert "AUTHORIZATION_FAILED" in refused.stderr
+    assert allowed.returncode == 0, allowed.stderr
+    assert dead_letters in allowed.stdout

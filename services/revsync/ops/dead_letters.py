@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -41,6 +42,22 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 class SelectionError(RevsyncError):
     """A filter names something the catalog does not have; the message says what."""
+
+
+class DeadLettersUnreadable(RevsyncError):
+    """Kafka refused or never delivered the dead letters a command needs to read."""
+
+
+STALL_S = 60.0
+"""How long a scan waits without a record before it gives up on Kafka."""
+UNREADABLE = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+        KafkaError._UNKNOWN_TOPIC,
+    }
+)
 
 
 class OperationRefused(RevsyncError):
@@ -257,8 +274,18 @@ def scan(
         if not assignment:
             return
         consumer.assign(assignment)
+        stalled_at = time.monotonic() + STALL_S
         while ends:
-            for message in consumer.consume(500, 1.0):
+            messages = consumer.consume(500, 1.0)
+            if messages:
+                stalled_at = time.monotonic() + STALL_S
+            elif time.monotonic() > stalled_at:
+                raise DeadLettersUnreadable(
+                    f"no dead letter arrived for {STALL_S:.0f}s with {len(ends)} partition(s) "
+                    "not read to their end; is Kafka reachable?"
+                )
+            for message in messages:
+                _refused(message.error())
                 name, partition, offset = message.topic(), message.partition(), message.offset()
                 if name is None or partition is None or offset is None:
                     continue
@@ -284,6 +311,15 @@ def scan(
                     del ends[where]
     finally:
         consumer.close()
+
+
+def _refused(error: KafkaError | None) -> None:
+    """Raise for an error that no waiting mends (no right to read, no such topic, a fatal
+    client): a scan would otherwise wait for records that never come."""
+    if error is None or error.code() == KafkaError._PARTITION_EOF:
+        return
+    if error.fatal() or error.code() in UNREADABLE:
+        raise DeadLettersUnreadable(f"reading the dead letters failed: {error.name()}")
 
 
 def with_state(
