@@ -320,10 +320,17 @@ class OpsSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     dlt_mask_fields: str = Field(
+        # revsync's own (street and postal code; city and country stay, operators route by
+        # them), Salesforce's compound addresses whole, its order, contact and person-account
+        # emails and phones, and a change event nothing could decode (its raw bytes).
         default=(
-            "street,postal_code,BillingStreet,BillingPostalCode,ShippingStreet,"
-            "ShippingPostalCode,BillingAddress,ShippingAddress,MailingAddress,tracking_number,"
-            "Email,Phone,MobilePhone,HomePhone,Fax"
+            "street,postal_code,tracking_number,"
+            "BillingStreet,BillingPostalCode,ShippingStreet,ShippingPostalCode,"
+            "BillingAddress,ShippingAddress,MailingAddress,OtherAddress,Address,"
+            "PersonMailingAddress,PersonOtherAddress,"
+            "Email,BillingEmailAddress,PersonEmail,"
+            "Phone,BillingPhoneNumber,MobilePhone,HomePhone,OtherPhone,AssistantPhone,Fax,"
+            "PersonMobilePhone,PersonHomePhone,PersonOtherPhone,payloadBase64"
         ),
         description=(
             "Fields `dlt show` and `dlt export` mask, comma-separated: names or paths from the "

@@ -270,3 +270,25 @@ class TestBadBytes:
             serde.deserialize(topic, data)
         assert raised.value.field == "lines.0.quantity"
         assert "greater than 0" in str(raised.value)
+
+    def test_a_refused_value_is_never_quoted(
+        self, setup: tuple[EventSerde, str], settings: Settings, contracts: Path
+    ) -> None:
+        serde, topic = setup
+        datum = sample_event(OrderCreated).to_avro()
+        datum["currency"] = "Z9@customer.example"  # a validator's message would quote it
+        schema = SchemaRepository(contracts).expanded_json(OrderCreated.schema_name)
+        registry = SchemaRegistryClient(settings.registry_config())
+        data = AvroSerializer(
+            registry, schema, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
+        )(datum, SerializationContext(topic, MessageField.VALUE))
+
+        with pytest.raises(PayloadInvalid) as raised:
+            serde.deserialize(topic, data)
+        with pytest.raises(NotConfluentFramed) as unframed:
+            serde.deserialize(topic, b"jane@customer.example")
+
+        assert raised.value.field == "currency"
+        assert "customer.example" not in str(raised.value)
+        assert "customer.example" not in str(unframed.value)
+        assert "21 bytes" in str(unframed.value)

@@ -10,6 +10,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from revsync.ops import dead_letters as dl
 from revsync.runtime import headers as h
+from revsync.settings import OpsSettings
 
 DEFAULTS = frozenset({"street", "postal_code", "BillingAddress", "Email", "Phone"})
 ORDER: dict[str, Any] = {
@@ -93,3 +94,27 @@ def test_a_value_nothing_can_read_is_shown_by_its_length_and_first_bytes_only() 
     unreadable = b"\xff\xfe 17 Quill Lane, ap@acme.example"
     kind, payload = dl.payload(letter([], unreadable), cast(SchemaRegistryClient, None))
     assert (kind, payload) == ("bytes", {"length": len(unreadable), "first_bytes": "fffe203137"})
+
+
+def test_the_default_fields_hide_salesforces_contact_data_and_undecodable_bytes() -> None:
+    change = {
+        "payload": {
+            "BillingEmailAddress": "ap@acme.example",
+            "BillingPhoneNumber": "+44 113 496 0000",
+            "PersonMailingAddress": {"Street": "9 Mill Row", "City": "York"},
+            "OtherPhone": "+44 1904 000000",
+            "Name": "Acme Ltd",
+        },
+        "payloadBase64": "AAEC",
+    }
+
+    shown, _ = dl.masked_letter(letter([]), change, OpsSettings().mask_fields)
+
+    assert shown["payload"] == {
+        "BillingEmailAddress": "***",
+        "BillingPhoneNumber": "***",
+        "PersonMailingAddress": "***",
+        "OtherPhone": "***",
+        "Name": "Acme Ltd",
+    }
+    assert shown["payloadBase64"] == "***"

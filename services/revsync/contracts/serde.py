@@ -29,6 +29,7 @@ from revsync.errors import (
     TransientError,
     UnencodableEvent,
     UnknownSchemaId,
+    invalid_fields,
 )
 
 MAGIC_BYTE = 0
@@ -98,8 +99,11 @@ class EventSerde:
             data = codec.serializer(event.to_avro(), context)
         # fastavro's refusals: out of range (OverflowError), wrong type or scale, not UTF-8.
         except (SerializationError, ValueError, TypeError, ArithmeticError) as error:
+            # By the refusal's type: fastavro's text quotes the value that did not fit.
             raise UnencodableEvent(
-                topic, f"{codec.model.__name__} does not fit {codec.topic.avro_schema}: {error}"
+                topic,
+                f"{codec.model.__name__} does not fit {codec.topic.avro_schema} "
+                f"({type(error).__name__})",
             ) from None
         assert data is not None
         return data
@@ -108,10 +112,13 @@ class EventSerde:
         """Bytes to a validated event, or the typed error that says what is wrong with them."""
         codec = self._codec(topic)
         if data is None or len(data) < FRAME.size or data[0] != MAGIC_BYTE:
-            head = b"" if data is None else data[: FRAME.size]
-            raise NotConfluentFramed(
-                topic, f"no Confluent frame (magic byte 0, schema id): {head!r}"
+            # Told by its size and first byte only: the bytes may be a payload in clear.
+            told = (
+                "no value"
+                if data is None
+                else f"{len(data)} bytes" + (f", first byte 0x{data[0]:02x}" if data else "")
             )
+            raise NotConfluentFramed(topic, f"no Confluent frame (magic byte 0, schema id): {told}")
         schema_id = FRAME.unpack_from(data)[1]
         try:
             datum = codec.deserializer(data, SerializationContext(topic, MessageField.VALUE))
@@ -147,9 +154,10 @@ class EventSerde:
         try:
             return codec.model.from_avro(datum)
         except ValidationError as error:
-            first = error.errors()[0]
-            field = ".".join(str(part) for part in first["loc"]) or codec.model.__name__
-            raise PayloadInvalid(topic, field, first["msg"].removeprefix("Value error, ")) from None
+            # pydantic's reason when it names the rule broken; a validator's own message may
+            # quote the value, so then its type only (invalid_fields).
+            field, reason = invalid_fields(error)[0]
+            raise PayloadInvalid(topic, field or codec.model.__name__, reason) from None
 
     def _codec(self, name: str) -> _TopicCodec:
         codec = self._codecs.get(name)
