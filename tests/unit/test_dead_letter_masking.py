@@ -9,6 +9,7 @@ from typing import Any, cast
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from revsync.ops import dead_letters as dl
+from revsync.ops import masking
 from revsync.runtime import headers as h
 from revsync.settings import OpsSettings
 
@@ -27,7 +28,7 @@ def letter(headers: h.Headers, value: bytes = b"{}") -> dl.DeadLetter:
 
 
 def test_the_payload_is_masked_by_name_or_path_case_insensitively_compound_fields_whole() -> None:
-    shown, _ = dl.masked_letter(letter([]), ORDER, DEFAULTS)
+    shown, _ = masking.masked_letter(letter([]), ORDER, DEFAULTS)
     assert shown["shipping_address"] == {"street": "***", "city": "Leeds", "postal_code": "***"}
     assert shown["BillingAddress"] == "***"
     assert shown["contact"] == {"EMAIL": "***", "phone": "***"}
@@ -35,7 +36,7 @@ def test_the_payload_is_masked_by_name_or_path_case_insensitively_compound_field
 
 
 def test_a_header_named_as_a_masked_field_or_a_secret_is_masked() -> None:
-    _, headers = dl.masked_letter(
+    _, headers = masking.masked_letter(
         letter(
             [
                 ("email", b"ap@acme.example"),
@@ -57,7 +58,7 @@ def test_a_header_named_as_a_masked_field_or_a_secret_is_masked() -> None:
 
 def test_an_error_quoting_what_the_payload_masks_is_masked_wherever_it_does() -> None:
     quoting = "erp: refused ship-to 17 Quill Lane, LS1 4AP; contact ap@acme.example in Leeds"
-    _, headers = dl.masked_letter(
+    _, headers = masking.masked_letter(
         letter(
             [
                 (h.ERROR_MESSAGE, quoting.encode()),
@@ -77,7 +78,7 @@ def test_an_error_quoting_what_the_payload_masks_is_masked_wherever_it_does() ->
 
 
 def test_a_masked_value_too_short_to_tell_apart_is_not_sought_elsewhere() -> None:
-    _, headers = dl.masked_letter(
+    _, headers = masking.masked_letter(
         letter([(h.ERROR_MESSAGE, b"order 801A for NA: PO 12 refused")]),
         {"region": "NA", "po": {"street": "12"}},
         frozenset({"region", "street"}),
@@ -86,7 +87,7 @@ def test_a_masked_value_too_short_to_tell_apart_is_not_sought_elsewhere() -> Non
 
 
 def test_headers_are_shown_as_text_that_cannot_drive_a_terminal() -> None:
-    _, headers = dl.masked_letter(letter([(h.ERROR_MESSAGE, b"[/x] \x1b[2J")]), {}, DEFAULTS)
+    _, headers = masking.masked_letter(letter([(h.ERROR_MESSAGE, b"[/x] \x1b[2J")]), {}, DEFAULTS)
     assert headers == [(h.ERROR_MESSAGE, "[/x] \\x1b[2J")]
 
 
@@ -108,7 +109,7 @@ def test_the_default_fields_hide_salesforces_contact_data_and_undecodable_bytes(
         "payloadBase64": "AAEC",
     }
 
-    shown, _ = dl.masked_letter(letter([]), change, OpsSettings().mask_fields)
+    shown, _ = masking.masked_letter(letter([]), change, OpsSettings().mask_fields)
 
     assert shown["payload"] == {
         "BillingEmailAddress": "***",

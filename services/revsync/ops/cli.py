@@ -26,7 +26,7 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
-from revsync.ops import ledger
+from revsync.ops import ledger, masking
 from revsync.ops.operations import Operations, grouped
 from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
@@ -104,7 +104,7 @@ def selecting(*, states: bool) -> Callable[[Callable[..., None]], Callable[..., 
 
 
 def _fail(message: str) -> typer.Exit:
-    errors.print(Text.assemble(("error:", "bold red"), " ", dl.printable(message)))
+    errors.print(Text.assemble(("error:", "bold red"), " ", masking.printable(message)))
     return typer.Exit(code=2)
 
 
@@ -174,7 +174,7 @@ def _letters_table(letters: list[dl.DeadLetter], limit: int, errors: list[str]) 
             letter.ref,
             letter.service,
             letter.source_topic,
-            dl.printable(letter.key_text),
+            masking.printable(letter.key_text),
             letter.error_class,
             letter.event_type or "-",
             failed.strftime("%Y-%m-%d %H:%M:%S") if failed else "-",
@@ -194,7 +194,7 @@ def _groups(letters: list[dl.DeadLetter]) -> Table:
     table.add_column("count", justify="right")
     for group, counts in grouped(letters).items():
         for value, count in counts.most_common():
-            table.add_row(group, dl.printable(value), str(count))
+            table.add_row(group, masking.printable(value), str(count))
     return table
 
 
@@ -239,7 +239,7 @@ def show(
     console.rule(f"{letter.ref}  ({letter.state})")
     console.print(
         f"consumer {letter.consumer}, source {letter.source_topic}, "
-        f"key {dl.printable(repr(letter.key_text))}, {letter.replay_count} replays"
+        f"key {masking.printable(repr(letter.key_text))}, {letter.replay_count} replays"
     )
     console.print(
         Text.assemble(
@@ -268,7 +268,7 @@ def _shown(
 ) -> tuple[str, Any, list[tuple[str, str]]]:
     """How a letter is shown: its payload's kind, and the payload and headers masked."""
     kind, payload = dl.payload(letter, operations.registry)
-    shown, headers = dl.masked_letter(letter, payload, fields)
+    shown, headers = masking.masked_letter(letter, payload, fields)
     return kind, shown, headers
 
 

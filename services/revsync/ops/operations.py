@@ -27,7 +27,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from revsync.contracts.catalog import Catalog
 from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
-from revsync.ops import ledger
+from revsync.ops import ledger, masking
 from revsync.ops.replay import Job, ReplayJobs
 from revsync.ops.storage import TABLES
 from revsync.runtime import headers as h
@@ -298,7 +298,7 @@ def grouped(letters: Iterable[dl.DeadLetter]) -> dict[str, Counter[str]]:
 def export_line(
     letter: dl.DeadLetter, kind: str, payload: Any, mask_fields: frozenset[str], raw: bool
 ) -> dict[str, Any]:
-    shown, headers = dl.masked_letter(letter, payload, mask_fields)
+    shown, headers = masking.masked_letter(letter, payload, mask_fields)
     told = dict(headers)
     line: dict[str, Any] = {
         "ref": letter.ref,
