@@ -12,6 +12,7 @@ from sandbox import scenario
 from sandbox.harness import DEPLOYABLES, Pipeline
 
 from revsync.settings import Settings
+from runtime_support import wait_for
 from secure_support import SecureStack
 
 
@@ -64,3 +65,27 @@ def test_orders_settle_with_every_service_confined_to_its_own_principal(
         log = (pipeline.workdir / f"{name}.log").read_text(errors="replace")
         assert "AUTHORIZATION_FAILED" not in log, name
         assert "permission denied" not in log, name
+
+
+def test_a_dead_letter_is_written_read_and_replayed_each_by_the_principal_allowed_to(
+    pipeline: Pipeline, secure_stack: SecureStack, rng: random.Random
+) -> None:
+    data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+    planned = list(scenario.orders(data, 2, rng, invalid_share=0.0))
+    # The ERP refuses every create for a while: order-sync dead-letters both orders.
+    pipeline.erp.set_faults(echo_rate=1)
+    pipeline.push(planned)
+
+    def listed() -> str:
+        shown = secure_stack.revsync("operator", "dlt", "ls", "--service", "order-sync")
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout
+
+    wait_for(lambda: "2 dead letters" in listed(), timeout_s=120)
+    pipeline.erp.set_faults(echo_rate=0)
+    replayed = secure_stack.revsync("operator", "dlt", "replay", "--service", "order-sync", "--yes")
+
+    assert replayed.returncode == 0, replayed.stderr
+    outcome = pipeline.wait_settled(180)
+    assert (outcome.settled, outcome.wrong) == (len(planned), []), outcome
+    assert "0 dead letters" in listed()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
+from confluent_kafka import KafkaError, KafkaException
 from typer.testing import CliRunner
 
 from contract_fixtures import (
@@ -20,6 +21,7 @@ from contract_fixtures import (
     field,
 )
 from revsync.cli import app
+from revsync.contracts import topics
 from revsync.contracts.asyncapi import build_document
 from revsync.contracts.catalog import CatalogError, TopicKind, load_catalog
 from revsync.contracts.lint import lint
@@ -259,3 +261,26 @@ def test_asyncapi_document_covers_every_topic_and_operation() -> None:
     receive = operations["invoice-sync.receive.revsync_invoice_posted_v1"]
     assert receive["action"] == "receive"
     assert receive["channel"] == {"$ref": "#/channels/revsync_invoice_posted_v1"}
+
+
+def test_a_topic_one_broker_does_not_know_yet_is_waited_for_not_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers: list[list[topics.TopicChange] | KafkaException] = [
+        KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART)),
+        [],
+    ]
+
+    def plan_changes(_admin: object, _catalog: object) -> list[topics.TopicChange]:
+        answer = answers.pop(0)
+        if isinstance(answer, KafkaException):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(topics, "plan_changes", plan_changes)
+    topics._await_convergence(None, load_catalog(SCHEMAS_DIR))  # type: ignore[arg-type]
+    assert answers == []
+
+    answers.append(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
+    with pytest.raises(KafkaException):
+        topics._await_convergence(None, load_catalog(SCHEMAS_DIR))  # type: ignore[arg-type]

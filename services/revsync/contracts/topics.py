@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -23,6 +23,7 @@ from confluent_kafka.admin import (
 from revsync.contracts.catalog import Catalog, TopicPlan
 
 ADMIN_TIMEOUT_S = 30.0
+UNKNOWN_TOPIC = KafkaError.UNKNOWN_TOPIC_OR_PART
 
 
 class ChangeKind(StrEnum):
@@ -127,9 +128,19 @@ def _await_convergence(admin: AdminClient, catalog: Catalog) -> None:
     metadata a moment after the calls return, and a second apply must find nothing to do."""
     deadline = time.monotonic() + ADMIN_TIMEOUT_S
     while True:
-        pending = [
-            c for c in plan_changes(admin, catalog) if c.kind is not ChangeKind.CANNOT_SHRINK
-        ]
+        try:
+            pending = [
+                str(c)
+                for c in plan_changes(admin, catalog)
+                if c.kind is not ChangeKind.CANNOT_SHRINK
+            ]
+        except KafkaException as error:
+            # With several brokers, one may list a new topic before another, asked for its
+            # configs, knows it: not converged yet.
+            refusal = error.args[0]
+            if not isinstance(refusal, KafkaError) or refusal.code() != UNKNOWN_TOPIC:
+                raise
+            pending = ["a topic not yet known to every broker"]
         if not pending:
             return
         if time.monotonic() > deadline:
