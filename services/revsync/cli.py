@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 
 from revsync.contracts.cli import schemas_app, topics_app
-from revsync.ops.cli import consumer_app, dlt_app, holds_app, rewind
+from revsync.ops.cli import dlt_app
+from revsync.ops.consumer_cli import consumer_app, holds_app, rewind
 from revsync.security_cli import acls_app, db_app
 from revsync.settings import SettingsError
 

@@ -1,5 +1,6 @@
-"""``revsync dlt ls | show | replay | purge | archive | export | status | cancel`` and
-``revsync replay --service S --from TIME|OFFSET``: dry runs by default, ``--yes`` to act."""
+"""``revsync dlt ls | show | replay | purge | archive | export | status | cancel``: dry runs
+by default, ``--yes`` to act; the options and the wiring the operators' commands share
+(:mod:`revsync.ops.consumer_cli` has the consumers' own)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
@@ -30,7 +31,6 @@ from revsync.ops import ledger, masking
 from revsync.ops.operations import Operations, grouped
 from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
-from revsync.runtime.holds import HeldKey
 from revsync.security import kafka_identity
 from revsync.settings import OpsSettings, Settings, SettingsError
 
@@ -103,12 +103,12 @@ def selecting(*, states: bool) -> Callable[[Callable[..., None]], Callable[..., 
     return decorate
 
 
-def _fail(message: str) -> typer.Exit:
+def fail(message: str) -> typer.Exit:
     errors.print(Text.assemble(("error:", "bold red"), " ", masking.printable(message)))
     return typer.Exit(code=2)
 
 
-def _operations(actor: str | None) -> Operations:
+def operations_for(actor: str | None) -> Operations:
     settings = Settings.load()
     catalog = load_catalog(settings.schemas_dir)
     registry = SchemaRegistryClient(settings.registry_config())
@@ -139,7 +139,7 @@ def _selection(
 ) -> dl.Selection:
     unknown = sorted(set(state or ()) - set(dl.STATES))
     if unknown:
-        raise _fail(f"unknown state {', '.join(unknown)}; one of {', '.join(dl.STATES)}")
+        raise fail(f"unknown state {', '.join(unknown)}; one of {', '.join(dl.STATES)}")
     return dl.Selection(
         services=frozenset(name.replace("-", "_") for name in service or ()),
         source_topics=frozenset(topic or ()),
@@ -148,13 +148,13 @@ def _selection(
         correlation_ids=frozenset(correlation_id or ()),
         event_types=frozenset(event_type or ()),
         refs=frozenset(ref or ()),
-        since=_utc(since),
-        until=_utc(until),
+        since=utc(since),
+        until=utc(until),
         states=frozenset(state or (dl.OPEN,)),
     )
 
 
-def _utc(moment: datetime | None) -> datetime | None:
+def utc(moment: datetime | None) -> datetime | None:
     if moment is None:
         return None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
@@ -208,11 +208,11 @@ def ls(
     """Dead letters across services, with counts by error class, source, region, product line
     (audited: they hold customer data)."""
     try:
-        operations = _operations(actor)
+        operations = operations_for(actor)
         letters = operations.list_letters(selection)
         fields = OpsSettings.load().mask_fields
     except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     errors = [
         dict(_shown(letter, operations, fields)[2]).get(h.ERROR_MESSAGE, "")
         for letter in letters[:limit]
@@ -229,11 +229,11 @@ def show(
     """One dead letter decoded, with every header and the error; secrets and PII masked
     (audited)."""
     try:
-        operations = _operations(actor)
+        operations = operations_for(actor)
         letter = operations.show_letter(ref)
         ops = OpsSettings.load()
     except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     kind, payload, headers = _shown(letter, operations, ops.mask_fields)
     told = dict(headers)
     console.rule(f"{letter.ref}  ({letter.state})")
@@ -284,7 +284,7 @@ def replay(
 ) -> None:
     """Send dead letters back through their own consumer only (dry run unless --yes)."""
     try:
-        operations = _operations(actor)
+        operations = operations_for(actor)
         max_replays = OpsSettings.load().dlt_max_replays
         if resume is not None:
             report = _with_progress(
@@ -315,7 +315,7 @@ def replay(
             )
         )
     except (RevsyncError, SettingsError, ValueError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     _print_report(report)
 
 
@@ -336,7 +336,7 @@ def _with_progress(
         try:
             return run(update, stop)
         except KeyboardInterrupt:
-            raise _fail("interrupted; resume with revsync dlt replay --resume JOB") from None
+            raise fail("interrupted; resume with revsync dlt replay --resume JOB") from None
 
 
 def _print_report(report: ReplayReport) -> None:
@@ -352,7 +352,7 @@ def _act(
     action: str, selection: dl.Selection, yes: bool, everything: bool, actor: str | None
 ) -> None:
     try:
-        operations = _operations(actor)
+        operations = operations_for(actor)
         if not yes:
             letters = operations.preview(action, selection)
             console.print(_groups(letters) if letters else "nothing matches")
@@ -361,7 +361,7 @@ def _act(
         act = operations.purge if action == "purge" else operations.archive
         count = act(selection, everything=everything)
     except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     console.print(f"{action}d {count} dead letters (audited)")
 
 
@@ -393,9 +393,9 @@ def export(
 ) -> None:
     """Write dead letters to JSON Lines: error, headers and payload, masked."""
     try:
-        count = _operations(actor).export(selection, to, OpsSettings.load().mask_fields, raw)
+        count = operations_for(actor).export(selection, to, OpsSettings.load().mask_fields, raw)
     except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     console.print(f"exported {count} dead letters to {to}")
 
 
@@ -406,9 +406,9 @@ def status(
 ) -> None:
     """Replay jobs: running, completed, cancelled, interrupted; moved and remaining."""
     try:
-        jobs = _operations(actor).replay_jobs(uuid.UUID(job) if job else None)
+        jobs = operations_for(actor).replay_jobs(uuid.UUID(job) if job else None)
     except (RevsyncError, SettingsError, ValueError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     table = Table(title="replay jobs", title_justify="left")
     for column in (
         "job",
@@ -439,116 +439,7 @@ def status(
 def cancel(job: Annotated[str, typer.Argument(help="The job id.")], actor: Actor = None) -> None:
     """Stop a running replay after the record in hand; what it moved stays moved."""
     try:
-        item = _operations(actor).replays.cancel(uuid.UUID(job))
+        item = operations_for(actor).replays.cancel(uuid.UUID(job))
     except (RevsyncError, SettingsError, ValueError) as error:
-        raise _fail(str(error)) from None
+        raise fail(str(error)) from None
     console.print(f"job {item.id}: {item.shown_status} (cancel requested)")
-
-
-def rewind(
-    service: Annotated[str, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")],
-    start: Annotated[str, typer.Option("--from", help="An ISO time, or an offset.")],
-    yes: Yes = False,
-    actor: Actor = None,
-) -> None:
-    """Re-consume a service's input topics from a time or an offset (its group must be idle)."""
-    when: datetime | None = None
-    offset: int | None = None
-    if start.isdigit():
-        offset = int(start)
-    else:
-        try:
-            when = _utc(datetime.fromisoformat(start))
-        except ValueError:
-            raise _fail(f"--from {start!r} is neither an ISO time nor an offset") from None
-    try:
-        operations = _operations(actor)
-        consumer = operations.catalog.consumer_of(service.replace("-", "_"))
-        positions = operations.rewind(consumer, when=when, offset=offset, dry_run=not yes)
-    except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
-    table = Table(
-        title=f"{consumer}: {'new' if yes else 'would-be'} positions", title_justify="left"
-    )
-    table.add_column("topic")
-    table.add_column("partition", justify="right")
-    table.add_column("offset", justify="right")
-    for (name, partition), position in sorted(positions.items()):
-        table.add_row(name, str(partition), str(position))
-    console.print(table)
-    if not yes:
-        console.print("dry run: add --yes to move the offsets")
-
-
-holds_app = typer.Typer(help="Held keys: what waits behind a failed record, and its release.")
-
-
-def _held(
-    service: list[str] | None, key: list[str] | None, actor: str | None
-) -> tuple[Operations, list[str], list[bytes]]:
-    operations = _operations(actor)
-    consumers = [operations.catalog.consumer_of(name.replace("-", "_")) for name in service or []]
-    return operations, consumers, [k.encode() for k in key or []]
-
-
-def _holds_table(title: str, held: list[HeldKey]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("consumer", "key", "source topic", "blocker", "parked", "held for"):
-        table.add_column(column, justify="right" if column in ("parked", "held for") else "left")
-    now = datetime.now(UTC)
-    for item in held:
-        age = now - item.held_since
-        table.add_row(
-            Text(item.consumer),
-            Text(item.key.decode(errors="replace")),
-            Text(item.source_topic),
-            Text(item.blocker),
-            str(item.parked),
-            str(age - timedelta(microseconds=age.microseconds)),
-        )
-    return table
-
-
-@holds_app.command("ls")
-def holds_ls(service: Service = None, key: Key = None, actor: Actor = None) -> None:
-    """Held keys: consumer, key, source topic, the record they wait on, parked count, age."""
-    try:
-        operations, consumers, keys = _held(service, key, actor)
-        held = operations.holds(consumers, keys)
-    except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
-    console.print(_holds_table(f"{len(held)} held keys", held))
-
-
-@holds_app.command("release")
-def holds_release(
-    service: Service = None, key: Key = None, yes: Yes = False, actor: Actor = None
-) -> None:
-    """Release held keys, so their parked records are handled next, in order (dry run
-    unless --yes). The record a key waited on stays where it is (retry tier or DLT)."""
-    try:
-        operations, consumers, keys = _held(service, key, actor)
-        held = operations.release_holds(consumers, keys, dry_run=not yes)
-    except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
-    verb = "released" if yes else "would release"
-    console.print(_holds_table(f"{verb} {len(held)} held keys", held))
-    console.print(f"{verb} {len(held)} held keys (audited)" + ("" if yes else "; add --yes"))
-
-
-consumer_app = typer.Typer(help="Consumers: resume one its circuit breaker stopped.")
-
-
-@consumer_app.command("resume")
-def consumer_resume(
-    service: Annotated[str, typer.Option("--service", "-s", help="order-sync, invoice-sync, ...")],
-    actor: Actor = None,
-) -> None:
-    """Close a consumer's open circuit breaker (audited): it takes records again."""
-    try:
-        operations = _operations(actor)
-        consumer = operations.catalog.consumer_of(service.replace("-", "_"))
-        operations.resume_consumer(consumer)
-    except (RevsyncError, SettingsError) as error:
-        raise _fail(str(error)) from None
-    console.print(f"{consumer}: circuit breaker closed; it takes records again (audited)")
