@@ -84,8 +84,9 @@ def apply_command(
 @db_app.command("migrate")
 def migrate_command() -> None:
     """Create or update revsync's tables and grant each role its share: the services' role
-    its pipeline, the operators' role the ledger and the controls, both only inserts into
-    the audit trail. Run as the role that is to own the tables (the migrations' role)."""
+    its pipeline and the controls, the operators' role the ledger and the controls and only
+    inserts into the audit trail. Run as the role that is to own the tables (the
+    migrations' role)."""
     try:
         dsn = Settings.load().postgres_dsn.get_secret_value()
     except SettingsError as error:
