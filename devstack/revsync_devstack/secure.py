@@ -1,6 +1,7 @@
 """The secured stack's credentials: a certificate authority made on this machine, the server
-certificates it signs, and a random password for every principal, kept in the stack's folder
-(owner-only) and nowhere else.
+certificates it signs, and a random password for every principal, kept owner-only in the
+stack's ``secrets/`` folder; each server's own configuration (owner-only too) holds what that
+server needs of them.
 
 Who the principals are follows revsync's least-privilege split: a Kafka user per deployable
 plus the operators' and the governance job's (:mod:`revsync.security`), the broker's own user
