@@ -9,9 +9,8 @@ import psycopg
 import typer
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from rich.console import Console
 
-from revsync.contracts.cli import SchemasDir, load_contracts
+from revsync.contracts.cli import SchemasDir, console, errors, load_contracts
 from revsync.deployables import SourceDeployable, discover
 from revsync.migrations import Tables, migrate
 from revsync.ops import storage as ops_storage
@@ -27,8 +26,6 @@ from revsync.settings import Settings, SettingsError
 
 acls_app = typer.Typer(help="Kafka ACLs: a principal per service, from the catalog.")
 db_app = typer.Typer(help="revsync's PostgreSQL tables and the grants of each role.")
-console = Console(highlight=False, soft_wrap=True)
-errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _plan(directory: SchemasDir) -> tuple[Settings, list[Grant]]:
@@ -92,9 +89,10 @@ def migrate_command() -> None:
     except SettingsError as error:
         errors.print(f"error: {error}")
         raise typer.Exit(2) from None
+    tables = every_table()
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as connection:
-            granted = migrate(connection, every_table(), (POSTGRES_SERVICE, POSTGRES_OPERATOR))
+            granted = migrate(connection, tables, (POSTGRES_SERVICE, POSTGRES_OPERATOR))
     except psycopg.Error as error:
         errors.print(
             f"error: migrating failed: {type(error).__name__}: {error.diag.message_primary}"
@@ -102,7 +100,7 @@ def migrate_command() -> None:
         raise typer.Exit(1) from None
     for line in granted:
         console.print(f"grant  {line}")
-    console.print(f"db: {sum(len(t.names) for t in every_table())} tables migrated")
+    console.print(f"db: {sum(len(t.names) for t in tables)} tables migrated")
 
 
 def every_table() -> list[Tables]:
