@@ -261,11 +261,7 @@ class TestBadBytes:
         serde, topic = setup
         datum = sample_event(OrderCreated).to_avro()
         datum["lines"][0] = sample_order_line(1, quantity=Decimal("-3"))
-        schema = SchemaRepository(contracts).expanded_json(OrderCreated.schema_name)
-        registry = SchemaRegistryClient(settings.registry_config())
-        data = AvroSerializer(
-            registry, schema, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
-        )(datum, SerializationContext(topic, MessageField.VALUE))
+        data = _written_by_another_producer(settings, contracts, topic, datum)
         with pytest.raises(PayloadInvalid) as raised:
             serde.deserialize(topic, data)
         assert raised.value.field == "lines.0.quantity"
@@ -277,11 +273,7 @@ class TestBadBytes:
         serde, topic = setup
         datum = sample_event(OrderCreated).to_avro()
         datum["currency"] = "Z9@customer.example"  # a validator's message would quote it
-        schema = SchemaRepository(contracts).expanded_json(OrderCreated.schema_name)
-        registry = SchemaRegistryClient(settings.registry_config())
-        data = AvroSerializer(
-            registry, schema, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
-        )(datum, SerializationContext(topic, MessageField.VALUE))
+        data = _written_by_another_producer(settings, contracts, topic, datum)
 
         with pytest.raises(PayloadInvalid) as raised:
             serde.deserialize(topic, data)
@@ -292,3 +284,17 @@ class TestBadBytes:
         assert "customer.example" not in str(raised.value)
         assert "customer.example" not in str(unframed.value)
         assert "21 bytes" in str(unframed.value)
+
+
+def _written_by_another_producer(
+    settings: Settings, contracts: Path, topic: str, datum: dict[str, Any]
+) -> bytes:
+    """``datum`` as valid Avro in the wire format, the way a producer that skips revsync's
+    model validation would write it."""
+    schema = SchemaRepository(contracts).expanded_json(OrderCreated.schema_name)
+    registry = SchemaRegistryClient(settings.registry_config())
+    data = AvroSerializer(
+        registry, schema, conf={"auto.register.schemas": False, **TOPIC_NAME_STRATEGY}
+    )(datum, SerializationContext(topic, MessageField.VALUE))
+    assert isinstance(data, bytes)
+    return data
