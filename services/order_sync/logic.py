@@ -162,19 +162,21 @@ def canonical(
     order: Mapping[str, Any],
     items: Sequence[Mapping[str, Any]],
     erp_customer_id: str | None,
+    attempt: str | None = None,
 ) -> OrderCreated | OrderCancelled | None:
     """The canonical event for a CRM order in its current state; None while it is a draft,
     and for a cancelled order the ERP never had (never activated, or rejected).
 
     Ids derive from the order (and its activation), not the change that revealed it, so a
     duplicate change, a gap re-read and a reconciliation all emit the same event and
-    downstream inboxes keep one; an order activated again after a rejection is new.
+    downstream inboxes keep one; an order activated again after a rejection is new, and so is
+    a person's retry (``attempt``), which runs the order again as it now stands.
     """
     status = order.get("Status")
     order_id = str(order["Id"])
     try:
         if status == ACTIVATED:
-            return _created(cause, order, items, erp_customer_id)
+            return _created(cause, order, items, erp_customer_id, attempt)
         never_placed = not order.get("ActivatedDate") or order.get("ERP_Status__c") == "Rejected"
         if status == CANCELLED and not never_placed:
             return OrderCancelled(
@@ -203,6 +205,7 @@ def _created(
     order: Mapping[str, Any],
     items: Sequence[Mapping[str, Any]],
     erp_customer_id: str | None,
+    attempt: str | None = None,
 ) -> OrderCreated:
     lines = [
         {
@@ -231,7 +234,7 @@ def _created(
                 OrderCreated.event_type,
                 source_system=SourceSystem.CRM,
                 occurred_at=activated,
-                identity=f"{order_id}@{activated.isoformat()}",
+                identity=attempted(f"{order_id}@{activated.isoformat()}", attempt),
             ),
             "crm_order_id": order_id,
             "crm_order_number": order.get("OrderNumber"),
@@ -253,6 +256,11 @@ def _created(
             "shipping_address": _address(order, "Shipping"),
         }
     )
+
+
+def attempted(identity: str, attempt: str | None) -> str:
+    """An emitted fact's identity, made new by a person's retry."""
+    return identity if attempt is None else f"{identity}/{attempt}"
 
 
 def _address(order: Mapping[str, Any], kind: str) -> dict[str, Any]:

@@ -99,21 +99,24 @@ class OrderSync:
             log.info("change overflow: reconciling %d orders", len(record_ids))
         else:
             record_ids = step.record_ids
+        attempt = change.header.retry
         if len(record_ids) == 1 and not reconciling:
-            return Decision(emits=self._capture_order(change.envelope, record_ids[0]))
+            return Decision(emits=self._capture_order(change.envelope, record_ids[0], attempt))
         # Many orders in one event: each on its own, so that one failing holds back only itself.
         emits: list[Emission] = []
         failed: list[FailedPart] = []
         for record_id in record_ids:
             try:
-                emits += self._capture_order(change.envelope, record_id)
+                emits += self._capture_order(change.envelope, record_id, attempt)
             except Exception as error:  # routed on as that order's own record
                 log.warning("order %s of a merged change failed: %s", record_id, described(error))
                 narrow = narrowed(change, record_id, refetch=reconciling)
                 failed.append(FailedPart(record_id.encode(), narrow, error))
         return Decision(emits=emits, failed=failed)
 
-    def _capture_order(self, cause: Envelope, record_id: str) -> list[Emission]:
+    def _capture_order(
+        self, cause: Envelope, record_id: str, attempt: str | None = None
+    ) -> list[Emission]:
         try:
             order = self.crm.get(logic.ORDER, record_id, logic.ORDER_FIELDS)
         except RecordNotFound:
@@ -129,10 +132,10 @@ class OrderSync:
             else []
         )
         try:
-            event = logic.canonical(cause, order, items, self._erp_customer_id(order))
+            event = logic.canonical(cause, order, items, self._erp_customer_id(order), attempt)
         except logic.InvalidCrmOrder as error:
             rejection = logic.Rejection(RejectionReason.INVALID_ORDER, str(error))
-            identity = f"{record_id}@{order.get('ActivatedDate')}"
+            identity = logic.attempted(f"{record_id}@{order.get('ActivatedDate')}", attempt)
             return [self._reject(cause, record_id, rejection, order, identity=identity)]
         return [] if event is None else [self._emit(event)]
 

@@ -33,6 +33,10 @@ class Tables:
     appenders: tuple[str, ...] = ()
     """Roles that may only add rows (an audit trail), and only in :attr:`appendable`."""
     appendable: tuple[str, ...] = ()
+    readers: tuple[str, ...] = ()
+    """Roles that read every row and may change only the :attr:`editable` columns (of the
+    tables that have them)."""
+    editable: tuple[str, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -71,7 +75,7 @@ def migrate(
         connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
         for tables in every:
             connection.execute(tables.ddl)
-        named = {role for t in every for role in (*t.writers, *t.appenders)}
+        named = {role for t in every for role in (*t.writers, *t.appenders, *t.readers)}
         roles = _existing_roles(connection, named | set(every_role))
         for tables in every:
             granted += _grant(connection, tables, roles)
@@ -104,6 +108,22 @@ def _grant(connection: psycopg.Connection[Any], tables: Tables, roles: set[str])
                     )
                 )
                 granted.append(f"{role}: insert only into {name} ({', '.join(tables.appendable)})")
+        for role in tables.readers:
+            if role in roles:
+                connection.execute(
+                    sql.SQL("GRANT SELECT ON {} TO {}").format(table, sql.Identifier(role))
+                )
+                granted.append(f"{role}: read {name}")
+                editable = [c for c in tables.editable if _has_column(connection, name, c)]
+                if editable:
+                    connection.execute(
+                        sql.SQL("GRANT UPDATE ({}) ON {} TO {}").format(
+                            sql.SQL(", ").join(sql.Identifier(c) for c in editable),
+                            table,
+                            sql.Identifier(role),
+                        )
+                    )
+                    granted.append(f"{role}: change {name} ({', '.join(editable)})")
         for sequence in _sequences(connection, name):
             for role in (*tables.writers, *tables.appenders):
                 if role in roles:
@@ -130,6 +150,14 @@ def _sequences(connection: psycopg.Connection[Any], table: str) -> list[str]:
         (table,),
     ).fetchall()
     return [row[0] for row in rows]
+
+
+def _has_column(connection: psycopg.Connection[Any], table: str, column: str) -> bool:
+    row = connection.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_name = %s AND column_name = %s",
+        (table, column),
+    ).fetchone()
+    return row is not None
 
 
 def _exists(connection: psycopg.Connection[Any], table: str) -> bool:

@@ -97,6 +97,12 @@ def _holds_lone_surrogate(document: Any) -> bool:
     return False
 
 
+RETRY_PREFIX = "revsync-retry:"
+"""How the transaction key of a change event revsync writes itself starts: a person asked for
+its records to be read from the CRM again and run as a new attempt. (Salesforce's transaction
+keys are its own ids and never start so.)"""
+
+
 class ChangeType(StrEnum):
     """What happened to the records; the GAP_ types say Salesforce could not send the fields."""
 
@@ -137,6 +143,12 @@ class ChangeEventHeader(BaseModel):
     def committed_at(self) -> datetime:
         # Exact: a float of seconds rounds the last millisecond of 9999 into the year 10000.
         return EPOCH + timedelta(milliseconds=self.commitTimestamp)
+
+    @property
+    def retry(self) -> str | None:
+        """For a change event revsync wrote itself to have its records read again (a person's
+        retry, :data:`RETRY_PREFIX`), the attempt; None for Salesforce's own."""
+        return self.transactionKey if self.transactionKey.startswith(RETRY_PREFIX) else None
 
     @property
     def origin_client(self) -> str | None:

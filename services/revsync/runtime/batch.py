@@ -23,6 +23,7 @@ from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Decision, Handler, Inbound
 from revsync.runtime.holds import KeyHolds
 from revsync.runtime.inbox import Inbox
+from revsync.runtime.journey import Journal, JourneyBatch, Outcome
 from revsync.runtime.observability import (
     DUPLICATES,
     EVENT_AGE,
@@ -58,6 +59,7 @@ class BatchOutcome:
     """The batch call's results, by event id."""
     unhandled: list[Record] = field(default_factory=list)
     """Records left as they were because the circuit breaker tripped: consumed again later."""
+    journey: JourneyBatch = field(default_factory=JourneyBatch)
 
     def done(self, record: Record) -> None:
         if record.parked_seq is not None:
@@ -76,11 +78,13 @@ class BatchProcessor:
     holds: KeyHolds
     router: FailureRouter
     outbox: OutboxWriter
-    send: Callable[[list[Outgoing]], None]
-    """Produces retry and dead-letter copies and waits for Kafka's acknowledgement."""
+    send: Callable[[list[Outgoing]], list[tuple[str, int, int]]]
+    """Produces retry and dead-letter copies, waits for Kafka's acknowledgement, and says
+    where each went (topic, partition, offset)."""
     owns: Callable[[Partition], bool]
     keepalive: Callable[[], None]
     breaker: CircuitBreaker
+    journal: Journal
     wave_runner: ThreadPoolExecutor | None = None
 
     def __post_init__(self) -> None:
@@ -103,6 +107,7 @@ class BatchProcessor:
                 # Released by an operator: the hold goes in this transaction, with the work.
                 batch.held.pop(hold, None)
                 batch.releases.add(hold)
+                self.journal.released(batch.journey, hold, "an operator's release")
             if isinstance(self.handler, BatchHandler) and self.wave_runner is not None:
                 batch.prepared = self._handle_wave(self.handler, list(work), batch)
             tripped = False
@@ -214,12 +219,17 @@ class BatchProcessor:
                 batch.inbox_claims |= self.inbox.claim(db, [event_id])
             if event_id not in batch.inbox_claims or event_id in batch.used_claims:
                 self._duplicates.inc()
+                self.journal.consumed(batch.journey, record, event, Outcome.DUPLICATE)
                 batch.done(record)
                 return self._resolve(db, record, batch)
         if self._blocked(record, batch):
             if record.parked_seq is None:
                 batch.parks.append(record)
                 self._parked.inc()
+                blocker = batch.held.get(record.hold) if record.hold else None
+                self.journal.consumed(
+                    batch.journey, record, event, Outcome.PARKED, detail=f"behind {blocker}"
+                )
             return []
         if event is None:
             assert isinstance(decoded, DecodeError)
@@ -235,6 +245,9 @@ class BatchProcessor:
         for write in decision.writes:
             batch.writes.setdefault(write.sql, []).append(write.params)
         batch.emissions += [(emission.event, emission.topic, record) for emission in decision.emits]
+        self.journal.consumed(batch.journey, record, event, Outcome.PROCESSED)
+        for emission in decision.emits:
+            self.journal.emitted(batch.journey, emission.event, emission.topic)
         PROCESSED.labels(self.consumer, record.origin[0]).inc()
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
         self._age.observe(max(age, 0.0))
@@ -255,6 +268,7 @@ class BatchProcessor:
         del batch.held[hold]
         batch.holds.pop(hold, None)
         batch.releases.add(hold)
+        self.journal.released(batch.journey, hold, record.blocker_id)
         parked_now = [parked for parked in batch.parks if parked.hold == hold]
         batch.parks = [parked for parked in batch.parks if parked.hold != hold]
         return self.holds.unpark(db, hold) + parked_now
@@ -281,7 +295,10 @@ class BatchProcessor:
         """Send a failed record on, and hold its key so that none of its later records
         overtakes it."""
         correlation_id = event.envelope.correlation_id if event else None
-        batch.outgoing.append(self.router.route(record, error, correlation_id))
+        outgoing = self.router.route(record, error, correlation_id)
+        batch.outgoing.append(outgoing)
+        tiers = [name for name, _ in self.router.tiers]
+        self.journal.failed(batch.journey, record, event, error, outgoing[0], tiers)
         hold = record.hold
         if self.ordering and hold is not None and hold not in batch.held:
             batch.held[hold] = record.blocker_id
@@ -289,7 +306,8 @@ class BatchProcessor:
         batch.done(record)
 
     def _write(self, db: psycopg.Connection[Any], batch: BatchOutcome) -> None:
-        """The batch's effects; then its retry and DLT copies, acknowledged before commit."""
+        """The batch's effects; then its retry and DLT copies, acknowledged before commit,
+        and its journey, which names where the dead letters went."""
         with db.cursor() as cursor:
             self.inbox.unclaim(cursor, batch.inbox_claims - batch.used_claims)
             for sql, params in batch.writes.items():
@@ -302,4 +320,6 @@ class BatchProcessor:
                 releases=batch.releases,
                 holds=batch.holds,
             )
-        self.send(batch.outgoing)
+            sent = self.send(batch.outgoing)
+            dead_letters = [where for where in sent if where[0] == self.router.dead_letters]
+            self.journal.write(cursor, batch.journey, dead_letters)

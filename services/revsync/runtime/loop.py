@@ -9,6 +9,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from revsync.runtime.failures import FailureRouter
 from revsync.runtime.handler import BatchHandler, Handler
 from revsync.runtime.holds import KeyHolds
 from revsync.runtime.inbox import Inbox, purge_inbox
+from revsync.runtime.journey import Journal, purge_journey
 from revsync.runtime.observability import CONSUMED, KEYS_HELD, Liveness
 from revsync.runtime.outages import DEPENDENCY_ERRORS, Outages
 from revsync.runtime.outbox import OutboxWriter
@@ -50,6 +52,8 @@ class Policy:
     session_timeout_ms: int = 45_000
     inbox_retention: timedelta = timedelta(days=14)
     inbox_purge_interval_s: float = 600.0
+    journey_retention: timedelta = timedelta(days=30)
+    """How long an order's journey is kept (every consumer prunes it, with the inbox)."""
     maintenance_interval_s: float = 1.0
     preserve_key_order: bool = True
 
@@ -121,6 +125,7 @@ class ConsumerLoop:
             owns=self.positions.owns,
             keepalive=self._keepalive,
             breaker=self.breaker,
+            journal=Journal(consumer, lambda: datetime.now(UTC)),
         )
         self.tiers = [tier for tier, _ in tiers]
         self._tier_delays = {tier: timedelta(milliseconds=delay) for tier, delay in tiers}
@@ -269,6 +274,11 @@ class ConsumerLoop:
             purged = purge_inbox(self._db, self.policy.inbox_retention)
             if purged:
                 log.info("purged %d inbox rows older than %s", purged, self.policy.inbox_retention)
+            purged = purge_journey(self._db, self.policy.journey_retention)
+            if purged:
+                log.info(
+                    "purged %d journey rows older than %s", purged, self.policy.journey_retention
+                )
 
     def _follow_breaker(self) -> None:
         assert self._consumer is not None
@@ -320,19 +330,33 @@ def _skippable(message: Message) -> bool:
 
 def produce_and_wait(
     producer: Producer | None, outgoing: list[Outgoing], deadline_s: float
-) -> None:
-    """Produce retry and dead-letter copies and wait for Kafka to have every one of them."""
+) -> list[tuple[str, int, int]]:
+    """Produce retry and dead-letter copies, wait for Kafka to have every one of them, and
+    say where each went (topic, partition, offset), in order."""
     if not outgoing:
-        return
+        return []
     assert producer is not None
     errors: list[KafkaError] = []
+    placed: list[tuple[str, int, int] | None] = [None] * len(outgoing)
 
-    def delivered(error: KafkaError | None, _: Message) -> None:
-        if error is not None:
-            errors.append(error)
+    def delivered_as(index: int) -> Callable[[KafkaError | None, Message], None]:
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                errors.append(error)
+                return
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            assert topic is not None
+            assert partition is not None
+            assert offset is not None
+            placed[index] = (topic, partition, offset)
 
-    for topic, key, value, headers in outgoing:
-        producer.produce(topic, key=key, value=value, headers=headers, on_delivery=delivered)
+        return delivered
+
+    for index, (topic, key, value, headers) in enumerate(outgoing):
+        producer.produce(
+            topic, key=key, value=value, headers=headers, on_delivery=delivered_as(index)
+        )
     remaining = producer.flush(deadline_s)
-    if errors or remaining:
+    if errors or remaining or None in placed:
         raise KafkaException(errors[0] if errors else KafkaError(KafkaError._TIMED_OUT))
+    return [where for where in placed if where is not None]
