@@ -1,0 +1,524 @@
+"""The exceptions worklist and what people do with it.
+
+One list of business exceptions (orders rejected, with their reason codes) and technical ones
+(dead letters by error class, held keys, orders stuck past a stage's age), open or dealt with.
+Rejections and dead letters are rows the runtime writes with the batch that caused them
+(:mod:`revsync.runtime.journey`); held keys and stuck orders are read as they stand.
+
+Every action goes through :class:`ExceptionDesk`, which records it in the audit trail with
+the person who asked, and acts only through what the CLI does too: a dead letter is retried by
+a replay job and discarded by the ledger (releasing its key's hold); a rejected or stuck order
+is retried by asking order-sync to read it from the CRM again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaException, Producer
+from psycopg.rows import dict_row
+
+from revsync.connectors.cdc import RETRY_PREFIX
+from revsync.contracts.catalog import Catalog
+from revsync.ops import dead_letters as dl
+from revsync.ops import ledger
+from revsync.runtime import headers as h
+from revsync.runtime.holds import release
+from revsync.runtime.journey import Kind, Status
+
+HELD_KEY = "held key"
+STUCK = "stuck order"
+KINDS = (Kind.REJECTION.value, Kind.DEAD_LETTER.value, HELD_KEY, STUCK)
+STATUSES = tuple(status.value for status in Status)
+ORDER_SYNC = "order-sync"
+CDC_TOPIC = "revsync.order.crm-change.v1"
+
+STAGES = ("accepted", "invoiced", "shipped")
+"""The stages an order can be stuck before, each after the one before it (activated first)."""
+DEFAULT_STAGE_AGES = {
+    "accepted": timedelta(minutes=15),
+    "invoiced": timedelta(days=3),
+    "shipped": timedelta(days=7),
+}
+
+
+def parse_stage_ages(text: str) -> dict[str, timedelta]:
+    """``accepted=15m,invoiced=3d,shipped=7d`` (units s, m, h, d); unnamed stages keep their
+    defaults."""
+    ages = dict(DEFAULT_STAGE_AGES)
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        stage, _, age = part.partition("=")
+        stage, age = stage.strip(), age.strip()
+        if stage not in STAGES or len(age) < 2 or age[-1] not in units or not age[:-1].isdigit():
+            raise ValueError(
+                f"stage age {part!r}: write <stage>=<number><s|m|h|d>, stages {', '.join(STAGES)}"
+            )
+        ages[stage] = timedelta(seconds=int(age[:-1]) * units[age[-1]])
+    return ages
+
+
+@dataclass(frozen=True)
+class Filters:
+    """What the worklist shows; empty fields match everything."""
+
+    status: str = Status.OPEN.value
+    kinds: frozenset[str] = frozenset()
+    reasons: frozenset[str] = frozenset()
+    consumers: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()
+    legal_entities: frozenset[str] = frozenset()
+    product_lines: frozenset[str] = frozenset()
+    assignee: str | None = None
+    tag: str | None = None
+    order: str | None = None
+    """A CRM order id or number, an ERP order number or a correlation id."""
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"status": self.status}
+        for name in ("kinds", "reasons", "consumers", "regions", "legal_entities", "product_lines"):
+            values = getattr(self, name)
+            if values:
+                document[name] = sorted(values)
+        for name in ("assignee", "tag", "order"):
+            if getattr(self, name):
+                document[name] = getattr(self, name)
+        return document
+
+
+@dataclass(frozen=True)
+class Item:
+    """One line of the worklist. ``ref``: ``e<id>`` for a recorded exception, ``held:…`` for a
+    held key, ``stuck:<order id>`` for a stuck order."""
+
+    ref: str
+    kind: str
+    status: str
+    order_key: str | None
+    consumer: str
+    reason: str
+    summary: str
+    opened_at: datetime
+    crm_order_number: str | None = None
+    erp_order_number: str | None = None
+    region: str | None = None
+    legal_entity: str | None = None
+    product_lines: tuple[str, ...] = ()
+    assignee: str | None = None
+    tags: tuple[str, ...] = ()
+    resolved_at: datetime | None = None
+    resolved_by: str | None = None
+    resolution: str | None = None
+    dead_letter: str | None = None
+    """``topic:partition:offset`` of the dead letter."""
+    event_type: str | None = None
+    held: bool = False
+    """Whether the exception's key is held (its later records wait)."""
+    blocker: str | None = None
+    """For a dead letter, the record's first place, which its key's hold names."""
+
+    def as_json(self) -> dict[str, Any]:
+        document = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        for name in ("opened_at", "resolved_at"):
+            moment = document[name]
+            document[name] = moment.isoformat() if moment else None
+        document["product_lines"] = list(self.product_lines)
+        document["tags"] = list(self.tags)
+        return document
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Item]
+    total: int
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    """Counts of the filtered worklist by kind, by reason, by region, by legal entity."""
+
+
+# Recorded exceptions, held keys and stuck orders as one relation. Held keys whose blocker is
+# an open dead letter are that dead letter's (its ``held`` flag), not a second line.
+_WITH = """
+WITH items AS (
+    SELECT 'e' || e.id AS ref, e.kind, e.status, e.order_key, e.consumer, e.reason, e.summary,
+           e.opened_at, e.assignee, e.tags, e.resolved_at, e.resolved_by, e.resolution,
+           e.dlt_topic || ':' || e.dlt_partition || ':' || e.dlt_offset AS dead_letter,
+           e.event_type, e.blocker,
+           e.status = 'open' AND EXISTS (SELECT 1 FROM revsync_key_holds k
+               WHERE k.consumer = e.consumer AND k.record_key = convert_to(e.order_key, 'UTF8')
+               AND k.blocker = e.blocker) AS held
+    FROM revsync_exceptions e
+    UNION ALL
+    SELECT 'held:' || k.consumer || ':' || k.source_topic || ':' || encode(k.record_key, 'hex'),
+           %(held_key)s, 'open', convert_from(k.record_key, 'UTF8'), k.consumer,
+           CASE WHEN k.blocker = 'released' THEN 'released' ELSE 'waiting on a retry' END,
+           'later records of this order wait behind ' || k.blocker, k.held_since, NULL,
+           '{}'::text[], NULL, NULL, NULL, NULL, NULL, k.blocker, true
+    FROM revsync_key_holds k
+    WHERE NOT EXISTS (SELECT 1 FROM revsync_exceptions e WHERE e.status = 'open'
+                      AND e.consumer = k.consumer AND e.blocker = k.blocker)
+    UNION ALL
+    SELECT 'stuck:' || o.crm_order_id, %(stuck)s, 'open', o.crm_order_id,
+           CASE WHEN o.accepted_at IS NULL THEN 'order-sync'
+                WHEN o.invoiced_at IS NULL THEN 'invoice-sync' ELSE 'fulfillment-sync' END,
+           CASE WHEN o.accepted_at IS NULL THEN 'not accepted'
+                WHEN o.invoiced_at IS NULL THEN 'not invoiced' ELSE 'not shipped' END,
+           CASE WHEN o.accepted_at IS NULL THEN 'activated, not accepted by the ERP after '
+                WHEN o.invoiced_at IS NULL THEN 'accepted, not invoiced after '
+                ELSE 'invoiced, not shipped after ' END
+             || justify_interval(date_trunc('minute', now() - coalesce(o.invoiced_at,
+                o.accepted_at, o.activated_at)))::text,
+           coalesce(o.invoiced_at, o.accepted_at, o.activated_at), NULL, '{}'::text[], NULL,
+           NULL, NULL, NULL, NULL, NULL, false
+    FROM revsync_orders o
+    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND (
+        (o.accepted_at IS NULL AND (o.rejected_at IS NULL OR o.rejected_at < o.activated_at)
+         AND o.activated_at < now() - %(accepted)s)
+        OR (o.accepted_at IS NOT NULL AND o.invoiced_at IS NULL
+            AND o.accepted_at < now() - %(invoiced)s)
+        OR (o.invoiced_at IS NOT NULL AND o.shipped_at IS NULL
+            AND o.invoiced_at < now() - %(shipped)s))
+)
+"""
+_ITEMS = (
+    _WITH
+    + """
+SELECT i.*, o.crm_order_number, o.erp_order_number, o.region, o.legal_entity,
+       coalesce(o.product_lines, '{}') AS product_lines
+FROM items i LEFT JOIN revsync_orders o ON o.crm_order_id = i.order_key
+"""
+)
+_COUNTS = (
+    _WITH
+    + """
+SELECT i.kind, i.reason, coalesce(o.region, '-') AS region,
+       coalesce(o.legal_entity, '-') AS legal_entity, count(*) AS n
+FROM items i LEFT JOIN revsync_orders o ON o.crm_order_id = i.order_key
+"""
+)
+
+_WHERE = """
+WHERE (%(status)s = 'all' OR i.status = %(status)s)
+  AND (cardinality(%(kinds)s::text[]) = 0 OR i.kind = ANY(%(kinds)s))
+  AND (cardinality(%(reasons)s::text[]) = 0 OR i.reason = ANY(%(reasons)s))
+  AND (cardinality(%(consumers)s::text[]) = 0 OR i.consumer = ANY(%(consumers)s))
+  AND (cardinality(%(regions)s::text[]) = 0 OR o.region = ANY(%(regions)s))
+  AND (cardinality(%(entities)s::text[]) = 0 OR o.legal_entity = ANY(%(entities)s))
+  AND (cardinality(%(lines)s::text[]) = 0 OR o.product_lines && %(lines)s::text[])
+  AND (%(assignee)s::text IS NULL OR i.assignee = %(assignee)s)
+  AND (%(tag)s::text IS NULL OR %(tag)s = ANY(i.tags))
+  AND (%(order)s::text IS NULL OR i.order_key = %(order)s OR o.crm_order_number = %(order)s
+       OR o.erp_order_number = %(order)s OR o.correlation_id = %(order)s)
+"""
+
+
+def _parameters(filters: Filters, ages: Mapping[str, timedelta]) -> dict[str, Any]:
+    return {
+        "held_key": HELD_KEY,
+        "stuck": STUCK,
+        **{stage: ages[stage] for stage in STAGES},
+        "status": filters.status,
+        "kinds": sorted(filters.kinds),
+        "reasons": sorted(filters.reasons),
+        "consumers": sorted(filters.consumers),
+        "regions": sorted(filters.regions),
+        "entities": sorted(filters.legal_entities),
+        "lines": sorted(filters.product_lines),
+        "assignee": filters.assignee or None,
+        "tag": filters.tag or None,
+        "order": filters.order or None,
+    }
+
+
+def worklist(
+    connection: psycopg.Connection[Any],
+    filters: Filters,
+    ages: Mapping[str, timedelta],
+    *,
+    limit: int = 50,
+    offset: int = 0,
+) -> Page:
+    """One page of the worklist, newest first, with the filtered list's size and counts."""
+    parameters = _parameters(filters, ages)
+    with connection.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            f"{_ITEMS}{_WHERE} ORDER BY i.opened_at DESC, i.ref LIMIT %(limit)s OFFSET %(offset)s",
+            {**parameters, "limit": limit, "offset": offset},
+        ).fetchall()
+        grouped = cursor.execute(f"{_COUNTS}{_WHERE} GROUP BY 1, 2, 3, 4", parameters).fetchall()
+    counts: dict[str, dict[str, int]] = {
+        "kind": {},
+        "reason": {},
+        "region": {},
+        "legal entity": {},
+    }
+    total = 0
+    for row in grouped:
+        n = int(row["n"])
+        total += n
+        for facet, column in (
+            ("kind", "kind"),
+            ("reason", "reason"),
+            ("region", "region"),
+            ("legal entity", "legal_entity"),
+        ):
+            counts[facet][row[column]] = counts[facet].get(row[column], 0) + n
+    return Page([_item(row) for row in rows], total, counts)
+
+
+def items(
+    connection: psycopg.Connection[Any], refs: Iterable[str], ages: Mapping[str, timedelta]
+) -> list[Item]:
+    """The worklist items ``refs`` name, whatever their status."""
+    wanted = sorted(set(refs))
+    if not wanted:
+        return []
+    parameters = _parameters(Filters(status="all"), ages)
+    with connection.cursor(row_factory=dict_row) as cursor:
+        rows = cursor.execute(
+            f"{_ITEMS}{_WHERE} AND i.ref = ANY(%(refs)s) ORDER BY i.ref",
+            {**parameters, "refs": wanted},
+        ).fetchall()
+    return [_item(row) for row in rows]
+
+
+def _item(row: Mapping[str, Any]) -> Item:
+    return Item(
+        ref=row["ref"],
+        kind=row["kind"],
+        status=row["status"],
+        order_key=row["order_key"],
+        consumer=row["consumer"],
+        reason=row["reason"],
+        summary=row["summary"],
+        opened_at=row["opened_at"],
+        crm_order_number=row["crm_order_number"],
+        erp_order_number=row["erp_order_number"],
+        region=row["region"],
+        legal_entity=row["legal_entity"],
+        product_lines=tuple(row["product_lines"] or ()),
+        assignee=row["assignee"],
+        tags=tuple(row["tags"] or ()),
+        resolved_at=row["resolved_at"],
+        resolved_by=row["resolved_by"],
+        resolution=row["resolution"],
+        dead_letter=row["dead_letter"],
+        event_type=row["event_type"],
+        held=bool(row["held"]),
+        blocker=row["blocker"],
+    )
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+ACTIONS = ("retry", "discard", "resolve", "assign", "tag")
+
+
+@dataclass(frozen=True)
+class Effect:
+    """What an action will do (or did) to one item; ``change`` None: nothing (said why)."""
+
+    ref: str
+    change: str | None
+    why_not: str | None = None
+
+
+class ExceptionDesk:
+    """People's actions on the worklist, each audited with who asked."""
+
+    def __init__(
+        self,
+        *,
+        catalog: Catalog,
+        kafka_config: dict[str, Any],
+        dsn: str,
+        actor: ledger.Actor,
+        ages: Mapping[str, timedelta],
+        replay: Any,
+    ) -> None:
+        """``replay``: replays dead letters by ref (the replay jobs' ``replay``), so a retry
+        from here is the same job ``revsync dlt replay`` runs."""
+        self.catalog = catalog
+        self.kafka_config = kafka_config
+        self.dsn = dsn
+        self.actor = actor
+        self.ages = ages
+        self._replay = replay
+
+    def plan(self, action: str, refs: Sequence[str], value: str = "") -> list[Effect]:
+        """What ``action`` would do to each of ``refs``: a bulk action's preview. Audited as
+        a read."""
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            found = {item.ref: item for item in items(connection, refs, self.ages)}
+            effects = [_effect(action, found.get(ref), ref, value) for ref in refs]
+            ledger.audit(
+                connection,
+                self.actor,
+                f"{action} exceptions dry run",
+                {"refs": sorted(refs), "value": value} if value else {"refs": sorted(refs)},
+                sum(e.change is not None for e in effects),
+                "read",
+            )
+        return effects
+
+    def act(self, action: str, refs: Sequence[str], value: str = "") -> list[Effect]:
+        """Do ``action`` to ``refs`` (``value``: the note, assignee or tags); what was done to
+        each, audited with the person and the count."""
+        if action not in ACTIONS:
+            raise dl.OperationRefused(f"no action {action!r}; actions are {', '.join(ACTIONS)}")
+        if action == "assign" and not value.strip():
+            raise dl.OperationRefused("name who the exceptions are assigned to")
+        if action == "tag" and not _tags(value):
+            raise dl.OperationRefused("name at least one tag")
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            found = {item.ref: item for item in items(connection, refs, self.ages)}
+        effects = [_effect(action, found.get(ref), ref, value) for ref in refs]
+        doing = [found[e.ref] for e in effects if e.change is not None]
+        letters = [i.dead_letter for i in doing if i.kind == Kind.DEAD_LETTER and i.dead_letter]
+        if action == "retry" and letters:
+            # The replay job audits itself (started, then its end) with the same person.
+            self._replay(dl.Selection(refs=frozenset(letters)))
+        with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
+            for item in doing:
+                self._apply(connection, action, item, value)
+            ledger.audit(
+                connection,
+                self.actor,
+                f"{action} exceptions",
+                {"refs": sorted(refs), "value": value} if value else {"refs": sorted(refs)},
+                len(doing),
+                f"{action} done" if doing else "nothing to do",
+            )
+        return effects
+
+    def _apply(
+        self, connection: psycopg.Connection[Any], action: str, item: Item, value: str
+    ) -> None:
+        recorded = item.ref.startswith("e")
+        who = self.actor.name
+        if action in ("resolve", "discard") and recorded:
+            status = Status.RESOLVED if action == "resolve" else Status.DISCARDED
+            connection.execute(
+                "UPDATE revsync_exceptions SET status = %s, resolved_at = now(), "
+                "resolved_by = %s, resolution = %s WHERE id = %s AND status = 'open'",
+                (status.value, who, value or f"{action}d by {who}", int(item.ref[1:])),
+            )
+        if action == "discard":
+            self._discard(connection, item)
+        elif action == "assign":
+            connection.execute(
+                "UPDATE revsync_exceptions SET assignee = %s WHERE id = %s",
+                (value.strip(), int(item.ref[1:])),
+            )
+        elif action == "tag":
+            connection.execute(
+                "UPDATE revsync_exceptions SET tags = ARRAY(SELECT DISTINCT unnest(tags || %s) "
+                "ORDER BY 1) WHERE id = %s",
+                (_tags(value), int(item.ref[1:])),
+            )
+        elif action == "retry" and item.kind in (Kind.REJECTION, STUCK):
+            assert item.order_key is not None
+            self.retry_order(item.order_key)
+
+    def _discard(self, connection: psycopg.Connection[Any], item: Item) -> None:
+        """A dead letter dealt with for good (the ledger's ``purged``, as ``dlt purge``); its
+        key, or a held key, released: what it held back goes on."""
+        if item.kind == Kind.DEAD_LETTER and item.dead_letter:
+            ledger.record(connection, None, [item.dead_letter], "purged")
+        if item.kind == HELD_KEY:
+            _, consumer, rest = item.ref.split(":", 2)
+            topic, key = rest.rsplit(":", 1)
+            blocker = connection.execute(
+                "SELECT blocker FROM revsync_key_holds WHERE consumer = %s AND record_key = %s "
+                "AND source_topic = %s",
+                (consumer, bytes.fromhex(key), topic),
+            ).fetchone()
+            if blocker is not None:
+                release(connection, consumer, bytes.fromhex(key), topic, blocker[0])
+        elif item.held and item.order_key is not None and item.blocker:
+            source = item.blocker.rsplit(":", 2)[0]
+            release(connection, item.consumer, item.order_key.encode(), source, item.blocker)
+
+    def retry_order(self, crm_order_id: str) -> None:
+        """Ask order-sync to read ``crm_order_id`` from the CRM again and run it as a new
+        attempt: a change event of revsync's own on order-sync's replay topic, ordered behind
+        the order's other change events (same key, same source topic)."""
+        now_ms = int(time.time() * 1000)
+        attempt_id = uuid.uuid4()
+        attempt = f"{RETRY_PREFIX}{attempt_id}"
+        change = {
+            "schema": "revsync-retry",
+            "payload": {
+                "ChangeEventHeader": {
+                    "entityName": "Order",
+                    "recordIds": [crm_order_id],
+                    "changeType": "GAP_UPDATE",
+                    "changeOrigin": f"revsync;retried by {self.actor.name}",
+                    "transactionKey": attempt,
+                    "sequenceNumber": 0,
+                    "commitTimestamp": now_ms,
+                    "commitUser": "",
+                }
+            },
+        }
+        headers: list[tuple[str, str | bytes | None]] = [
+            (h.ORIGINAL_TOPIC, CDC_TOPIC.encode()),
+            (h.REPLAY_ID, str(attempt_id).encode()),
+        ]
+        producer = Producer({**self.kafka_config, "enable.idempotence": True, "acks": "all"})
+        errors: list[Any] = []
+        producer.produce(
+            self.catalog.replay_topic(ORDER_SYNC),
+            key=crm_order_id.encode(),
+            value=json.dumps(change).encode(),
+            headers=headers,
+            on_delivery=lambda error, _: errors.append(error) if error else None,
+        )
+        if producer.flush(30) or errors:
+            raise KafkaException(errors[0] if errors else "retry not acknowledged in 30 s")
+
+
+def _tags(value: str) -> list[str]:
+    return sorted({tag.strip().lower() for tag in value.split(",") if tag.strip()})
+
+
+def _effect(action: str, item: Item | None, ref: str, value: str) -> Effect:
+    """What ``action`` would do to ``item``, or why it would do nothing."""
+    if item is None:
+        return Effect(ref, None, "no such exception")
+    recorded = item.ref.startswith("e")
+    if item.status != Status.OPEN:
+        return Effect(ref, None, f"already {item.status}")
+    order = item.crm_order_number or item.order_key or "?"
+    if action == "retry":
+        if item.kind == Kind.DEAD_LETTER:
+            if not item.dead_letter:
+                return Effect(ref, None, "the dead letter's place is unknown")
+            return Effect(ref, f"replay dead letter {item.dead_letter} to {item.consumer}")
+        if item.kind == Kind.REJECTION or (item.kind == STUCK and item.reason == "not accepted"):
+            return Effect(ref, f"read order {order} from the CRM again and run it as a new attempt")
+        return Effect(ref, None, f"a {item.kind} ({item.reason}) has nothing to retry")
+    if action == "discard":
+        if item.kind == Kind.DEAD_LETTER:
+            held = ", releasing its order's later records" if item.held else ""
+            return Effect(ref, f"mark dead letter {item.dead_letter} purged{held}")
+        if item.kind == HELD_KEY:
+            return Effect(ref, f"release order {order} at {item.consumer}: its records go on")
+        if item.kind == Kind.REJECTION:
+            return Effect(ref, f"close the rejection of order {order} without a retry")
+        return Effect(ref, None, "a stuck order is not discarded; retry it or look at it")
+    if not recorded:
+        return Effect(ref, None, f"a {item.kind} is dealt with by retry or discard")
+    if action == "resolve":
+        return Effect(ref, f"resolve{': ' + value if value else ''}")
+    if action == "assign":
+        return Effect(ref, f"assign to {value.strip()}")
+    if action == "tag":
+        return Effect(ref, f"tag {', '.join(_tags(value))}")
+    return Effect(ref, None, f"no action {action!r}")
