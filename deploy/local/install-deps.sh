@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs, from Debian's packages, what the local stack needs and a fresh machine may lack:
-# the PostgreSQL server, Maven and a Java 17 runtime. Present tools are left alone.
+# the PostgreSQL server, Maven and a Java 17 runtime, and Chromium with a font for the
+# console's browser tests (Playwright drives Debian's chromium; it never downloads a browser).
+# Present tools are left alone.
 set -euo pipefail
 
 missing=()
@@ -9,6 +11,8 @@ if ! command -v initdb >/dev/null && ! compgen -G "/usr/lib/postgresql/*/bin/ini
 fi
 command -v mvn >/dev/null || missing+=(maven)
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null || missing+=(chromium)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 
 [ ${#missing[@]} -eq 0 ] && exit 0
 

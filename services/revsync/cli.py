@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from revsync.console.cli import console_app
 from revsync.contracts.cli import schemas_app, topics_app
 from revsync.ops.cli import dlt_app
 from revsync.ops.consumer_cli import consumer_app, holds_app, rewind
@@ -26,6 +27,7 @@ app.add_typer(holds_app, name="holds")
 app.add_typer(consumer_app, name="consumer")
 app.add_typer(acls_app, name="acls")
 app.add_typer(db_app, name="db")
+app.add_typer(console_app, name="console")
 app.command("replay")(rewind)
 for command in entry_points(group=COMMANDS):
     app.add_typer(command.load(), name=command.name)

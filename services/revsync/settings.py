@@ -284,9 +284,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("crm_instance_url", "erp_base_url")
     @classmethod
     def _https_off_loopback(cls, url: str | None) -> str | None:
-        if url is not None and not url.startswith(("http://", "https://")):
-            raise ValueError("must be an https:// URL")
-        return None if url is None else https_off_loopback(url)
+        return _https_unless_loopback(url)
 
     @model_validator(mode="after")
     def _pubsub_in_clear_only_here(self) -> Self:
@@ -350,6 +348,81 @@ class OpsSettings(BaseSettings):
         return load_checked(cls)
 
 
+def _https_unless_loopback(url: str | None) -> str | None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise ValueError("must be an https:// URL")
+    return None if url is None else https_off_loopback(url)
+
+
+class ConsoleSettings(BaseSettings):
+    """The exception console (``revsync console``): where it listens, how people sign in (the
+    company's OpenID Connect provider, or local accounts), and when an order counts as stuck.
+    It reads and acts with the operators' endpoints and credentials (:class:`Settings`)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    console_host: str = Field(default="127.0.0.1", description="Address the console binds.")
+    console_port: int = Field(default=8090, ge=1, le=65535, description="Its HTTP port.")
+    console_public_url: str | None = Field(
+        default=None,
+        description=(
+            "The address people reach it at (https://…; http only on this machine): the "
+            "OpenID Connect redirect URI is made from it. Default: http://<host>:<port>."
+        ),
+    )
+    console_session_secret: SecretStr | None = Field(
+        default=None, description="Signs the session cookie; at least 32 characters."
+    )
+    console_session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 7, description="How long a sign-in lasts."
+    )
+    console_users_file: Path | None = Field(
+        default=None,
+        description="Local accounts (YAML: name, role, scrypt password hash); demo and tests.",
+    )
+    console_oidc_issuer: str | None = Field(
+        default=None, description="The OpenID Connect provider's issuer URL (https)."
+    )
+    console_oidc_client_id: str | None = Field(default=None, description="The console's client.")
+    console_oidc_client_secret: SecretStr | None = Field(
+        default=None, description="Its client secret."
+    )
+    console_oidc_roles_claim: str = Field(
+        default="roles", description="The ID and access tokens' claim that lists roles."
+    )
+    console_oidc_role_map: str = Field(
+        default="revsync-viewer=viewer,revsync-operator=operator,revsync-admin=admin",
+        description="The provider's role names to the console's, comma-separated.",
+    )
+    console_oidc_audience: str | None = Field(
+        default=None,
+        description="The audience API clients' bearer tokens must name; default: the client id.",
+    )
+    console_stage_ages: str = Field(
+        default="accepted=15m,invoiced=3d,shipped=7d",
+        description="How long an order may wait for each stage before it is stuck.",
+    )
+
+    @field_validator("console_public_url", "console_oidc_issuer")
+    @classmethod
+    def _console_https_off_loopback(cls, url: str | None) -> str | None:
+        return _https_unless_loopback(url)
+
+    @model_validator(mode="after")
+    def _console_sign_in(self) -> Self:
+        secret = self.console_session_secret
+        if secret is not None and len(secret.get_secret_value()) < 32:
+            raise ValueError("console_session_secret: at least 32 characters")
+        oidc = (self.console_oidc_issuer, self.console_oidc_client_id)
+        if any(oidc) and not all(oidc):
+            raise ValueError("console_oidc_issuer and console_oidc_client_id go together")
+        return self
+
+    @classmethod
+    def load(cls) -> ConsoleSettings:
+        return load_checked(cls)
+
+
 class _KafkaPassthrough(PydanticBaseSettingsSource):
     """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables and files into the ``kafka`` field."""
 
@@ -408,6 +481,7 @@ def known_variables() -> frozenset[str]:
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
+    names |= {f"{ENV_PREFIX}{field.upper()}" for field in ConsoleSettings.model_fields}
     names.add(SECRETS_DIR)
     return frozenset(names)
 

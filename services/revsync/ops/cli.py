@@ -16,22 +16,17 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from revsync.contracts.catalog import load_catalog
-from revsync.contracts.schemas import SchemaRepository
-from revsync.contracts.serde import EventSerde
 from revsync.errors import RevsyncError
 from revsync.ops import dead_letters as dl
-from revsync.ops import ledger, masking
+from revsync.ops import masking
 from revsync.ops.operations import Operations, grouped
 from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
-from revsync.security import kafka_identity
 from revsync.settings import OpsSettings, Settings, SettingsError
 
 dlt_app = typer.Typer(help="Dead letters: inspect, replay, purge, archive, export.")
@@ -109,20 +104,7 @@ def fail(message: str) -> typer.Exit:
 
 
 def operations_for(actor: str | None) -> Operations:
-    settings = Settings.load()
-    catalog = load_catalog(settings.schemas_dir)
-    registry = SchemaRegistryClient(settings.registry_config())
-    serde = EventSerde(registry, catalog, SchemaRepository(settings.schemas_dir))
-    from revsync.deployables import input_decoder
-
-    return Operations(
-        catalog=catalog,
-        kafka_config=settings.kafka_config(),
-        dsn=settings.postgres_dsn.get_secret_value(),
-        decoder=input_decoder(catalog, serde),
-        registry=registry,
-        actor=ledger.Actor(actor or getpass.getuser(), kafka_identity(settings.kafka)),
-    )
+    return Operations.from_settings(Settings.load(), actor or getpass.getuser())
 
 
 def _selection(

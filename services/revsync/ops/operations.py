@@ -24,7 +24,9 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from revsync.contracts.catalog import Catalog
+from revsync.contracts.catalog import Catalog, load_catalog
+from revsync.contracts.schemas import SchemaRepository
+from revsync.contracts.serde import EventSerde
 from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
 from revsync.ops import ledger, masking
@@ -34,6 +36,8 @@ from revsync.runtime import headers as h
 from revsync.runtime.breaker import request_resume
 from revsync.runtime.holds import RELEASED, HeldKey, held_keys, release
 from revsync.runtime.records import Decoder
+from revsync.security import kafka_identity
+from revsync.settings import Settings
 
 
 class Operations:
@@ -59,6 +63,23 @@ class Operations:
             ensure(connection, TABLES)
         self.replays = ReplayJobs(
             catalog=catalog, kafka_config=kafka_config, dsn=dsn, actor=actor, select=self.select
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, name: str) -> Operations:
+        """The tooling with ``settings``' endpoints and credentials, acting for ``name``."""
+        from revsync.deployables import input_decoder
+
+        catalog = load_catalog(settings.schemas_dir)
+        registry = SchemaRegistryClient(settings.registry_config())
+        serde = EventSerde(registry, catalog, SchemaRepository(settings.schemas_dir))
+        return cls(
+            catalog=catalog,
+            kafka_config=settings.kafka_config(),
+            dsn=settings.postgres_dsn.get_secret_value(),
+            decoder=input_decoder(catalog, serde),
+            registry=registry,
+            actor=ledger.Actor(name, kafka_identity(settings.kafka)),
         )
 
     # --- reading -----------------------------------------------------------------------------

@@ -42,7 +42,7 @@ from revsync.runtime.records import Hold, Record
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS revsync_journey (
     seq            bigserial   PRIMARY KEY,
-    recorded_at    timestamptz NOT NULL DEFAULT now(),
+    at             timestamptz NOT NULL,
     order_key      text,
     consumer       text        NOT NULL,
     outcome        text        NOT NULL,
@@ -56,10 +56,10 @@ CREATE TABLE IF NOT EXISTS revsync_journey (
     occurred_at    timestamptz,
     detail         text
 );
-CREATE INDEX IF NOT EXISTS revsync_journey_order ON revsync_journey (order_key, seq);
+CREATE INDEX IF NOT EXISTS revsync_journey_order ON revsync_journey (order_key, at, seq);
 CREATE INDEX IF NOT EXISTS revsync_journey_correlation
     ON revsync_journey (correlation_id) WHERE correlation_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS revsync_journey_recorded ON revsync_journey USING brin (recorded_at);
+CREATE INDEX IF NOT EXISTS revsync_journey_at ON revsync_journey USING brin (at);
 
 CREATE TABLE IF NOT EXISTS revsync_orders (
     crm_order_id       text        PRIMARY KEY,
@@ -152,6 +152,9 @@ class Step:
     order_key: str | None
     outcome: Outcome
     topic: str
+    at: datetime
+    """When it happened: a batch's outcomes are recorded together, at its commit, but each
+    when its record was handled, so one order's journey across consumers reads in order."""
     partition: int | None = None
     offset: int | None = None
     event_id: str | None = None
@@ -164,6 +167,7 @@ class Step:
     def row(self, consumer: str) -> dict[str, Any]:
         return {
             "order_key": self.order_key,
+            "at": self.at.isoformat(),
             "consumer": consumer,
             "outcome": self.outcome.value,
             "tier": self.tier,
@@ -321,6 +325,7 @@ class Journal:
             order_key=order_key(record),
             outcome=outcome,
             topic=record.topic,
+            at=self.clock(),
             partition=record.partition,
             offset=record.offset,
             event_id=str(envelope.event_id) if envelope else None,
@@ -363,6 +368,7 @@ class Journal:
                 order_key=getattr(event, "crm_order_id", None),
                 outcome=Outcome.EMITTED,
                 topic=topic,
+                at=self.clock(),
                 event_id=str(envelope.event_id),
                 event_type=envelope.event_type,
                 correlation_id=envelope.correlation_id,
@@ -377,6 +383,7 @@ class Journal:
                 order_key=hold[0].decode(errors="replace"),
                 outcome=Outcome.RELEASED,
                 topic=hold[1],
+                at=self.clock(),
                 detail=f"held by {blocker}",
             )
         )
@@ -391,13 +398,14 @@ class Journal:
         Kafka put the batch's dead-letter copies, in the order they were sent."""
         if batch.steps:
             cursor.execute(
-                "INSERT INTO revsync_journey (order_key, consumer, outcome, tier, event_id, "
+                "INSERT INTO revsync_journey (order_key, at, consumer, outcome, tier, event_id, "
                 'event_type, correlation_id, topic, partition, "offset", occurred_at, detail) '
-                "SELECT order_key, consumer, outcome, tier, event_id, event_type, correlation_id, "
-                'topic, partition, "offset", occurred_at, detail '
-                "FROM jsonb_to_recordset(%s) AS j(order_key text, consumer text, outcome text, "
-                "tier text, event_id uuid, event_type text, correlation_id text, topic text, "
-                'partition integer, "offset" bigint, occurred_at timestamptz, detail text)',
+                "SELECT order_key, at, consumer, outcome, tier, event_id, event_type, "
+                'correlation_id, topic, partition, "offset", occurred_at, detail '
+                "FROM jsonb_to_recordset(%s) AS j(order_key text, at timestamptz, consumer text, "
+                "outcome text, tier text, event_id uuid, event_type text, correlation_id text, "
+                'topic text, partition integer, "offset" bigint, occurred_at timestamptz, '
+                "detail text)",
                 (Jsonb([step.row(self.consumer) for step in batch.steps]),),
             )
         self._orders(cursor, batch.facts)
@@ -535,6 +543,6 @@ def purge_journey(connection: psycopg.Connection[Any], retention: timedelta) -> 
     """Delete journey rows older than ``retention``; how many went."""
     with connection.transaction():
         cursor = connection.execute(
-            "DELETE FROM revsync_journey WHERE recorded_at < now() - %s", (retention,)
+            "DELETE FROM revsync_journey WHERE at < now() - %s", (retention,)
         )
     return cursor.rowcount

@@ -1,0 +1,1 @@
+"""The exception console: a web workbench over the order journey and the exceptions worklist."""
