@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import secrets
 import sys
 import time
 
@@ -32,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ship-delay-s", type=float, default=2.0)
     parser.add_argument("--timeout-s", type=float, default=600)
     parser.add_argument("--seed", type=int, default=None, help="for a repeatable order mix")
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        help="keep the pipeline and its exception console up at the end, until Ctrl-C",
+    )
+    parser.add_argument("--console-port", type=int, default=8090)
     options = parser.parse_args(argv)
 
     stack = LocalStack(StackSettings.load())
@@ -68,6 +75,22 @@ def main(argv: list[str] | None = None) -> int:
                 )
             elapsed = time.monotonic() - started
             console.print(_summary(pipeline, outcome, elapsed))
+            password = secrets.token_urlsafe(12)
+            url = pipeline.start_console(
+                {"operator": ("operator", password), "admin": ("admin", password)},
+                port=options.console_port if options.console else 0,
+            )
+            console.print(
+                f"the exception console: {url} (sign in as operator or admin, password {password})",
+                highlight=False,
+            )
+            if options.console:
+                console.print("serving until Ctrl-C")
+                try:
+                    while True:
+                        time.sleep(1)
+                except KeyboardInterrupt:
+                    pass
         finally:
             pipeline.stop()
     except PipelineError as error:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,6 +25,7 @@ from urllib.parse import urlsplit
 import httpx
 import yaml
 
+from revsync.console.auth import hash_password
 from revsync.contracts.catalog import CATALOG_FILE, Catalog, load_catalog
 from revsync.deployables import discover
 from revsync.settings import Settings, kafka_env_name
@@ -203,6 +206,51 @@ class Pipeline:
         for client in (getattr(self, "crm", None), getattr(self, "erp", None)):
             if client is not None:
                 client.close()
+
+    def start_console(self, accounts: Mapping[str, tuple[str, str]], port: int = 0) -> str:
+        """Serve the exception console (``revsync console``) with local accounts (name ->
+        (role, password)); its address once it answers ``/readyz``."""
+        users = self.workdir / "console-users.yaml"
+        users.write_text(
+            yaml.safe_dump(
+                {
+                    "users": [
+                        {"name": name, "role": role, "password_hash": hash_password(password)}
+                        for name, (role, password) in accounts.items()
+                    ]
+                }
+            )
+        )
+        users.chmod(0o600)
+        port = port or _free_port()
+        url = f"http://127.0.0.1:{port}"
+        log = self.workdir / "console.log"
+        output = log.open("ab")
+        popen = subprocess.Popen(
+            [str(REVSYNC), "console"],
+            cwd=REPO,
+            env={
+                **self.service_environment(),
+                **self.identity("operator"),
+                "REVSYNC_CONSOLE_PORT": str(port),
+                "REVSYNC_CONSOLE_USERS_FILE": str(users),
+                "REVSYNC_CONSOLE_SESSION_SECRET": secrets.token_urlsafe(40),
+            },
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes["console"] = Process("console", popen, log, output)
+        deadline = time.monotonic() + 60
+        while True:
+            self._check_alive()
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    return url
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise PipelineError(f"the console did not get ready; see {log}")
+            time.sleep(0.2)
 
     def restart(self, name: str, *, hard: bool = False) -> None:
         """Stop one service and start it again, as a deployment would (``hard``: SIGKILL, as
@@ -426,6 +474,12 @@ def _ready(process: Process) -> bool:
     except httpx.HTTPError:
         return False
     return response.status_code == 200
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def _read_line(stream: IO[bytes], timeout_s: float) -> str:
