@@ -109,6 +109,14 @@ expect_failure "both authenticate to Kafka as revsync-order-sync" \
     "$HELM" template revsync "$CHART" --set services.invoiceSync.credentials.kafkaUser=revsync-order-sync
 expect_failure "additional properties 'existingSecret' not allowed" \
     "$HELM" template revsync "$CHART" --set secrets.existingSecret=revsync-credentials
+# The console is a principal of its own too (the operators'); its Ingress needs a host, its
+# OIDC issuer a client id (the console refuses one without the other).
+expect_failure "orderSync and console both authenticate to Kafka as revsync-order-sync" \
+    "$HELM" template revsync "$CHART" --set console.credentials.kafkaUser=revsync-order-sync
+expect_failure "console.ingress.enabled needs console.ingress.host" \
+    "$HELM" template revsync "$CHART" --set console.ingress.enabled=true
+expect_failure "console.oidc.issuer and console.oidc.clientId go together" \
+    "$HELM" template revsync "$CHART" --set console.oidc.issuer=https://login.example.com
 # No egress rule opens every port, nor names a peer Kubernetes would not know.
 expect_failure "minItems: got 0, want 1" \
     "$HELM" template revsync "$CHART" --set-json 'networkPolicy.egress.kafka.ports=[]'

@@ -1,7 +1,8 @@
 """Validates rendered chart manifests offline: Kubernetes kinds against the schemas that
 kubernetes-validate ships (strict: unknown fields fail), the chart's two CRDs against the local
 schemas in ``schemas/``, and the rules the chart promises of every revsync pod: its security
-context, its settings, its own credentials, and NetworkPolicies that fence it in.
+context, its settings, its own credentials, NetworkPolicies that fence it in, and Services and
+Ingresses that reach it on a port it serves and its policy admits.
 
 Usage: validate_manifests.py --kube-version 1.27 [--kube-version 1.37]
        [--known-env FILE] [--dashboard FILE] MANIFEST...
@@ -182,6 +183,90 @@ def network_problems(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
+def container_ports(spec: dict[str, Any]) -> dict[str | int, int]:
+    """A pod's container ports, by name and by number, to their numbers."""
+    ports: dict[str | int, int] = {}
+    for container in spec["containers"]:
+        for port in container.get("ports", []):
+            ports[port["containerPort"]] = port["containerPort"]
+            if "name" in port:
+                ports[port["name"]] = port["containerPort"]
+    return ports
+
+
+def service_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Every Service selects a Deployment's pods, on a port they declare and, once the chart
+    renders NetworkPolicies, one their own policy admits; every Ingress routes to a Service and
+    port the chart renders, and its TLS names only hosts it routes."""
+    problems = []
+    deployments = [doc for doc in docs if doc["kind"] == "Deployment"]
+    policies = [
+        doc
+        for doc in docs
+        if doc["kind"] == "NetworkPolicy"
+        and doc["spec"]["podSelector"].get("matchLabels", {}).get(COMPONENT)
+    ]
+    services = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "Service"}
+    for service in services.values():
+        name = f"Service/{service['metadata']['name']}"
+        selector = service["spec"].get("selector", {})
+        selected = [
+            doc
+            for doc in deployments
+            if selector and all(pod_labels(doc).get(k) == v for k, v in selector.items())
+        ]
+        if not selected:
+            problems.append(f"{name}: selects no Deployment's pods")
+        for doc in selected:
+            ports = container_ports(pod_spec(doc))
+            labels = pod_labels(doc)
+            admitted = {
+                port.get("port")
+                for policy in policies
+                if selects(policy, labels)
+                for rule in policy["spec"].get("ingress", [])
+                for port in rule.get("ports", [])
+            }
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                where = f"{name}: port {port.get('name', port['port'])}"
+                if target not in ports:
+                    problems.append(
+                        f"{where}: Deployment/{doc['metadata']['name']} has no port {target}"
+                    )
+                elif policies and ports[target] not in admitted and target not in admitted:
+                    problems.append(
+                        f"{where}: no NetworkPolicy of Deployment/{doc['metadata']['name']}"
+                        f" admits its port {ports[target]}"
+                    )
+    for ingress in (doc for doc in docs if doc["kind"] == "Ingress"):
+        name = f"Ingress/{ingress['metadata']['name']}"
+        hosts = {rule.get("host") for rule in ingress["spec"].get("rules", [])}
+        backends = [
+            path["backend"]["service"]
+            for rule in ingress["spec"].get("rules", [])
+            for path in rule.get("http", {}).get("paths", [])
+            if "service" in path["backend"]
+        ]
+        if not backends:
+            problems.append(f"{name}: routes to no Service")
+        for backend in backends:
+            routed = services.get(backend["name"])
+            if routed is None:
+                problems.append(f"{name}: routes to Service/{backend['name']}, not rendered")
+                continue
+            port = backend["port"].get("name", backend["port"].get("number"))
+            if not any(port in (p.get("name"), p["port"]) for p in routed["spec"]["ports"]):
+                problems.append(f"{name}: Service/{backend['name']} has no port {port}")
+        problems += [
+            f"{name}: TLS names {host}, which no rule routes"
+            for tls in ingress["spec"].get("tls", [])
+            for host in tls.get("hosts", [])
+            if host not in hosts
+        ]
+    return problems
+
+
 def principal_problems(docs: list[dict[str, Any]]) -> list[str]:
     """Least privilege: no two Deployments, nor a Deployment and the Job, read credentials from
     the same Secret or sign in to Kafka as the same user."""
@@ -242,6 +327,7 @@ def validate(
             problems += [f"{name}: {problem}" for problem in policy_problems(doc, known_env)]
     problems += [f"{path.name}: {problem}" for problem in network_problems(docs)]
     problems += [f"{path.name}: {problem}" for problem in principal_problems(docs)]
+    problems += [f"{path.name}: {problem}" for problem in service_problems(docs)]
     if known_env is not None:
         for configmap, data in configmaps.items():
             problems += [

@@ -139,6 +139,14 @@ app.kubernetes.io/component: {{ .name }}
 {{- $_ := set $users $user $component -}}
 {{- end -}}
 {{- end -}}
+{{- if .Values.console.enabled -}}
+{{- if and .Values.console.ingress.enabled (not .Values.console.ingress.host) -}}
+{{- fail "console.ingress.enabled needs console.ingress.host, the console's host name" -}}
+{{- end -}}
+{{- if and (or .Values.console.oidc.issuer .Values.console.oidc.clientId) (not (and .Values.console.oidc.issuer .Values.console.oidc.clientId)) -}}
+{{- fail "console.oidc.issuer and console.oidc.clientId go together" -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -175,15 +183,19 @@ REVSYNC_KAFKA_SSL_KEY_LOCATION: "/etc/revsync/kafka-client/tls.key"
 {{- end -}}
 
 {{/*
-Who holds credentials, each its own principal: the services by their values key, the
-governance Job's steps that speak to Kafka and the registry (revsync-governance), and its
-`revsync db migrate` step (the PostgreSQL role that owns the tables).
+Who holds credentials, each its own principal: the services by their values key, the console
+(the operators' PostgreSQL role and Kafka user), the governance Job's steps that speak to Kafka
+and the registry (revsync-governance), and its `revsync db migrate` step (the PostgreSQL role
+that owns the tables).
 */}}
 {{- define "revsync.components" -}}
 {{- range $key, $_ := include "revsync.catalog" . | fromYaml }}
 {{- if (index $.Values.services $key).enabled }}
 - {{ $key }}
 {{- end }}
+{{- end }}
+{{- if .Values.console.enabled }}
+- console
 {{- end }}
 {{- if .Values.governance.enabled }}
 - governance
@@ -198,6 +210,8 @@ governance Job's steps that speak to Kafka and the registry (revsync-governance)
 {{- toYaml $v.governance -}}
 {{- else if eq .component "migrations" -}}
 {{- toYaml $v.governance.migrations -}}
+{{- else if eq .component "console" -}}
+{{- toYaml $v.console -}}
 {{- else -}}
 {{- toYaml (index $v.services .component) -}}
 {{- end -}}
@@ -255,6 +269,15 @@ its key, whether it may be absent. (dict "root" $ "component" "orderSync")
 - env: REVSYNC_ERP_OUTBOX_DSN
   key: {{ $keys.erpOutboxDsn | quote }}
   optional: true
+{{- end }}
+{{- if eq .component "console" }}
+- env: REVSYNC_CONSOLE_SESSION_SECRET
+  key: {{ $keys.consoleSessionSecret | quote }}
+{{- if $root.Values.console.oidc.issuer }}
+- env: REVSYNC_CONSOLE_OIDC_CLIENT_SECRET
+  key: {{ $keys.consoleOidcClientSecret | quote }}
+  optional: true
+{{- end }}
 {{- end }}
 {{- end -}}
 
@@ -382,6 +405,16 @@ REVSYNC_SECRETS_DIR. Keys that may be absent come in a source of their own, mark
   mountPath: /etc/revsync/kafka-client
   readOnly: true
 {{- end }}
+{{- end -}}
+
+{{/* The console's external URL: console.publicUrl, else https://<host> with the Ingress, else empty. */}}
+{{- define "revsync.consolePublicUrl" -}}
+{{- $console := .Values.console -}}
+{{- if $console.publicUrl -}}
+{{- $console.publicUrl -}}
+{{- else if and $console.ingress.enabled $console.ingress.host -}}
+{{- printf "https://%s" $console.ingress.host -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod-level settings every revsync pod shares. */}}
