@@ -100,6 +100,8 @@ class Request:
 class Response:
     status: int = 200
     body: Any = None
+    """Sent as JSON; ``bytes`` are sent as they are (an HTML page, say), typed by the
+    ``Content-Type`` among ``headers``."""
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -275,8 +277,12 @@ class JsonServer:
             def _answer(self, response: Response, delivery: Delivery) -> None:
                 if delivery.delay_s:
                     time.sleep(delivery.delay_s)
-                payload = b"" if response.body is None else server.dumps(response.body)
-                if payload and delivery.pad_bytes:
+                raw = isinstance(response.body, bytes)
+                if raw:
+                    payload: bytes = response.body
+                else:
+                    payload = b"" if response.body is None else server.dumps(response.body)
+                if payload and delivery.pad_bytes and not raw:
                     payload += b" " * delivery.pad_bytes
                 if not payload:
                     delivery = replace(delivery, chunked=False)  # a 204 has no body to chunk
@@ -284,7 +290,7 @@ class JsonServer:
                     self.send_response(response.status)
                     for name, value in response.headers.items():
                         self.send_header(name, value)
-                    if payload:
+                    if payload and not raw:
                         self.send_header("Content-Type", "application/json")
                     if delivery.chunked:
                         self.send_header("Transfer-Encoding", "chunked")
