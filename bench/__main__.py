@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import cdc_bridge, chaos, order_to_cash, passthrough, replay, runtime
+from bench import cdc_bridge, chaos, console, order_to_cash, passthrough, replay, runtime
 from revsync.settings import Settings
 
 SCENARIOS = {
@@ -16,16 +16,26 @@ SCENARIOS = {
     "replay": replay.run,
     "chaos": chaos.run,
     "cdc-bridge": cdc_bridge.run,
+    "console": console.run,
 }
 RESULTS = Path(__file__).parent / "results"
-DEFAULT_EVENTS = {"order-to-cash": 2_000, "replay": 20_000, "chaos": 10_000, "cdc-bridge": 2_000}
+DEFAULT_EVENTS = {
+    "order-to-cash": 2_000,
+    "replay": 20_000,
+    "chaos": 10_000,
+    "cdc-bridge": 2_000,
+    "console": 10_000,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenario", choices=sorted(SCENARIOS))
     parser.add_argument(
-        "--events", type=int, default=None, help="events (orders, for order-to-cash) to move"
+        "--events",
+        type=int,
+        default=None,
+        help="events (orders, for order-to-cash; open exceptions, for console) to move",
     )
     arguments = parser.parse_args()
     events = arguments.events or DEFAULT_EVENTS.get(arguments.scenario, 100_000)
