@@ -245,9 +245,9 @@ class BatchProcessor:
         for write in decision.writes:
             batch.writes.setdefault(write.sql, []).append(write.params)
         batch.emissions += [(emission.event, emission.topic, record) for emission in decision.emits]
-        self.journal.consumed(batch.journey, record, event, Outcome.PROCESSED)
+        self.journal.consumed(batch.journey, record, event, Outcome.PROCESSED, at=decision.at)
         for emission in decision.emits:
-            self.journal.emitted(batch.journey, emission.event, emission.topic)
+            self.journal.emitted(batch.journey, emission.event, emission.topic, decision.at)
         PROCESSED.labels(self.consumer, record.origin[0]).inc()
         age = (datetime.now(UTC) - event.envelope.occurred_at).total_seconds()
         self._age.observe(max(age, 0.0))

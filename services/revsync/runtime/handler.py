@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +42,9 @@ class Decision:
 
     writes: Sequence[StateWrite] = field(default_factory=tuple)
     emits: Sequence[Emission] = field(default_factory=tuple)
+    at: datetime | None = None
+    """When it was decided, where a batch call decided many at once (each input's own moment,
+    for the order journey); otherwise the runtime takes the time it is handed back."""
     failed: Sequence[FailedPart] = field(default_factory=tuple)
     """For an input that names several records (a merged change event): the records that
     failed, each routed on as a record of its own, so that one holds back only itself while
@@ -113,7 +116,7 @@ def handle_concurrently(
         envelope = inbound.envelope
         with event_context(envelope.correlation_id, str(envelope.event_id)):
             try:
-                return handler(inbound)
+                return replace(handler(inbound), at=datetime.now(UTC))
             except Exception as error:  # the input's own outcome, routed by the loop
                 return error
 

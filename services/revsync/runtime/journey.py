@@ -319,13 +319,14 @@ class Journal:
         *,
         tier: str | None = None,
         detail: str | None = None,
+        at: datetime | None = None,
     ) -> Step:
         envelope = None if inbound is None else inbound.envelope
         step = Step(
             order_key=order_key(record),
             outcome=outcome,
             topic=record.topic,
-            at=self.clock(),
+            at=at or self.clock(),
             partition=record.partition,
             offset=record.offset,
             event_id=str(envelope.event_id) if envelope else None,
@@ -361,14 +362,16 @@ class Journal:
             step = self.consumed(batch, record, inbound, Outcome.DEAD_LETTERED, detail=error_class)
             batch.failed.append(DeadLettered(step, error_class, summary, record.blocker_id))
 
-    def emitted(self, batch: JourneyBatch, event: Event, topic: str) -> None:
+    def emitted(
+        self, batch: JourneyBatch, event: Event, topic: str, at: datetime | None = None
+    ) -> None:
         envelope = event.envelope
         batch.steps.append(
             Step(
                 order_key=getattr(event, "crm_order_id", None),
                 outcome=Outcome.EMITTED,
                 topic=topic,
-                at=self.clock(),
+                at=at or self.clock(),
                 event_id=str(envelope.event_id),
                 event_type=envelope.event_type,
                 correlation_id=envelope.correlation_id,
