@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from decimal import Decimal
 
+import psycopg
 from confluent_kafka import Producer
 from pydantic import SecretStr
 from sandbox import scenario
@@ -18,6 +19,13 @@ from sandbox.harness import Outcome, Pipeline
 
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.contracts.catalog import TopicFormat
+from revsync.contracts.events import (
+    InvoicePosted,
+    OrderAccepted,
+    OrderCreated,
+    OrderRejected,
+    ShipmentConfirmed,
+)
 from revsync.ports.erp import Address, SalesOrderLine, SalesOrderRequest
 from revsync.runtime import headers as h
 from revsync.settings import Settings
@@ -31,12 +39,72 @@ def settle(pipeline: Pipeline, timeout_s: float = 180) -> Outcome:
     return outcome
 
 
+MILESTONES = {
+    scenario.SHIPPED: (
+        ("order_sync", "processed", "com.salesforce.cdc.OrderChangeEvent"),
+        ("order_sync", "emitted", OrderCreated.event_type),
+        ("order_sync", "processed", OrderCreated.event_type),
+        ("order_sync", "emitted", OrderAccepted.event_type),
+        ("invoice_sync", "processed", InvoicePosted.event_type),
+        ("fulfillment_sync", "processed", ShipmentConfirmed.event_type),
+    ),
+    "rejected": (
+        ("order_sync", "processed", "com.salesforce.cdc.OrderChangeEvent"),
+        ("order_sync", "emitted", OrderRejected.event_type),
+    ),
+}
+"""What every order's journey shows, by how it ends: in this order, but for the invoice and the
+shipment, which each follow the acceptance in either order."""
+
+
+def journey_gaps(pipeline: Pipeline, settings: Settings) -> list[str]:
+    """Each pushed order whose recorded journey lacks one of its milestones, has them out of
+    order, or whose order row lacks a stage it reached."""
+    consumers = {
+        service: pipeline.catalog.consumer_of(service)
+        for service in ("order_sync", "invoice_sync", "fulfillment_sync")
+    }
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as connection:
+        rows = connection.execute(
+            "SELECT order_key, consumer, outcome, event_type FROM revsync_journey "
+            "WHERE order_key = ANY(%s) AND consumer = ANY(%s) ORDER BY at, seq",
+            (list(pipeline.planned), list(consumers.values())),
+        ).fetchall()
+        stages: dict[str, list[bool]] = dict(
+            connection.execute(
+                "SELECT crm_order_id, ARRAY[activated_at IS NOT NULL, accepted_at IS NOT NULL, "
+                "invoiced_at IS NOT NULL, shipped_at IS NOT NULL] FROM revsync_orders "
+                "WHERE crm_order_id = ANY(%s)",
+                (list(pipeline.planned),),
+            ).fetchall()
+        )
+    journeys: dict[str, list[tuple[str, str, str]]] = {}
+    for key, consumer, outcome, event_type in rows:
+        journeys.setdefault(key, []).append((consumer, outcome, event_type))
+    gaps = []
+    for order_id, expected in pipeline.planned.items():
+        wanted = [
+            (consumers[service], outcome, event_type)
+            for service, outcome, event_type in MILESTONES.get(expected, MILESTONES["rejected"])
+        ]
+        steps = journeys.get(order_id, [])
+        found = [steps.index(milestone) if milestone in steps else -1 for milestone in wanted]
+        # The invoice and the shipment each come after the acceptance; the ERP posts them
+        # independently, so either may be synced first.
+        chain = [*found[:4], min(found[4:])] if len(found) > 4 else found
+        if -1 in found or chain != sorted(chain):
+            gaps.append(f"{order_id} ({expected}): {steps}")
+        elif expected == scenario.SHIPPED and stages.get(order_id) != [True] * 4:
+            gaps.append(f"{order_id}: stages {stages.get(order_id)}")
+    return gaps
+
+
 def dead_letters(pipeline: Pipeline, service: str) -> str:
     return pipeline.catalog.dead_letter_topic(pipeline.catalog.consumer_of(service))
 
 
 def test_a_thousand_orders_each_reach_their_end_state_once(
-    start_pipeline: Callable[..., Pipeline], rng: random.Random
+    start_pipeline: Callable[..., Pipeline], rng: random.Random, settings: Settings
 ) -> None:
     pipeline = start_pipeline()
     data = scenario.seed(pipeline.crm, pipeline.erp, rng)
@@ -62,6 +130,8 @@ def test_a_thousand_orders_each_reach_their_end_state_once(
     crm = pipeline.crm.stats()["records"]
     assert crm["Invoice__c"] == crm["Shipment__c"] == shipped
     assert pipeline.metrics()["revsync_dead_lettered_total"] == 0
+    # The journey of every order is complete: each of its events, in order, with its outcome.
+    assert journey_gaps(pipeline, settings) == []
 
 
 def test_duplicated_change_events_create_each_erp_order_once(
