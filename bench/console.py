@@ -53,6 +53,7 @@ from revsync.migrations import ensure
 from revsync.ops import exceptions as ex
 from revsync.ops import storage as ops_tables
 from revsync.ops.operations import Operations
+from revsync.runtime import journey
 from revsync.runtime import storage as runtime_tables
 from revsync.runtime.journey import Kind, Outcome
 from revsync.settings import OpsSettings, Settings
@@ -88,26 +89,7 @@ SHIPMENTS = "revsync.shipment.confirmed.v1"
 CREATED, ACCEPTED = OrderCreated.event_type, OrderAccepted.event_type
 INVOICED, SHIPPED = InvoicePosted.event_type, ShipmentConfirmed.event_type
 
-ORDER_COLUMNS = (
-    "crm_order_id",
-    "crm_order_number",
-    "erp_order_id",
-    "erp_order_number",
-    "correlation_id",
-    "legal_entity",
-    "region",
-    "currency",
-    "product_lines",
-    "activated_at",
-    "accepted_at",
-    "rejected_at",
-    "rejection_reason",
-    "invoiced_at",
-    "invoice_synced_at",
-    "shipped_at",
-    "shipment_synced_at",
-    "cancelled_at",
-)
+ORDER_COLUMNS = ("crm_order_id", *journey.ORDER_COLUMNS)
 EXCEPTION_COLUMNS = (
     "kind",
     "order_key",

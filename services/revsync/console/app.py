@@ -435,7 +435,6 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     ) -> HTMLResponse:
         check_csrf(request, token)
         if not refs:
-            request.session["flash"] = "Choose at least one exception first."
             raise HTTPException(400, "choose at least one exception first")
         effects = _desk(who).plan(action, refs, value)
         return render(

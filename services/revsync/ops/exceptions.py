@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -340,7 +340,7 @@ class ExceptionDesk:
         dsn: str,
         actor: ledger.Actor,
         ages: Mapping[str, timedelta],
-        replay: Any,
+        replay: Callable[[dl.Selection], object],
     ) -> None:
         """``replay``: replays dead letters by ref (the replay jobs' ``replay``), so a retry
         from here is the same job ``revsync dlt replay`` runs."""
