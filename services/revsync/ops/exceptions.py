@@ -37,8 +37,8 @@ HELD_KEY = "held key"
 STUCK = "stuck order"
 KINDS = (Kind.REJECTION.value, Kind.DEAD_LETTER.value, HELD_KEY, STUCK)
 STATUSES = tuple(status.value for status in Status)
-ORDER_SYNC = "order-sync"
-CDC_TOPIC = "revsync.order.crm-change.v1"
+ORDER_SYNC = "order_sync"
+"""The service that reads an order from the CRM again when a person retries it."""
 
 STAGES = ("accepted", "invoiced", "shipped")
 """The stages an order can be stuck before, each after the one before it (activated first)."""
@@ -468,13 +468,13 @@ class ExceptionDesk:
             },
         }
         headers: list[tuple[str, str | bytes | None]] = [
-            (h.ORIGINAL_TOPIC, CDC_TOPIC.encode()),
+            (h.ORIGINAL_TOPIC, self.catalog.change_topics["Order"].encode()),
             (h.REPLAY_ID, str(attempt_id).encode()),
         ]
         producer = Producer({**self.kafka_config, "enable.idempotence": True, "acks": "all"})
         errors: list[Any] = []
         producer.produce(
-            self.catalog.replay_topic(ORDER_SYNC),
+            self.catalog.replay_topic(self.catalog.consumer_of(ORDER_SYNC)),
             key=crm_order_id.encode(),
             value=json.dumps(change).encode(),
             headers=headers,
