@@ -15,7 +15,7 @@ def bars(title: str, values: Mapping[str, float], *, unit: str = "") -> Markup:
     """Horizontal bars, largest first as given."""
     if not values:
         return _empty(title)
-    width, label_w, row_h = 420, 150, 22
+    width, label_w, row_h = 440, 170, 22
     top = max(values.values()) or 1
     height = row_h * len(values) + 8
     parts = [_open(title, width, height)]
@@ -85,7 +85,7 @@ def columns(title: str, buckets: Sequence[str], series: Mapping[str, Sequence[fl
 def _open(title: str, width: int, height: int) -> str:
     return (
         f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {width} '
-        f'{height}" width="{width}" height="{height}" xmlns="http://www.w3.org/2000/svg">'
+        f'{height}" xmlns="http://www.w3.org/2000/svg">'
         f"<title>{escape(title)}</title>"
     )
 
