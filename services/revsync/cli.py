@@ -14,6 +14,7 @@ from revsync.console.cli import console_app
 from revsync.contracts.cli import schemas_app, topics_app
 from revsync.ops.cli import dlt_app
 from revsync.ops.consumer_cli import consumer_app, holds_app, rewind
+from revsync.ops.exceptions_cli import exceptions_app
 from revsync.security_cli import acls_app, db_app
 from revsync.settings import SettingsError
 
@@ -23,6 +24,7 @@ app = typer.Typer(help="revsync: CRM <-> ERP order-to-cash sync on Kafka.", no_a
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlt_app, name="dlt")
+app.add_typer(exceptions_app, name="exceptions")
 app.add_typer(holds_app, name="holds")
 app.add_typer(consumer_app, name="consumer")
 app.add_typer(acls_app, name="acls")

@@ -598,17 +598,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     # --- helpers ----------------------------------------------------------------------------
 
     def _desk(who: Principal) -> ex.ExceptionDesk:
-        operations = config.operations(who.name)
-        return ex.ExceptionDesk(
-            catalog=config.catalog,
-            kafka_config=config.kafka_config,
-            dsn=config.dsn,
-            actor=operations.actor,
-            ages=config.stage_ages,
-            replay=lambda selection: operations.replays.replay(
-                selection, rate_per_s=None, max_replays=config.max_replays
-            ),
-        )
+        return config.operations(who.name).exception_desk(config.stage_ages, config.max_replays)
 
     def _act(who: Principal, action: str, refs: list[str], value: str) -> list[ex.Effect]:
         try:

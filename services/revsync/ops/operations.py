@@ -10,8 +10,8 @@ import json
 import os
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterable, Sequence
-from datetime import datetime
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
-from revsync.ops import ledger, masking
+from revsync.ops import exceptions, ledger, masking
 from revsync.ops.replay import Job, ReplayJobs
 from revsync.ops.storage import TABLES
 from revsync.runtime import headers as h
@@ -221,6 +221,31 @@ class Operations:
                 "dry run" if dry_run else "released",
             )
         return found
+
+    # --- the exception worklist ---------------------------------------------------------------
+
+    def worklist(
+        self, filters: exceptions.Filters, ages: Mapping[str, timedelta], limit: int
+    ) -> exceptions.Page:
+        """The first ``limit`` items of the worklist ``filters`` select."""
+        with psycopg.connect(self.dsn, autocommit=True) as connection:
+            return exceptions.worklist(connection, filters, ages, limit=limit)
+
+    def exception_desk(
+        self, ages: Mapping[str, timedelta], max_replays: int
+    ) -> exceptions.ExceptionDesk:
+        """The worklist's actions for this operator; a dead letter's retry is this tooling's
+        replay job, the one ``revsync dlt replay`` runs (no rate limit)."""
+        return exceptions.ExceptionDesk(
+            catalog=self.catalog,
+            kafka_config=self.kafka_config,
+            dsn=self.dsn,
+            actor=self.actor,
+            ages=ages,
+            replay=lambda selection: self.replays.replay(
+                selection, rate_per_s=None, max_replays=max_replays
+            ),
+        )
 
     # --- circuit breakers -----------------------------------------------------------------------
 
