@@ -17,6 +17,7 @@ import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -100,7 +101,8 @@ def check_password(password: str, stored: str) -> bool:
             dklen=len(expected),
             maxmem=256 * 1024 * 1024,
         )
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
+        # A malformed hash (hashlib refuses a negative or huge N with TypeError) is no match.
         return False
     return hmac.compare_digest(found, expected)
 
@@ -120,10 +122,14 @@ class LocalAccounts:
     """Accounts from a YAML file: ``users: [{name, role, password_hash}]``. Plain passwords
     are refused: the file holds hashes only (``revsync console hash-password``)."""
 
-    def __init__(self, accounts: list[Account]) -> None:
+    def __init__(
+        self, accounts: list[Account], *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        """``clock``: seconds, for the lockout's window."""
         self._accounts = {account.name: account for account in accounts}
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+        self._clock = clock
 
     @classmethod
     def load(cls, path: Path) -> LocalAccounts:
@@ -131,6 +137,8 @@ class LocalAccounts:
             document = yaml.safe_load(path.read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
             raise ValueError(f"{path}: not readable as YAML ({type(error).__name__})") from None
+        if not isinstance(document, dict) or not isinstance(document.get("users") or [], list):
+            raise ValueError(f"{path}: needs users: a list of {{name, role, password_hash}}")
         accounts = []
         for index, entry in enumerate(document.get("users") or []):
             where = f"{path}: users[{index}]"
@@ -141,15 +149,17 @@ class LocalAccounts:
             stored = str(entry.get("password_hash", ""))
             if not stored.startswith("scrypt$") or stored.count("$") != 5:
                 raise ValueError(f"{where}: password_hash is not an scrypt hash")
-            accounts.append(
-                Account(str(entry["name"]), Role.named(str(entry.get("role", ""))), stored)
-            )
+            try:
+                role = Role.named(str(entry.get("role", "")))
+            except ValueError as error:
+                raise ValueError(f"{where}: {error}") from None
+            accounts.append(Account(str(entry["name"]), role, stored))
         return cls(accounts)
 
     def sign_in(self, name: str, password: str) -> Principal:
         """The account's principal, or :class:`SignInRefused`; after 10 failures in 5 minutes
         a name is refused for the rest of them, whatever the password."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             failures = self._failures.setdefault(name, deque())
             while failures and failures[0] < now - 300:
@@ -223,7 +233,9 @@ class OidcClient:
                 if document.get("issuer") != self.config.issuer:
                     raise SignInRefused("the identity provider names another issuer")
                 self._discovery = document
-                self._keys = jwt.PyJWKClient(str(document["jwks_uri"]), cache_keys=True)
+                # The key set is cached (5 minutes), not each key for ever: a key the provider
+                # stops publishing stops signing anyone in once the set is fetched again.
+                self._keys = jwt.PyJWKClient(str(document["jwks_uri"]))
             return self._discovery
 
     def authorization(self) -> AuthorizationRequest:
@@ -270,7 +282,7 @@ class OidcClient:
         id_token = answer.json().get("id_token")
         if not isinstance(id_token, str):
             raise SignInRefused("the identity provider sent no ID token")
-        claims = self._verified(id_token, self.config.client_id)
+        claims = self._verified(id_token, self.config.client_id, from_provider=True)
         if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
             raise SignInRefused("the ID token's nonce is not this sign-in's")
         return self._principal(claims, "oidc")
@@ -280,10 +292,21 @@ class OidcClient:
         self.discovery()
         return self._principal(self._verified(token, self.config.audience), "bearer")
 
-    def _verified(self, token: str, audience: str) -> dict[str, Any]:
+    def _verified(
+        self, token: str, audience: str, *, from_provider: bool = False
+    ) -> dict[str, Any]:
         assert self._keys is not None
         try:
-            key = self._keys.get_signing_key_from_jwt(token)
+            try:
+                key = self._keys.get_signing_key_from_jwt(token)
+            except jwt.PyJWKClientError:
+                if not from_provider:
+                    raise
+                # A token straight from the provider's token endpoint under a key not known
+                # yet: the provider rotated its keys. Fetch them again now; PyJWT would wait
+                # out its cool-down, which stays for bearer tokens (anyone may send those).
+                self._keys.get_jwk_set(refresh=True)
+                key = self._keys.get_signing_key_from_jwt(token)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 key.key,
@@ -322,4 +345,5 @@ def csrf_token() -> str:
 def same_token(given: str | None, kept: str | None) -> bool:
     if not given or not kept:
         return False
-    return hmac.compare_digest(given, kept)
+    # As bytes: compare_digest raises TypeError on a str with a non-ASCII character.
+    return hmac.compare_digest(given.encode(), kept.encode())
