@@ -396,7 +396,10 @@ class ConsoleSettings(BaseSettings):
     )
     console_oidc_audience: str | None = Field(
         default=None,
-        description="The audience API clients' bearer tokens must name; default: the client id.",
+        description=(
+            "The audience API clients' bearer tokens must name; unset, the API takes no "
+            "bearer tokens (the client id would let ID tokens pass for access tokens)."
+        ),
     )
     console_stage_ages: str = Field(
         default="accepted=15m,invoiced=3d,shipped=7d",

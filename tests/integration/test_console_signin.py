@@ -125,7 +125,9 @@ def open_console(settings: Settings, idp: IdentityProvider) -> Iterator[OpenCons
     catalog = load_catalog(settings.schemas_dir)
     with ExitStack() as opened:
 
-        def open_console(public_url: str = PUBLIC_URL) -> TestClient:
+        def open_console(
+            public_url: str = PUBLIC_URL, audience: str | None = AUDIENCE
+        ) -> TestClient:
             to_provider = opened.enter_context(httpx.Client(timeout=10))
             oidc = OidcClient(
                 OidcConfig(
@@ -135,7 +137,7 @@ def open_console(settings: Settings, idp: IdentityProvider) -> Iterator[OpenCons
                     redirect_uri=f"{public_url}/auth/callback",
                     roles_claim="roles",
                     role_map=parse_role_map(ROLE_MAP),
-                    audience=AUDIENCE,
+                    audience=audience,
                 ),
                 to_provider,
             )
@@ -582,6 +584,20 @@ def test_an_id_token_is_not_an_access_token(
         "role": "operator",
         "via": "bearer",
     }
+
+
+def test_without_an_api_audience_the_api_takes_no_bearer_tokens(
+    open_console: OpenConsole, idp: IdentityProvider, idp_http: httpx.Client
+) -> None:
+    """Were the client id the API's audience, a person's ID token would pass for an access
+    token; so without an audience of its own the API takes none."""
+    console = open_console(audience=None)
+    id_token, _ = tokens_of_a_code_flow(idp, idp_http, OPERATOR)
+
+    for token in (bearer(idp_http, idp, OPERATOR_BOT), id_token):
+        answer = me(console, authorization=f"Bearer {token}")
+        assert answer.status_code == 401
+        assert "REVSYNC_CONSOLE_OIDC_AUDIENCE" in answer.json()["detail"]
 
 
 def tokens_of_a_code_flow(

@@ -4,7 +4,9 @@ file, the lockout after ten failures, the provider's role map, and the CSRF toke
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -14,6 +16,8 @@ from revsync.console.auth import (
     SCRYPT_R,
     Account,
     LocalAccounts,
+    OidcClient,
+    OidcConfig,
     Principal,
     Role,
     SignInRefused,
@@ -262,6 +266,24 @@ def test_an_unknown_name_locks_as_a_known_one_does() -> None:
         signed.sign_in("nobody", PASSWORD)
 
 
+def test_names_tried_at_random_are_forgotten_but_a_lockout_is_not() -> None:
+    clock = FakeClock()
+    signed = LocalAccounts([Account("olivia", Role.OPERATOR, HASH)], clock=clock, tracked_names=3)
+    fail(signed, "olivia", LOCKOUT_FAILURES)
+    fail(signed, "guess-1", 1)
+    fail(signed, "guess-2", 1)
+    clock.now += 60
+    fail(signed, "guess-3", 1)  # over the limit, but every name is recent: all kept
+
+    with pytest.raises(SignInRefused, match="too many failed sign-ins"):
+        signed.sign_in("olivia", PASSWORD)
+    clock.now += LOCKOUT_S - 30
+    fail(signed, "guess-4", 1)  # the first ones are quiet now, and forgotten
+
+    assert sorted(signed._failures) == ["guess-3", "guess-4"]
+    assert signed.sign_in("olivia", PASSWORD).name == "olivia"
+
+
 # --- roles and the provider's role map -----------------------------------------------------------
 
 
@@ -332,3 +354,36 @@ def test_a_token_with_characters_outside_ascii_is_refused_not_an_error() -> None
 
     assert not same_token("é" + kept[1:], kept)
     assert not same_token(kept, "ü" * len(kept))
+
+
+@pytest.mark.parametrize(
+    ("claim", "role"),
+    [
+        (["revsync-operators", "staff"], Role.OPERATOR),
+        ("revsync-viewers revsync-operators", Role.OPERATOR),
+        (5, None),
+        ({"revsync-operators": True}, None),
+        ([["revsync-operators"], 7], None),
+        (None, None),
+    ],
+    ids=["list", "space-separated", "a number", "an object", "not names", "missing"],
+)
+def test_a_roles_claim_grants_only_the_mapped_names_it_lists(claim: Any, role: Role | None) -> None:
+    """A claim of another shape grants nothing (and is no server error)."""
+    config = OidcConfig(
+        issuer="https://idp.example.com",
+        client_id="revsync-console",
+        client_secret=None,
+        redirect_uri="https://console.example.com/auth/callback",
+        roles_claim="roles",
+        role_map=parse_role_map("revsync-viewers=viewer,revsync-operators=operator"),
+        audience="revsync",
+    )
+    with httpx.Client() as http:
+        client = OidcClient(config, http)
+        claims = {"sub": "u1", "preferred_username": "olivia", "roles": claim}
+        if role is None:
+            with pytest.raises(SignInRefused, match="no revsync role"):
+                client._principal(claims, "oidc")
+        else:
+            assert client._principal(claims, "oidc").role is role

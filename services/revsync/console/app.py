@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -109,7 +109,20 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["since"] = reads.since
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        pool.open(wait=False)
+        with pool.connection() as connection:
+            # What it reads must exist (or, in development, is made): the journey and the
+            # operators' tables.
+            ensure(connection, (*runtime_tables.TABLES, *ops_tables.TABLES))
+        try:
+            yield
+        finally:
+            pool.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="revsync console API",
         version="1",
         description="The exception worklist, order journeys and consumers; actions audited.",
@@ -118,18 +131,6 @@ def create_app(config: ConsoleConfig) -> FastAPI:
         redoc_url=None,
     )
     app.state.pool = pool
-
-    @app.on_event("startup")
-    def _open() -> None:
-        pool.open(wait=False)
-        with pool.connection() as connection:
-            # What it reads must exist (or, in development, is made): the journey and the
-            # operators' tables.
-            ensure(connection, (*runtime_tables.TABLES, *ops_tables.TABLES))
-
-    @app.on_event("shutdown")
-    def _close() -> None:
-        pool.close()
 
     app.add_middleware(
         SessionMiddleware,

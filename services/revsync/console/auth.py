@@ -32,6 +32,8 @@ from revsync.errors import RevsyncError
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
 ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
+TRACKED_NAMES = 10_000
+"""Names with failed sign-ins kept track of before the quiet ones are forgotten."""
 
 
 class Role(IntEnum):
@@ -123,13 +125,19 @@ class LocalAccounts:
     are refused: the file holds hashes only (``revsync console hash-password``)."""
 
     def __init__(
-        self, accounts: list[Account], *, clock: Callable[[], float] = time.monotonic
+        self,
+        accounts: list[Account],
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tracked_names: int = TRACKED_NAMES,
     ) -> None:
-        """``clock``: seconds, for the lockout's window."""
+        """``clock``: seconds, for the lockout's window; ``tracked_names``: how many names
+        with failures are kept before the quiet ones are forgotten."""
         self._accounts = {account.name: account for account in accounts}
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
         self._clock = clock
+        self._tracked_names = tracked_names
 
     @classmethod
     def load(cls, path: Path) -> LocalAccounts:
@@ -161,6 +169,13 @@ class LocalAccounts:
         a name is refused for the rest of them, whatever the password."""
         now = self._clock()
         with self._lock:
+            if len(self._failures) > self._tracked_names:
+                # Names tried at random must not grow this for ever: forget the quiet ones.
+                self._failures = {
+                    tried: times
+                    for tried, times in self._failures.items()
+                    if times and times[-1] >= now - 300
+                }
             failures = self._failures.setdefault(name, deque())
             while failures and failures[0] < now - 300:
                 failures.popleft()
@@ -170,7 +185,7 @@ class LocalAccounts:
         good = check_password(password, account.password_hash if account else _DECOY)
         if account is None or not good:
             with self._lock:
-                self._failures[name].append(now)
+                self._failures.setdefault(name, deque()).append(now)
             raise SignInRefused("wrong name or password")
         return Principal(account.name, account.role, "local")
 
@@ -186,7 +201,8 @@ class OidcConfig:
     redirect_uri: str
     roles_claim: str
     role_map: dict[str, Role]
-    audience: str
+    audience: str | None
+    """What programs' access tokens must be for; None: the API takes no bearer tokens."""
 
 
 def parse_role_map(text: str) -> dict[str, Role]:
@@ -288,7 +304,11 @@ class OidcClient:
         return self._principal(claims, "oidc")
 
     def bearer(self, token: str) -> Principal:
-        """A program's access token: the provider's signature, issuer, audience and expiry."""
+        """A program's access token: the provider's signature, issuer, audience and expiry.
+        Only with an API audience of its own: were it the client id, a person's ID token
+        (whose audience that is) would pass for an access token."""
+        if self.config.audience is None:
+            raise SignInRefused("bearer tokens need REVSYNC_CONSOLE_OIDC_AUDIENCE set")
         self.discovery()
         return self._principal(self._verified(token, self.config.audience), "bearer")
 
@@ -324,7 +344,13 @@ class OidcClient:
         granted = claims.get(self.config.roles_claim) or []
         if isinstance(granted, str):
             granted = granted.split()
-        roles = [self.config.role_map[r] for r in granted if r in self.config.role_map]
+        if not isinstance(granted, list):
+            granted = []  # a claim of another shape grants nothing
+        roles = [
+            self.config.role_map[r]
+            for r in granted
+            if isinstance(r, str) and r in self.config.role_map
+        ]
         if not roles:
             raise SignInRefused("signed in, but given no revsync role by the identity provider")
         name = str(

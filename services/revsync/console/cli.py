@@ -49,7 +49,7 @@ def config_from_settings() -> tuple[ConsoleConfig, ConsoleSettings]:
                 redirect_uri=public_url.rstrip("/") + "/auth/callback",
                 roles_claim=own.console_oidc_roles_claim,
                 role_map=parse_role_map(own.console_oidc_role_map),
-                audience=own.console_oidc_audience or own.console_oidc_client_id,
+                audience=own.console_oidc_audience,
             )
         )
     accounts = LocalAccounts.load(own.console_users_file) if own.console_users_file else None
