@@ -230,8 +230,9 @@ def _parameters(filters: Filters, ages: Mapping[str, timedelta]) -> dict[str, An
         "regions": sorted(filters.regions),
         "entities": sorted(filters.legal_entities),
         "lines": sorted(filters.product_lines),
-        "assignee": filters.assignee or None,
-        "tag": filters.tag or None,
+        # As the desk writes them: an assignee stripped, tags stripped and lower-case.
+        "assignee": (filters.assignee or "").strip() or None,
+        "tag": (filters.tag or "").strip().lower() or None,
         "order": filters.order or None,
     }
 
@@ -354,9 +355,15 @@ class ExceptionDesk:
     def plan(self, action: str, refs: Sequence[str], value: str = "") -> list[Effect]:
         """What ``action`` would do to each of ``refs``: a bulk action's preview. Audited as
         a read."""
+        refused = _refusal(action, value)
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             found = {item.ref: item for item in items(connection, refs, self.ages)}
-            effects = [_effect(action, found.get(ref), ref, value) for ref in refs]
+            effects = [
+                Effect(ref, None, refused)
+                if refused
+                else _effect(action, found.get(ref), ref, value)
+                for ref in refs
+            ]
             ledger.audit(
                 connection,
                 self.actor,
@@ -370,12 +377,9 @@ class ExceptionDesk:
     def act(self, action: str, refs: Sequence[str], value: str = "") -> list[Effect]:
         """Do ``action`` to ``refs`` (``value``: the note, assignee or tags); what was done to
         each, audited with the person and the count."""
-        if action not in ACTIONS:
-            raise dl.OperationRefused(f"no action {action!r}; actions are {', '.join(ACTIONS)}")
-        if action == "assign" and not value.strip():
-            raise dl.OperationRefused("name who the exceptions are assigned to")
-        if action == "tag" and not _tags(value):
-            raise dl.OperationRefused("name at least one tag")
+        refused = _refusal(action, value)
+        if refused:
+            raise dl.OperationRefused(refused)
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             found = {item.ref: item for item in items(connection, refs, self.ages)}
         effects = [_effect(action, found.get(ref), ref, value) for ref in refs]
@@ -407,7 +411,7 @@ class ExceptionDesk:
             connection.execute(
                 "UPDATE revsync_exceptions SET status = %s, resolved_at = now(), "
                 "resolved_by = %s, resolution = %s WHERE id = %s AND status = 'open'",
-                (status.value, who, value or f"{action}d by {who}", int(item.ref[1:])),
+                (status.value, who, value or f"{status.value} by {who}", int(item.ref[1:])),
             )
         if action == "discard":
             self._discard(connection, item)
@@ -482,6 +486,17 @@ class ExceptionDesk:
         )
         if producer.flush(30) or errors:
             raise KafkaException(errors[0] if errors else "retry not acknowledged in 30 s")
+
+
+def _refusal(action: str, value: str) -> str | None:
+    """Why ``action`` with ``value`` is refused whatever it is done to, or None."""
+    if action not in ACTIONS:
+        return f"no action {action!r}; actions are {', '.join(ACTIONS)}"
+    if action == "assign" and not value.strip():
+        return "name who the exceptions are assigned to"
+    if action == "tag" and not _tags(value):
+        return "name at least one tag"
+    return None
 
 
 def _tags(value: str) -> list[str]:

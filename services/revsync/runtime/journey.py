@@ -293,6 +293,10 @@ class JourneyBatch:
         self.facts.setdefault(key, {}).update(
             {name: value for name, value in facts(event, now).items() if value is not None}
         )
+        if isinstance(event, OrderRejected | OrderAccepted):
+            # In the batch's order: an order rejected and then accepted within one batch (a
+            # consumer catching up) opens no rejection; a second rejection replaces the first.
+            self.rejections = [r for r in self.rejections if r.crm_order_id != key]
         if isinstance(event, OrderRejected):
             self.rejections.append(event)
         elif isinstance(event, OrderAccepted):
