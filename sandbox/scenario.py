@@ -1,23 +1,29 @@
 """The order-to-cash scenario: master data for both sandboxes, and orders whose outcome is
 known in advance — most go all the way to shipped, some are invalid by design and must end
-rejected, with the reason written back to the CRM."""
+rejected, with the reason written back to the CRM. For customer master sync: ERP customers
+with tax ids, DUNS and customer numbers, stock in every region, and CRM accounts that have
+no ERP customer yet (one of them a duplicate of an ERP customer by its tax id)."""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 from revsync.contracts.events import RejectionReason
-from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from sandbox.crm.control import CrmSandbox
 from sandbox.erp.control import ErpSandbox
 
 CENT = Decimal("0.01")
 TAX_RATE = Decimal("0.08")
 SHIPPED = "shipped"
+RESTOCK = date(2026, 12, 15)
+"""When the first SKU short in a region is restocked; the next a day later, and so on."""
+LOW_STOCK = 20
 
 
 @dataclass(frozen=True)
@@ -71,6 +77,21 @@ class MasterData:
     price_books: dict[str, str] = field(default_factory=dict)
     """Legal entity -> CRM Pricebook2 id (the ERP's price book has the same id)."""
     prices: dict[str, Decimal] = field(default_factory=dict)
+    customers: dict[str, Customer] = field(default_factory=dict)
+    """CRM account id -> its ERP customer, tax id, DUNS number and customer number included."""
+
+
+@dataclass(frozen=True)
+class CrmOnlyAccount:
+    """A CRM account the ERP has no customer for yet, with what mastering it needs."""
+
+    account_id: str
+    name: str
+    legal_entity: str
+    tax_id: str
+    country_code: str
+    duplicates: Customer | None = None
+    """The ERP customer it matches by tax id (another account's), if made to."""
 
 
 def seed(crm: CrmSandbox, erp: ErpSandbox, rng: random.Random) -> MasterData:
@@ -107,42 +128,116 @@ def seed(crm: CrmSandbox, erp: ErpSandbox, rng: random.Random) -> MasterData:
         ]
     )
     accounts: list[dict[str, Any]] = []
-    owners: list[tuple[str, str, str | None]] = []  # (legal entity, kind, ERP customer id)
-    for entity in ENTITIES:
+    owners: list[tuple[str, Customer | None]] = []  # (kind, its ERP customer)
+    for index, entity in enumerate(ENTITIES):
         for n in range(12):
-            customer_id = f"C-{entity.code}-{n:04d}"
-            name = f"{entity.city} Customer {n}"
-            accounts.append({"Name": name, "ERP_Customer_Id__c": customer_id})
-            owners.append((entity.code, "held" if n == 0 else "active", customer_id))
-    accounts.append({"Name": "Prospect without ERP customer"})
-    owners.append(("", "unmastered", None))
-    account_ids = crm.insert("Account", accounts)
-    customers: list[Customer] = []
-    currency = {entity.code: entity.currency for entity in ENTITIES}
-    for (entity_code, kind, erp_id), account_id, account in zip(
-        owners, account_ids, accounts, strict=True
-    ):
-        if kind == "unmastered":
-            data.unmastered_accounts.append(account_id)
-            continue
-        assert erp_id is not None
-        customers.append(
-            Customer(
-                erp_id,
-                str(account["Name"]),
-                account_id,
-                entity_code,
+            kind = "held" if n == 0 else "active"
+            customer = Customer(
+                f"C-{entity.code}-{n:04d}",
+                f"{entity.city} Customer {n}",
+                None,
+                entity.code,
                 CustomerStatus.CREDIT_HOLD if kind == "held" else CustomerStatus.ACTIVE,
                 Decimal(5_000_000),
-                currency[entity_code],
+                entity.currency,
+                number=f"2{index}{n:04d}",
+                payment_terms="NET30",
+                tax_id=f"{entity.country}{900_000_000 + 1000 * index + n}",
+                duns=f"{(index + 1) * 10**8 + n:09d}",
+                country_code=entity.country,
             )
-        )
+            # The CRM holds what it owns of the customer as the ERP has it: in step.
+            accounts.append(
+                {
+                    "Name": customer.name,
+                    "ERP_Customer_Id__c": customer.id,
+                    "Tax_Id__c": customer.tax_id,
+                    "DUNS__c": customer.duns,
+                    "Legal_Entity__c": entity.code,
+                    "CurrencyIsoCode": entity.currency,
+                    "BillingCountryCode": entity.country,
+                }
+            )
+            owners.append((kind, customer))
+    accounts.append({"Name": "Prospect without ERP customer"})
+    owners.append(("unmastered", None))
+    account_ids = crm.insert("Account", accounts)
+    for (kind, owner), account_id in zip(owners, account_ids, strict=True):
+        if owner is None:
+            data.unmastered_accounts.append(account_id)
+            continue
+        data.customers[account_id] = replace(owner, crm_account_id=account_id)
         if kind == "held":
-            data.held_accounts[entity_code] = account_id
+            data.held_accounts[owner.legal_entity] = account_id
         else:
-            data.accounts.setdefault(entity_code, []).append(account_id)
-    erp.seed_customers(customers)
+            data.accounts.setdefault(owner.legal_entity, []).append(account_id)
+    erp.seed_customers(data.customers.values())
+    erp.seed_stock(stock())
     return data
+
+
+def stock() -> list[StockLevel]:
+    """Every SKU in every region: a few short, each with the date more arrives."""
+    regions = sorted({entity.region for entity in ENTITIES})
+    levels = []
+    for r, region in enumerate(regions):
+        for n, sku in enumerate((*SKUS, DISCONTINUED)):
+            quantity = (n * 37 + r * 53) % 250
+            restock = RESTOCK + timedelta(days=n) if quantity < LOW_STOCK else None
+            levels.append(StockLevel(sku, region, Decimal(quantity), restock))
+    return levels
+
+
+def crm_only_accounts(
+    crm: CrmSandbox, entity: LegalEntity, count: int, rng: random.Random, **fields: Any
+) -> list[CrmOnlyAccount]:
+    """``count`` CRM accounts of ``entity`` with no ERP customer: a name, tax id, legal
+    entity, currency and billing address of their own, and ``fields`` (``Sync_To_ERP__c``,
+    say), so nothing in the ERP matches them."""
+    made = []
+    for _ in range(count):
+        token = rng.getrandbits(40)
+        made.append(
+            {
+                "Name": f"{entity.city} Prospect {token:010x}",
+                "Tax_Id__c": f"{entity.country}-{token:013d}",
+                **_master_fields(entity),
+                **fields,
+            }
+        )
+    ids = crm.insert("Account", made)
+    return [
+        CrmOnlyAccount(account_id, str(m["Name"]), entity.code, str(m["Tax_Id__c"]), entity.country)
+        for account_id, m in zip(ids, made, strict=True)
+    ]
+
+
+def duplicate_account(
+    crm: CrmSandbox, data: MasterData, entity: LegalEntity, **fields: Any
+) -> CrmOnlyAccount:
+    """A new CRM account, under another name, whose tax id is an ERP customer's of
+    ``entity`` (another account's) written with spaces: a duplicate to be caught, not a
+    second customer."""
+    original = next(
+        c
+        for c in data.customers.values()
+        if c.legal_entity == entity.code and c.status is CustomerStatus.ACTIVE
+    )
+    assert original.tax_id is not None
+    tax_id = " ".join((original.tax_id[:2], original.tax_id[2:6], original.tax_id[6:]))
+    name = f"{original.name} Trading"
+    record = {"Name": name, "Tax_Id__c": tax_id, **_master_fields(entity), **fields}
+    (account_id,) = crm.insert("Account", [record])
+    return CrmOnlyAccount(account_id, name, entity.code, tax_id, entity.country, original)
+
+
+def _master_fields(entity: LegalEntity) -> dict[str, str]:
+    """What an account needs to be mastered under ``entity``, its tax id and name aside."""
+    return {
+        "Legal_Entity__c": entity.code,
+        "CurrencyIsoCode": entity.currency,
+        **_address("Billing", entity),
+    }
 
 
 def orders(
@@ -226,3 +321,23 @@ def list_price(base: Decimal, entity: LegalEntity) -> Decimal:
         entity.currency, Decimal("0.79")
     )
     return (base * factor).quantize(CENT)
+
+
+def for_new_customers(
+    planned: list[PlannedOrder],
+    prospects: Mapping[str, Sequence[CrmOnlyAccount]],
+    share: float,
+    rng: random.Random,
+) -> list[PlannedOrder]:
+    """``planned`` with about ``share`` of its valid orders placed by ``prospects`` (legal
+    entity -> accounts the ERP has no customer for yet) of the order's own legal entity: each
+    is mastered by its first order, which waits for it and ships."""
+    moved = []
+    for order in planned:
+        accounts = prospects.get(str(order.record["Legal_Entity__c"]), ())
+        if order.expected == SHIPPED and accounts and rng.random() < share:
+            order = PlannedOrder(
+                order.record | {"AccountId": rng.choice(accounts).account_id}, SHIPPED
+            )
+        moved.append(order)
+    return moved

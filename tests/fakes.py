@@ -35,7 +35,15 @@ from sandbox.crm.model import (
 )
 from sandbox.crm.simulator import as_text
 from sandbox.crm.soql import parse
+from sandbox.erp.customers import (
+    DEFAULT_CREDIT_LIMITS,
+    DEFAULT_PAYMENT_TERMS,
+    CustomerInvalid,
+    check_fixed,
+    validated,
+)
 
+from revsync.connectors.erp import customer_body
 from revsync.connectors.salesforce import decode_json, encode_json
 from revsync.contracts.events import CreditCheckOutcome, PricingOutcome, money
 from revsync.errors import RevsyncError
@@ -48,8 +56,12 @@ from revsync.ports.crm import (
     record_failure,
 )
 from revsync.ports.erp import (
+    CreditPosition,
     Customer,
+    CustomerDraft,
+    CustomerQuery,
     CustomerStatus,
+    CustomerUpsert,
     ErpOrderMissing,
     ErpPort,
     ErpRejected,
@@ -59,6 +71,7 @@ from revsync.ports.erp import (
     SalesOrder,
     SalesOrderRequest,
     SalesOrderStatus,
+    StockLevel,
 )
 
 T = TypeVar("T")
@@ -450,10 +463,13 @@ class FakeErp(ErpPort):
     """The reference ERP in memory, booking and refusing sales orders as the ERP sandbox does
     (:mod:`sandbox.erp.orders`): the same checks in the same order, amounts at four places,
     one order per external id, idempotency keys bound to their request, and a refused request
-    leaving its key unused. Thread-safe.
+    leaving its key unused. Customers are mastered by CRM account with the sandbox's own
+    validation (:mod:`sandbox.erp.customers`), and found by the port's matching rule. It
+    writes no outbox. Thread-safe.
 
-    Its clock does not run: :meth:`invoice` and :meth:`ship` move an order on when a test says.
-    ``create_requests`` counts the creates asked for, replays included.
+    Its clock does not run: :meth:`invoice` and :meth:`ship` move an order on when a test
+    says, and no invoice is ever paid, so a customer's exposure is every order of it that is
+    not cancelled. ``create_requests`` counts the creates asked for, replays included.
     """
 
     def __init__(self) -> None:
@@ -461,12 +477,15 @@ class FakeErp(ErpPort):
         self._customers: dict[str, Customer] = {}
         self._products: dict[str, Product] = {}
         self._price_books: dict[str, PriceBook] = {}
+        self._stock: dict[tuple[str, str], StockLevel] = {}
+        """By (SKU, region)."""
         self._orders: dict[str, SalesOrder] = {}
         """By external id."""
         self._cancel_reasons: dict[str, str] = {}
-        self._keys: dict[str, tuple[str, SalesOrder]] = {}
+        self._keys: dict[str, tuple[str, object]] = {}
         """Idempotency key -> (fingerprint of its request, the answer given)."""
         self._numbers = itertools.count(1)
+        self._customer_numbers = itertools.count(100001)
         self.create_requests = 0
         self.closed = False
 
@@ -488,7 +507,7 @@ class FakeErp(ErpPort):
         with self._lock:
             self.create_requests += 1
             fingerprint = _fingerprint("create", request)
-            replay = self._replay(idempotency_key, fingerprint)
+            replay = self._replay(idempotency_key, fingerprint, SalesOrder)
             if replay is not None:
                 return replay
             order = self._book(request)
@@ -503,7 +522,7 @@ class FakeErp(ErpPort):
     def cancel_sales_order(self, external_id: str, reason: str, idempotency_key: str) -> SalesOrder:
         with self._lock:
             fingerprint = _fingerprint(f"cancel {external_id}", reason)
-            replay = self._replay(idempotency_key, fingerprint)
+            replay = self._replay(idempotency_key, fingerprint, SalesOrder)
             if replay is not None:
                 return replay
             order = self._orders.get(external_id)
@@ -522,16 +541,151 @@ class FakeErp(ErpPort):
             self._keys[idempotency_key] = (fingerprint, order)
             return order
 
+    def customer_by_account(self, crm_account_id: str) -> Customer | None:
+        with self._lock:
+            return self._by_account(crm_account_id)
+
+    def find_customers(self, query: CustomerQuery) -> list[Customer]:
+        with self._lock:
+            found = [c for c in self._customers.values() if query.matches(c)]
+        return sorted(found, key=lambda c: (len(c.number or ""), c.number or ""))
+
+    def upsert_customer(self, draft: CustomerDraft, idempotency_key: str) -> CustomerUpsert:
+        with self._lock:
+            fingerprint = _fingerprint(f"customer {draft.crm_account_id}", draft)
+            replay = self._replay(idempotency_key, fingerprint, CustomerUpsert)
+            if replay is not None:
+                return replay
+            existing = self._by_account(draft.crm_account_id)
+            try:
+                body = validated(customer_body(draft))
+                if existing is not None:
+                    check_fixed(
+                        {"legal_entity": existing.legal_entity, "currency": existing.currency},
+                        body,
+                    )
+            except CustomerInvalid as invalid:
+                raise ErpRejected(
+                    "INVALID_CUSTOMER", invalid.message, field=invalid.field
+                ) from None
+            created = existing is None
+            if existing is None:
+                number = str(next(self._customer_numbers))
+                existing = Customer(
+                    id=f"C-{number}",
+                    name=draft.name,
+                    crm_account_id=draft.crm_account_id,
+                    legal_entity=draft.legal_entity,
+                    status=CustomerStatus.ACTIVE,
+                    credit_limit=money(DEFAULT_CREDIT_LIMITS[draft.legal_entity]),
+                    currency=draft.currency,
+                    number=number,
+                    payment_terms=DEFAULT_PAYMENT_TERMS,
+                )
+            customer = replace(
+                existing,
+                name=draft.name,
+                country_code=draft.country_code,
+                tax_id=draft.tax_id,
+                duns=draft.duns,
+            )
+            self._customers[customer.id] = customer
+            result = CustomerUpsert(customer, created=created)
+            self._keys[idempotency_key] = (fingerprint, result)
+            return result
+
+    def credit(self, customer_id: str) -> CreditPosition | None:
+        with self._lock:
+            customer = self._customers.get(customer_id)
+            if customer is None:
+                return None
+            exposure = sum(
+                (
+                    order.grand_total
+                    for order in self._orders.values()
+                    if order.customer_id == customer_id
+                    and order.status is not SalesOrderStatus.CANCELLED
+                ),
+                Decimal(0),
+            )
+        return CreditPosition(
+            customer_id=customer.id,
+            status=customer.status,
+            currency=customer.currency,
+            credit_limit=customer.credit_limit,
+            exposure=money(exposure),
+        )
+
+    def stock(self, skus: Collection[str], region: str) -> dict[str, StockLevel]:
+        with self._lock:
+            return {
+                sku: self._stock[sku, region]
+                for sku in sorted(set(skus))
+                if (sku, region) in self._stock
+            }
+
     def close(self) -> None:
         self.closed = True
 
     # --- the sandbox's control methods, and the clock ------------------------------------
 
     def seed_customers(self, customers: Iterable[Customer]) -> int:
-        """Creates or replaces customers; returns how many."""
-        seeded = [replace(c, credit_limit=money(c.credit_limit)) for c in customers]
+        """Creates or replaces customers as the sandbox does: one without a number keeps its
+        own or takes the next, one without payment terms gets NET30; a number or CRM account
+        another customer has is refused."""
         with self._lock:
-            self._customers.update((customer.id, customer) for customer in seeded)
+            seeded = {}
+            for customer in customers:
+                before = self._customers.get(customer.id)
+                number = customer.number or (before.number if before else None)
+                seeded[customer.id] = replace(
+                    customer,
+                    credit_limit=money(customer.credit_limit),
+                    number=number or str(next(self._customer_numbers)),
+                    payment_terms=customer.payment_terms or DEFAULT_PAYMENT_TERMS,
+                )
+            after = {**self._customers, **seeded}
+            for field in ("number", "crm_account_id"):
+                values = [getattr(c, field) for c in after.values() if getattr(c, field)]
+                if len(values) != len(set(values)):
+                    raise RuntimeError(f"ERP fake refused the seed: a {field} is another's")
+            self._customers = after
+        return len(seeded)
+
+    def edit_customer(
+        self,
+        customer_id: str,
+        *,
+        credit_limit: Decimal | None = None,
+        status: CustomerStatus | None = None,
+        payment_terms: str | None = None,
+        blocks: Iterable[str] | None = None,
+        crm_account_id: str | None = None,
+    ) -> None:
+        """An ERP user changes the given fields of a customer, or links it to a CRM account
+        (refused when another customer has it)."""
+        changes: dict[str, Any] = {
+            "credit_limit": None if credit_limit is None else money(credit_limit),
+            "status": status,
+            "payment_terms": payment_terms,
+            "blocks": None if blocks is None else tuple(blocks),
+            "crm_account_id": crm_account_id,
+        }
+        with self._lock:
+            customer = self._customers.get(customer_id)
+            if customer is None:
+                raise RuntimeError(f"ERP fake: no customer {customer_id!r}")
+            holder = self._by_account(crm_account_id) if crm_account_id else None
+            if holder is not None and holder.id != customer_id:
+                raise RuntimeError("ERP fake refused the edit: the CRM account is another's")
+            given = {name: value for name, value in changes.items() if value is not None}
+            self._customers[customer_id] = replace(customer, **given)
+
+    def seed_stock(self, levels: Iterable[StockLevel]) -> int:
+        """Creates or replaces stock levels by SKU and region; returns how many."""
+        seeded = [replace(level, quantity=money(level.quantity)) for level in levels]
+        with self._lock:
+            self._stock.update(((level.sku, level.region), level) for level in seeded)
         return len(seeded)
 
     def seed_products(self, products: Iterable[Product]) -> int:
@@ -583,7 +737,7 @@ class FakeErp(ErpPort):
                 raise RuntimeError(f"ERP fake: no {before.value} order for {external_id!r}")
             self._orders[external_id] = replace(order, status=after)
 
-    def _replay(self, key: str, fingerprint: str) -> SalesOrder | None:
+    def _replay(self, key: str, fingerprint: str, kind: type[T]) -> T | None:
         """The stored answer to a repeat of the request ``key`` was first used for."""
         stored = self._keys.get(key)
         if stored is None:
@@ -592,7 +746,14 @@ class FakeErp(ErpPort):
             raise IdempotencyConflict(
                 f"erp: Idempotency-Key {key!r} was used with a different request"
             )
-        return stored[1]
+        answer = stored[1]
+        assert isinstance(answer, kind), "one fingerprint, one operation, one kind of answer"
+        return answer
+
+    def _by_account(self, crm_account_id: str) -> Customer | None:
+        return next(
+            (c for c in self._customers.values() if c.crm_account_id == crm_account_id), None
+        )
 
     def _book(self, request: SalesOrderRequest) -> SalesOrder:
         """The order the request books, or the ERP's refusal, checked in the sandbox's order."""

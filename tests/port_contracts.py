@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -29,6 +30,8 @@ from revsync.ports.crm import CrmPort, CrmReferenceMissing, CrmRejected, RecordN
 from revsync.ports.erp import (
     Address,
     Customer,
+    CustomerDraft,
+    CustomerQuery,
     CustomerStatus,
     ErpOrderMissing,
     ErpPort,
@@ -39,6 +42,7 @@ from revsync.ports.erp import (
     SalesOrderLine,
     SalesOrderRequest,
     SalesOrderStatus,
+    StockLevel,
 )
 
 # --- the CRM ---------------------------------------------------------------------------------
@@ -252,6 +256,42 @@ class CrmContract:
 
     # --- writes ------------------------------------------------------------------------
 
+    def test_an_account_carries_its_customer_master_fields_both_ways(
+        self, crm: CrmPort, crm_control: CrmControl
+    ) -> None:
+        crm_owned = {
+            "Name": "Quill Supplies Ltd",
+            "Sync_To_ERP__c": True,
+            "Tax_Id__c": "GB123456789",
+            "DUNS__c": "150483782",
+            "Legal_Entity__c": "GB01",
+            "CurrencyIsoCode": "GBP",
+            "BillingStreet": "17 Quill Lane",
+            "BillingCity": "Leeds",
+            "BillingState": None,
+            "BillingPostalCode": "LS1 4AP",
+            "BillingCountryCode": "GB",
+        }
+        erp_owned = {
+            "ERP_Customer_Id__c": unique("C-PC"),
+            "ERP_Customer_Number__c": "100042",
+            "Credit_Limit__c": Decimal("40000.0000"),
+            "ERP_Customer_Status__c": "Credit Hold",
+            "Payment_Terms__c": "NET30",
+            "ERP_Blocks__c": "order;delivery",
+        }
+        [account] = crm_control.insert("Account", [crm_owned])
+
+        crm.update("Account", account, erp_owned)
+
+        assert crm.get("Account", account, [*crm_owned, *erp_owned]) == crm_owned | erp_owned
+        with pytest.raises(CrmRejected) as refused:
+            crm.update("Account", account, {"ERP_Customer_Status__c": "On Hold"})
+        assert (refused.value.status_code, refused.value.fields) == (
+            "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+            ("ERP_Customer_Status__c",),
+        )
+
     def test_an_update_changes_the_named_fields_and_only_those(
         self, crm: CrmPort, order: str
     ) -> None:
@@ -414,17 +454,61 @@ class ErpControl(Protocol):
         """Once this returns, the ERP has invoiced the open order for ``external_id``."""
         ...
 
+    def edit_customer(
+        self,
+        customer_id: str,
+        *,
+        credit_limit: Decimal | None = None,
+        status: CustomerStatus | None = None,
+        crm_account_id: str | None = None,
+    ) -> None:
+        """An ERP user changes a customer's credit limit or status, or links it to a CRM
+        account."""
+        ...
+
+    def seed_stock(self, levels: Iterable[StockLevel]) -> int: ...
+
 
 ACTIVE = Customer(
-    "C-PC-ACTIVE", "Acme Corp", "001A", "US01", CustomerStatus.ACTIVE, Decimal("10000"), "USD"
+    "C-PC-ACTIVE",
+    "Acme Corp",
+    "001A",
+    "US01",
+    CustomerStatus.ACTIVE,
+    Decimal("10000"),
+    "USD",
+    number="900001",
+    payment_terms="NET45",
+    blocks=("delivery",),
+    tax_id="US-PC-0001",
+    duns="900000001",
+    country_code="US",
 )
 HELD = Customer(
-    "C-PC-HELD", "Held Inc", "001B", "US01", CustomerStatus.CREDIT_HOLD, Decimal("1E4"), "USD"
+    "C-PC-HELD",
+    "Held Inc",
+    "001B",
+    "US01",
+    CustomerStatus.CREDIT_HOLD,
+    Decimal("1E4"),
+    "USD",
+    number="900002",
+    payment_terms="NET30",
 )
 BLOCKED = Customer(
-    "C-PC-BLOCKED", "Closed LLC", "001C", "US01", CustomerStatus.BLOCKED, Decimal("1E4"), "USD"
+    "C-PC-BLOCKED",
+    "Closed LLC",
+    "001C",
+    "US01",
+    CustomerStatus.BLOCKED,
+    Decimal("1E4"),
+    "USD",
+    number="900003",
+    payment_terms="NET30",
 )
-HELD_UNTIL_PAID = replace(HELD, id="C-PC-HELD-2", name="Held Until Paid Ltd")
+HELD_UNTIL_PAID = replace(
+    HELD, id="C-PC-HELD-2", name="Held Until Paid Ltd", crm_account_id="001D", number="900004"
+)
 PRODUCTS = (
     Product("PC-SENSOR", "Pressure sensor", "SENSORS", "EA", True, frozenset({"US01"})),
     Product("PC-TIE", "Cable tie", "ACCESSORIES", "EA", True, frozenset()),
@@ -477,6 +561,22 @@ def a_key() -> str:
     return str(uuid.uuid4())
 
 
+def a_draft(**changes: Any) -> CustomerDraft:
+    """A new CRM account's customer: a tax id, a DUNS number and a name of its own, in US01."""
+    tag = uuid.uuid4()
+    draft = CustomerDraft(
+        crm_account_id=f"001{tag.hex[:15]}",
+        name=f"Contract Widgets {tag.hex[:8]} GmbH",
+        legal_entity="US01",
+        currency="USD",
+        country_code="US",
+        tax_id=f"US-{tag.hex[8:18]}",
+        duns=f"{tag.int % 10**9:09d}",
+        billing_address=Address("1 Harbour Road", "Boston", "MA", "02110", "US"),
+    )
+    return replace(draft, **changes)
+
+
 class ErpContract:
     """What every :class:`~revsync.ports.erp.ErpPort` does, as the services rely on it."""
 
@@ -513,6 +613,273 @@ class ErpContract:
         assert erp.customer("C-PC-NOBODY") is None
         assert erp.price_book("PB-PC-NOPE") is None
         assert erp.products(["PC-NONE"]) == {}
+        assert erp.customer_by_account("001PCNOBODY") is None
+        assert erp.credit("C-PC-NOBODY") is None
+
+    # --- customers mastered from CRM accounts -------------------------------------------
+
+    def test_an_upsert_creates_the_accounts_customer_then_updates_it(self, erp: ErpPort) -> None:
+        draft = a_draft()
+
+        first = erp.upsert_customer(draft, a_key())
+        read_back = erp.customer_by_account(draft.crm_account_id)
+        second = erp.upsert_customer(
+            replace(draft, name="Contract Widgets Holdings", tax_id=None, country_code="CA"),
+            a_key(),
+        )
+
+        created = first.customer
+        assert first.created
+        assert (created.crm_account_id, created.name, created.legal_entity) == (
+            draft.crm_account_id,
+            draft.name,
+            "US01",
+        )
+        assert (created.tax_id, created.duns, created.country_code) == (
+            draft.tax_id,
+            draft.duns,
+            "US",
+        )
+        assert created.status is CustomerStatus.ACTIVE
+        assert (str(created.credit_limit), created.currency) == ("50000.0000", "USD")
+        assert (created.payment_terms, created.blocks) == ("NET30", ())
+        assert (created.number or "").isdigit()
+        assert read_back == created
+        assert not second.created
+        assert second.customer == replace(
+            created, name="Contract Widgets Holdings", tax_id=None, country_code="CA"
+        )
+        assert erp.customer_by_account(draft.crm_account_id) == second.customer
+        assert erp.customer(created.id) == second.customer
+
+    def test_an_upsert_retried_under_its_key_answers_the_same_and_creates_once(
+        self, erp: ErpPort
+    ) -> None:
+        draft, key = a_draft(), a_key()
+
+        first = erp.upsert_customer(draft, key)
+        retried = erp.upsert_customer(draft, key)
+        again = erp.upsert_customer(draft, a_key())
+
+        assert retried == first
+        assert retried.created, "the answer to the request that created it"
+        assert (again.created, again.customer) == (False, first.customer)
+        assert erp.find_customers(CustomerQuery(tax_id=draft.tax_id)) == [first.customer]
+        with pytest.raises(IdempotencyConflict) as conflict:
+            erp.upsert_customer(replace(draft, name="Someone Else Entirely"), key)
+        assert classify(conflict.value) is ErrorClass.UNKNOWN
+
+    def test_concurrent_upserts_for_one_account_make_one_customer(self, erp: ErpPort) -> None:
+        draft = a_draft()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: erp.upsert_customer(draft, a_key()), range(8)))
+
+        assert [result.created for result in results].count(True) == 1
+        assert len({result.customer.id for result in results}) == 1
+        assert erp.find_customers(CustomerQuery(tax_id=draft.tax_id)) == [results[0].customer]
+
+    def test_erp_owned_fields_survive_the_crms_upsert(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        draft = a_draft()
+        customer = erp.upsert_customer(draft, a_key()).customer
+        erp_control.edit_customer(
+            customer.id, credit_limit=Decimal(20000), status=CustomerStatus.CREDIT_HOLD
+        )
+
+        renamed = erp.upsert_customer(replace(draft, name="Contract Widgets Two"), a_key())
+
+        assert (renamed.customer.status, renamed.customer.credit_limit) == (
+            CustomerStatus.CREDIT_HOLD,
+            Decimal("20000.0000"),
+        )
+        assert (renamed.customer.name, renamed.customer.number) == (
+            "Contract Widgets Two",
+            customer.number,
+        )
+
+    def test_an_erp_customer_a_steward_links_to_an_account_is_the_one_it_upserts(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        draft = a_draft()
+        erp_only = replace(
+            ACTIVE, id=f"C-PC-{uuid.uuid4().hex[:8]}", crm_account_id=None, number=None
+        )
+        erp_control.seed_customers([erp_only])
+
+        erp_control.edit_customer(erp_only.id, crm_account_id=draft.crm_account_id)
+        upserted = erp.upsert_customer(draft, a_key())
+
+        assert not upserted.created
+        assert (upserted.customer.id, upserted.customer.name) == (erp_only.id, draft.name)
+        assert erp.customer_by_account(draft.crm_account_id) == upserted.customer
+
+    def test_customers_are_found_by_any_criterion(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        ours = erp.upsert_customer(a_draft(), a_key()).customer
+        tag = uuid.uuid4().hex[:8]
+        erp_only = replace(
+            ACTIVE,
+            id=f"C-PC-{tag}",
+            name=f"Grüne Ventile {tag} GmbH",
+            crm_account_id=None,
+            number=None,
+            tax_id=f"DE {tag} 01",
+            duns=None,
+            country_code="DE",
+        )
+        erp_control.seed_customers([erp_only])
+        seeded = erp.customer(erp_only.id)
+        assert seeded is not None
+        assert ours.tax_id is not None
+        assert ours.duns is not None
+
+        by_tax_id = erp.find_customers(CustomerQuery(tax_id=f"de-{tag}.01"))
+        by_duns = erp.find_customers(CustomerQuery(duns=f"{ours.duns[:3]}-{ours.duns[3:]}"))
+        by_name = erp.find_customers(
+            CustomerQuery(name=f"GRUNE ventile, {tag} Ltd.", country_code="de")
+        )
+        by_either = erp.find_customers(CustomerQuery(tax_id=ours.tax_id.lower(), duns=ours.duns))
+        by_any = erp.find_customers(
+            CustomerQuery(tax_id=seeded.tax_id, duns=ours.duns, name="Nobody", country_code="US")
+        )
+
+        assert (by_tax_id, by_duns, by_name, by_either) == ([seeded], [ours], [seeded], [ours])
+        assert {c.id for c in by_any} == {ours.id, seeded.id}
+        assert erp.find_customers(CustomerQuery(name=seeded.name, country_code="AT")) == []
+        assert erp.find_customers(CustomerQuery(tax_id=f"XX-{uuid.uuid4().hex}")) == []
+        assert erp.find_customers(CustomerQuery()) == []
+
+    @pytest.mark.parametrize(
+        ("changes", "field"),
+        [
+            ({"name": "   "}, "name"),
+            ({"legal_entity": "XX99"}, "legal_entity"),
+            ({"currency": "usd"}, "currency"),
+            ({"currency": "XYZ"}, "currency"),
+            ({"country_code": "USA"}, "country_code"),
+            ({"tax_id": "?"}, "tax_id"),
+            ({"duns": "12-345"}, "duns"),
+            (
+                {"billing_address": Address("", "Boston", None, None, "US")},
+                "billing_address.street",
+            ),
+        ],
+        ids=[
+            "blank-name",
+            "legal-entity",
+            "currency-case",
+            "currency-unknown",
+            "country",
+            "tax-id",
+            "duns",
+            "street",
+        ],
+    )
+    def test_a_refused_customer_names_its_field_and_creates_nothing(
+        self, erp: ErpPort, changes: dict[str, Any], field: str
+    ) -> None:
+        draft, key = a_draft(**changes), a_key()
+
+        with pytest.raises(ErpRejected) as refused:
+            erp.upsert_customer(draft, key)
+
+        assert (refused.value.code, refused.value.field) == ("INVALID_CUSTOMER", field)
+        assert refused.value.message
+        assert classify(refused.value) is ErrorClass.BUSINESS_RULE
+        assert erp.customer_by_account(draft.crm_account_id) is None
+        fixed = erp.upsert_customer(replace(a_draft(), crm_account_id=draft.crm_account_id), key)
+        assert fixed.created, "a refusal leaves its key unused"
+
+    @pytest.mark.parametrize(
+        ("changes", "field"),
+        [({"legal_entity": "DE01"}, "legal_entity"), ({"currency": "EUR"}, "currency")],
+    )
+    def test_a_customer_keeps_its_legal_entity_and_currency(
+        self, erp: ErpPort, changes: dict[str, Any], field: str
+    ) -> None:
+        draft = a_draft()
+        customer = erp.upsert_customer(draft, a_key()).customer
+
+        with pytest.raises(ErpRejected) as refused:
+            erp.upsert_customer(replace(draft, name="Moved On Ltd", **changes), a_key())
+
+        assert (refused.value.code, refused.value.field) == ("INVALID_CUSTOMER", field)
+        assert erp.customer_by_account(draft.crm_account_id) == customer
+
+    def test_credit_exposure_moves_with_the_customers_orders(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        customer = erp.upsert_customer(a_draft(), a_key()).customer
+        fresh = erp.credit(customer.id)
+        booked = order_request(customer_id=customer.id)
+        order = erp.create_sales_order(booked, a_key())
+        cancelled = order_request(customer_id=customer.id)
+        erp.create_sales_order(cancelled, a_key())
+        erp.cancel_sales_order(cancelled.external_id, "not wanted", a_key())
+        open_only = erp.credit(customer.id)
+        erp_control.invoice(booked.external_id)
+        invoiced = erp.credit(customer.id)
+
+        assert fresh is not None
+        assert (fresh.customer_id, fresh.status, fresh.currency) == (
+            customer.id,
+            CustomerStatus.ACTIVE,
+            "USD",
+        )
+        assert (fresh.credit_limit, fresh.exposure, fresh.available) == (
+            Decimal("50000.0000"),
+            Decimal(0),
+            Decimal(50000),
+        )
+        assert open_only is not None
+        assert open_only.exposure == order.grand_total == Decimal("205.2000")
+        assert open_only.available == Decimal("49794.8000")
+        assert invoiced == open_only, "an unpaid invoice is as exposed as the open order"
+
+    def test_an_erp_users_credit_edit_is_the_credit_position(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        customer = erp.upsert_customer(a_draft(), a_key()).customer
+        erp.create_sales_order(order_request(customer_id=customer.id), a_key())
+
+        erp_control.edit_customer(
+            customer.id, credit_limit=Decimal(100), status=CustomerStatus.CREDIT_HOLD
+        )
+
+        position = erp.credit(customer.id)
+        assert position is not None
+        assert (position.status, position.credit_limit) == (
+            CustomerStatus.CREDIT_HOLD,
+            Decimal("100.0000"),
+        )
+        assert position.available == Decimal("-105.2000")
+
+    # --- stock -------------------------------------------------------------------------
+
+    def test_stock_is_by_sku_in_a_region_and_unknown_skus_are_absent(
+        self, erp: ErpPort, erp_control: ErpControl
+    ) -> None:
+        region, elsewhere = f"R-{uuid.uuid4().hex[:8]}", f"R-{uuid.uuid4().hex[:8]}"
+        erp_control.seed_stock(
+            [
+                StockLevel("PC-SENSOR", region, Decimal(12), date(2026, 12, 24)),
+                StockLevel("PC-TIE", region, Decimal("0.5"), None),
+                StockLevel("PC-OLD", elsewhere, Decimal(3), None),
+            ]
+        )
+
+        levels = erp.stock(["PC-SENSOR", "PC-TIE", "PC-OLD", "PC-NONE", "PC-TIE"], region)
+
+        assert levels == {
+            "PC-SENSOR": StockLevel("PC-SENSOR", region, Decimal("12.0000"), date(2026, 12, 24)),
+            "PC-TIE": StockLevel("PC-TIE", region, Decimal("0.5000"), None),
+        }
+        assert str(levels["PC-TIE"].quantity) == "0.5000"
+        assert erp.stock([], region) == {}
+        assert erp.stock(["PC-SENSOR"], f"R-{uuid.uuid4().hex[:8]}") == {}
 
     # --- booking -----------------------------------------------------------------------
 

@@ -92,15 +92,13 @@ class RecordingHandler:
     def __call__(self, inbound: Inbound) -> Decision:
         assert isinstance(inbound, Event)
         event = inbound
-        fault = self.faults.get(event.crm_order_id)
+        fault = self.faults.get(event.key)
         if fault is not None:
             fault.apply()
         if self.delay_s:
             threading.Event().wait(self.delay_s)
-        self.handled.append(event.crm_order_id)
-        write = StateWrite(
-            RECORD_EFFECT, (self.consumer, event.envelope.event_id, event.crm_order_id)
-        )
+        self.handled.append(event.key)
+        write = StateWrite(RECORD_EFFECT, (self.consumer, event.envelope.event_id, event.key))
         if not isinstance(event, OrderCreated):
             return Decision(writes=[write])
         accepted = OrderAccepted(
@@ -199,7 +197,7 @@ class RuntimeWorld:
         for event in events:
             producer.produce(
                 destination,
-                key=event.crm_order_id.encode(),
+                key=event.key.encode(),
                 value=serde.serialize(destination, event),
                 headers=headers,
             )

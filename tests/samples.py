@@ -10,6 +10,10 @@ from typing import Any, TypeVar
 
 from revsync.connectors.cdc import RecordChange, decode_change
 from revsync.contracts.events import (
+    CreditStatusChanged,
+    CustomerMastered,
+    CustomerUpserted,
+    DuplicateCustomerSuspected,
     Envelope,
     Event,
     InvoicePosted,
@@ -69,6 +73,7 @@ ADDRESS = {
 def sample_events() -> dict[type[Event], dict[str, object]]:
     """Valid field values for every event type, as plain data so tests can vary any field."""
     order_id = "8015g00000AbCdEAAV"
+    account_id = "0015g00000XyZaBAAV"
     moment = datetime(2026, 12, 1, 9, 30, tzinfo=UTC)
     return {
         OrderCreated: {
@@ -159,6 +164,51 @@ def sample_events() -> dict[type[Event], dict[str, object]]:
             "payment_method": "WIRE",
             "received_at": moment,
         },
+        CustomerUpserted: {
+            "crm_account_id": account_id,
+            "erp_customer_id": "C-US01-0042",
+            "created": True,
+            "legal_entity": "US01",
+            "fields": ["name", "tax_id", "billing_country"],
+            "upserted_at": moment,
+        },
+        CustomerMastered: {
+            "crm_account_id": account_id,
+            "erp_customer_id": "C-US01-0042",
+            "customer_number": "100042",
+            "name": "Acme Industrial",
+            "legal_entity": "US01",
+            "currency": "USD",
+            "status": "ACTIVE",
+            "credit_limit": Decimal("50000.0000"),
+            "payment_terms": "NET30",
+            "blocks": [],
+            "changed_at": moment,
+        },
+        CreditStatusChanged: {
+            "crm_account_id": account_id,
+            "erp_customer_id": "C-US01-0042",
+            "status": "CREDIT_HOLD",
+            "currency": "USD",
+            "credit_limit": Decimal("50000.0000"),
+            "exposure": Decimal("51250.5000"),
+            "available_credit": Decimal("-1250.5000"),
+            "changed_at": moment,
+        },
+        DuplicateCustomerSuspected: {
+            "crm_account_id": account_id,
+            "legal_entity": "US01",
+            "matches": [
+                {
+                    "erp_customer_id": "C-US01-0007",
+                    "customer_number": "100007",
+                    "crm_account_id": None,
+                    "matched_on": "TAX_ID",
+                }
+            ],
+            "message": "matches 1 ERP customer by tax id; link the account or confirm a new one",
+            "detected_at": moment,
+        },
     }
 
 
@@ -193,3 +243,22 @@ def sample_order(order_id: str, correlation_id: str | None = None) -> OrderCreat
             OrderCreated.event_type, correlation_id=correlation_id or f"corr-{order_id}"
         ),
     )
+
+
+def account_change(
+    account_id: str, change_type: str = "UPDATE", user: str = SALES_REP, **fields: Any
+) -> RecordChange:
+    """An account's change event: ``fields`` changed by ``user`` (a sales rep by default)."""
+    header = {
+        "entityName": "Account",
+        "recordIds": [account_id],
+        "changeType": change_type,
+        "changeOrigin": "",
+        "transactionKey": str(uuid.uuid4()),
+        "sequenceNumber": 1,
+        "commitTimestamp": 1_764_583_200_000,
+        "commitUser": user,
+        "changedFields": sorted(fields) if change_type == "UPDATE" else [],
+    }
+    payload = {"ChangeEventHeader": header, **fields}
+    return decode_change("crm-change", json.dumps({"replayId": 1, "payload": payload}).encode())

@@ -37,6 +37,10 @@ class CrmSandbox:
     def cancel_order(self, order_id: str, reason: str) -> None:
         self._call("POST", f"/orders/{order_id}/cancel", {"reason": reason})
 
+    def update(self, sobject: str, record_id: str, fields: Mapping[str, Any]) -> None:
+        """Edit a record as the sales rep in the UI: the change event is theirs."""
+        self._call("PATCH", f"/records/{sobject}/{record_id}", dict(fields))
+
     def delete(self, sobject: str, record_id: str) -> None:
         self._call("DELETE", f"/records/{sobject}/{record_id}")
 

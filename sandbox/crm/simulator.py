@@ -180,6 +180,7 @@ class CrmSimulator:
         route("POST", control + r"records/(?P<sobject>\w+)", self._seed)
         route("GET", control + r"records/(?P<sobject>\w+)", self._inspect)
         route("DELETE", control + r"records/(?P<sobject>\w+)/(?P<id>\w+)", self._ui_delete)
+        route("PATCH", control + r"records/(?P<sobject>\w+)/(?P<id>\w+)", self._ui_update)
         route("POST", control + r"orders", self._ui_orders)
         route("POST", control + r"orders/(?P<id>\w+)/cancel", self._ui_cancel)
         route("GET", control + r"stats", lambda _: Response(body=self.stats()))
@@ -443,6 +444,19 @@ class CrmSimulator:
             return {"ids": [self._apply(write, transaction) for write in writes]}
 
         return self._ui(insert)
+
+    def _ui_update(self, request: Request) -> Response:
+        """A rep editing a record in the UI: what the API could not write they can (their
+        own fields), and the change event is theirs."""
+        sobject = sobject_type(request.params["sobject"])
+        values = _fields(request.body if isinstance(request.body, dict) else {})
+
+        def update(transaction: Transaction) -> dict[str, Any]:
+            existing = str(self._existing(sobject, request.params["id"])["Id"])
+            write = self._prepared(sobject, values, existing, api=False)
+            return {"id": self._apply(write, transaction)}
+
+        return self._ui(update)
 
     def _inspect(self, request: Request) -> Response:
         sobject = sobject_type(request.params["sobject"])

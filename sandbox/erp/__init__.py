@@ -1,5 +1,6 @@
-"""The ERP simulator: sales orders, invoices, shipments, payments and a Debezium-style outbox
-in PostgreSQL schema ``erp``, behind the reference REST API of ``revsync.connectors.erp``.
+"""The ERP simulator: customers, stock, sales orders, invoices, shipments, payments and a
+Debezium-style outbox in PostgreSQL schema ``erp``, behind the reference REST API of
+``revsync.connectors.erp``.
 
 Run it with ``python -m sandbox.erp --dsn postgresql://...``, or in process with
 ``ErpSimulator(dsn=...).start()``; drive it with :class:`ErpSandbox`.

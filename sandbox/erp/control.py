@@ -1,16 +1,19 @@
-"""A typed client for the ERP simulator's control API (``/__sandbox/``): seeding master data,
-inspecting orders and counters, the progression clock, faults and reset."""
+"""A typed client for the ERP simulator's control API (``/__sandbox/``): seeding master data
+and stock, an ERP user's edits of customers, inspecting orders and counters, the progression
+clock, faults and reset."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from decimal import Decimal
 from types import TracebackType
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
-from revsync.ports.erp import Customer, PriceBook, Product
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from sandbox.erp.progression import Clock
 
 CONTROL = "/__sandbox"
@@ -55,20 +58,65 @@ class ErpSandbox:
         self._client.close()
 
     def seed_customers(self, customers: Iterable[Customer]) -> int:
-        """Creates or replaces customers; returns how many."""
+        """Creates or replaces customers, as the ERP held them before revsync (no outbox
+        rows); one without a number keeps its own or takes the next, one without payment
+        terms gets NET30. Returns how many."""
         body = [
             {
                 "id": c.id,
+                "number": c.number,
                 "name": c.name,
                 "crm_account_id": c.crm_account_id,
                 "legal_entity": c.legal_entity,
                 "status": c.status.value,
                 "credit_limit": format(c.credit_limit, "f"),
                 "currency": c.currency,
+                **({"payment_terms": c.payment_terms} if c.payment_terms else {}),
+                "blocks": list(c.blocks),
+                "tax_id": c.tax_id,
+                "duns": c.duns,
+                "country_code": c.country_code,
             }
             for c in customers
         ]
         return int(self._call("POST", "/customers", {"customers": body})["upserted"])
+
+    def edit_customer(
+        self,
+        customer_id: str,
+        *,
+        credit_limit: Decimal | None = None,
+        status: CustomerStatus | None = None,
+        payment_terms: str | None = None,
+        blocks: Iterable[str] | None = None,
+        crm_account_id: str | None = None,
+    ) -> dict[str, Any]:
+        """An ERP user changes the given fields of a customer (blocks: ``order``,
+        ``delivery``, ``billing``), or links it to a CRM account (409 when another customer
+        has it); the ERP writes its outbox rows. Returns the customer's document as the REST
+        API gives it."""
+        changes: dict[str, Any] = {
+            "credit_limit": None if credit_limit is None else format(credit_limit, "f"),
+            "status": None if status is None else status.value,
+            "payment_terms": payment_terms,
+            "blocks": None if blocks is None else list(blocks),
+            "crm_account_id": crm_account_id,
+        }
+        body = {name: value for name, value in changes.items() if value is not None}
+        return self._call("PATCH", f"/customers/{quote(customer_id, safe='')}", body)
+
+    def seed_stock(self, levels: Iterable[StockLevel]) -> int:
+        """Creates or replaces stock levels by SKU and region; returns how many."""
+        body = [
+            {
+                "sku": level.sku,
+                "region": level.region,
+                "quantity": format(level.quantity, "f"),
+                "available_on": level.available_on.isoformat() if level.available_on else None,
+            }
+            for level in levels
+        ]
+        return int(self._call("POST", "/stock", {"stock": body})["upserted"])
 
     def seed_products(self, products: Iterable[Product]) -> int:
         """Creates or replaces products; returns how many."""
@@ -138,8 +186,9 @@ class ErpSandbox:
         return self._call("GET", "/faults")
 
     def set_faults(self, **changes: float) -> dict[str, Any]:
-        """Changes fault knobs (``error_rate``, ``echo_rate``, ``throttle_rate``, ``timeout_rate``,
-        ``drip_ms``, ``pad_bytes``, ``chunked``...; :class:`sandbox.http.Faults`)."""
+        """Changes fault knobs (``error_rate``: 1 is the ERP down, ``latency_ms`` before every
+        API answer, ``echo_rate``, ``throttle_rate``, ``timeout_rate``, ``drip_ms``,
+        ``pad_bytes``, ``chunked``...; :class:`sandbox.http.Faults`)."""
         return self._call("PUT", "/faults", changes)
 
     def reset(self) -> None:

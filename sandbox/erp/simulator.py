@@ -7,15 +7,18 @@ import hmac
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import date
 from decimal import Decimal
 from typing import Any, Literal, TypeVar
 from urllib.parse import unquote
 
-from psycopg import sql
+from psycopg import errors, sql
 from pydantic import BaseModel, Field, ValidationError
 
-from sandbox.erp import orders
+from revsync.ports.erp import CustomerQuery
+from sandbox.erp import customers, orders
 from sandbox.erp.control import ErpStats
+from sandbox.erp.customers import CustomerEdit, CustomerInvalid
 from sandbox.erp.orders import CancelBody, OrderBody, StrictBody, amount
 from sandbox.erp.progression import Clock, Progression
 from sandbox.erp.store import Connection, ConnectionPool, connect, migrate, reset
@@ -30,12 +33,19 @@ M = TypeVar("M", bound=BaseModel)
 
 class CustomerSeed(StrictBody):
     id: str = Field(min_length=1)
+    number: str | None = Field(default=None, min_length=1)
+    """None: the next customer number."""
     name: str = Field(min_length=1)
     crm_account_id: str | None = None
     legal_entity: str = Field(min_length=1)
     status: Literal["active", "blocked", "credit_hold"] = "active"
     credit_limit: Decimal = Field(ge=0, allow_inf_nan=False)
     currency: str = Field(min_length=3, max_length=3)
+    payment_terms: str = Field(default=customers.DEFAULT_PAYMENT_TERMS, min_length=1)
+    blocks: list[str] = Field(default_factory=list)
+    tax_id: str | None = None
+    duns: str | None = None
+    country_code: str | None = Field(default=None, min_length=2, max_length=2)
 
 
 class ProductSeed(StrictBody):
@@ -61,8 +71,26 @@ class PriceBookSeed(StrictBody):
     entries: list[PriceEntrySeed] = Field(default_factory=list)
 
 
+class StockSeed(StrictBody):
+    sku: str = Field(min_length=1)
+    region: str = Field(min_length=1)
+    quantity: Decimal = Field(ge=0, allow_inf_nan=False)
+    available_on: date | None = None
+
+
+class AvailabilityBody(StrictBody):
+    """The body of ``POST /api/v1/availability``."""
+
+    region: str = Field(min_length=1)
+    skus: list[str]
+
+
 class CustomersSeed(StrictBody):
     customers: list[CustomerSeed]
+
+
+class StockLevelsSeed(StrictBody):
+    stock: list[StockSeed]
 
 
 class ProductsSeed(StrictBody):
@@ -91,6 +119,10 @@ def _parse(model: type[M], body: Any) -> M:
 
 def _not_found(what: str) -> HttpFailure:
     return HttpFailure(404, {"code": "not_found", "message": f"no {what}"})
+
+
+def _duplicate(message: str) -> HttpFailure:
+    return HttpFailure(409, {"code": "duplicate_value", "message": message})
 
 
 class ErpSimulator:
@@ -147,7 +179,11 @@ class ErpSimulator:
 
     def _routes(self) -> None:
         api = self._api
+        api("GET", r"/customers", self._find_customers)
         api("GET", r"/customers/(?P<id>[^/]+)", self._customer)
+        api("GET", r"/customers/(?P<id>[^/]+)/credit", self._credit)
+        api("PUT", r"/customers/by-external-id/(?P<crm_account_id>[^/]+)", self._upsert_customer)
+        api("POST", r"/availability", self._availability)
         api("GET", r"/products", self._products)
         api("GET", r"/price-books/(?P<id>[^/]+)", self._price_book)
         api("POST", r"/sales-orders", self._create_order)
@@ -155,6 +191,8 @@ class ErpSimulator:
         api("POST", r"/sales-orders/(?P<external_id>[^/]+)/cancel", self._cancel_order)
         control = self.server.route
         control("POST", CONTROL_PREFIX + "customers", self._seed_customers)
+        control("PATCH", CONTROL_PREFIX + "customers/(?P<id>[^/]+)", self._edit_customer)
+        control("POST", CONTROL_PREFIX + "stock", self._seed_stock)
         control("POST", CONTROL_PREFIX + "products", self._seed_products)
         control("POST", CONTROL_PREFIX + "price-books", self._seed_price_books)
         control("GET", CONTROL_PREFIX + "stats", self._stats)
@@ -184,7 +222,61 @@ class ErpSimulator:
             ).fetchone()
         if row is None:
             raise _not_found(f"customer {request.params['id']!r}")
-        return Response(body={**row, "credit_limit": amount(row["credit_limit"])})
+        return Response(body=customers.document(row))
+
+    def _find_customers(self, request: Request) -> Response:
+        """By external id (``external_id``), or every customer matching any criterion."""
+        given = {name: values[0] for name, values in request.query.items()}
+        if "external_id" in given:
+            if len(given) > 1:
+                raise HttpFailure(
+                    400, {"code": "invalid_request", "message": "external_id goes alone"}
+                )
+            with self._pool.connection() as connection:
+                items = customers.by_account(connection, given["external_id"])
+        else:
+            query = _customer_query(given)
+            with self._pool.connection() as connection:
+                items = customers.find(connection, query)
+        return Response(body={"items": items})
+
+    def _upsert_customer(self, request: Request) -> Response:
+        key = _idempotency_key(request)
+        crm_account_id = request.params["crm_account_id"]
+
+        def upsert(connection: Connection) -> tuple[int, dict[str, Any]]:
+            try:
+                body = customers.validated(request.body)
+                return customers.upsert(connection, crm_account_id, body)
+            except CustomerInvalid as invalid:
+                raise invalid.refusal() from None
+
+        return self._idempotently(key, request, f"customer {crm_account_id}", upsert, "customers")
+
+    def _credit(self, request: Request) -> Response:
+        with self._pool.connection() as connection:
+            position = customers.credit(connection, request.params["id"])
+        if position is None:
+            raise _not_found(f"customer {request.params['id']!r}")
+        return Response(body=position)
+
+    def _availability(self, request: Request) -> Response:
+        body = _parse(AvailabilityBody, request.body)
+        with self._pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT sku, region, quantity, available_on FROM erp.stock "
+                "WHERE region = %s AND sku = ANY(%s) ORDER BY sku",
+                (body.region, body.skus),
+            ).fetchall()
+        items = [
+            {
+                **row,
+                "quantity": amount(row["quantity"]),
+                "available_on": row["available_on"].isoformat() if row["available_on"] else None,
+            }
+            for row in rows
+        ]
+        return Response(body={"items": items})
 
     def _products(self, request: Request) -> Response:
         skus = request.query.get("sku", [])
@@ -224,7 +316,7 @@ class ErpSimulator:
             order, lines = orders.book(connection, body)
             return 201, orders.document(order, lines)
 
-        return self._idempotently(key, request, "create", book)
+        return self._idempotently(key, request, "create", book, "sales_orders")
 
     def _cancel_order(self, request: Request) -> Response:
         key = _idempotency_key(request)
@@ -234,7 +326,7 @@ class ErpSimulator:
         def cancel(connection: Connection) -> tuple[int, dict[str, Any]]:
             return 200, orders.cancel(connection, external_id, body.reason)
 
-        return self._idempotently(key, request, f"cancel {external_id}", cancel)
+        return self._idempotently(key, request, f"cancel {external_id}", cancel, "sales_orders")
 
     def _idempotently(
         self,
@@ -242,18 +334,20 @@ class ErpSimulator:
         request: Request,
         action: str,
         work: Callable[[Connection], tuple[int, dict[str, Any]]],
+        counted_as: str,
     ) -> Response:
         """Run ``work`` once per idempotency key: a repeat of the same request gets the stored
-        answer, in the same transaction that claims the key."""
+        answer, in the same transaction that claims the key. Replays and refusals are counted
+        under ``counted_as`` (``sales_orders``, ``customers``)."""
         fingerprint = orders.request_hash(action, request.body)
         with (
             self._pool.connection() as connection,
-            self._counting_refusals(),
+            self._counting_refusals(counted_as),
             connection.transaction(),
         ):
             replay = orders.claim_key(connection, key, fingerprint)
             if replay is not None:
-                self.server.count("sales_orders.idempotent_replays")
+                self.server.count(f"{counted_as}.idempotent_replays")
                 return replay
             status, document = work(connection)
             orders.store_answer(connection, key, status, document)
@@ -269,29 +363,50 @@ class ErpSimulator:
             return Response(body={"items": orders.documents(connection, external_id)})
 
     @contextmanager
-    def _counting_refusals(self) -> Iterator[None]:
+    def _counting_refusals(self, counted_as: str) -> Iterator[None]:
         """Counts the 409s and 422s the block answers with, letting them through."""
         try:
             yield
         except HttpFailure as failure:
             if failure.response.status == 409:
-                self.server.count("sales_orders.duplicate_external_ids")
+                self.server.count(f"{counted_as}.duplicate_external_ids")
             elif failure.response.status == 422:
-                self.server.count("sales_orders.rejected")
+                self.server.count(f"{counted_as}.rejected")
             raise
 
     # --- the control API ---------------------------------------------------------------
 
     def _seed_customers(self, request: Request) -> Response:
+        """Creates or replaces customers as the ERP held them before revsync: no outbox rows.
+        A seed without a number keeps the one it has, or takes the next."""
         seed = _parse(CustomersSeed, request.body)
-        with self._pool.connection() as connection, connection.transaction():
-            _upsert(connection, "customers", "id", [c.model_dump() for c in seed.customers])
+        rows = customers.seed_keys([c.model_dump() for c in seed.customers])
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                connection.cursor().executemany(SEED_CUSTOMER, rows)
+        except errors.UniqueViolation:
+            raise _duplicate("a seeded customer's number or crm_account_id is another's") from None
         return Response(body={"upserted": len(seed.customers)})
+
+    def _edit_customer(self, request: Request) -> Response:
+        """An ERP user's edit: the customer's document afterwards."""
+        changes = _parse(CustomerEdit, request.body)
+        try:
+            with self._pool.connection() as connection, connection.transaction():
+                return Response(body=customers.edit(connection, request.params["id"], changes))
+        except errors.UniqueViolation:
+            raise _duplicate("the CRM account is another customer's") from None
+
+    def _seed_stock(self, request: Request) -> Response:
+        seed = _parse(StockLevelsSeed, request.body)
+        with self._pool.connection() as connection, connection.transaction():
+            _upsert(connection, "stock", ("sku", "region"), [s.model_dump() for s in seed.stock])
+        return Response(body={"upserted": len(seed.stock)})
 
     def _seed_products(self, request: Request) -> Response:
         seed = _parse(ProductsSeed, request.body)
         with self._pool.connection() as connection, connection.transaction():
-            _upsert(connection, "products", "sku", [p.model_dump() for p in seed.products])
+            _upsert(connection, "products", ("sku",), [p.model_dump() for p in seed.products])
         return Response(body={"upserted": len(seed.products)})
 
     def _seed_price_books(self, request: Request) -> Response:
@@ -299,7 +414,7 @@ class ErpSimulator:
         seed = _parse(PriceBooksSeed, request.body)
         with self._pool.connection() as connection, connection.transaction():
             books = [book.model_dump(exclude={"entries"}) for book in seed.price_books]
-            _upsert(connection, "price_books", "id", books)
+            _upsert(connection, "price_books", ("id",), books)
             cursor = connection.cursor()
             cursor.execute(
                 "DELETE FROM erp.price_book_entries WHERE price_book_id = ANY(%s)",
@@ -364,7 +479,9 @@ class ErpSimulator:
         return Response(body={"reset": True})
 
 
-def _upsert(connection: Connection, table: str, key: str, rows: list[dict[str, Any]]) -> None:
+def _upsert(
+    connection: Connection, table: str, key: tuple[str, ...], rows: list[dict[str, Any]]
+) -> None:
     """Inserts ``rows`` into ``erp.<table>``, replacing any row with the same ``key``."""
     if not rows:
         return
@@ -376,14 +493,58 @@ def _upsert(connection: Connection, table: str, key: str, rows: list[dict[str, A
         table=sql.Identifier("erp", table),
         columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
         values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
-        key=sql.Identifier(key),
+        key=sql.SQL(", ").join(map(sql.Identifier, key)),
         updates=sql.SQL(", ").join(
             sql.SQL("{0} = excluded.{0}").format(sql.Identifier(column))
             for column in columns
-            if column != key
+            if column not in key
         ),
     )
     connection.cursor().executemany(query, rows)
+
+
+SEED_CUSTOMER = (
+    "INSERT INTO erp.customers (id, number, name, crm_account_id, legal_entity, status, "
+    "credit_limit, currency, payment_terms, blocks, tax_id, duns, country_code, name_key, "
+    "tax_id_key, duns_key) VALUES (%(id)s, coalesce(%(number)s, "
+    "nextval('erp.customer_numbers')::text), %(name)s, %(crm_account_id)s, %(legal_entity)s, "
+    "%(status)s, %(credit_limit)s, %(currency)s, %(payment_terms)s, %(blocks)s, %(tax_id)s, "
+    "%(duns)s, %(country_code)s, %(name_key)s, %(tax_id_key)s, %(duns_key)s) "
+    "ON CONFLICT (id) DO UPDATE SET number = coalesce(%(number)s, erp.customers.number), "
+    "name = excluded.name, crm_account_id = excluded.crm_account_id, "
+    "legal_entity = excluded.legal_entity, status = excluded.status, "
+    "credit_limit = excluded.credit_limit, currency = excluded.currency, "
+    "payment_terms = excluded.payment_terms, blocks = excluded.blocks, "
+    "tax_id = excluded.tax_id, duns = excluded.duns, country_code = excluded.country_code, "
+    "name_key = excluded.name_key, tax_id_key = excluded.tax_id_key, "
+    "duns_key = excluded.duns_key, updated_at = now()"
+)
+
+
+def _customer_query(given: dict[str, str]) -> CustomerQuery:
+    """The search criteria of a customers query; 400 for an unknown or incomplete one."""
+    unknown = sorted(set(given) - {"tax_id", "duns", "name", "country"})
+    if unknown:
+        raise HttpFailure(
+            400, {"code": "invalid_request", "message": f"unknown parameters {unknown}"}
+        )
+    if not given:
+        raise HttpFailure(
+            400,
+            {
+                "code": "invalid_request",
+                "message": "give external_id, or any of tax_id, duns, name with country",
+            },
+        )
+    try:
+        return CustomerQuery(
+            tax_id=given.get("tax_id"),
+            duns=given.get("duns"),
+            name=given.get("name"),
+            country_code=given.get("country"),
+        )
+    except ValueError as error:
+        raise HttpFailure(400, {"code": "invalid_request", "message": str(error)}) from None
 
 
 def _idempotency_key(request: Request) -> str:

@@ -24,6 +24,41 @@ CREATE TABLE IF NOT EXISTS erp.customers (
     credit_limit   numeric(18, 4) NOT NULL,
     currency       char(3) NOT NULL
 );
+-- Customers mastered from CRM accounts. ADD COLUMN IF NOT EXISTS also upgrades a schema an
+-- older simulator created; the *_key columns are what a search compares (revsync.ports.erp's
+-- normalised_name and normalised_identifier of name, tax_id and duns).
+CREATE SEQUENCE IF NOT EXISTS erp.customer_numbers START 100001;
+ALTER TABLE erp.customers
+    ADD COLUMN IF NOT EXISTS number text NOT NULL
+        DEFAULT nextval('erp.customer_numbers')::text,
+    ADD COLUMN IF NOT EXISTS payment_terms text NOT NULL DEFAULT 'NET30',
+    ADD COLUMN IF NOT EXISTS blocks text[] NOT NULL DEFAULT '{{}}',
+    ADD COLUMN IF NOT EXISTS tax_id text,
+    ADD COLUMN IF NOT EXISTS duns text,
+    ADD COLUMN IF NOT EXISTS country_code text,
+    ADD COLUMN IF NOT EXISTS billing_street text,
+    ADD COLUMN IF NOT EXISTS billing_city text,
+    ADD COLUMN IF NOT EXISTS billing_state_province text,
+    ADD COLUMN IF NOT EXISTS billing_postal_code text,
+    ADD COLUMN IF NOT EXISTS billing_country_code text,
+    ADD COLUMN IF NOT EXISTS name_key text,
+    ADD COLUMN IF NOT EXISTS tax_id_key text,
+    ADD COLUMN IF NOT EXISTS duns_key text,
+    ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
+CREATE UNIQUE INDEX IF NOT EXISTS customers_number ON erp.customers (number);
+CREATE UNIQUE INDEX IF NOT EXISTS customers_crm_account_id ON erp.customers (crm_account_id)
+    WHERE crm_account_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS customers_tax_id ON erp.customers (tax_id_key);
+CREATE INDEX IF NOT EXISTS customers_duns ON erp.customers (duns_key);
+CREATE INDEX IF NOT EXISTS customers_name ON erp.customers (name_key, country_code);
+
+CREATE TABLE IF NOT EXISTS erp.stock (
+    sku          text NOT NULL,
+    region       text NOT NULL,
+    quantity     numeric(18, 4) NOT NULL CHECK (quantity >= 0),
+    available_on date,
+    PRIMARY KEY (sku, region)
+);
 CREATE TABLE IF NOT EXISTS erp.products (
     sku             text PRIMARY KEY,
     name            text NOT NULL,
@@ -75,6 +110,7 @@ CREATE TABLE IF NOT EXISTS erp.sales_orders (
     status_changed_at       timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS sales_orders_progress ON erp.sales_orders (status, status_changed_at);
+CREATE INDEX IF NOT EXISTS sales_orders_customer ON erp.sales_orders (customer_id, status);
 CREATE TABLE IF NOT EXISTS erp.sales_order_lines (
     sales_order_id  text NOT NULL REFERENCES erp.sales_orders ON DELETE CASCADE,
     line_number     integer NOT NULL,
@@ -157,7 +193,8 @@ CREATE TRIGGER outbox_notify AFTER INSERT ON erp.outbox
 RESET = """
 TRUNCATE erp.outbox, erp.payments, erp.shipments, erp.invoices, erp.idempotency_keys,
     erp.sales_order_lines, erp.sales_orders, erp.price_book_entries, erp.price_books,
-    erp.products, erp.customers RESTART IDENTITY;
+    erp.products, erp.customers, erp.stock RESTART IDENTITY;
+ALTER SEQUENCE erp.customer_numbers RESTART;
 ALTER SEQUENCE erp.sales_order_numbers RESTART;
 ALTER SEQUENCE erp.invoice_numbers RESTART;
 ALTER SEQUENCE erp.shipment_numbers RESTART;
@@ -180,7 +217,7 @@ def migrate(connection: Connection) -> None:
 
 
 def reset(connection: Connection) -> None:
-    """Empty every table and restart every document number."""
+    """Empty every table and restart every document and customer number."""
     with connection.transaction():
         connection.execute(RESET)
 

@@ -13,6 +13,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from revsync.contracts.events import (
+    CreditStatusChanged,
+    CustomerMastered,
+    CustomerStatus,
     Envelope,
     Event,
     InvoicePosted,
@@ -57,7 +60,8 @@ class ErpPayloadInvalid(RevsyncError):
 
 @dataclass(frozen=True)
 class ErpOutboxRow:
-    """One row of the ERP's Debezium-style outbox; ``aggregateid`` is the CRM order id."""
+    """One row of the ERP's Debezium-style outbox; ``aggregateid`` is the CRM id its event is
+    keyed by: the order's for an order's documents, the account's for a customer."""
 
     id: uuid.UUID
     aggregatetype: str
@@ -79,6 +83,12 @@ ERP_PAYMENT_METHODS = {
     "direct_debit": PaymentMethod.DIRECT_DEBIT,
 }
 """ERP payment method codes; any other code is ``PaymentMethod.OTHER``."""
+ERP_CUSTOMER_STATUSES = {
+    "active": CustomerStatus.ACTIVE,
+    "blocked": CustomerStatus.BLOCKED,
+    "credit_hold": CustomerStatus.CREDIT_HOLD,
+}
+"""ERP customer statuses; any other is ``CustomerStatus.OTHER``."""
 
 
 class _Payload:
@@ -148,6 +158,13 @@ class _Payload:
             raise self.invalid(path, f"expected an integer, got {_kind(value)}")
         return value
 
+    def texts(self, path: str) -> list[str]:
+        """The list of text at ``path``, empty or not."""
+        value = self.value(path)
+        if not isinstance(value, list):
+            raise self.invalid(path, f"expected a list, got {_kind(value)}")
+        return [self.text(f"{path}.{index}") for index in range(len(value))]
+
     def elements(self, path: str) -> list[str]:
         """The paths of the elements of the non-empty list at ``path``."""
         value = self.value(path)
@@ -162,15 +179,14 @@ def canonical_event(row: ErpOutboxRow) -> Event:
     Raises :class:`UnknownErpEventType` for a type revsync does not map and
     :class:`ErpPayloadInvalid` for a payload that cannot fill its event.
     """
-    build = _BUILDERS.get(row.type)
-    if build is None:
+    mapping = _MAPPINGS.get(row.type)
+    if mapping is None:
         raise UnknownErpEventType(row.id, row.type)
     payload = _Payload(row)
-    crm_order_id = payload.text("sales_order.external_id")
-    if crm_order_id != row.aggregateid:
-        raise payload.invalid("sales_order.external_id", "not the row's aggregateid")
+    if payload.text(mapping.key) != row.aggregateid:
+        raise payload.invalid(mapping.key, "not the row's aggregateid")
     try:
-        return build(payload)
+        return mapping.build(payload)
     except ValidationError as error:
         field, why = invalid_fields(error)[0]
         raise payload.invalid(field or row.type, why) from None
@@ -183,22 +199,46 @@ def _kind(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _envelope(payload: _Payload, event_type: str, occurred_at: datetime) -> Envelope:
-    correlation_id = payload.optional_text("sales_order.correlation_id")
+def _envelope(
+    payload: _Payload, event_type: str, occurred_at: datetime, correlation_id: str
+) -> Envelope:
     return Envelope(
         event_id=payload.row.id,
         event_type=event_type,
         occurred_at=occurred_at,
         source_system=SourceSystem.ERP,
-        correlation_id=correlation_id or payload.text("sales_order.external_id"),
+        correlation_id=correlation_id,
         causation_id=None,
         schema_version=SCHEMA_VERSION,
     )
 
 
+def _order_envelope(payload: _Payload, event_type: str, occurred_at: datetime) -> Envelope:
+    """An order document's envelope, correlated as the order was booked (else by the order)."""
+    correlation_id = payload.optional_text("sales_order.correlation_id")
+    return _envelope(
+        payload,
+        event_type,
+        occurred_at,
+        correlation_id or payload.text("sales_order.external_id"),
+    )
+
+
+def _customer_envelope(payload: _Payload, event_type: str) -> Envelope:
+    """A customer change's envelope, correlated by the CRM account."""
+    return _envelope(
+        payload,
+        event_type,
+        payload.moment("changed_at"),
+        payload.text("customer.crm_account_id"),
+    )
+
+
 def _invoice_posted(payload: _Payload) -> InvoicePosted:
     return InvoicePosted(
-        envelope=_envelope(payload, InvoicePosted.event_type, payload.moment("invoice.posted_at")),
+        envelope=_order_envelope(
+            payload, InvoicePosted.event_type, payload.moment("invoice.posted_at")
+        ),
         crm_order_id=payload.text("sales_order.external_id"),
         erp_order_id=payload.text("sales_order.id"),
         erp_invoice_id=payload.text("invoice.id"),
@@ -234,7 +274,7 @@ def _shipment_confirmed(payload: _Payload) -> ShipmentConfirmed:
         for line in payload.elements("shipment.lines")
     ]
     return ShipmentConfirmed(
-        envelope=_envelope(
+        envelope=_order_envelope(
             payload, ShipmentConfirmed.event_type, payload.moment("shipment.shipped_at")
         ),
         crm_order_id=payload.text("sales_order.external_id"),
@@ -253,7 +293,7 @@ def _shipment_confirmed(payload: _Payload) -> ShipmentConfirmed:
 def _payment_received(payload: _Payload) -> PaymentReceived:
     method = payload.text("payment.method")
     return PaymentReceived(
-        envelope=_envelope(
+        envelope=_order_envelope(
             payload, PaymentReceived.event_type, payload.moment("payment.received_at")
         ),
         crm_order_id=payload.text("sales_order.external_id"),
@@ -268,8 +308,56 @@ def _payment_received(payload: _Payload) -> PaymentReceived:
     )
 
 
-_BUILDERS: dict[str, Callable[[_Payload], Event]] = {
-    "InvoicePosted": _invoice_posted,
-    "ShipmentConfirmed": _shipment_confirmed,
-    "PaymentReceived": _payment_received,
+def _customer_status(payload: _Payload, path: str) -> CustomerStatus:
+    return ERP_CUSTOMER_STATUSES.get(payload.text(path), CustomerStatus.OTHER)
+
+
+def _customer_mastered(payload: _Payload) -> CustomerMastered:
+    return CustomerMastered(
+        envelope=_customer_envelope(payload, CustomerMastered.event_type),
+        crm_account_id=payload.text("customer.crm_account_id"),
+        erp_customer_id=payload.text("customer.id"),
+        customer_number=payload.text("customer.number"),
+        name=payload.text("customer.name"),
+        legal_entity=payload.text("customer.legal_entity"),
+        currency=payload.text("customer.currency"),
+        status=_customer_status(payload, "customer.status"),
+        credit_limit=payload.amount("customer.credit_limit"),
+        payment_terms=payload.text("customer.payment_terms"),
+        blocks=payload.texts("customer.blocks"),
+        changed_at=payload.moment("changed_at"),
+    )
+
+
+def _credit_status_changed(payload: _Payload) -> CreditStatusChanged:
+    return CreditStatusChanged(
+        envelope=_customer_envelope(payload, CreditStatusChanged.event_type),
+        crm_account_id=payload.text("customer.crm_account_id"),
+        erp_customer_id=payload.text("customer.id"),
+        status=_customer_status(payload, "credit.status"),
+        currency=payload.text("credit.currency"),
+        credit_limit=payload.amount("credit.credit_limit"),
+        exposure=payload.amount("credit.exposure"),
+        available_credit=payload.amount("credit.available_credit"),
+        changed_at=payload.moment("changed_at"),
+    )
+
+
+@dataclass(frozen=True)
+class _Mapping:
+    """How one type of row becomes its event."""
+
+    key: str
+    """The payload path of the CRM id the row must be keyed by (its ``aggregateid``)."""
+    build: Callable[[_Payload], Event]
+
+
+_ORDER_KEY = "sales_order.external_id"
+_ACCOUNT_KEY = "customer.crm_account_id"
+_MAPPINGS: dict[str, _Mapping] = {
+    "InvoicePosted": _Mapping(_ORDER_KEY, _invoice_posted),
+    "ShipmentConfirmed": _Mapping(_ORDER_KEY, _shipment_confirmed),
+    "PaymentReceived": _Mapping(_ORDER_KEY, _payment_received),
+    "CustomerMastered": _Mapping(_ACCOUNT_KEY, _customer_mastered),
+    "CreditStatusChanged": _Mapping(_ACCOUNT_KEY, _credit_status_changed),
 }

@@ -9,7 +9,14 @@ import psycopg
 
 from erp_outbox_publisher.logic import ErpOutboxRow, UnknownErpEventType, canonical_event
 from revsync.contracts.catalog import Catalog
-from revsync.contracts.events import Event, InvoicePosted, PaymentReceived, ShipmentConfirmed
+from revsync.contracts.events import (
+    CreditStatusChanged,
+    CustomerMastered,
+    Event,
+    InvoicePosted,
+    PaymentReceived,
+    ShipmentConfirmed,
+)
 from revsync.contracts.serde import EventSerde
 from revsync.deployables import Context, RelayDeployable, output_topics
 from revsync.runtime import headers as h
@@ -18,7 +25,13 @@ from revsync.runtime.outbox import cloud_event_headers
 from revsync.runtime.relay import OutboxRelay, OutboxRow, OutboxTable, RowEncoder
 
 SOURCE = "/erp/outbox"
-OUTPUTS: tuple[type[Event], ...] = (InvoicePosted, ShipmentConfirmed, PaymentReceived)
+OUTPUTS: tuple[type[Event], ...] = (
+    InvoicePosted,
+    ShipmentConfirmed,
+    PaymentReceived,
+    CustomerMastered,
+    CreditStatusChanged,
+)
 
 
 def row_encoder(catalog: Catalog, serde: EventSerde) -> RowEncoder:

@@ -82,7 +82,7 @@ def test_every_event_round_trips_through_broker_and_registry(
 
     for name, event in events.items():
         producer.produce(
-            name, key=event.crm_order_id, value=serde.serialize(name, event), on_delivery=delivered
+            name, key=event.key, value=serde.serialize(name, event), on_delivery=delivered
         )
     assert producer.flush(30) == 0
     consumer = Consumer(settings.kafka_config(**{"group.id": f"test-{uuid.uuid4()}"}))
@@ -92,7 +92,7 @@ def test_every_event_round_trips_through_broker_and_registry(
             received = consumer.poll(30)
             assert received is not None
             assert received.error() is None
-            assert received.key() == events[topic_name].crm_order_id.encode()
+            assert received.key() == events[topic_name].key.encode()
             assert serde.deserialize(topic_name, received.value()) == events[topic_name]
     finally:
         consumer.close()

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import psycopg
@@ -63,13 +64,17 @@ def outbox(settings: Settings) -> Iterator[tuple[OutboxTable, str]]:
 
 
 def insert_rows(
-    connection: psycopg.Connection[Any], table: OutboxTable, topic: str, rows: list[tuple[str, int]]
+    connection: psycopg.Connection[Any],
+    table: OutboxTable,
+    topic: str,
+    rows: list[tuple[str, int]],
+    service: str = "order_sync",
 ) -> None:
-    """Rows (key, n) whose payload says which they are."""
+    """Rows (key, n) of ``service`` whose payload says which they are."""
     connection.cursor().executemany(
         sql.SQL(
-            "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic, headers) "
-            "VALUES (%s, 'order', %s, 'io.revsync.order.created', %s, %s, %s)"
+            "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic, headers, "
+            "service) VALUES (%s, 'order', %s, 'io.revsync.order.created', %s, %s, %s, %s)"
         ).format(sql.Identifier(table.table)),
         [
             (
@@ -78,6 +83,7 @@ def insert_rows(
                 json.dumps([key, n]).encode(),
                 topic,
                 json.dumps(h.to_json([("ce_id", f"{key}-{n}")])),
+                service,
             )
             for key, n in rows
         ],
@@ -227,6 +233,40 @@ def test_a_debezium_shaped_table_routes_by_aggregate_type_and_deletes(
     assert (message.key(), message.value()) == (b"INV-1", b"p")
 
 
+def test_each_services_relay_publishes_its_own_rows_beside_the_others(
+    settings: Settings, outbox: tuple[OutboxTable, str]
+) -> None:
+    """A relay runs as its service, whose principal may write only its own topics: it takes
+    its service's rows alone, and leads beside the other services' relays."""
+    shared, topic = outbox
+    dsn = settings.postgres_dsn.get_secret_value()
+    with psycopg.connect(dsn) as db:
+        insert_rows(db, shared, topic, [("order-1", n) for n in range(3)], "order_sync")
+        insert_rows(db, shared, topic, [("account-1", n) for n in range(2)], "customer_sync")
+    theirs = {
+        service: replace(shared, owner_column="service", owner=service)
+        for service in ("order_sync", "customer_sync")
+    }
+    relays = [relay(settings, table, poll_interval_s=0.2) for table in theirs.values()]
+    only_orders = relays[:1]
+
+    threads = running(only_orders)
+    try:
+        wait_for(lambda: unpublished(settings, shared) == 2)
+    finally:
+        stop(only_orders, threads)
+    assert {json.loads(m.value() or b"[]")[0] for m in read_topic(settings, topic, 3)} == {
+        "order-1"
+    }
+    threads = running(relays)  # both lead at once: a lock each
+    try:
+        wait_for(lambda: unpublished(settings, shared) == 0)
+    finally:
+        stop(relays, threads)
+    keys = [json.loads(m.value() or b"[]")[0] for m in read_topic(settings, topic, 5)]
+    assert sorted(keys) == ["account-1"] * 2 + ["order-1"] * 3
+
+
 def unpublished(settings: Settings, table: OutboxTable) -> int:
     with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
         row = db.execute(
@@ -268,8 +308,8 @@ def test_a_row_the_producer_refuses_holds_back_its_key_only(
     with psycopg.connect(dsn) as db:
         db.execute(
             sql.SQL(
-                "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic) "
-                "VALUES (%s, 'order', 'huge', 'io.revsync.order.created', %s, %s)"
+                "INSERT INTO {} (id, aggregatetype, aggregateid, type, payload, topic, service) "
+                "VALUES (%s, 'order', 'huge', 'io.revsync.order.created', %s, %s, 'order_sync')"
             ).format(sql.Identifier(table.table)),
             (uuid.uuid4(), b"x" * 2_000_000, topic),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import closing
+from decimal import Decimal
 
 import pytest
 from pydantic import SecretStr
@@ -15,7 +16,7 @@ from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 from port_contracts import CrmContract, ErpContract
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
-from revsync.ports.erp import Customer, PriceBook, Product
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from revsync.settings import Settings
 from runtime_support import wait_for
 
@@ -58,6 +59,21 @@ class SandboxErpControl:
 
     def seed_price_books(self, price_books: Iterable[PriceBook]) -> int:
         return self.sandbox.seed_price_books(price_books)
+
+    def seed_stock(self, levels: Iterable[StockLevel]) -> int:
+        return self.sandbox.seed_stock(levels)
+
+    def edit_customer(
+        self,
+        customer_id: str,
+        *,
+        credit_limit: Decimal | None = None,
+        status: CustomerStatus | None = None,
+        crm_account_id: str | None = None,
+    ) -> None:
+        self.sandbox.edit_customer(
+            customer_id, credit_limit=credit_limit, status=status, crm_account_id=crm_account_id
+        )
 
     def booked(self, external_id: str) -> list[str]:
         return [str(order["id"]) for order in self.sandbox.sales_orders(external_id)]

@@ -512,7 +512,7 @@ class BatchRecordingHandler(RecordingHandler):
 
     def handle_many(self, inbounds: Sequence[Inbound]) -> list[Decision | Exception]:
         self.calls.append(
-            [(e.crm_order_id, str(e.envelope.event_id)) for e in inbounds if isinstance(e, Event)]
+            [(e.key, str(e.envelope.event_id)) for e in inbounds if isinstance(e, Event)]
         )
         results: list[Decision | Exception] = []
         for inbound in inbounds:

@@ -1,5 +1,6 @@
 """The ERP's native outbox rows become canonical events: every field filled from the ERP
-document, and every broken payload refused naming the row, its type and the field."""
+document, keyed by the CRM id the row is (the order's, or the customer's account's), and
+every broken payload refused naming the row, its type and the field."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ from erp_outbox_publisher.logic import (
 )
 from leaks import told
 from revsync.contracts.events import (
+    CreditStatusChanged,
+    CustomerMastered,
+    CustomerStatus,
     InvoicePosted,
     PaymentMethod,
     PaymentReceived,
@@ -92,18 +96,55 @@ PAYMENT: dict[str, Any] = {
     },
     "sales_order": SALES_ORDER,
 }
+ACCOUNT_ID = "0015g00000AcMeAAA"
+CUSTOMER: dict[str, Any] = {
+    "id": "C-100042",
+    "number": "100042",
+    "name": "Acme Industrial",
+    "crm_account_id": ACCOUNT_ID,
+    "legal_entity": "US01",
+    "status": "active",
+    "credit_limit": "50000.0000",
+    "currency": "USD",
+    "payment_terms": "NET30",
+    "blocks": ["delivery"],
+    "tax_id": "12-3456789",
+    "duns": "150483782",
+    "country_code": "US",
+    "billing_address": None,
+    "updated_at": "2026-12-01T09:30:00.500000+00:00",
+}
+MASTERED: dict[str, Any] = {
+    "customer": CUSTOMER,
+    "changed_at": "2026-12-01T10:30:00.500000+01:00",
+}
+CREDIT: dict[str, Any] = {
+    "customer": {**CUSTOMER, "status": "credit_hold", "credit_limit": "20000.0000"},
+    "credit": {
+        "status": "credit_hold",
+        "currency": "USD",
+        "credit_limit": "20000.0000",
+        "exposure": "21250.5000",
+        "available_credit": "-1250.5000",
+    },
+    "changed_at": "2026-12-01T09:30:00.500000+00:00",
+}
 PAYLOADS: dict[str, dict[str, Any]] = {
     "InvoicePosted": INVOICE,
     "ShipmentConfirmed": SHIPMENT,
     "PaymentReceived": PAYMENT,
+    "CustomerMastered": MASTERED,
+    "CreditStatusChanged": CREDIT,
 }
+KEYS = {"CustomerMastered": ACCOUNT_ID, "CreditStatusChanged": ACCOUNT_ID}
+"""The aggregateid of a row of each type; the CRM order id for the rest."""
 
 
 def row(event_type: str, payload: dict[str, Any] | None = None, **changes: Any) -> ErpOutboxRow:
     fields: dict[str, Any] = {
         "id": uuid.uuid4(),
         "aggregatetype": event_type.lower(),
-        "aggregateid": ORDER_ID,
+        "aggregateid": KEYS.get(event_type, ORDER_ID),
         "type": event_type,
         "payload": copy.deepcopy(PAYLOADS[event_type]) if payload is None else payload,
         "created_at": datetime(2026, 12, 1, 9, 30, 1, tzinfo=UTC),
@@ -221,6 +262,85 @@ def test_erp_payment_methods_map_to_the_contract(erp_method: str, method: Paymen
     assert event.payment_method is method
 
 
+def test_a_customer_change_becomes_customer_mastered_keyed_by_its_account() -> None:
+    source = row("CustomerMastered")
+    event = canonical_event(source)
+    assert isinstance(event, CustomerMastered)
+    changed_at = datetime(2026, 12, 1, 9, 30, 0, 500000, tzinfo=UTC)
+    assert event.key == ACCOUNT_ID
+    assert event.envelope.event_id == source.id
+    assert event.envelope.event_type == CustomerMastered.event_type
+    assert event.envelope.occurred_at == changed_at
+    assert event.envelope.source_system is SourceSystem.ERP
+    assert event.envelope.correlation_id == ACCOUNT_ID
+    assert event.envelope.causation_id is None
+    assert event.model_dump(exclude={"envelope"}) == {
+        "crm_account_id": ACCOUNT_ID,
+        "erp_customer_id": "C-100042",
+        "customer_number": "100042",
+        "name": "Acme Industrial",
+        "legal_entity": "US01",
+        "currency": "USD",
+        "status": CustomerStatus.ACTIVE,
+        "credit_limit": Decimal("50000.0000"),
+        "payment_terms": "NET30",
+        "blocks": ["delivery"],
+        "changed_at": changed_at,
+    }
+
+
+def test_a_credit_change_becomes_credit_status_changed_over_its_limit() -> None:
+    source = row("CreditStatusChanged")
+    event = canonical_event(source)
+    assert isinstance(event, CreditStatusChanged)
+    assert (event.key, event.envelope.event_id) == (ACCOUNT_ID, source.id)
+    assert event.envelope.event_type == CreditStatusChanged.event_type
+    assert event.envelope.correlation_id == ACCOUNT_ID
+    assert event.model_dump(exclude={"envelope"}) == {
+        "crm_account_id": ACCOUNT_ID,
+        "erp_customer_id": "C-100042",
+        "status": CustomerStatus.CREDIT_HOLD,
+        "currency": "USD",
+        "credit_limit": Decimal("20000.0000"),
+        "exposure": Decimal("21250.5000"),
+        "available_credit": Decimal("-1250.5000"),
+        "changed_at": datetime(2026, 12, 1, 9, 30, 0, 500000, tzinfo=UTC),
+    }
+
+
+def test_a_customer_without_blocks_has_none() -> None:
+    event = canonical_event(changed("CustomerMastered", "customer.blocks", []))
+    assert isinstance(event, CustomerMastered)
+    assert event.blocks == []
+
+
+@pytest.mark.parametrize(
+    ("erp_status", "status"),
+    [
+        ("active", CustomerStatus.ACTIVE),
+        ("blocked", CustomerStatus.BLOCKED),
+        ("credit_hold", CustomerStatus.CREDIT_HOLD),
+        ("dormant", CustomerStatus.OTHER),
+    ],
+)
+@pytest.mark.parametrize(
+    ("event_type", "path"),
+    [("CustomerMastered", "customer.status"), ("CreditStatusChanged", "credit.status")],
+)
+def test_erp_customer_statuses_map_to_the_contract(
+    event_type: str, path: str, erp_status: str, status: CustomerStatus
+) -> None:
+    event = canonical_event(changed(event_type, path, erp_status))
+    assert isinstance(event, CustomerMastered | CreditStatusChanged)
+    assert event.status is status
+
+
+def test_the_same_row_is_the_same_event() -> None:
+    """The event id is the row's: a relay publishing a row again publishes the same event."""
+    source = row("CreditStatusChanged")
+    assert canonical_event(source) == canonical_event(source)
+
+
 @pytest.mark.parametrize("missing", [None, ""])
 def test_without_a_correlation_id_the_order_id_correlates(missing: str | None) -> None:
     event = canonical_event(changed("InvoicePosted", "sales_order.correlation_id", missing))
@@ -255,6 +375,18 @@ def test_an_unknown_type_is_refused_permanently() -> None:
         ("ShipmentConfirmed", "shipment.tracking_url", 42, "shipment.tracking_url"),
         ("PaymentReceived", "payment.amount", "0.0000", "amount"),
         ("PaymentReceived", "invoice.amount_due", ..., "invoice.amount_due"),
+        ("CustomerMastered", "customer", ..., "customer.crm_account_id"),
+        ("CustomerMastered", "customer.number", ..., "customer.number"),
+        ("CustomerMastered", "customer.status", None, "customer.status"),
+        ("CustomerMastered", "customer.credit_limit", "-1.0000", "credit_limit"),
+        ("CustomerMastered", "customer.currency", "XYZ", "currency"),
+        ("CustomerMastered", "customer.blocks", "order", "customer.blocks"),
+        ("CustomerMastered", "customer.blocks", ["order", ""], "customer.blocks.1"),
+        ("CustomerMastered", "changed_at", ..., "changed_at"),
+        ("CustomerMastered", "changed_at", "2026-12-01T09:30:00", "changed_at"),
+        ("CreditStatusChanged", "credit", ..., "credit.status"),
+        ("CreditStatusChanged", "credit.exposure", "-5.0000", "exposure"),
+        ("CreditStatusChanged", "credit.available_credit", "plenty", "credit.available_credit"),
     ],
 )
 def test_a_broken_payload_names_the_row_type_and_field(
@@ -287,6 +419,25 @@ def test_a_payload_for_another_order_than_its_key_is_refused() -> None:
     assert ORDER_ID not in told(refused.value)
 
 
+@pytest.mark.parametrize("event_type", ["CustomerMastered", "CreditStatusChanged"])
+def test_a_payload_for_another_account_than_its_key_is_refused(event_type: str) -> None:
+    source = row(event_type, aggregateid="0015g00000OtHeRAAV")
+    with pytest.raises(ErpPayloadInvalid, match="aggregateid") as refused:
+        canonical_event(source)
+    assert refused.value.field == "customer.crm_account_id"
+    assert ACCOUNT_ID not in told(refused.value)
+
+
+def test_a_customer_row_is_not_read_as_an_order_document() -> None:
+    """Each type is keyed by its own path: a customer's payload has no sales order."""
+    payload = {**copy.deepcopy(MASTERED), "sales_order": {"external_id": ACCOUNT_ID}}
+    event = canonical_event(row("CustomerMastered", payload))
+    assert isinstance(event, CustomerMastered)
+    with pytest.raises(ErpPayloadInvalid) as refused:
+        canonical_event(row("InvoicePosted", copy.deepcopy(MASTERED), aggregateid=ACCOUNT_ID))
+    assert refused.value.field == "sales_order.external_id"
+
+
 PHONE = "+1 555 0100"
 EMAIL = "ap@acme.example"
 STREET = "17 Quill Lane"
@@ -315,6 +466,11 @@ STREET = "17 Quill Lane"
         ("ShipmentConfirmed", "shipment.completeness", STREET, "not one of complete, partial"),
         ("ShipmentConfirmed", "shipment.tracking_url", {"to": STREET}, "expected text, got dict"),
         ("ShipmentConfirmed", "shipment.carrier", "", "expected non-empty text, got an empty"),
+        ("CustomerMastered", "customer.name", 5550100, "expected non-empty text, got int"),
+        ("CustomerMastered", "customer.credit_limit", PHONE, "expected a decimal string"),
+        ("CustomerMastered", "customer.blocks", STREET, "expected a list, got other text"),
+        ("CustomerMastered", "changed_at", EMAIL, "expected an ISO timestamp"),
+        ("CreditStatusChanged", "credit.exposure", PHONE, "expected a decimal string"),
     ],
 )
 def test_a_broken_payload_is_told_by_its_field_and_never_its_value(

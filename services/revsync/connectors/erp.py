@@ -4,8 +4,36 @@ The reference ERP API (``/api/v1``, JSON, ``Authorization: Bearer <token>``; amo
 quantities are JSON strings such as ``"1234.5000"`` so no float ever touches money):
 
 ``GET /api/v1/customers/{id}``
-    200 ``{"id", "name", "crm_account_id", "legal_entity", "status", "credit_limit",
-    "currency"}``; 404 when unknown.
+    200 with the customer; 404 when unknown.
+``GET /api/v1/customers?external_id=X``
+    200 ``{"items": [customer]}``: the customer mastered from CRM account X, or none.
+``GET /api/v1/customers?tax_id=&duns=&name=&country=``
+    200 ``{"items": [customer + "matched_on"]}``: every customer matching any criterion given,
+    by number, each with the criteria it met (``tax_id``, ``duns``, ``name_country``). Tax ids
+    and DUNS numbers are equal ignoring spacing, dashes, dots and case; a name is looked for
+    in a country only (name and country come together), equal ignoring case, accents,
+    punctuation, spacing and trailing legal forms (inc, llc, ltd, gmbh, ag, sa, sarl, bv,
+    plc, corp, co...). 400 without a criterion, or with a name or country alone.
+``PUT /api/v1/customers/by-external-id/{crm_account_id}`` (header ``Idempotency-Key``, required)
+    Body: the fields the CRM owns, ``{"name", "legal_entity", "currency", "country_code",
+    "tax_id", "duns", "billing_address": {"street", "city", "state_province", "postal_code",
+    "country_code"}}``; an optional one left out or null is cleared. 201 ``{"created": true,
+    "customer"}`` when it created the account's customer (active, NET30, its legal entity's
+    default credit limit in its currency); 200 ``{"created": false, "customer"}`` when it
+    wrote over the one the account has (two concurrent creates for one account make one
+    customer). Idempotency as for sales orders: the same key and body again is the stored
+    answer with ``Idempotent-Replayed: true``; the key with another body is 422
+    ``idempotency_key_reused``. 422 ``{"code": "INVALID_CUSTOMER", "message", "field"}`` when
+    a value is refused: a blank name, an unknown legal entity, codes not ISO in capitals, a
+    DUNS number not of nine digits, or a change of legal entity or currency.
+``GET /api/v1/customers/{id}/credit``
+    200 ``{"customer_id", "status", "currency", "credit_limit", "exposure", "available"}``:
+    exposure is the grand totals of the customer's open (neither invoiced nor cancelled)
+    orders plus the amount due of its unpaid invoices; 404 when unknown.
+``POST /api/v1/availability``
+    Body ``{"region", "skus": [...]}``. 200 ``{"items": [{"sku", "region", "quantity",
+    "available_on"}]}``: stock available to promise in the region, and the date more
+    arrives (or null); SKUs the region does not stock are absent.
 ``GET /api/v1/products?sku=A&sku=B``
     200 ``{"items": [{"sku", "name", "product_line", "unit_of_measure", "active",
     "legal_entities": [...]}]}``; unknown SKUs are simply absent.
@@ -28,17 +56,31 @@ quantities are JSON strings such as ``"1234.5000"`` so no float ever touches mon
 ``GET /api/v1/sales-orders?external_id=X``
     200 ``{"items": [order]}``.
 
-A sales order is ``{"id", "number", "external_id", "customer_id", "status", "currency",
-"price_book_id", "legal_entity", "region", "po_number", "subtotal", "tax_total",
-"grand_total", "credit_check", "pricing_outcome", "correlation_id", "created_at", "lines"}``.
+A customer is ``{"id", "number", "name", "crm_account_id", "legal_entity", "status",
+"credit_limit", "currency", "payment_terms", "blocks": [...], "tax_id", "duns",
+"country_code", "billing_address", "updated_at"}`` (``status``: active, blocked,
+credit_hold; ``blocks``: order, delivery, billing). A sales order is ``{"id", "number",
+"external_id", "customer_id", "status", "currency", "price_book_id", "legal_entity",
+"region", "po_number", "subtotal", "tax_total", "grand_total", "credit_check",
+"pricing_outcome", "correlation_id", "created_at", "lines"}``.
 Errors are ``{"code", "message"}``; 401 ``{"code": "unauthorized"}``.
+
+The ERP's outbox (Debezium's columns: ``aggregatetype``, ``aggregateid``, ``type``,
+``payload``) gets a row in the transaction of each change: ``invoice``, ``shipment`` and
+``payment`` rows keyed by the CRM order id, with ``payload.sales_order``; and ``customer``
+rows keyed by the CRM account id, with the customer's whole record in ``payload.customer``
+and ``payload.changed_at``: ``CustomerMastered`` whenever a customer is created or its
+master record changes, and ``CreditStatusChanged`` besides when an ERP user changes its
+credit limit or status (``payload.credit``: ``{"status", "currency", "credit_limit",
+"exposure", "available_credit"}``). A customer no CRM account masters writes no rows:
+there is nothing to key them by.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -60,8 +102,13 @@ from revsync.contracts.events import (
 )
 from revsync.errors import RevsyncError, TransientError
 from revsync.ports.erp import (
+    Address,
+    CreditPosition,
     Customer,
+    CustomerDraft,
+    CustomerQuery,
     CustomerStatus,
+    CustomerUpsert,
     ErpOrderMissing,
     ErpPort,
     ErpRejected,
@@ -71,6 +118,7 @@ from revsync.ports.erp import (
     SalesOrder,
     SalesOrderRequest,
     SalesOrderStatus,
+    StockLevel,
 )
 
 SYSTEM = "erp"
@@ -174,6 +222,58 @@ class ErpRestAdapter(ErpPort):
         self._raise_for_refusal(response)
         return _parse(response, _sales_order, self._expect(response, 200))
 
+    def customer_by_account(self, crm_account_id: str) -> Customer | None:
+        response = self._send("GET", f"{API}/customers", params={"external_id": [crm_account_id]})
+        found = _parse(response, _customers, self._expect(response, 200))
+        if len(found) > 1:
+            raise ErpUnexpectedResponse(
+                f"erp: GET {API}/customers answered {len(found)} customers for one external id"
+            )
+        return found[0] if found else None
+
+    def find_customers(self, query: CustomerQuery) -> list[Customer]:
+        criteria = {
+            "tax_id": query.tax_id,
+            "duns": query.duns,
+            "name": query.name,
+            "country": query.country_code,
+        }
+        params = {name: [value] for name, value in criteria.items() if value}
+        if not params:
+            return []  # no criterion: nobody matches
+        response = self._send("GET", f"{API}/customers", params=params)
+        return _parse(response, _customers, self._expect(response, 200))
+
+    def upsert_customer(self, draft: CustomerDraft, idempotency_key: str) -> CustomerUpsert:
+        response = self._send(
+            "PUT",
+            f"{API}/customers/by-external-id/{quote(draft.crm_account_id, safe='')}",
+            json_body=customer_body(draft),
+            headers={"Idempotency-Key": idempotency_key},
+        )
+        self._raise_for_refusal(response)
+        return _parse(response, _customer_upsert, self._expect(response, 200, 201))
+
+    def credit(self, customer_id: str) -> CreditPosition | None:
+        response = self._send("GET", f"{API}/customers/{quote(customer_id, safe='')}/credit")
+        if response.status_code == 404:
+            return None
+        return _parse(response, _credit_position, self._expect(response, 200))
+
+    def stock(self, skus: Collection[str], region: str) -> dict[str, StockLevel]:
+        wanted = sorted(set(skus))
+        if not wanted:
+            return {}
+        response = self._send(
+            "POST", f"{API}/availability", json_body={"region": region, "skus": wanted}
+        )
+        levels = _parse(
+            response,
+            lambda d: [_stock_level(i) for i in d["items"]],
+            self._expect(response, 200),
+        )
+        return {level.sku: level for level in levels}
+
     def close(self) -> None:
         self._client.close()
 
@@ -207,7 +307,7 @@ class ErpRestAdapter(ErpPort):
             )
         skus = document.get("skus") or []
         message = str(document.get("message") or "no reason given")
-        raise ErpRejected(code, message, tuple(map(str, skus)))
+        raise ErpRejected(code, message, tuple(map(str, skus)), error_code(document.get("field")))
 
     @staticmethod
     def _expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
@@ -268,7 +368,50 @@ def _customer(document: dict[str, Any]) -> Customer:
         status=CustomerStatus(document["status"]),
         credit_limit=decimal_text(document["credit_limit"]),
         currency=document["currency"],
+        number=document["number"],
+        payment_terms=document["payment_terms"],
+        blocks=_texts(document["blocks"]),
+        tax_id=document["tax_id"],
+        duns=document["duns"],
+        country_code=document["country_code"],
     )
+
+
+def _customers(document: dict[str, Any]) -> list[Customer]:
+    return [_customer(item) for item in document["items"]]
+
+
+def _customer_upsert(document: dict[str, Any]) -> CustomerUpsert:
+    created = document["created"]
+    if not isinstance(created, bool):
+        raise TypeError("created is not a boolean")
+    return CustomerUpsert(customer=_customer(document["customer"]), created=created)
+
+
+def _credit_position(document: dict[str, Any]) -> CreditPosition:
+    return CreditPosition(
+        customer_id=document["customer_id"],
+        status=CustomerStatus(document["status"]),
+        currency=document["currency"],
+        credit_limit=decimal_text(document["credit_limit"]),
+        exposure=decimal_text(document["exposure"]),
+    )
+
+
+def _stock_level(document: dict[str, Any]) -> StockLevel:
+    available_on = document["available_on"]
+    return StockLevel(
+        sku=document["sku"],
+        region=document["region"],
+        quantity=decimal_text(document["quantity"]),
+        available_on=None if available_on is None else date.fromisoformat(available_on),
+    )
+
+
+def _texts(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise TypeError("expected a list of text")
+    return tuple(value)
 
 
 def _product(document: dict[str, Any]) -> Product:
@@ -309,8 +452,30 @@ def _sales_order(document: dict[str, Any]) -> SalesOrder:
     )
 
 
+def _address(address: Address) -> dict[str, Any]:
+    return {
+        "street": address.street,
+        "city": address.city,
+        "state_province": address.state_province,
+        "postal_code": address.postal_code,
+        "country_code": address.country_code,
+    }
+
+
+def customer_body(draft: CustomerDraft) -> dict[str, Any]:
+    """The body of the customer upsert ``draft`` makes."""
+    return {
+        "name": draft.name,
+        "legal_entity": draft.legal_entity,
+        "currency": draft.currency,
+        "country_code": draft.country_code,
+        "tax_id": draft.tax_id,
+        "duns": draft.duns,
+        "billing_address": _address(draft.billing_address) if draft.billing_address else None,
+    }
+
+
 def _request_body(request: SalesOrderRequest) -> dict[str, Any]:
-    ship_to = request.ship_to
     return {
         "external_id": request.external_id,
         "customer_id": request.customer_id,
@@ -322,13 +487,7 @@ def _request_body(request: SalesOrderRequest) -> dict[str, Any]:
         "requested_delivery_date": (
             request.requested_delivery_date.isoformat() if request.requested_delivery_date else None
         ),
-        "ship_to": {
-            "street": ship_to.street,
-            "city": ship_to.city,
-            "state_province": ship_to.state_province,
-            "postal_code": ship_to.postal_code,
-            "country_code": ship_to.country_code,
-        },
+        "ship_to": _address(request.ship_to),
         "lines": [
             {
                 "line_number": line.line_number,

@@ -16,6 +16,7 @@ from rich.console import Console
 from revsync.contracts.asyncapi import build_document
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.lint import lint
+from revsync.contracts.ownership import Ownership
 from revsync.contracts.registry import register_contracts
 from revsync.contracts.schemas import (
     ReleaseRecord,
@@ -50,6 +51,8 @@ def load_contracts(directory: Path | None) -> Contracts:
     try:
         settings = Settings.load()
         folder = directory or settings.schemas_dir
+        # Field ownership is governed with the contracts: every command refuses a bad table.
+        Ownership.load(folder)
         return Contracts(
             settings, load_catalog(folder), SchemaRepository(folder), ReleaseRecord(folder)
         )

@@ -202,14 +202,20 @@ class ShippedLine(_Contract):
 
 
 class Event(_Contract):
-    """An event on a revsync topic: an envelope, the order it is about, the business payload."""
+    """An event on a revsync topic: an envelope, what it is about (its key), the business
+    payload."""
 
     schema_name: ClassVar[str]
     event_type: ClassVar[str]
+    key_field: ClassVar[str]
+    """The field that is the topic's key, so one order's (or account's) events keep their
+    order."""
 
     envelope: Envelope
-    crm_order_id: Text
-    """The key of every order-to-cash topic, so one order's events keep their order."""
+
+    @property
+    def key(self) -> str:
+        return str(getattr(self, self.key_field))
 
     @model_validator(mode="after")
     def _envelope_matches(self) -> Self:
@@ -229,7 +235,23 @@ class Event(_Contract):
         return cls.model_validate(datum)
 
 
-class OrderCreated(Event):
+class OrderEvent(Event):
+    """An order-to-cash event, keyed by the CRM order id."""
+
+    key_field = "crm_order_id"
+
+    crm_order_id: Text
+
+
+class CustomerEvent(Event):
+    """A customer master event, keyed by the CRM account id."""
+
+    key_field = "crm_account_id"
+
+    crm_account_id: Text
+
+
+class OrderCreated(OrderEvent):
     schema_name = "io.revsync.events.OrderCreated"
     event_type = "io.revsync.order.created"
 
@@ -272,7 +294,7 @@ class OrderCreated(Event):
         return self
 
 
-class OrderAccepted(Event):
+class OrderAccepted(OrderEvent):
     schema_name = "io.revsync.events.OrderAccepted"
     event_type = "io.revsync.order.accepted"
 
@@ -286,7 +308,7 @@ class OrderAccepted(Event):
     accepted_at: UtcDatetime
 
 
-class OrderRejected(Event):
+class OrderRejected(OrderEvent):
     schema_name = "io.revsync.events.OrderRejected"
     event_type = "io.revsync.order.rejected"
 
@@ -298,7 +320,7 @@ class OrderRejected(Event):
     rejected_at: UtcDatetime
 
 
-class OrderCancelled(Event):
+class OrderCancelled(OrderEvent):
     schema_name = "io.revsync.events.OrderCancelled"
     event_type = "io.revsync.order.cancelled"
 
@@ -307,7 +329,7 @@ class OrderCancelled(Event):
     cancelled_at: UtcDatetime
 
 
-class InvoicePosted(Event):
+class InvoicePosted(OrderEvent):
     schema_name = "io.revsync.events.InvoicePosted"
     event_type = "io.revsync.invoice.posted"
 
@@ -342,7 +364,7 @@ class InvoicePosted(Event):
         return self
 
 
-class ShipmentConfirmed(Event):
+class ShipmentConfirmed(OrderEvent):
     schema_name = "io.revsync.events.ShipmentConfirmed"
     event_type = "io.revsync.shipment.confirmed"
 
@@ -357,7 +379,7 @@ class ShipmentConfirmed(Event):
     shipped_at: UtcDatetime
 
 
-class PaymentReceived(Event):
+class PaymentReceived(OrderEvent):
     schema_name = "io.revsync.events.PaymentReceived"
     event_type = "io.revsync.payment.received"
 
@@ -371,6 +393,81 @@ class PaymentReceived(Event):
     received_at: UtcDatetime
 
 
+class CustomerStatus(StrEnum):
+    """Whether the ERP takes orders for a customer."""
+
+    OTHER = "OTHER"
+    ACTIVE = "ACTIVE"
+    BLOCKED = "BLOCKED"
+    CREDIT_HOLD = "CREDIT_HOLD"
+
+
+class MatchBasis(StrEnum):
+    """Which rule matched a CRM account with an ERP customer."""
+
+    OTHER = "OTHER"
+    TAX_ID = "TAX_ID"
+    DUNS = "DUNS"
+    NAME_COUNTRY = "NAME_COUNTRY"
+
+
+class CustomerMatch(_Contract):
+    erp_customer_id: Text
+    customer_number: Text
+    crm_account_id: Str | None = None
+    matched_on: MatchBasis
+
+
+class CustomerUpserted(CustomerEvent):
+    schema_name = "io.revsync.events.CustomerUpserted"
+    event_type = "io.revsync.customer.upserted"
+
+    erp_customer_id: Text
+    created: bool
+    legal_entity: Text
+    fields: list[Str] = Field(default_factory=list)
+    upserted_at: UtcDatetime
+
+
+class CustomerMastered(CustomerEvent):
+    schema_name = "io.revsync.events.CustomerMastered"
+    event_type = "io.revsync.customer.mastered"
+
+    erp_customer_id: Text
+    customer_number: Text
+    name: Text
+    legal_entity: Text
+    currency: CurrencyCode
+    status: CustomerStatus
+    credit_limit: NonNegativeMoney
+    payment_terms: Text
+    blocks: list[Str] = Field(default_factory=list)
+    changed_at: UtcDatetime
+
+
+class CreditStatusChanged(CustomerEvent):
+    schema_name = "io.revsync.events.CreditStatusChanged"
+    event_type = "io.revsync.customer.credit-status-changed"
+
+    erp_customer_id: Text
+    status: CustomerStatus
+    currency: CurrencyCode
+    credit_limit: NonNegativeMoney
+    exposure: NonNegativeMoney
+    available_credit: Money
+    changed_at: UtcDatetime
+
+
+class DuplicateCustomerSuspected(CustomerEvent):
+    schema_name = "io.revsync.events.DuplicateCustomerSuspected"
+    event_type = "io.revsync.customer.duplicate-suspected"
+
+    legal_entity: Text
+    matches: list[CustomerMatch] = Field(min_length=1)
+    message: Text
+    detected_at: UtcDatetime
+
+
 EVENT_TYPES: tuple[type[Event], ...] = (
     OrderCreated,
     OrderAccepted,
@@ -379,5 +476,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     InvoicePosted,
     ShipmentConfirmed,
     PaymentReceived,
+    CustomerUpserted,
+    CustomerMastered,
+    CreditStatusChanged,
+    DuplicateCustomerSuspected,
 )
 EVENTS_BY_SCHEMA: dict[str, type[Event]] = {event.schema_name: event for event in EVENT_TYPES}

@@ -7,6 +7,8 @@ order revsync books and cancels, and the refusals a caller must tell apart. Adap
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -43,10 +45,134 @@ class Customer:
     id: str
     name: str
     crm_account_id: str | None
+    """The CRM account it is mastered from: its external id in the ERP."""
     legal_entity: str
     status: CustomerStatus
     credit_limit: Decimal
     currency: str
+    number: str | None = None
+    """Its number in the ERP, as people quote it."""
+    payment_terms: str | None = None
+    blocks: tuple[str, ...] = ()
+    """Blocks set in the ERP (order, delivery, billing)."""
+    tax_id: str | None = None
+    duns: str | None = None
+    country_code: str | None = None
+
+
+@dataclass(frozen=True)
+class CustomerDraft:
+    """What revsync writes to the ERP customer of a CRM account: the fields the CRM owns
+    (``schemas/ownership.yaml``), never one the ERP owns."""
+
+    crm_account_id: str
+    name: str
+    legal_entity: str
+    currency: str
+    country_code: str
+    tax_id: str | None = None
+    duns: str | None = None
+    billing_address: Address | None = None
+
+
+LEGAL_FORMS = frozenset(
+    {
+        "inc", "incorporated", "llc", "ltd", "limited", "gmbh", "ag", "sa", "sas", "sarl",
+        "bv", "nv", "plc", "corp", "corporation", "co", "company", "srl", "spa", "oy", "ab",
+        "kg", "se",
+    }
+)  # fmt: skip
+"""Legal-form words a company name is compared without."""
+
+
+def normalised_name(name: str) -> str:
+    """A company name as :class:`CustomerQuery` compares it: without case, accents,
+    punctuation, spacing and trailing legal forms, however spelled ("ACME Industrial, Inc."
+    and "Acme Industrial Inc" are one, "S.A." and "S. à r.l." are legal forms). Empty for a
+    name of punctuation alone."""
+    plain = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode().lower()
+    words = [word for word in re.split(r"[^a-z0-9]+", plain.replace(".", "")) if word]
+    while True:
+        form = next(
+            (size for size in (1, 2, 3) if "".join(words[-size:]) in LEGAL_FORMS),
+            None,
+        )
+        if form is None or form >= len(words):
+            return "".join(words)
+        del words[-form:]
+
+
+def normalised_identifier(value: str | None) -> str | None:
+    """A tax id or DUNS number as :class:`CustomerQuery` compares it: without spacing,
+    dashes, dots or case ("12-3456789" and "12 3456789" are one); None when nothing is left."""
+    if not value:
+        return None
+    return re.sub(r"[^0-9A-Za-z]", "", value).upper() or None
+
+
+@dataclass(frozen=True)
+class CustomerQuery:
+    """Who might already be this customer: any of a tax id, a DUNS number, or a name in a
+    country (equal ignoring case, punctuation, spacing and legal-form suffixes). Tax ids and
+    DUNS numbers are equal ignoring spacing, dashes, dots and case. A name is only looked
+    for in a country, so the two come together or not at all."""
+
+    tax_id: str | None = None
+    duns: str | None = None
+    name: str | None = None
+    country_code: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.name is None) != (self.country_code is None):
+            raise ValueError("a customer query gives a name and a country_code together")
+
+    def matches(self, customer: Customer) -> bool:
+        """Whether ``customer`` meets any criterion of this query."""
+        tax_id, duns = normalised_identifier(self.tax_id), normalised_identifier(self.duns)
+        if tax_id is not None and tax_id == normalised_identifier(customer.tax_id):
+            return True
+        if duns is not None and duns == normalised_identifier(customer.duns):
+            return True
+        if self.name is None or self.country_code is None:
+            return False
+        name = normalised_name(self.name)
+        return (
+            bool(name)
+            and name == normalised_name(customer.name)
+            and self.country_code.upper() == (customer.country_code or "").upper()
+        )
+
+
+@dataclass(frozen=True)
+class CustomerUpsert:
+    customer: Customer
+    created: bool
+
+
+@dataclass(frozen=True)
+class CreditPosition:
+    """A customer's credit as the ERP sees it now."""
+
+    customer_id: str
+    status: CustomerStatus
+    currency: str
+    credit_limit: Decimal
+    exposure: Decimal
+    """Open (not yet invoiced) orders and unpaid invoices."""
+
+    @property
+    def available(self) -> Decimal:
+        return self.credit_limit - self.exposure
+
+
+@dataclass(frozen=True)
+class StockLevel:
+    sku: str
+    region: str
+    quantity: Decimal
+    """Available to promise now."""
+    available_on: date | None
+    """When more arrives (None: nothing is on order)."""
 
 
 @dataclass(frozen=True)
@@ -128,20 +254,25 @@ class SalesOrder:
 
 
 class ErpRejected(BusinessRuleViolation):
-    """The ERP refused the order for a business reason; ``code`` says which (CREDIT_HOLD,
-    CREDIT_LIMIT_EXCEEDED, UNKNOWN_PRODUCT, PRICING_MISMATCH, CUSTOMER_BLOCKED,
-    ORDER_NOT_CANCELLABLE, ...) and ``skus`` names the offending products, if any.
+    """The ERP refused the order or the customer for a business reason; ``code`` says which
+    (CREDIT_HOLD, CREDIT_LIMIT_EXCEEDED, UNKNOWN_PRODUCT, PRICING_MISMATCH, CUSTOMER_BLOCKED,
+    ORDER_NOT_CANCELLABLE, INVALID_CUSTOMER, ...), ``skus`` names the offending products and
+    ``field`` the offending field of a customer, if any.
 
     ``message`` is the ERP's own reason, for the person the refusal is reported to (the CRM
     user who placed the order). It may quote the order's values, so the exception's text,
     which may be logged or dead-lettered, leaves it out."""
 
-    def __init__(self, code: str, message: str, skus: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, code: str, message: str, skus: tuple[str, ...] = (), field: str | None = None
+    ) -> None:
         detail = f" (skus: {', '.join(skus)})" if skus else ""
+        detail += f" (field: {field})" if field else ""
         super().__init__(f"erp rejected: {code}{detail}")
         self.code = code
         self.message = message
         self.skus = skus
+        self.field = field
 
 
 class IdempotencyConflict(RevsyncError):
@@ -159,7 +290,8 @@ class ErpOrderMissing(DependencyNotReady):
 
 
 class ErpPort(Protocol):
-    """What revsync needs from the ERP: master data to validate against, and sales orders.
+    """What revsync needs from the ERP: master data to validate against, sales orders, the
+    customers it masters from CRM accounts, and the credit and stock a quote asks about.
 
     Amounts come back at the ERP's scale of four decimal places. Every failure an adapter's
     transport may add (timeouts, throttling, refused credentials) is a
@@ -193,6 +325,30 @@ class ErpPort(Protocol):
         is. Raises :class:`ErpOrderMissing` when no order has the external id,
         :class:`ErpRejected` (``ORDER_NOT_CANCELLABLE``) once it is invoiced or shipped, and
         :class:`IdempotencyConflict` when the key was used with another reason."""
+        ...
+
+    def customer_by_account(self, crm_account_id: str) -> Customer | None:
+        """The customer mastered from CRM account ``crm_account_id`` (its external id), or
+        None."""
+        ...
+
+    def find_customers(self, query: CustomerQuery) -> list[Customer]:
+        """Customers matching any part of ``query``: candidates for a duplicate."""
+        ...
+
+    def upsert_customer(self, draft: CustomerDraft, idempotency_key: str) -> CustomerUpsert:
+        """Creates the customer for ``draft.crm_account_id``, or updates the fields it
+        carries on the one that exists (by external id, so a retry never creates a second).
+        Raises :class:`ErpRejected` when the ERP refuses it (``INVALID_CUSTOMER`` with the
+        field named)."""
+        ...
+
+    def credit(self, customer_id: str) -> CreditPosition | None:
+        """The customer's credit position now, or None when the ERP has no such customer."""
+        ...
+
+    def stock(self, skus: Collection[str], region: str) -> dict[str, StockLevel]:
+        """Stock available to promise in ``region`` by SKU; unknown SKUs are absent."""
         ...
 
     def close(self) -> None: ...

@@ -21,8 +21,9 @@ OUTBOX_CHANNEL = "revsync_outbox"
 
 SCHEMA = f"""
 -- Debezium outbox event router columns (id, aggregatetype, aggregateid, type, payload), plus
--- the topic and Kafka headers. The relay deletes what it has published, so the table holds
--- only the backlog.
+-- the topic and Kafka headers, and the service that emitted the row: each service's relay
+-- publishes its own rows as itself (its principal may write only its own topics). The relay
+-- deletes what it has published, so the table holds only the backlog.
 CREATE TABLE IF NOT EXISTS revsync_outbox (
     seq           bigserial   UNIQUE,
     id            uuid        PRIMARY KEY,
@@ -32,8 +33,14 @@ CREATE TABLE IF NOT EXISTS revsync_outbox (
     payload       bytea       NOT NULL,
     topic         text        NOT NULL,
     headers       jsonb       NOT NULL DEFAULT '[]',
-    created_at    timestamptz NOT NULL DEFAULT now()
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    service       text        NOT NULL
 );
+-- An outbox from before services had their own rows: those rows were order_sync's, the one
+-- service that emitted then.
+ALTER TABLE revsync_outbox ADD COLUMN IF NOT EXISTS service text NOT NULL DEFAULT 'order_sync';
+ALTER TABLE revsync_outbox ALTER COLUMN service DROP DEFAULT;
+CREATE INDEX IF NOT EXISTS revsync_outbox_by_service ON revsync_outbox (service, seq);
 CREATE OR REPLACE FUNCTION revsync_outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$;
 DROP TRIGGER IF EXISTS revsync_outbox_notify ON revsync_outbox;
@@ -47,31 +54,46 @@ class OutboxWriter:
 
     def __init__(self, serde: EventSerde, service: str) -> None:
         self.serde = serde
+        self.service = service
         self.source = f"/revsync/{service}"
 
     def write(
         self, cursor: psycopg.Cursor[Any], emissions: Sequence[tuple[Event, str, Record]]
     ) -> None:
+        """Events a batch's records caused, each in the trace of its cause."""
+        self.write_traced(
+            cursor,
+            [
+                (event, topic, h.get(cause.headers, h.TRACEPARENT))
+                for event, topic, cause in emissions
+            ],
+        )
+
+    def write_traced(
+        self, cursor: psycopg.Cursor[Any], emissions: Sequence[tuple[Event, str, str | None]]
+    ) -> None:
+        """Events with the ``traceparent`` each belongs to, if any (an API request's)."""
         if not emissions:
             return
         cursor.executemany(
             "INSERT INTO revsync_outbox (id, aggregatetype, aggregateid, type, payload, topic, "
-            "headers) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            [self._row(event, topic, cause) for event, topic, cause in emissions],
+            "headers, service) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
+            [self._row(event, topic, trace) for event, topic, trace in emissions],
         )
 
-    def _row(self, event: Event, topic: str, cause: Record) -> tuple[Any, ...]:
+    def _row(self, event: Event, topic: str, traceparent: str | None) -> tuple[Any, ...]:
         envelope = event.envelope
-        headers = cloud_event_headers(event, self.source, h.get(cause.headers, h.TRACEPARENT))
+        headers = cloud_event_headers(event, self.source, traceparent)
         aggregate = topic.split(".")[1]
         return (
             envelope.event_id,
             aggregate,
-            event.crm_order_id,
+            event.key,
             envelope.event_type,
             self.serde.serialize(topic, event),
             topic,
             Jsonb(h.to_json(headers)),
+            self.service,
         )
 
 

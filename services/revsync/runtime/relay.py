@@ -72,13 +72,29 @@ class OutboxTable:
     published_column: str | None = None
     route: str = "outbox.event.{aggregatetype}"
     notify_channel: str | None = OUTBOX_CHANNEL
+    owner_column: str | None = None
+    owner: str | None = None
+    """With ``owner_column``: only the rows of this owner (revsync's outbox: one service's
+    rows, published as that service)."""
 
     def unpublished(self) -> sql.Composable:
-        """The condition of a row not yet published."""
+        """The condition of a row not yet published (and this relay's to publish)."""
         t = self
-        if t.published_column:
-            return sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
-        return sql.SQL("true")
+        pending: sql.Composable = (
+            sql.SQL("{} IS NULL").format(sql.Identifier(t.published_column))
+            if t.published_column
+            else sql.SQL("true")
+        )
+        if t.owner_column:
+            pending = sql.SQL("{} AND {} = {}").format(
+                pending, sql.Identifier(t.owner_column), sql.Literal(t.owner)
+            )
+        return pending
+
+    @property
+    def lock_name(self) -> str:
+        """One relay leads per outbox (per owner of its rows)."""
+        return f"revsync.outbox.{self.table}" + (f".{self.owner}" if self.owner_column else "")
 
     def statements(self) -> tuple[sql.Composed, sql.Composed]:
         """The next unpublished rows in sequence order, locked, skipping the keys set aside;
@@ -166,7 +182,7 @@ class OutboxRelay:
                 "topic.metadata.propagation.max.ms": min(delivery_timeout_ms, 30_000),
             }
         )
-        self._lock_id = zlib.crc32(f"revsync.outbox.{table.table}".encode())
+        self._lock_id = zlib.crc32(table.lock_name.encode())
         self._stopping = threading.Event()
         self.outages = Outages(self.liveness, self._stopping, keep_group=lambda: None)
         self._select, self._mark = table.statements()

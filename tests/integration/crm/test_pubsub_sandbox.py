@@ -455,6 +455,74 @@ def test_each_entity_publishes_its_own_changes(
     assert "TotalPrice" in items[1].changed
 
 
+def test_an_accounts_customer_fields_travel_in_its_change_events(
+    sandbox: CrmSandbox, crm: SalesforceClient, reader: PubSubReader
+) -> None:
+    _, document = schema_document(reader, ACCOUNTS)
+    types = {field["name"]: field["type"][1] for field in document["fields"][1:]}
+    (account,) = sandbox.insert(
+        "Account",
+        [
+            {
+                "Name": "Quill Supplies",
+                "Sync_To_ERP__c": True,
+                "Tax_Id__c": "12-3456789",
+                "DUNS__c": "150483782",
+                "Legal_Entity__c": "US01",
+                "CurrencyIsoCode": "USD",
+                "BillingStreet": "1 Harbour Road",
+                "BillingCity": "Boston",
+                "BillingState": "MA",
+                "BillingPostalCode": "02110",
+                "BillingCountryCode": "US",
+            }
+        ],
+    )
+    crm.update(
+        "Account",
+        account,
+        {
+            "ERP_Customer_Id__c": "C-100042",
+            "ERP_Customer_Number__c": "100042",
+            "Credit_Limit__c": 50000,
+            "ERP_Customer_Status__c": "Credit Hold",
+            "Payment_Terms__c": "NET30",
+            "ERP_Blocks__c": "order;delivery",
+        },
+    )
+
+    created, updated = (
+        e for e in reader.read(ACCOUNTS, retained(sandbox, ACCOUNTS)) if account in ids(e)
+    )
+
+    assert (types["Sync_To_ERP__c"], types["Credit_Limit__c"], types["DUNS__c"]) == (
+        "boolean",
+        "double",
+        "string",
+    )
+    assert types["BillingAddress"]["name"] == "Address"
+    for name in ("Tax_Id__c", "CurrencyIsoCode", "Legal_Entity__c", "ERP_Customer_Status__c"):
+        assert types[name] == "string", name
+    assert created.values["Sync_To_ERP__c"] is True
+    assert (created.values["Tax_Id__c"], created.values["Legal_Entity__c"]) == (
+        "12-3456789",
+        "US01",
+    )
+    assert created.values["BillingAddress"]["City"] == "Boston"
+    assert created.values["BillingAddress"]["CountryCode"] == "US"
+    assert sorted(updated.changed) == [
+        "Credit_Limit__c",
+        "ERP_Blocks__c",
+        "ERP_Customer_Id__c",
+        "ERP_Customer_Number__c",
+        "ERP_Customer_Status__c",
+        "LastModifiedDate",
+        "Payment_Terms__c",
+    ]
+    assert updated.values["Credit_Limit__c"] == 50000.0
+    assert updated.values["ERP_Customer_Status__c"] == "Credit Hold"
+
+
 def ids(event: Received) -> list[str]:
     return list(event.header["recordIds"])
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import Decimal
@@ -15,15 +16,21 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
-from sandbox.http import JsonServer, Response
+from sandbox.http import JsonServer, Request, Response
 
 from leaks import told
-from port_contracts import ACTIVE, PRICE_BOOK, PRODUCTS, line, order_request
+from port_contracts import ACTIVE, PRICE_BOOK, PRODUCTS, a_draft, a_key, line, order_request
 from revsync.connectors.erp import ErpAuthFailed, ErpConfig, ErpRestAdapter, ErpUnexpectedResponse
 from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, DeadlineExceeded, ResponseTooLarge
 from revsync.contracts.events import CreditCheckOutcome, PricingOutcome
 from revsync.errors import ErrorClass, TransientError, classify
-from revsync.ports.erp import ErpOrderMissing, ErpRejected, IdempotencyConflict, SalesOrderStatus
+from revsync.ports.erp import (
+    CustomerQuery,
+    ErpOrderMissing,
+    ErpRejected,
+    IdempotencyConflict,
+    SalesOrderStatus,
+)
 
 
 def orders_for(database: psycopg.Connection[Any], external_id: str) -> int:
@@ -157,7 +164,7 @@ def test_a_business_refusal_keeps_the_erps_reason_for_the_crm_user_out_of_its_te
 
 def test_a_malformed_answer_names_the_missing_field_or_the_kind_of_fault_never_a_value() -> None:
     """No customer data in errors: a value that does not fit is not quoted."""
-    odd = {
+    odd: dict[str, Any] = {
         "id": "C-ODD",
         "name": "Acme Corp",
         "crm_account_id": None,
@@ -165,6 +172,12 @@ def test_a_malformed_answer_names_the_missing_field_or_the_kind_of_fault_never_a
         "status": "ap@acme.example",  # the contact's email where the status belongs
         "credit_limit": "100.0000",
         "currency": "USD",
+        "number": "100001",
+        "payment_terms": "NET30",
+        "blocks": [],
+        "tax_id": None,
+        "duns": None,
+        "country_code": "US",
     }
     answers = {"C-ODD": odd, "C-SHORT": {"id": "C-SHORT"}}
     server = JsonServer()
@@ -191,6 +204,136 @@ def test_a_malformed_answer_names_the_missing_field_or_the_kind_of_fault_never_a
     assert str(missing.value) == (
         "erp: malformed answer to GET /api/v1/customers/C-SHORT: no field 'name'"
     )
+
+
+def test_a_customer_upsert_quoted_back_is_told_by_status_and_code_alone(
+    erp: ErpRestAdapter, control: ErpSandbox
+) -> None:
+    """No customer data in errors: the ERP's error body repeats the name, tax id and street."""
+    draft = a_draft()
+    control.set_faults(echo_rate=1)
+    with pytest.raises(ErpUnexpectedResponse) as refused:
+        erp.upsert_customer(draft, a_key())
+    path = f"/api/v1/customers/by-external-id/{draft.crm_account_id}"
+    assert str(refused.value) == f"erp: HTTP 400 on PUT {path} (invalid_request)"
+    assert draft.billing_address is not None
+    for quoted in (draft.name, str(draft.tax_id), draft.billing_address.street):
+        assert quoted not in told(refused.value)
+
+
+def test_a_refused_customer_names_the_field_and_keeps_the_erps_reason_out_of_its_text(
+    erp: ErpRestAdapter,
+) -> None:
+    draft = a_draft(duns="15-048-37X2")
+    with pytest.raises(ErpRejected) as refused:
+        erp.upsert_customer(draft, a_key())
+    assert str(refused.value) == "erp rejected: INVALID_CUSTOMER (field: duns)"
+    assert refused.value.message  # what the ERP said, for the person fixing the account
+    assert "37X2" not in told(refused.value)
+
+
+CUSTOMER: dict[str, Any] = {
+    "id": "C-100001",
+    "name": "Acme Corp",
+    "crm_account_id": "001A",
+    "legal_entity": "US01",
+    "status": "active",
+    "credit_limit": "100.0000",
+    "currency": "USD",
+    "number": "100001",
+    "payment_terms": "NET30",
+    "blocks": [],
+    "tax_id": None,
+    "duns": None,
+    "country_code": "US",
+}
+"""A customer as the ERP answers it."""
+EMAIL = "ap@acme.example"
+
+
+def _searched(request: Request) -> Response:
+    if "external_id" in request.query:
+        return Response(body={"items": [CUSTOMER, {**CUSTOMER, "id": "C-100002"}]})
+    return Response(body={"items": [{**CUSTOMER, "blocks": EMAIL}]})
+
+
+def _upserted(request: Request) -> Response:
+    if request.params["id"] == "001REFUSED":
+        refusal = {"code": "INVALID_CUSTOMER", "message": "no", "field": f"tax id of {EMAIL}"}
+        return Response(422, refusal)
+    return Response(201, {"created": "yes", "customer": CUSTOMER})
+
+
+def test_malformed_customer_answers_name_the_field_or_the_kind_of_fault_never_a_value() -> None:
+    server = JsonServer()
+    server.route("GET", r"/api/v1/customers", _searched)
+    server.route("PUT", r"/api/v1/customers/by-external-id/(?P<id>[^/]+)", _upserted)
+    server.route(
+        "GET",
+        r"/api/v1/customers/(?P<id>[^/]+)/credit",
+        lambda _: Response(body={k: CUSTOMER[k] for k in ("status", "currency", "credit_limit")}),
+    )
+    stock = {"sku": "PC-TIE", "region": "NA", "quantity": "1.0000", "available_on": EMAIL}
+    server.route("POST", r"/api/v1/availability", lambda _: Response(body={"items": [stock]}))
+    server.start()
+    adapter = ErpRestAdapter(ErpConfig(server.url, SecretStr("t"), timeout_s=1.0))
+    failures: list[BaseException] = []
+    try:
+        for call in (
+            lambda: adapter.customer_by_account("001A"),
+            lambda: adapter.find_customers(CustomerQuery(tax_id="12-3456789")),
+            lambda: adapter.upsert_customer(a_draft(crm_account_id="001ODD"), a_key()),
+            lambda: adapter.credit("C-100001"),
+            lambda: adapter.stock(["PC-TIE"], "NA"),
+        ):
+            with pytest.raises(ErpUnexpectedResponse) as malformed:
+                call()
+            failures.append(malformed.value)
+        with pytest.raises(ErpRejected) as refused:
+            adapter.upsert_customer(a_draft(crm_account_id="001REFUSED"), a_key())
+    finally:
+        adapter.close()
+        server.stop()
+    wrong_kind = "a value of the wrong type or form"
+    assert [str(failure) for failure in failures] == [
+        "erp: GET /api/v1/customers answered 2 customers for one external id",
+        f"erp: malformed answer to GET /api/v1/customers: {wrong_kind} (TypeError)",
+        "erp: malformed answer to PUT /api/v1/customers/by-external-id/001ODD: "
+        f"{wrong_kind} (TypeError)",
+        "erp: malformed answer to GET /api/v1/customers/C-100001/credit: no field 'customer_id'",
+        f"erp: malformed answer to POST /api/v1/availability: {wrong_kind} (ValueError)",
+    ]
+    assert all(EMAIL not in told(failure) for failure in failures)
+    assert (refused.value.code, refused.value.field) == ("INVALID_CUSTOMER", None)
+    assert EMAIL not in told(refused.value)
+
+
+CUSTOMER_CALLS: dict[str, Callable[[ErpRestAdapter], object]] = {
+    "by-account": lambda erp: erp.customer_by_account(str(ACTIVE.crm_account_id)),
+    "search": lambda erp: erp.find_customers(CustomerQuery(tax_id=ACTIVE.tax_id)),
+    "upsert": lambda erp: erp.upsert_customer(a_draft(), a_key()),
+    "credit": lambda erp: erp.credit(ACTIVE.id),
+    "stock": lambda erp: erp.stock(["PC-TIE"], "NA"),
+}
+
+
+@pytest.mark.parametrize("call", CUSTOMER_CALLS.values(), ids=CUSTOMER_CALLS)
+def test_an_erp_that_is_down_fails_every_customer_call_as_transient(
+    erp: ErpRestAdapter, control: ErpSandbox, call: Callable[[ErpRestAdapter], object]
+) -> None:
+    control.set_faults(error_rate=1)
+    with pytest.raises(TransientError, match="503") as failed:
+        call(erp)
+    assert classify(failed.value) is ErrorClass.TRANSIENT
+    control.set_faults(error_rate=0)
+    call(erp)
+
+
+def test_latency_past_the_deadline_is_transient(erp: ErpRestAdapter, control: ErpSandbox) -> None:
+    control.set_faults(latency_ms=1500)  # the adapter's deadline is 1 s
+    with pytest.raises(TransientError, match="timed out") as late:
+        erp.credit(ACTIVE.id)
+    assert classify(late.value) is ErrorClass.TRANSIENT
 
 
 def test_throttling_is_transient_with_retry_after(erp: ErpRestAdapter, control: ErpSandbox) -> None:

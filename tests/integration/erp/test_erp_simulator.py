@@ -84,11 +84,11 @@ def test_progression_writes_documents_and_outbox_rows_together(
         ([*ours, cancelled.external_id],),
     ).fetchall()
     events = [canonical_event(ErpOutboxRow(*row)) for row in rows]
-    assert all(e.crm_order_id != cancelled.external_id for e in events)
+    assert all(e.key != cancelled.external_id for e in events)
     for external_id, request in zip(ours, requests, strict=True):
-        kinds = [type(e) for e in events if e.crm_order_id == external_id]
+        kinds = [type(e) for e in events if e.key == external_id]
         assert kinds == [InvoicePosted, ShipmentConfirmed, PaymentReceived]
-        assert {e.envelope.correlation_id for e in events if e.crm_order_id == external_id} == {
+        assert {e.envelope.correlation_id for e in events if e.key == external_id} == {
             request.correlation_id
         }
     invoice = next(e for e in events if isinstance(e, InvoicePosted))
