@@ -117,6 +117,26 @@ expect_failure "console.ingress.enabled needs console.ingress.host" \
     "$HELM" template revsync "$CHART" --set console.ingress.enabled=true
 expect_failure "console.oidc.issuer and console.oidc.clientId go together" \
     "$HELM" template revsync "$CHART" --set console.oidc.issuer=https://login.example.com
+# The process API: a principal of its own too; its Ingress needs a host, its issuer an audience
+# (it refuses to start with one and not the other), its port is not the health port's.
+expect_failure "orderSync and processApi both authenticate to Kafka as revsync-order-sync" \
+    "$HELM" template revsync "$CHART" --set services.processApi.credentials.kafkaUser=revsync-order-sync
+expect_failure "services.processApi.ingress.enabled needs services.processApi.ingress.host" \
+    "$HELM" template revsync "$CHART" --set services.processApi.ingress.enabled=true
+expect_failure "services.processApi.oidc.issuer and services.processApi.oidc.audience go together" \
+    "$HELM" template revsync "$CHART" --set services.processApi.oidc.issuer=https://login.example.com
+expect_failure "services.processApi.port and healthPort are both 8080" \
+    "$HELM" template revsync "$CHART" --set services.processApi.port=8080
+expect_failure "services.processApi.service.port and service.port are both 8080" \
+    "$HELM" template revsync "$CHART" --set services.processApi.service.port=8080
+expect_failure "processApi/oidc/issuer" \
+    "$HELM" template revsync "$CHART" --set services.processApi.oidc.issuer=http://login.example.com \
+    --set services.processApi.oidc.audience=revsync-process-api
+# customer-sync's choices are revsync's own words, at least one of each.
+expect_failure "value must be one of 'flag', 'first-order'" \
+    "$HELM" template revsync "$CHART" --set "services.customerSync.qualify={flag,always}"
+expect_failure "customerSync/match': minItems: got 0, want 1" \
+    "$HELM" template revsync "$CHART" --set-json 'services.customerSync.match=[]'
 # No egress rule opens every port, nor names a peer Kubernetes would not know.
 expect_failure "minItems: got 0, want 1" \
     "$HELM" template revsync "$CHART" --set-json 'networkPolicy.egress.kafka.ports=[]'

@@ -79,6 +79,57 @@ def test_a_consumer_reads_its_inputs_retries_and_replays_and_its_group_only(
     assert groups == {consumer}
 
 
+def test_customer_sync_reads_accounts_orders_and_erp_customers_and_writes_its_two_events(
+    catalog: Catalog, plan: list[Grant]
+) -> None:
+    principal = kafka_principal("customer-sync")
+    consumer = catalog.consumer_of("customer_sync")
+    retries = {
+        catalog.retry_topic(consumer, delay) for delay in catalog.consumers[consumer].retry_tiers
+    }
+
+    def topics(operation: Operation) -> set[str]:
+        return {
+            g.name
+            for g in plan
+            if g.principal == principal
+            and g.resource is Resource.TOPIC
+            and g.operation is operation
+        }
+
+    assert topics(Operation.READ) == {
+        "revsync.account.crm-change.v1",
+        "revsync.order.created.v1",
+        "revsync.customer.mastered.v1",
+        "revsync.customer.credit-status-changed.v1",
+        *retries,
+        catalog.replay_topic(consumer),
+    }
+    assert topics(Operation.WRITE) == {
+        "revsync.customer.upserted.v1",
+        "revsync.customer.duplicate-suspected.v1",
+        *retries,
+        catalog.dead_letter_topic(consumer),
+    }
+    groups = {g.name for g in plan if g.principal == principal and g.resource is Resource.GROUP}
+    assert groups == {"customer-sync"}
+
+
+def test_the_process_api_only_writes_the_orders_submitted_to_it(
+    catalog: Catalog, plan: list[Grant]
+) -> None:
+    # Not a catalog consumer: it produces, through the relay beside it, and reads nothing.
+    principal = kafka_principal("process-api")
+    granted = {(g.resource, g.name, g.operation) for g in plan if g.principal == principal}
+
+    produced = {t.name for t in catalog.topics if "process_api" in t.producers}
+    assert produced == {"revsync.order.created.v1"}
+    assert granted == {
+        (Resource.TOPIC, "revsync.order.created.v1", Operation.WRITE),
+        (Resource.TOPIC, "revsync.order.created.v1", Operation.DESCRIBE),
+    }
+
+
 def test_only_governance_creates_or_alters(plan: list[Grant]) -> None:
     powerful = {Operation.CREATE, Operation.ALTER, Operation.ALTER_CONFIGS}
 

@@ -38,13 +38,15 @@ app.kubernetes.io/part-of: revsync
 {{- end -}}
 
 {{/*
-The services, in one place: the values key, the name `revsync run` takes, and for the three
-consumers the consumer group (the catalog's consumer name) they join. The other two are
-sources with no group (no KEDA, no consumer settings): replicas elect a leader through a
-PostgreSQL advisory lock and the others stand by. Then what each calls besides Kafka, the
-registry and PostgreSQL (its wiring, services/<package>/service.py): Salesforce (crm; the CDC
-bridge its Pub/Sub API too), the ERP's API, the ERP's outbox database. Its credentials and its
-NetworkPolicy follow from these, and from nothing else.
+The services, in one place: the values key, the name `revsync run` takes, and for the four
+consumers the consumer group (the catalog's consumer name) they join. The publisher and the
+CDC bridge are sources with no group (no KEDA, no consumer settings): replicas elect a leader
+through a PostgreSQL advisory lock and the others stand by. The process API has no group
+either: it serves HTTP (api: its own port, Service port and optional Ingress) and every replica
+answers. Then what each calls besides Kafka, the registry and PostgreSQL (its wiring,
+services/<package>/service.py): Salesforce (crm; the CDC bridge its Pub/Sub API too), the
+ERP's API, the ERP's outbox database, the identity provider whose tokens it verifies (oidc).
+Its credentials and its NetworkPolicy follow from these, and from nothing else.
 */}}
 {{- define "revsync.catalog" -}}
 orderSync:
@@ -60,6 +62,17 @@ fulfillmentSync:
   name: fulfillment-sync
   group: fulfillment-sync
   crm: true
+customerSync:
+  name: customer-sync
+  group: customer-sync
+  crm: true
+  erp: true
+processApi:
+  name: process-api
+  group: ""
+  erp: true
+  oidc: true
+  api: true
 erpOutboxPublisher:
   name: erp-outbox-publisher
   group: ""
@@ -137,6 +150,22 @@ app.kubernetes.io/component: {{ .name }}
 {{- fail (printf "%s and %s both authenticate to Kafka as %s; each has its own user (credentials.kafkaUser)" . $component $user) -}}
 {{- end -}}
 {{- $_ := set $users $user $component -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.services.processApi -}}
+{{- if .enabled -}}
+{{- if eq (int .port) (int $.Values.healthPort) -}}
+{{- fail (printf "services.processApi.port and healthPort are both %v; the API and the health server each need a port of their own" .port) -}}
+{{- end -}}
+{{- if eq (int .service.port) (int $.Values.service.port) -}}
+{{- fail (printf "services.processApi.service.port and service.port are both %v; its Service carries the API and the health port, each on a port of its own" .service.port) -}}
+{{- end -}}
+{{- if and .ingress.enabled (not .ingress.host) -}}
+{{- fail "services.processApi.ingress.enabled needs services.processApi.ingress.host, the API's host name" -}}
+{{- end -}}
+{{- if and (or .oidc.issuer .oidc.audience) (not (and .oidc.issuer .oidc.audience)) -}}
+{{- fail "services.processApi.oidc.issuer and services.processApi.oidc.audience go together" -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- if .Values.console.enabled -}}
