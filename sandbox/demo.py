@@ -1,8 +1,10 @@
 """``make demo``: the order-to-cash pipeline end to end on this machine.
 
 Starts the local stack, registers the contracts, applies the topics, starts both sandboxes
-and every service, pushes orders through CRM change data capture (some invalid by design),
-shows their progress live, and exits 0 once every order has reached its expected end state.
+and every service, pushes orders through CRM change data capture (some invalid by design, some
+for customers that exist only in the CRM until their first order masters them), shows their
+progress live, and exits 0 once every order has reached its expected end state and every new
+customer is mastered once, its ERP number back in the CRM.
 """
 
 from __future__ import annotations
@@ -13,22 +15,33 @@ import secrets
 import sys
 import time
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
 from sandbox import scenario
+from sandbox.erp.simulator import DEFAULT_API_TOKEN
 from sandbox.harness import Outcome, Pipeline, PipelineError
 
 console = Console()
+NEW_CUSTOMER_SHARE = 0.05
+"""About this share of valid orders is placed by accounts the ERP has no customer for yet."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--orders", type=int, default=1000, help="orders to push (1,000)")
     parser.add_argument("--invalid-share", type=float, default=0.1, help="share broken by design")
+    parser.add_argument(
+        "--new-customers",
+        type=int,
+        default=5,
+        help="CRM-only accounts per legal entity, mastered by their first order (5)",
+    )
     parser.add_argument("--invoice-delay-s", type=float, default=1.0)
     parser.add_argument("--ship-delay-s", type=float, default=2.0)
     parser.add_argument("--timeout-s", type=float, default=600)
@@ -58,13 +71,28 @@ def main(argv: list[str] | None = None) -> int:
         pipeline.start(report=lambda step: console.print(step))
         try:
             data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-            planned = list(scenario.orders(data, options.orders, rng, options.invalid_share))
+            prospects = {
+                entity.code: scenario.crm_only_accounts(
+                    pipeline.crm, entity, options.new_customers, rng
+                )
+                for entity in scenario.ENTITIES
+            }
+            planned = scenario.for_new_customers(
+                list(scenario.orders(data, options.orders, rng, options.invalid_share)),
+                prospects,
+                NEW_CUSTOMER_SHARE,
+                rng,
+            )
+            prospect_ids = {a.account_id for accounts in prospects.values() for a in accounts}
+            ordering = {str(order.record["AccountId"]) for order in planned}
+            newcomers = sorted(ordering & prospect_ids)
             started = time.monotonic()
             pipeline.push(planned)
             invalid = sum(order.expected != scenario.SHIPPED for order in planned)
             console.print(
                 f"pushed {len(planned)} orders through CRM change data capture "
-                f"({invalid} invalid by design); logs in {workdir}"
+                f"({invalid} invalid by design; {len(newcomers)} customers exist only in the "
+                f"CRM until their first order); logs in {workdir}"
             )
             with Live(
                 _progress(pipeline, None, 0.0), console=console, refresh_per_second=4
@@ -74,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                     lambda now: live.update(_progress(pipeline, now, time.monotonic() - started)),
                 )
             elapsed = time.monotonic() - started
-            console.print(_summary(pipeline, outcome, elapsed))
+            mastered = _mastered(pipeline, newcomers, timeout_s=60)
+            console.print(_summary(pipeline, outcome, elapsed, mastered, len(newcomers)))
             password = secrets.token_urlsafe(12)
             url = pipeline.start_console(
                 {"operator": ("operator", password), "admin": ("admin", password)},
@@ -96,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     except PipelineError as error:
         console.print(f"[bold red]demo failed:[/] {error}", highlight=False)
         return 1
+    if mastered != len(newcomers):
+        console.print(
+            f"[bold red]{len(newcomers) - mastered} of {len(newcomers)} new customers were not "
+            f"mastered once in the ERP with their number back in the CRM[/]; see {workdir}"
+        )
+        return 1
     if outcome.pending or outcome.wrong:
         for line in outcome.wrong[:20]:
             console.print(f"[red]wrong end state[/] {line}", highlight=False)
@@ -106,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     console.print(
         f"[bold green]all {outcome.settled} orders reached their expected end state "
-        f"in {elapsed:.1f}s[/]"
+        f"in {elapsed:.1f}s; {mastered} new customers mastered once each[/]"
     )
     return 0
 
@@ -134,7 +169,30 @@ def _progress(pipeline: Pipeline, outcome: Outcome | None, elapsed: float) -> Ta
     return table
 
 
-def _summary(pipeline: Pipeline, outcome: Outcome, elapsed: float) -> Table:
+def _mastered(pipeline: Pipeline, account_ids: list[str], timeout_s: float) -> int:
+    """How many of these CRM accounts have their ERP customer (one per account: the ERP keys
+    customers by it) with its number back on the account, waiting up to ``timeout_s`` for the
+    last write-backs."""
+    erp = ErpRestAdapter(ErpConfig(pipeline.erp_url, SecretStr(DEFAULT_API_TOKEN)))
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            done = 0
+            for account_id in account_ids:
+                customer = erp.customer_by_account(account_id)
+                account = pipeline.crm.records("Account", Id=account_id)[0]
+                if customer is not None and account["ERP_Customer_Number__c"] == customer.number:
+                    done += 1
+            if done == len(account_ids) or time.monotonic() > deadline:
+                return done
+            time.sleep(1)
+    finally:
+        erp.close()
+
+
+def _summary(
+    pipeline: Pipeline, outcome: Outcome, elapsed: float, mastered: int, newcomers: int
+) -> Table:
     expected: dict[str, int] = {}
     for end_state in pipeline.planned.values():
         expected[end_state] = expected.get(end_state, 0) + 1
@@ -149,6 +207,7 @@ def _summary(pipeline: Pipeline, outcome: Outcome, elapsed: float) -> Table:
         ("settled as expected", outcome.settled),
         ("ended in a wrong state", len(outcome.wrong)),
         ("not settled", outcome.pending),
+        ("new customers mastered from the CRM", f"{mastered} / {newcomers}"),
         ("ERP sales orders", sum(stats.sales_orders.values())),
         ("ERP create requests", stats.create_requests),
         ("ERP idempotent replays", stats.idempotent_replays),

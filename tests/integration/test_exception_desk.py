@@ -24,7 +24,14 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from revsync.connectors.cdc import RETRY_PREFIX, ChangeType, decode_change
-from revsync.contracts.events import OrderAccepted, OrderCreated, OrderRejected, RejectionReason
+from revsync.contracts.events import (
+    CustomerUpserted,
+    DuplicateCustomerSuspected,
+    OrderAccepted,
+    OrderCreated,
+    OrderRejected,
+    RejectionReason,
+)
 from revsync.deployables import input_decoder
 from revsync.ops import dead_letters as dl
 from revsync.ops import exceptions as ex
@@ -724,6 +731,66 @@ def test_a_retried_rejection_or_stuck_order_goes_to_order_syncs_replay_topic_as_
         ("discard exceptions dry run", 1, "read"),
         ("retry exceptions", 2, "retry done"),
     ]
+
+
+def test_a_duplicate_customer_is_retried_by_its_account_and_closes_once_mastered(
+    world: RuntimeWorld, desk: ex.ExceptionDesk
+) -> None:
+    """customer-sync's business exception: keyed by the account, retried by customer-sync
+    reading the account again, closed when the account's customer is mastered."""
+    account = f"001{uuid.uuid4().hex[:15].upper()}"
+    consumer = world.catalog.consumer_of("customer_sync")
+    journal = Journal(consumer, lambda: datetime.now(UTC))
+
+    def emit(event: DuplicateCustomerSuspected | CustomerUpserted) -> None:
+        batch = JourneyBatch()
+        journal.emitted(batch, event, world.catalog.topic_for(event.schema_name).name)
+        with connect(world.settings) as db, db.transaction(), db.cursor() as cursor:
+            journal.write(cursor, batch, [])
+
+    suspected = sample_event(
+        DuplicateCustomerSuspected,
+        crm_account_id=account,
+        envelope=sample_envelope(DuplicateCustomerSuspected.event_type),
+    )
+    emit(suspected)
+    [found] = worklist(world, status="all", consumers=frozenset({consumer}), order=account).items
+    assert (found.kind, found.reason, found.summary, found.status) == (
+        "rejection",
+        "DUPLICATE_CUSTOMER",
+        suspected.message,
+        "open",
+    )
+
+    assert desk.plan("retry", [found.ref]) == [
+        ex.Effect(
+            found.ref, f"read account {account} from the CRM again and run it as a new attempt"
+        )
+    ]
+    desk.act("retry", [found.ref])
+
+    topic = world.catalog.replay_topic(consumer)
+    [message] = read_topic(world.settings, topic, 1)
+    assert message.key() == account.encode()
+    assert h.get(message.headers(), h.ORIGINAL_TOPIC) == world.catalog.change_topics["Account"]
+    change = decode_change(topic, message.value())
+    assert (change.entity, change.header.recordIds) == ("Account", [account])
+    assert change.header.changeType is ChangeType.GAP_UPDATE
+    assert change.header.retry is not None
+
+    emit(
+        sample_event(
+            CustomerUpserted,
+            crm_account_id=account,
+            envelope=sample_envelope(CustomerUpserted.event_type),
+        )
+    )
+    closed = item(world, found.ref)
+    assert (closed.status, closed.resolved_by, closed.resolution) == (
+        "resolved",
+        "revsync",
+        "mastered in the ERP",
+    )
 
 
 def test_resolve_discard_assign_and_tag_are_done_under_the_persons_name_and_audited(

@@ -40,10 +40,12 @@ def without_producer(catalog: Catalog, topic: str, producer: str) -> Catalog:
 def test_every_deployable_is_installed_and_found() -> None:
     assert set(discover()) == {
         "order-sync",
+        "customer-sync",
         "invoice-sync",
         "fulfillment-sync",
         "erp-outbox-publisher",
         "crm-cdc-bridge",
+        "process-api",
     }
 
 

@@ -15,6 +15,7 @@ import json
 import re
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -175,6 +176,22 @@ class RecordChange(BaseModel):
     @property
     def entity(self) -> str:
         return self.header.entityName
+
+
+@dataclass(frozen=True)
+class Integration:
+    """Who revsync is in the CRM, to recognise the changes it made itself (and not echo
+    them back)."""
+
+    client_name: str
+    """What revsync sends as ``Sforce-Call-Options: client=``; it shows in changeOrigin."""
+    user_id: str | None = None
+    """The integration user; its commits are revsync's too."""
+
+    def made(self, change: RecordChange) -> bool:
+        header = change.header
+        by_user = self.user_id is not None and header.commitUser == self.user_id
+        return header.origin_client == self.client_name or by_user
 
 
 def decode_change(topic: str, data: bytes | None) -> RecordChange:

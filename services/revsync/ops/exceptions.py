@@ -31,14 +31,12 @@ from revsync.ops import dead_letters as dl
 from revsync.ops import ledger
 from revsync.runtime import headers as h
 from revsync.runtime.holds import release
-from revsync.runtime.journey import Kind, Status
+from revsync.runtime.journey import DUPLICATE_CUSTOMER, Kind, Status
 
 HELD_KEY = "held key"
 STUCK = "stuck order"
 KINDS = (Kind.REJECTION.value, Kind.DEAD_LETTER.value, HELD_KEY, STUCK)
 STATUSES = tuple(status.value for status in Status)
-ORDER_SYNC = "order_sync"
-"""The service that reads an order from the CRM again when a person retries it."""
 
 STAGES = ("accepted", "invoiced", "shipped")
 """The stages an order can be stuck before, each after the one before it (activated first)."""
@@ -428,7 +426,7 @@ class ExceptionDesk:
             )
         elif action == "retry" and item.kind in (Kind.REJECTION, STUCK):
             assert item.order_key is not None
-            self.retry_order(item.order_key)
+            self.retry_record(_entity(item), item.order_key)
 
     def _discard(self, connection: psycopg.Connection[Any], item: Item) -> None:
         """A dead letter dealt with for good (the ledger's ``purged``, as ``dlt purge``); its
@@ -449,10 +447,13 @@ class ExceptionDesk:
             source = item.blocker.rsplit(":", 2)[0]
             release(connection, item.consumer, item.order_key.encode(), source, item.blocker)
 
-    def retry_order(self, crm_order_id: str) -> None:
-        """Ask order-sync to read ``crm_order_id`` from the CRM again and run it as a new
-        attempt: a change event of revsync's own on order-sync's replay topic, ordered behind
-        the order's other change events (same key, same source topic)."""
+    def retry_record(self, entity: str, record_id: str) -> None:
+        """Ask the consumer of ``entity``'s change events (order-sync for an Order,
+        customer-sync for an Account) to read ``record_id`` from the CRM again and run it as a
+        new attempt: a change event of revsync's own on that consumer's replay topic, ordered
+        behind the record's other change events (same key, same source topic)."""
+        source = self.catalog.change_topics[entity]
+        consumer = self.catalog.topic(source).consumers[0]
         now_ms = int(time.time() * 1000)
         attempt_id = uuid.uuid4()
         attempt = f"{RETRY_PREFIX}{attempt_id}"
@@ -460,8 +461,8 @@ class ExceptionDesk:
             "schema": "revsync-retry",
             "payload": {
                 "ChangeEventHeader": {
-                    "entityName": "Order",
-                    "recordIds": [crm_order_id],
+                    "entityName": entity,
+                    "recordIds": [record_id],
                     "changeType": "GAP_UPDATE",
                     "changeOrigin": f"revsync;retried by {self.actor.name}",
                     "transactionKey": attempt,
@@ -472,14 +473,14 @@ class ExceptionDesk:
             },
         }
         headers: list[tuple[str, str | bytes | None]] = [
-            (h.ORIGINAL_TOPIC, self.catalog.change_topics["Order"].encode()),
+            (h.ORIGINAL_TOPIC, source.encode()),
             (h.REPLAY_ID, str(attempt_id).encode()),
         ]
         producer = Producer({**self.kafka_config, "enable.idempotence": True, "acks": "all"})
         errors: list[Any] = []
         producer.produce(
-            self.catalog.replay_topic(self.catalog.consumer_of(ORDER_SYNC)),
-            key=crm_order_id.encode(),
+            self.catalog.replay_topic(consumer),
+            key=record_id.encode(),
             value=json.dumps(change).encode(),
             headers=headers,
             on_delivery=lambda error, _: errors.append(error) if error else None,
@@ -499,6 +500,12 @@ def _refusal(action: str, value: str) -> str | None:
     return None
 
 
+def _entity(item: Item) -> str:
+    """The CRM object a business exception is about: an account for a duplicate customer,
+    else an order."""
+    return "Account" if item.reason == DUPLICATE_CUSTOMER else "Order"
+
+
 def _tags(value: str) -> list[str]:
     return sorted({tag.strip().lower() for tag in value.split(",") if tag.strip()})
 
@@ -511,13 +518,16 @@ def _effect(action: str, item: Item | None, ref: str, value: str) -> Effect:
     if item.status != Status.OPEN:
         return Effect(ref, None, f"already {item.status}")
     order = item.crm_order_number or item.order_key or "?"
+    record = "account" if _entity(item) == "Account" else "order"
     if action == "retry":
         if item.kind == Kind.DEAD_LETTER:
             if not item.dead_letter:
                 return Effect(ref, None, "the dead letter's place is unknown")
             return Effect(ref, f"replay dead letter {item.dead_letter} to {item.consumer}")
         if item.kind == Kind.REJECTION or (item.kind == STUCK and item.reason == "not accepted"):
-            return Effect(ref, f"read order {order} from the CRM again and run it as a new attempt")
+            return Effect(
+                ref, f"read {record} {order} from the CRM again and run it as a new attempt"
+            )
         return Effect(ref, None, f"a {item.kind} ({item.reason}) has nothing to retry")
     if action == "discard":
         if item.kind == Kind.DEAD_LETTER:
@@ -526,7 +536,7 @@ def _effect(action: str, item: Item | None, ref: str, value: str) -> Effect:
         if item.kind == HELD_KEY:
             return Effect(ref, f"release order {order} at {item.consumer}: its records go on")
         if item.kind == Kind.REJECTION:
-            return Effect(ref, f"close the rejection of order {order} without a retry")
+            return Effect(ref, f"close the rejection of {record} {order} without a retry")
         return Effect(ref, None, "a stuck order is not discarded; retry it or look at it")
     if not recorded:
         return Effect(ref, None, f"a {item.kind} is dealt with by retry or discard")

@@ -1,7 +1,8 @@
 """The order journey: what became of every record a consumer took, written in the batch's own
 transaction, so it can never disagree with what happened.
 
-Three tables, all keyed by the CRM order id (every order-to-cash topic's key):
+Three tables, keyed by the record key: the CRM order id (every order-to-cash topic's key), the
+CRM account id for customer master events:
 
 - ``revsync_journey``: one row per record consumed (its topic, partition and offset) with its
   outcome — processed, duplicate skipped, retried at a tier, dead-lettered, parked — and one per
@@ -10,8 +11,9 @@ Three tables, all keyed by the CRM order id (every order-to-cash topic's key):
   order id and number, correlation id) and when it reached each stage, from the events that
   passed; what the console looks orders up by and ages them with.
 - ``revsync_exceptions``: the worklist. A dead letter opens one, with where it lies; a rejection
-  emitted opens one with its reason code. Each closes itself when its cause is gone: a dead
-  letter's event processed by the same consumer (a replay), a rejected order accepted. People
+  emitted opens one with its reason code, and so does a duplicate customer suspected (keyed by
+  its account). Each closes itself when its cause is gone: a dead letter's event processed by
+  the same consumer (a replay), a rejected order accepted, the account's customer mastered. People
   resolve, assign, tag and discard them through :mod:`revsync.ops.exceptions`.
 """
 
@@ -27,6 +29,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from revsync.contracts.events import (
+    CustomerMastered,
+    CustomerUpserted,
+    DuplicateCustomerSuspected,
     Event,
     InvoicePosted,
     OrderAccepted,
@@ -263,6 +268,18 @@ the same stage (a second invoice) moves the stage's time on; an identity, once k
 unless a later event names another."""
 
 
+Rejected = OrderRejected | DuplicateCustomerSuspected
+"""The business exceptions an emitted event opens."""
+DUPLICATE_CUSTOMER = "DUPLICATE_CUSTOMER"
+"""The reason of a duplicate customer's exception."""
+CLOSES: dict[type[Event], str] = {
+    OrderAccepted: "accepted by the ERP",
+    CustomerUpserted: "mastered in the ERP",
+    CustomerMastered: "mastered in the ERP",
+}
+"""The events that close their key's business exception, and the resolution they give."""
+
+
 @dataclass(frozen=True)
 class DeadLettered:
     step: Step
@@ -278,29 +295,33 @@ class JourneyBatch:
 
     steps: list[Step] = field(default_factory=list)
     facts: dict[str, Facts] = field(default_factory=dict)
-    rejections: list[OrderRejected] = field(default_factory=list)
-    accepted: set[str] = field(default_factory=set)
+    rejections: list[Rejected] = field(default_factory=list)
+    """Business exceptions emitted, in the batch's order: each opens one."""
+    accepted: dict[str, str] = field(default_factory=dict)
+    """Keys whose business exception is gone, and why (an order accepted, an account's
+    customer mastered)."""
     processed: set[str] = field(default_factory=set)
     """Event ids this consumer processed: their open dead letters close."""
     failed: list[DeadLettered] = field(default_factory=list)
     """What was dead-lettered, in the order sent."""
 
     def learn(self, event: Event, now: datetime) -> None:
+        key = event.key
         facts = ORDER_FACTS.get(type(event))
-        key = getattr(event, "crm_order_id", None)
-        if facts is None or key is None:
-            return
-        self.facts.setdefault(key, {}).update(
-            {name: value for name, value in facts(event, now).items() if value is not None}
-        )
-        if isinstance(event, OrderRejected | OrderAccepted):
+        if facts is not None:
+            self.facts.setdefault(key, {}).update(
+                {name: value for name, value in facts(event, now).items() if value is not None}
+            )
+        closing = CLOSES.get(type(event))
+        if isinstance(event, OrderRejected | DuplicateCustomerSuspected) or closing:
             # In the batch's order: an order rejected and then accepted within one batch (a
             # consumer catching up) opens no rejection; a second rejection replaces the first.
-            self.rejections = [r for r in self.rejections if r.crm_order_id != key]
-        if isinstance(event, OrderRejected):
+            self.rejections = [r for r in self.rejections if r.key != key]
+        if isinstance(event, OrderRejected | DuplicateCustomerSuspected):
             self.rejections.append(event)
-        elif isinstance(event, OrderAccepted):
-            self.accepted.add(key)
+            self.accepted.pop(key, None)
+        elif closing:
+            self.accepted[key] = closing
 
 
 def order_key(record: Record) -> str | None:
@@ -453,7 +474,7 @@ class Journal:
         (replayed and handled), a rejected order accepted; and those a new one of the same
         cause replaces (an order rejected again, an event dead-lettered again)."""
         superseded = [
-            (Kind.REJECTION.value, sorted({r.crm_order_id for r in batch.rejections}), []),
+            (Kind.REJECTION.value, sorted({r.key for r in batch.rejections}), []),
             (
                 Kind.DEAD_LETTER.value,
                 [],
@@ -476,12 +497,16 @@ class Journal:
                 "WHERE status = 'open' AND consumer = %s AND event_id = ANY(%s::uuid[])",
                 (self.consumer, sorted(batch.processed)),
             )
-        if batch.accepted:
+        for resolution in sorted(set(batch.accepted.values())):
             cursor.execute(
                 "UPDATE revsync_exceptions SET status = 'resolved', resolved_at = now(), "
-                "resolved_by = 'revsync', resolution = 'accepted by the ERP' "
+                "resolved_by = 'revsync', resolution = %s "
                 "WHERE status = 'open' AND kind = %s AND order_key = ANY(%s)",
-                (Kind.REJECTION.value, sorted(batch.accepted)),
+                (
+                    resolution,
+                    Kind.REJECTION.value,
+                    sorted(k for k, why in batch.accepted.items() if why == resolution),
+                ),
             )
 
     def _open(
@@ -493,8 +518,12 @@ class Journal:
         rows: list[dict[str, Any]] = [
             {
                 "kind": Kind.REJECTION.value,
-                "order_key": rejection.crm_order_id,
-                "reason": rejection.reason_code.value,
+                "order_key": rejection.key,
+                "reason": (
+                    rejection.reason_code.value
+                    if isinstance(rejection, OrderRejected)
+                    else DUPLICATE_CUSTOMER
+                ),
                 "summary": rejection.message,
                 "event_id": str(rejection.envelope.event_id),
                 "event_type": rejection.envelope.event_type,
