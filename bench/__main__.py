@@ -6,7 +6,16 @@ import argparse
 import json
 from pathlib import Path
 
-from bench import cdc_bridge, chaos, console, order_to_cash, passthrough, replay, runtime
+from bench import (
+    cdc_bridge,
+    chaos,
+    console,
+    order_to_cash,
+    passthrough,
+    process_api,
+    replay,
+    runtime,
+)
 from revsync.settings import Settings
 
 SCENARIOS = {
@@ -17,6 +26,7 @@ SCENARIOS = {
     "chaos": chaos.run,
     "cdc-bridge": cdc_bridge.run,
     "console": console.run,
+    "process-api": process_api.run,
 }
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_EVENTS = {
@@ -25,6 +35,7 @@ DEFAULT_EVENTS = {
     "chaos": 10_000,
     "cdc-bridge": 2_000,
     "console": 10_000,
+    "process-api": 6_000,
 }
 
 
@@ -35,7 +46,8 @@ def main() -> None:
         "--events",
         type=int,
         default=None,
-        help="events (orders, for order-to-cash; open exceptions, for console) to move",
+        help="events (orders, for order-to-cash; open exceptions, for console; timed "
+        "requests, for process-api) to move",
     )
     arguments = parser.parse_args()
     events = arguments.events or DEFAULT_EVENTS.get(arguments.scenario, 100_000)

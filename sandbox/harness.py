@@ -1,6 +1,7 @@
 """The pipeline harness: the whole order-to-cash pipeline on one machine, for the demo, the
-end-to-end tests and the benchmark: the governance step, both sandboxes, and every deployable
-as its own process (``revsync run <name>``), exactly as production runs them."""
+end-to-end tests and the benchmark: the governance step, the sandboxes (the CRM, the ERP, and
+the identity provider whose tokens the process API takes), and every deployable as its own
+process (``revsync run <name>``), exactly as production runs them."""
 
 from __future__ import annotations
 
@@ -42,6 +43,8 @@ DEPLOYABLES = tuple(sorted(discover()))
 CHANNELS = ("/data/OrderChangeEvent", "/data/AccountChangeEvent")
 KEEPALIVE_S = 5
 """The CRM sandbox's keepalive on an idle Subscribe stream (Salesforce's: within 270 s)."""
+PROCESS_API_AUDIENCE = "revsync-process-api"
+"""The audience of the access tokens the process API takes, as the provider issues them."""
 HEALTH_PORT = re.compile(r"health and metrics on port (\d+)")
 METRIC = re.compile(r"^(revsync_[a-z_]+_total)\{([^}]*)\} ([0-9.e+]+)$", re.MULTILINE)
 
@@ -151,6 +154,9 @@ class Pipeline:
     pubsub_url: str = ""
     """The CRM sandbox's Pub/Sub API, as ``grpc://127.0.0.1:<port>``."""
     erp_url: str = ""
+    idp_issuer: str = ""
+    process_api_url: str = ""
+    """Where the process API serves, once started."""
     planned: dict[str, str] = field(default_factory=dict)
     """CRM order id -> expected end state, for every order pushed."""
     via: Callable[[str, str], str] = field(default=lambda _name, address: address)
@@ -188,6 +194,8 @@ class Pipeline:
             )["url"]
             self.crm = CrmSandbox(self.crm_url)
             self.erp = ErpSandbox(self.erp_url)
+            self.idp_issuer = self._sandbox("idp", ["--audience", PROCESS_API_AUDIENCE])["issuer"]
+            self.process_api_url = f"http://127.0.0.1:{free_port()}"
             report(f"starting {', '.join(DEPLOYABLES)}")
             for name in DEPLOYABLES:
                 self._service(name)
@@ -222,7 +230,7 @@ class Pipeline:
             )
         )
         users.chmod(0o600)
-        port = port or _free_port()
+        port = port or free_port()
         url = f"http://127.0.0.1:{port}"
         log = self.workdir / "console.log"
         output = log.open("ab")
@@ -365,6 +373,7 @@ class Pipeline:
             **self._bridge_environment(),
             "REVSYNC_ERP_BASE_URL": self.via("erp", self.erp_url),
             "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
+            **self._process_api_environment(),
             "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",
             **self.service_env,
@@ -383,6 +392,15 @@ class Pipeline:
             "REVSYNC_CDC_INITIAL": "earliest",
             # Three missed keepalives end a stream that only looks alive.
             "REVSYNC_CDC_STALL_TIMEOUT_S": str(3 * KEEPALIVE_S),
+        }
+
+    def _process_api_environment(self) -> dict[str, str]:
+        if not self.process_api_url:  # asked before the sandboxes run
+            return {}
+        return {
+            "REVSYNC_PROCESS_API_OIDC_ISSUER": self.idp_issuer,
+            "REVSYNC_PROCESS_API_OIDC_AUDIENCE": PROCESS_API_AUDIENCE,
+            "REVSYNC_PROCESS_API_PORT": str(urlsplit(self.process_api_url).port),
         }
 
     def _revsync(self, *arguments: str) -> None:
@@ -476,7 +494,7 @@ def _ready(process: Process) -> bool:
     return response.status_code == 200
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])

@@ -1,5 +1,6 @@
 """order_sync's decisions, free of I/O: which CRM changes matter, what canonical event a CRM
-order becomes, whether the ERP may take it, and what each outcome tells the CRM."""
+order becomes, what the ERP is asked to book, and what each outcome tells the CRM. Whether
+the ERP may take an order is the shared rules' to say (:mod:`revsync.rules.checks`)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from order_sync.rules import OrderRules
-from revsync.connectors.cdc import ChangeType, RecordChange
+from revsync.connectors.cdc import ChangeType, Integration, RecordChange
 from revsync.contracts.events import (
     CreditCheckOutcome,
     Envelope,
@@ -21,20 +21,11 @@ from revsync.contracts.events import (
     OrderCreated,
     OrderRejected,
     PricingOutcome,
-    RejectionReason,
     SourceSystem,
 )
 from revsync.errors import invalid_fields
-from revsync.ports.erp import (
-    Address,
-    Customer,
-    CustomerStatus,
-    PriceBook,
-    Product,
-    SalesOrder,
-    SalesOrderLine,
-    SalesOrderRequest,
-)
+from revsync.ports.erp import Address, SalesOrder, SalesOrderLine, SalesOrderRequest
+from revsync.rules.checks import Rejection
 from revsync.runtime.handler import caused_envelope
 
 ORDER = "Order"
@@ -71,21 +62,6 @@ ORDER_FIELDS = (
     "Cancel_Reason__c",
     "LastModifiedDate",
 )
-
-
-@dataclass(frozen=True)
-class Integration:
-    """Who revsync is in the CRM, to recognise the changes it made itself."""
-
-    client_name: str
-    """What revsync sends as ``Sforce-Call-Options: client=``; it shows in changeOrigin."""
-    user_id: str | None = None
-    """The integration user; its commits are revsync's too."""
-
-    def made(self, change: RecordChange) -> bool:
-        header = change.header
-        by_user = self.user_id is not None and header.commitUser == self.user_id
-        return header.origin_client == self.client_name or by_user
 
 
 @dataclass(frozen=True)
@@ -283,120 +259,6 @@ def _datetime(value: Any) -> datetime | None:
     if not value:
         return None
     return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
-
-
-@dataclass(frozen=True)
-class Rejection:
-    reason: RejectionReason
-    message: str
-    skus: tuple[str, ...] = ()
-
-
-def validate(
-    order: OrderCreated,
-    customer: Customer | None,
-    products: Mapping[str, Product],
-    price_book: PriceBook | None,
-    rules: OrderRules,
-) -> Rejection | None:
-    """Whether the ERP may take the order; the first rule it breaks, if any."""
-    if order.erp_customer_id is None:
-        return Rejection(
-            RejectionReason.CUSTOMER_NOT_MASTERED,
-            f"account {order.crm_account_id} has no ERP customer id",
-        )
-    if customer is None:
-        return Rejection(
-            RejectionReason.CUSTOMER_NOT_MASTERED,
-            f"ERP customer {order.erp_customer_id} does not exist",
-        )
-    if customer.legal_entity != order.legal_entity:
-        return Rejection(
-            RejectionReason.CUSTOMER_NOT_MASTERED,
-            f"ERP customer {customer.id} is mastered in {customer.legal_entity}, "
-            f"not {order.legal_entity}",
-        )
-    if customer.status is CustomerStatus.CREDIT_HOLD:
-        return Rejection(RejectionReason.CREDIT_HOLD, f"ERP customer {customer.id} is on hold")
-    if customer.status is CustomerStatus.BLOCKED:
-        return Rejection(RejectionReason.OTHER, f"ERP customer {customer.id} is blocked")
-    if order.currency not in rules.currencies:
-        allowed = ", ".join(sorted(rules.currencies))
-        return Rejection(
-            RejectionReason.UNSUPPORTED_CURRENCY,
-            f"{order.legal_entity} does not invoice in {order.currency} (only {allowed})",
-        )
-    if price_book is None:
-        return Rejection(
-            RejectionReason.PRICING_MISMATCH, f"price book {order.price_book_id} is not in the ERP"
-        )
-    if price_book.currency != order.currency:
-        return Rejection(
-            RejectionReason.UNSUPPORTED_CURRENCY,
-            f"price book {price_book.id} is in {price_book.currency}, "
-            f"the order in {order.currency}",
-        )
-    unknown = tuple(
-        line.sku
-        for line in order.lines
-        if line.sku not in products or not products[line.sku].sold_by(order.legal_entity)
-    )
-    if unknown:
-        return Rejection(
-            RejectionReason.UNKNOWN_PRODUCT,
-            f"not sold by {order.legal_entity}: {', '.join(unknown)}",
-            unknown,
-        )
-    mispriced = tuple(
-        line.sku
-        for line in order.lines
-        if not _price_agrees(line.unit_price, price_book.prices.get(line.sku), rules)
-    )
-    if mispriced:
-        return Rejection(
-            RejectionReason.PRICING_MISMATCH,
-            f"prices differ from price book {price_book.id} by more than "
-            f"{rules.price_tolerance:%}: {', '.join(mispriced)}",
-            mispriced,
-        )
-    if rules.require_po_number and not order.purchase_order_number:
-        return Rejection(
-            RejectionReason.INVALID_ORDER, f"{order.legal_entity} orders need a PO number"
-        )
-    if rules.max_order_total is not None and order.grand_total > rules.max_order_total:
-        return Rejection(
-            RejectionReason.INVALID_ORDER,
-            f"grand total {order.grand_total} {order.currency} is over the "
-            f"{rules.max_order_total} limit for automatic entry",
-        )
-    return None
-
-
-ERP_REASONS = {
-    "CREDIT_HOLD": RejectionReason.CREDIT_HOLD,
-    "CREDIT_LIMIT_EXCEEDED": RejectionReason.CREDIT_HOLD,
-    "UNKNOWN_PRODUCT": RejectionReason.UNKNOWN_PRODUCT,
-    "PRICING_MISMATCH": RejectionReason.PRICING_MISMATCH,
-    "CUSTOMER_BLOCKED": RejectionReason.OTHER,
-    "CUSTOMER_NOT_MASTERED": RejectionReason.CUSTOMER_NOT_MASTERED,
-    "UNSUPPORTED_CURRENCY": RejectionReason.UNSUPPORTED_CURRENCY,
-    "UNKNOWN_PRICE_BOOK": RejectionReason.PRICING_MISMATCH,
-    "INVALID_ORDER": RejectionReason.INVALID_ORDER,
-}
-
-
-def erp_rejection(code: str, message: str, skus: Sequence[str]) -> Rejection:
-    """The ERP's own refusal (it checks credit, which revsync cannot) as a rejection."""
-    reason = ERP_REASONS.get(code, RejectionReason.OTHER)
-    return Rejection(reason, f"the ERP refused the order ({code}): {message}", tuple(skus))
-
-
-def _price_agrees(crm_price: Decimal, erp_price: Decimal | None, rules: OrderRules) -> bool:
-    if erp_price is None:
-        return False
-    if erp_price == 0:
-        return crm_price == 0
-    return abs(crm_price - erp_price) / erp_price <= rules.price_tolerance
 
 
 def sales_order_request(order: OrderCreated) -> SalesOrderRequest:

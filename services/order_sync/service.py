@@ -1,10 +1,11 @@
 """order_sync's wiring: its handler, binding the decisions in :mod:`order_sync.logic` to the
 CRM and ERP adapters and to the catalog's topics.
 
-One consumer group, ``order-sync``, reads three inputs, all keyed by the CRM order id so one
-order's inputs keep their order: the CRM's change events (captured into canonical events),
-and those canonical order-created and order-cancelled events (placed into, or cancelled in,
-the ERP).
+One consumer group, ``order-sync``, reads the CRM's change events (captured into canonical
+events) and those canonical order-created and order-cancelled events (placed into, or
+cancelled in, the ERP), all keyed by the CRM order id so one order's inputs keep their order;
+and the ERP's customer master and credit changes, which make it forget what it cached of that
+customer rather than wait out the cache's time to live.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from order_sync import logic
-from order_sync.rules import RuleBook
 from revsync.connectors.cache import TtlCache
-from revsync.connectors.cdc import RecordChange, narrowed
+from revsync.connectors.cdc import Integration, RecordChange, narrowed
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import (
+    CreditStatusChanged,
+    CustomerMastered,
     Envelope,
     Event,
     OrderAccepted,
@@ -28,11 +30,15 @@ from revsync.contracts.events import (
     OrderCreated,
     OrderRejected,
     RejectionReason,
+    SourceSystem,
 )
+from revsync.contracts.ownership import ObjectOwnership, Ownership
 from revsync.deployables import ConsumerDeployable, Context, output_topics
-from revsync.errors import described
+from revsync.errors import DependencyNotReady, described
 from revsync.ports.crm import CrmPort, RecordNotFound
 from revsync.ports.erp import Customer, ErpPort, ErpRejected, PriceBook, Product
+from revsync.rules import checks, customers
+from revsync.rules.book import RuleBook
 from revsync.runtime.handler import (
     Decision,
     Emission,
@@ -46,6 +52,12 @@ log = logging.getLogger(__name__)
 OUTPUTS: tuple[type[Event], ...] = (OrderCreated, OrderCancelled, OrderAccepted, OrderRejected)
 
 
+class CustomerNotMastered(DependencyNotReady):
+    """The order's account has no ERP customer yet: customer_sync masters it, and the order
+    waits through the retry tiers until it has one (and, past the last, in the dead letters,
+    whence a replay places it once the customer exists)."""
+
+
 class OrderSync:
     """The ``order-sync`` handler."""
 
@@ -55,15 +67,21 @@ class OrderSync:
         crm: CrmPort,
         erp: ErpPort,
         rules: RuleBook,
-        integration: logic.Integration,
+        integration: Integration,
         catalog: Catalog,
+        ownership: ObjectOwnership,
+        qualify: frozenset[customers.Qualify],
         master_data_ttl_s: float = 60.0,
         concurrency: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         """``concurrency``: how many orders (never two of one order) are in flight at once;
-        every call is to the CRM or the ERP, so threads overlap their waiting."""
+        every call is to the CRM or the ERP, so threads overlap their waiting. ``ownership``
+        and ``qualify``: the customer fields and the rule customer_sync masters accounts by,
+        so an order of an account it never will is rejected rather than kept waiting."""
         self.crm = crm
+        self.ownership = ownership
+        self.qualify = qualify
         self.erp = erp
         self.rules = rules
         self.integration = integration
@@ -134,9 +152,9 @@ class OrderSync:
         try:
             event = logic.canonical(cause, order, items, self._erp_customer_id(order), attempt)
         except logic.InvalidCrmOrder as error:
-            rejection = logic.Rejection(RejectionReason.INVALID_ORDER, str(error))
+            rejection = checks.Rejection(RejectionReason.INVALID_ORDER, str(error))
             identity = logic.attempted(f"{record_id}@{order.get('ActivatedDate')}", attempt)
-            return [self._reject(cause, record_id, rejection, order, identity=identity)]
+            return [self._reject(cause, record_id, rejection, order, identity)]
         return [] if event is None else [self._emit(event)]
 
     def _erp_customer_id(self, order: dict[str, Any]) -> str | None:
@@ -154,50 +172,94 @@ class OrderSync:
 
     def place(self, order: OrderCreated) -> Decision:
         rules = self.rules.for_order(order.legal_entity, order.region)
-        customer = (
-            self._customers.get_or_load(
-                order.erp_customer_id, lambda: self.erp.customer(order.erp_customer_id or "")
-            )
-            if order.erp_customer_id
-            else None
-        )
+        customer_id = order.erp_customer_id
+        if customer_id is None:
+            found = self._mastered_from(order.crm_account_id)
+            if isinstance(found, checks.Rejection):
+                return self._rejected(order, found)
+            customer_id = found
+            order = order.model_copy(update={"erp_customer_id": customer_id})
+        customer = self._customers.get_or_load(customer_id, lambda: self.erp.customer(customer_id))
         price_book = self._price_books.get_or_load(
             order.price_book_id, lambda: self.erp.price_book(order.price_book_id)
         )
-        rejection = logic.validate(order, customer, self._products_for(order), price_book, rules)
+        products = self._products.get_or_load_many(
+            (line.sku for line in order.lines), self.erp.products, None
+        )
+        known = {sku: product for sku, product in products.items() if product is not None}
+        rejection = checks.validate(order, customer, known, price_book, rules)
         if rejection is None:
             try:
                 sales_order = self.erp.create_sales_order(
                     logic.sales_order_request(order), logic.create_key(order)
                 )
             except ErpRejected as refusal:
-                rejection = logic.erp_rejection(refusal.code, refusal.message, refusal.skus)
+                rejection = checks.erp_rejection(refusal.code, refusal.message, refusal.skus)
             else:
-                self.crm.update(
-                    logic.ORDER, order.crm_order_id, logic.crm_accepted_fields(sales_order)
-                )
+                self._tell_crm(order, logic.crm_accepted_fields(sales_order))
                 return Decision(
                     emits=[self._emit(logic.accepted(order, sales_order, self.clock()))]
                 )
+        return self._rejected(order, rejection)
+
+    def _rejected(self, order: OrderCreated, rejection: checks.Rejection) -> Decision:
+        self._tell_crm(order, logic.crm_rejected_fields(rejection))
         return Decision(
-            emits=[self._reject(order.envelope, order.crm_order_id, rejection, None, order)]
+            emits=[
+                self._emit(
+                    logic.rejected(
+                        order.envelope,
+                        order.crm_order_id,
+                        rejection,
+                        order.legal_entity,
+                        order.region,
+                        self.clock(),
+                    )
+                )
+            ]
         )
 
-    def _products_for(self, order: OrderCreated) -> dict[str, Product]:
-        known: dict[str, Product | None] = {}
-        missing = []
-        for sku in {line.sku for line in order.lines}:
-            hit = self._products.lookup(sku)
-            if hit is None:
-                missing.append(sku)
-            else:
-                known[sku] = hit[0]
-        if missing:
-            found = self.erp.products(missing)
-            for sku in missing:
-                known[sku] = found.get(sku)
-                self._products.put(sku, known[sku])
-        return {sku: product for sku, product in known.items() if product is not None}
+    def _mastered_from(self, crm_account_id: str) -> str | checks.Rejection:
+        """The ERP customer mastered from an account that had none when its order was
+        captured: asked every time, so a retry finds it as soon as it exists. While there is
+        none, the order waits (:class:`CustomerNotMastered`) if customer_sync will master
+        the account, and is rejected if it never will."""
+        customer = self.erp.customer_by_account(crm_account_id)
+        if customer is not None:
+            self._customers.put(customer.id, customer)
+            return customer.id
+        never = self._never_mastered(crm_account_id)
+        if never is not None:
+            return checks.Rejection(RejectionReason.CUSTOMER_NOT_MASTERED, never)
+        raise CustomerNotMastered(
+            f"account {crm_account_id} has no ERP customer yet; the order waits until "
+            "the customer is mastered"
+        )
+
+    def _never_mastered(self, account_id: str) -> str | None:
+        """Why customer_sync will not master this account for its order, by the rule it
+        masters by; None when it will."""
+        fields = customers.account_fields(self.ownership)
+        try:
+            account = self.crm.get(customers.ACCOUNT, account_id, fields)
+        except RecordNotFound:
+            return f"account {account_id} is not in the CRM"
+        if not customers.qualifies(account, self.qualify, by_order=True):
+            return (
+                f"account {account_id} has no ERP customer, and only accounts with "
+                f"{customers.SYNC_FLAG} ticked are mastered"
+            )
+        try:
+            customers.draft(account, self.ownership)
+        except customers.AccountNotMasterable as why:
+            return str(why)
+        return None
+
+    def _tell_crm(self, order: OrderCreated, fields: dict[str, Any]) -> None:
+        """The outcome onto the CRM order; an order submitted through the process API (by a
+        web shop or a partner portal) has none to tell."""
+        if order.envelope.source_system is SourceSystem.CRM:
+            self.crm.update(logic.ORDER, order.crm_order_id, fields)
 
     def cancel(self, cancelled: OrderCancelled) -> Decision:
         reason = cancelled.reason or "cancelled in the CRM"
@@ -219,24 +281,37 @@ class OrderSync:
         self.crm.update(logic.ORDER, cancelled.crm_order_id, logic.crm_cancelled_fields(reason))
         return Decision()
 
+    # --- the ERP's customer master -> what is cached of it ------------------------------------
+
+    def forget_customer(self, change: CustomerMastered | CreditStatusChanged) -> Decision:
+        """A customer mastered, changed or moved on or off credit hold in the ERP: its next
+        order reads it afresh (by its id, and by its account's)."""
+        self._customers.discard(change.erp_customer_id)
+        self._accounts.discard(change.crm_account_id)
+        return Decision()
+
     # --- emissions ---------------------------------------------------------------------------
 
     def _reject(
         self,
         cause: Envelope,
         crm_order_id: str,
-        rejection: logic.Rejection,
-        order: dict[str, Any] | None,
-        created: OrderCreated | None = None,
-        identity: str | None = None,
+        rejection: checks.Rejection,
+        order: dict[str, Any],
+        identity: str,
     ) -> Emission:
-        """The compensating write-back to the CRM, then the rejection event."""
+        """A CRM order that cannot become an event: the compensating write-back to the CRM,
+        then the rejection event."""
         self.crm.update(logic.ORDER, crm_order_id, logic.crm_rejected_fields(rejection))
-        legal_entity = created.legal_entity if created else (order or {}).get("Legal_Entity__c")
-        region = created.region if created else (order or {}).get("Region__c")
         return self._emit(
             logic.rejected(
-                cause, crm_order_id, rejection, legal_entity, region, self.clock(), identity
+                cause,
+                crm_order_id,
+                rejection,
+                order.get("Legal_Entity__c"),
+                order.get("Region__c"),
+                self.clock(),
+                identity,
             )
         )
 
@@ -248,6 +323,8 @@ ROUTES: dict[type[Inbound], Callable[[OrderSync, Any], Decision]] = {
     RecordChange: OrderSync.capture,
     OrderCreated: OrderSync.place,
     OrderCancelled: OrderSync.cancel,
+    CustomerMastered: OrderSync.forget_customer,
+    CreditStatusChanged: OrderSync.forget_customer,
 }
 """What order-sync takes, and which step handles each."""
 
@@ -257,9 +334,11 @@ def build(context: Context) -> OrderSync:
     handler = OrderSync(
         crm=context.crm(),
         erp=context.erp(),
-        rules=RuleBook.load(s.order_rules) if s.order_rules else RuleBook.load(),
-        integration=logic.Integration(s.crm_client_name, s.crm_integration_user_id),
+        rules=RuleBook.load(s.order_rules),
+        integration=Integration(s.crm_client_name, s.crm_integration_user_id),
         catalog=context.catalog,
+        ownership=Ownership.load(context.settings.schemas_dir).customer,
+        qualify=customers.parse_choices(s.customer_qualify, customers.Qualify),
         master_data_ttl_s=s.master_data_ttl_s,
         concurrency=s.handler_concurrency,
     )

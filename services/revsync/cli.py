@@ -46,7 +46,10 @@ def _fail(message: str) -> typer.Exit:
 def run_service(
     service: Annotated[
         str,
-        typer.Argument(help="order-sync, invoice-sync, fulfillment-sync or erp-outbox-publisher"),
+        typer.Argument(
+            help="order-sync, invoice-sync, fulfillment-sync, customer-sync, "
+            "erp-outbox-publisher, crm-cdc-bridge or process-api"
+        ),
     ],
 ) -> None:
     """Run one service in the foreground until SIGTERM, as production does."""

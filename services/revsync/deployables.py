@@ -2,8 +2,9 @@
 
 Each service package declares one :class:`ConsumerDeployable` (or, for a publisher of an
 outbox, one :class:`RelayDeployable`; for a bridge from an external system's stream into
-Kafka, one :class:`SourceDeployable`): its name for ``revsync run``, the inputs it takes, the
-events it emits and the factory of its handler. It is published as a Python entry point in
+Kafka, one :class:`SourceDeployable`; for an HTTP API, one :class:`ApiDeployable`): its name
+for ``revsync run``, the inputs it takes, the events it emits and the factory of its handler
+or server. It is published as a Python entry point in
 the ``revsync.deployables`` group, so this library imports no service: ``revsync run``
 discovers what is installed, and :func:`declaration_problems` holds every declaration to the
 catalog.
@@ -11,6 +12,7 @@ catalog.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -153,7 +155,29 @@ class SourceDeployable:
     migrate`` creates beside the runtime's."""
 
 
-Deployable = ConsumerDeployable | RelayDeployable | SourceDeployable
+class Server(Runnable, Protocol):
+    """An API's server: runs until stopped, and says when its tables (revsync's outbox among
+    them) exist, for the outbox relay beside it."""
+
+    @property
+    def migrated(self) -> threading.Event: ...
+
+
+@dataclass(frozen=True)
+class ApiDeployable:
+    """A synchronous HTTP API that people's tools call (the process API): its own server and,
+    when it emits, the relay for revsync's outbox beside it."""
+
+    name: str
+    service: str
+    outputs: tuple[type[Event], ...]
+    """What the requests it takes emit, through revsync's outbox."""
+    build: Callable[[Context, Liveness], Server]
+    tables: tuple[Tables, ...] = ()
+    """Tables of its own, which ``revsync db migrate`` creates beside the runtime's."""
+
+
+Deployable = ConsumerDeployable | RelayDeployable | SourceDeployable | ApiDeployable
 
 
 def discover() -> dict[str, Deployable]:
@@ -161,7 +185,9 @@ def discover() -> dict[str, Deployable]:
     found: dict[str, Deployable] = {}
     for point in entry_points(group=ENTRY_POINTS):
         deployable = point.load()
-        if not isinstance(deployable, ConsumerDeployable | RelayDeployable | SourceDeployable):
+        if not isinstance(
+            deployable, ConsumerDeployable | RelayDeployable | SourceDeployable | ApiDeployable
+        ):
             raise TypeError(f"entry point {point.name} ({point.value}) is not a deployable")
         found[deployable.name] = deployable
     return found

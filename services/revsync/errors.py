@@ -4,8 +4,9 @@ what may be told of any failure where it is kept (dead-letter headers, logs)."""
 from __future__ import annotations
 
 import traceback
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import ValidationError
 
@@ -172,17 +173,25 @@ ValueError or assertion, and the few of pydantic's own that repeat what they wer
 
 
 def invalid_fields(error: ValidationError) -> list[tuple[str, str]]:
-    """Each field ``error`` refused, as a dotted path, and why, without its value. pydantic's
-    own reasons name the rule broken (a bound, a pattern, the choices); a message that may
-    quote the value (see :data:`VALUE_QUOTING`) is replaced by its error type."""
+    """Each field ``error`` refused, as a dotted path, and why, without its value."""
+    return refused_fields(
+        error.errors(include_url=False, include_context=False, include_input=False)
+    )
+
+
+def refused_fields(details: Iterable[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """Each field of pydantic's error ``details`` (as ``errors()`` lists them), as a dotted
+    path, and why, without its value. pydantic's own reasons name the rule broken (a bound, a
+    pattern, the choices); a message that may quote the value (see :data:`VALUE_QUOTING`) is
+    replaced by its error type."""
     return [
         (
             ".".join(str(part) for part in detail["loc"]),
             f"not a valid value ({detail['type']})"
             if detail["type"] in VALUE_QUOTING
-            else detail["msg"],
+            else str(detail["msg"]),
         )
-        for detail in error.errors(include_url=False, include_context=False, include_input=False)
+        for detail in details
     ]
 
 

@@ -3,7 +3,8 @@ it.
 
 A consumer deployable is the shared consumer loop bound to its handler (and, when it emits,
 the relay for revsync's outbox beside it); a relay deployable is the shared relay with its
-row translation; a source deployable (the CDC bridge) is a loop of its own. The process logs
+row translation; a source deployable (the CDC bridge) is a loop of its own; an API deployable
+(the process API) is its own server, with the outbox relay beside it when it emits. The process logs
 JSON, serves ``/metrics``, ``/healthz`` and ``/readyz``, and stops cleanly on SIGTERM: the
 batch in hand is finished and committed first.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -22,6 +23,7 @@ from revsync.contracts.catalog import load_catalog
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.deployables import (
+    ApiDeployable,
     ConsumerDeployable,
     Context,
     Runnable,
@@ -31,7 +33,7 @@ from revsync.deployables import (
 )
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.observability import HealthServer, Liveness, configure_logging
-from revsync.runtime.relay import OutboxRelay
+from revsync.runtime.relay import OutboxRelay, OutboxTable
 from revsync.settings import ServiceSettings, Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,12 @@ def run(name: str, *, max_idle_s: float | None = None) -> None:
         log.info("%s: health and metrics on port %d", name, health.port)
         if isinstance(deployable, ConsumerDeployable):
             _run_consumer(deployable, context, liveness, max_idle_s)
+        elif isinstance(deployable, ApiDeployable):
+            server = deployable.build(context, liveness)
+            with _outbox_relay(
+                context, deployable.service, bool(deployable.outputs), server.migrated, server.stop
+            ):
+                _run_own_loop(server, max_idle_s)
         else:
             _run_own_loop(deployable.build(context, liveness), max_idle_s)
 
@@ -94,37 +102,53 @@ def _run_consumer(
         liveness=liveness,
         decoder=input_decoder(context.catalog, context.serde),
     )
-    relay = None
-    if deployable.emits:
-        relay = OutboxRelay(
-            dsn=context.settings.postgres_dsn.get_secret_value(),
-            kafka_config=context.settings.kafka_config(),
-        )
-        thread = threading.Thread(
-            target=_relay_beside, args=(relay, loop), name="outbox-relay", daemon=True
-        )
-        thread.start()
-    try:
+    with _outbox_relay(context, deployable.service, deployable.emits, loop.migrated, loop.stop):
         loop.run(max_idle_s=max_idle_s)
+
+
+@contextmanager
+def _outbox_relay(
+    context: Context,
+    service: str,
+    emits: bool,
+    migrated: threading.Event,
+    stop: Callable[[], None],
+) -> Iterator[None]:
+    """For a deployable that emits: the relay for its rows of revsync's outbox in a thread
+    beside it, until it ends (as itself: its principal may write its own topics only)."""
+    if not emits:
+        yield
+        return
+    relay = OutboxRelay(
+        dsn=context.settings.postgres_dsn.get_secret_value(),
+        kafka_config=context.settings.kafka_config(),
+        table=OutboxTable(owner_column="service", owner=service),
+    )
+    thread = threading.Thread(
+        target=_relay_beside, args=(relay, migrated, stop), name="outbox-relay", daemon=True
+    )
+    thread.start()
+    try:
+        yield
     finally:
-        if relay is not None:
-            relay.stop()
-            thread.join(timeout=30)
+        relay.stop()
+        thread.join(timeout=30)
 
 
-def _relay_beside(relay: OutboxRelay, loop: ConsumerLoop) -> None:
-    """The relay beside a consumer loop. It waits out PostgreSQL outages itself; any other
-    failure stops the loop too, so the process exits and is restarted rather than going on
-    with emitted events that nothing publishes. It starts once the loop has created the
-    runtime's tables, the outbox among them (a new database has none)."""
-    while not loop.migrated.wait(0.5):
+def _relay_beside(relay: OutboxRelay, migrated: threading.Event, stop: Callable[[], None]) -> None:
+    """The relay beside a deployable's loop or server. It waits out PostgreSQL outages
+    itself; any other failure stops the deployable too, so the process exits and is restarted
+    rather than going on with emitted events that nothing publishes. It starts once the
+    deployable has created the runtime's tables, the outbox among them (a new database has
+    none)."""
+    while not migrated.wait(0.5):
         if relay.stopped:
             return
     try:
         relay.run()
     except Exception:
         log.exception("outbox relay failed; stopping the service")
-        loop.stop()
+        stop()
 
 
 def _run_own_loop(runnable: Runnable, max_idle_s: float | None) -> None:

@@ -11,7 +11,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from revsync.contracts.cli import SchemasDir, console, errors, load_contracts
-from revsync.deployables import SourceDeployable, discover
+from revsync.deployables import ApiDeployable, SourceDeployable, discover
 from revsync.migrations import Tables, migrate
 from revsync.ops import storage as ops_storage
 from revsync.runtime import storage as runtime_storage
@@ -108,7 +108,7 @@ def every_table() -> list[Tables]:
     own = [
         tables
         for deployable in discover().values()
-        if isinstance(deployable, SourceDeployable)
+        if isinstance(deployable, SourceDeployable | ApiDeployable)
         for tables in deployable.tables
     ]
     return [*runtime_storage.TABLES, *ops_storage.TABLES, *own]

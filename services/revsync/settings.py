@@ -253,6 +253,22 @@ class ServiceSettings(BaseSettings):
     order_rules: Path | None = Field(
         default=None, description="order_sync's acceptance rules (YAML); default: bundled."
     )
+    customer_qualify: str = Field(
+        default="flag,first-order",
+        pattern=r"^\s*(flag|first-order)(\s*,\s*(flag|first-order))*\s*$",
+        description=(
+            "When customer_sync masters a CRM account in the ERP, comma-separated: flag "
+            "(Sync_To_ERP__c is true), first-order (its first activated order)."
+        ),
+    )
+    customer_match: str = Field(
+        default="tax_id,duns,name_country",
+        pattern=r"^\s*(tax_id|duns|name_country)(\s*,\s*(tax_id|duns|name_country))*\s*$",
+        description=(
+            "What makes a new account a likely duplicate of an ERP customer, comma-separated: "
+            "tax_id, duns, name_country (normalised name in the same country)."
+        ),
+    )
     http_timeout_s: float = Field(
         default=10.0,
         gt=0,
@@ -426,6 +442,55 @@ class ConsoleSettings(BaseSettings):
         return load_checked(cls)
 
 
+class ProcessApiSettings(BaseSettings):
+    """The process API (``revsync run process-api``): where it listens, whose bearer tokens it
+    takes, how fast each client may call it, and how it answers while the ERP fails. The ERP,
+    the order rules and the master data's time to live are the services' own
+    (:class:`ServiceSettings`), so quotes are judged as orders are."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    process_api_host: str = Field(default="127.0.0.1", description="Address it binds.")
+    process_api_port: int = Field(default=8095, ge=1, le=65535, description="Its HTTP port.")
+    process_api_oidc_issuer: str | None = Field(
+        default=None,
+        description="The OpenID Connect provider whose access tokens it takes (https); required.",
+    )
+    process_api_oidc_audience: str | None = Field(
+        default=None, description="The audience those tokens must name; required."
+    )
+    process_api_rate_per_s: float = Field(
+        default=50.0, gt=0, description="Requests a second each client may make, sustained."
+    )
+    process_api_burst: int = Field(
+        default=100, ge=1, description="Requests a client may make at once, above the rate."
+    )
+    process_api_breaker_failures: int = Field(
+        default=5, ge=1, description="Failed ERP calls in a row that open its circuit breaker."
+    )
+    process_api_breaker_cool_down_s: float = Field(
+        default=30.0, gt=0, description="How long the breaker stays open before one probe call."
+    )
+    process_api_live_ttl_s: float = Field(
+        default=10.0, ge=0, description="How long credit positions and stock levels are cached."
+    )
+    process_api_stale_for_s: float = Field(
+        default=86_400.0,
+        ge=0,
+        description="How old a cached ERP answer may be and still be given, marked stale, while "
+        "the ERP cannot be asked.",
+    )
+
+    @field_validator("process_api_oidc_issuer")
+    @classmethod
+    def _issuer_https_off_loopback(cls, url: str | None) -> str | None:
+        return _https_unless_loopback(url)
+
+    @classmethod
+    def load(cls) -> ProcessApiSettings:
+        return load_checked(cls)
+
+
 class _KafkaPassthrough(PydanticBaseSettingsSource):
     """Collects ``REVSYNC_KAFKA_<PROPERTY>`` variables and files into the ``kafka`` field."""
 
@@ -485,6 +550,7 @@ def known_variables() -> frozenset[str]:
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ConsoleSettings.model_fields}
+    names |= {f"{ENV_PREFIX}{field.upper()}" for field in ProcessApiSettings.model_fields}
     names.add(SECRETS_DIR)
     return frozenset(names)
 

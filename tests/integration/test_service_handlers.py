@@ -29,10 +29,8 @@ from crm_cdc_bridge.logic import change_records
 from crm_sandbox import change_events
 from fulfillment_sync.service import FulfillmentSync
 from invoice_sync.service import InvoiceNotInCrm, InvoiceSync
-from order_sync.logic import Integration
-from order_sync.rules import RuleBook
-from order_sync.service import OrderSync
-from revsync.connectors.cdc import ChangeType, RecordChange, decode_change
+from order_sync.service import CustomerNotMastered, OrderSync
+from revsync.connectors.cdc import ChangeType, Integration, RecordChange, decode_change
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.pubsub import EventSchema
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
@@ -49,8 +47,11 @@ from revsync.contracts.events import (
     ShipmentCompleteness,
     ShipmentConfirmed,
 )
+from revsync.contracts.ownership import Ownership
 from revsync.errors import DependencyNotReady, TransientError
 from revsync.ports.erp import Customer, CustomerStatus
+from revsync.rules import customers
+from revsync.rules.book import RuleBook
 from revsync.runtime.handler import Decision
 from revsync.settings import Settings
 from samples import sample_event, status_change
@@ -58,6 +59,7 @@ from samples import sample_event, status_change
 NEVER = 3600.0
 UNKNOWN_ORDER = "801ZZZZZ9999999"
 """A well-formed Order id the CRM has never issued."""
+OWNERSHIP = Ownership.load(SCHEMAS_DIR).customer
 
 
 @dataclass
@@ -130,6 +132,8 @@ def order_sync(
             rules=RuleBook.load(),
             integration=Integration("revsync", INTEGRATION_USER_ID),
             catalog=catalog,
+            ownership=OWNERSHIP,
+            qualify=frozenset(customers.Qualify),
         )
     finally:
         sandboxes.erp.set_faults(error_rate=0)
@@ -310,6 +314,40 @@ def test_an_invalid_order_is_rejected_and_the_crm_told_why(
     assert sandboxes.erp.stats().create_requests == before.create_requests, "refused locally"
 
 
+def test_an_order_of_an_account_not_mastered_yet_waits_and_is_placed_once_it_is(
+    sandboxes: Sandboxes, order_sync: OrderSync, catalog: Catalog, rng: random.Random
+) -> None:
+    """An account customer_sync will master (it has what a customer needs) but has not yet;
+    the scenario's prospect without those fields is rejected instead (above)."""
+    [prospect] = scenario.crm_only_accounts(sandboxes.crm, scenario.ENTITIES[0], 1, rng)
+    record = valid_order(sandboxes, rng) | {"AccountId": prospect.account_id}
+    created = captured(order_sync, sandboxes, record)
+    assert created.erp_customer_id is None
+
+    with pytest.raises(CustomerNotMastered):
+        order_sync.place(created)
+
+    assert crm_order(sandboxes, created.crm_order_id)["ERP_Status__c"] is None
+    customer_id = f"C-NEW-{uuid.uuid4().hex[:8]}"
+    sandboxes.erp.seed_customers(
+        [
+            Customer(
+                customer_id,
+                "Mastered since",
+                created.crm_account_id,
+                "US01",
+                CustomerStatus.ACTIVE,
+                Decimal(5_000_000),
+                "USD",
+            )
+        ]
+    )
+    accepted = the_event(order_sync.place(created), topic_of(catalog, OrderAccepted))
+    assert isinstance(accepted, OrderAccepted)
+    assert accepted.erp_customer_id == customer_id
+    assert crm_order(sandboxes, created.crm_order_id)["ERP_Status__c"] == "Accepted"
+
+
 def test_an_erp_refusal_of_the_credit_limit_becomes_a_rejection(
     sandboxes: Sandboxes, order_sync: OrderSync, catalog: Catalog, rng: random.Random
 ) -> None:
@@ -382,6 +420,8 @@ def test_orders_are_placed_with_the_master_data_cache_turned_off(
         rules=RuleBook.load(),
         integration=Integration("revsync", INTEGRATION_USER_ID),
         catalog=catalog,
+        ownership=OWNERSHIP,
+        qualify=frozenset(customers.Qualify),
         master_data_ttl_s=0,  # REVSYNC_MASTER_DATA_TTL_S=0, which the settings allow
     )
     try:

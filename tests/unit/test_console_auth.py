@@ -20,13 +20,13 @@ from revsync.console.auth import (
     OidcConfig,
     Principal,
     Role,
-    SignInRefused,
     check_password,
     csrf_token,
     hash_password,
     parse_role_map,
     same_token,
 )
+from revsync.oidc import SignInRefused
 
 PASSWORD = "a-long-operator-password"
 HASH = hash_password(PASSWORD)

@@ -17,8 +17,7 @@ import pytest
 
 from leaks import told
 from order_sync import logic
-from order_sync.rules import DEFAULT_RULES, OrderRules, RuleBook, RulesError
-from revsync.connectors.cdc import RecordChange, decode_change
+from revsync.connectors.cdc import Integration, RecordChange, decode_change
 from revsync.contracts.events import (
     CreditCheckOutcome,
     Envelope,
@@ -39,13 +38,15 @@ from revsync.ports.erp import (
     SalesOrder,
     SalesOrderStatus,
 )
+from revsync.rules import checks
+from revsync.rules.book import DEFAULT_RULES, OrderRules, RuleBook, RulesError
 from samples import sample_envelope, sample_event
 
 ORDER_ID = "801AB00000Ord01AAA"
 INTEGRATION_USER = "005000000000001AAA"
 SALES_REP = "005000000000002AAA"
 EMPTY_RECORD_ID = "000000000000000AAA"
-REVSYNC = logic.Integration("revsync", INTEGRATION_USER)
+REVSYNC = Integration("revsync", INTEGRATION_USER)
 UI_ORIGIN = ""
 REST_ORIGIN = "com/salesforce/api/rest/62.0;client=revsync"
 COMMITTED = datetime(2026, 12, 1, 9, 30, 15, 250000, tzinfo=UTC)
@@ -130,7 +131,7 @@ def test_another_clients_change_is_not_an_echo() -> None:
 
 
 def test_without_an_integration_user_only_the_client_marks_an_echo() -> None:
-    by_client_only = logic.Integration("revsync")
+    by_client_only = Integration("revsync")
     by_user = change("UPDATE", {"Status": "Activated"}, user=INTEGRATION_USER)
 
     assert logic.plan(by_user, by_client_only) == logic.Refetch((ORDER_ID,))
@@ -471,8 +472,8 @@ def judge(
     products: Mapping[str, Product] = PRODUCTS,
     price_book: PriceBook | None = PRICE_BOOK,
     rules: OrderRules = RULES,
-) -> logic.Rejection | None:
-    return logic.validate(
+) -> checks.Rejection | None:
+    return checks.validate(
         order or sample_event(OrderCreated), customer, products, price_book, rules
     )
 
@@ -498,7 +499,7 @@ def test_an_account_without_erp_customer_is_not_mastered() -> None:
 def test_an_erp_customer_that_does_not_exist_is_not_mastered() -> None:
     rejection = judge(customer=None)
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.CUSTOMER_NOT_MASTERED, "ERP customer C-10042 does not exist"
     )
 
@@ -506,7 +507,7 @@ def test_an_erp_customer_that_does_not_exist_is_not_mastered() -> None:
 def test_a_customer_of_another_legal_entity_is_not_mastered_for_this_one() -> None:
     rejection = judge(customer=replace(CUSTOMER, legal_entity="DE01"))
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.CUSTOMER_NOT_MASTERED,
         "ERP customer C-10042 is mastered in DE01, not US01",
     )
@@ -515,7 +516,7 @@ def test_a_customer_of_another_legal_entity_is_not_mastered_for_this_one() -> No
 def test_a_customer_on_credit_hold_is_refused() -> None:
     rejection = judge(customer=replace(CUSTOMER, status=CustomerStatus.CREDIT_HOLD))
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.CREDIT_HOLD, "ERP customer C-10042 is on hold"
     )
 
@@ -533,7 +534,7 @@ def test_a_currency_the_legal_entity_does_not_invoice_in_is_refused() -> None:
 
     rejection = judge(rules=rules)
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.UNSUPPORTED_CURRENCY, "US01 does not invoice in USD (only CHF, EUR)"
     )
 
@@ -541,7 +542,7 @@ def test_a_currency_the_legal_entity_does_not_invoice_in_is_refused() -> None:
 def test_a_price_book_the_erp_does_not_have_is_a_pricing_mismatch() -> None:
     rejection = judge(price_book=None)
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.PRICING_MISMATCH, "price book 01s5g00000StdPbAAA is not in the ERP"
     )
 
@@ -549,7 +550,7 @@ def test_a_price_book_the_erp_does_not_have_is_a_pricing_mismatch() -> None:
 def test_a_price_book_in_another_currency_is_refused() -> None:
     rejection = judge(price_book=replace(PRICE_BOOK, currency="EUR"))
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.UNSUPPORTED_CURRENCY,
         "price book 01s5g00000StdPbAAA is in EUR, the order in USD",
     )
@@ -567,7 +568,7 @@ def test_a_price_book_in_another_currency_is_refused() -> None:
 def test_a_product_the_legal_entity_cannot_sell_is_named(products: dict[str, Product]) -> None:
     rejection = judge(products=products)
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.UNKNOWN_PRODUCT, "not sold by US01: SKU-102", ("SKU-102",)
     )
 
@@ -641,7 +642,7 @@ def test_a_missing_po_number_is_refused_where_one_is_required() -> None:
     strict = RULES.model_copy(update={"require_po_number": True})
 
     assert judge(order) is None
-    assert judge(order, rules=strict) == logic.Rejection(
+    assert judge(order, rules=strict) == checks.Rejection(
         RejectionReason.INVALID_ORDER, "US01 orders need a PO number"
     )
     assert judge(rules=strict) is None
@@ -653,7 +654,7 @@ def test_an_order_over_the_limit_for_automatic_entry_is_refused() -> None:
 
     rejection = judge(rules=capped)
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         RejectionReason.INVALID_ORDER,
         "grand total 1408.0000 USD is over the 1000 limit for automatic entry",
     )
@@ -806,15 +807,15 @@ def test_a_missing_rules_file_fails_naming_it(tmp_path: Path) -> None:
     ],
 )
 def test_an_erp_refusal_maps_to_a_rejection_reason(code: str, reason: RejectionReason) -> None:
-    rejection = logic.erp_rejection(code, "the detail", ["SKU-1", "SKU-2"])
+    rejection = checks.erp_rejection(code, "the detail", ["SKU-1", "SKU-2"])
 
-    assert rejection == logic.Rejection(
+    assert rejection == checks.Rejection(
         reason, f"the ERP refused the order ({code}): the detail", ("SKU-1", "SKU-2")
     )
 
 
 def test_a_rejection_tells_the_crm_user_the_reason_and_message() -> None:
-    rejection = logic.Rejection(RejectionReason.UNKNOWN_PRODUCT, "not sold by US01: SKU-9")
+    rejection = checks.Rejection(RejectionReason.UNKNOWN_PRODUCT, "not sold by US01: SKU-9")
 
     assert logic.crm_rejected_fields(rejection) == {
         "ERP_Status__c": "Rejected",
@@ -824,8 +825,8 @@ def test_a_rejection_tells_the_crm_user_the_reason_and_message() -> None:
 
 def test_a_long_rejection_message_is_cut_to_the_crm_fields_255_characters() -> None:
     prefix = "PRICING_MISMATCH: "
-    exact = logic.Rejection(RejectionReason.PRICING_MISMATCH, "x" * (255 - len(prefix)))
-    long = logic.Rejection(RejectionReason.PRICING_MISMATCH, "y" * 1000)
+    exact = checks.Rejection(RejectionReason.PRICING_MISMATCH, "x" * (255 - len(prefix)))
+    long = checks.Rejection(RejectionReason.PRICING_MISMATCH, "y" * 1000)
 
     assert logic.crm_rejected_fields(exact)["ERP_Message__c"] == prefix + "x" * (255 - len(prefix))
     message = logic.crm_rejected_fields(long)["ERP_Message__c"]
@@ -881,7 +882,7 @@ def test_an_accepted_event_carries_the_erp_outcome_and_derives_from_the_order() 
 
 def test_a_rejected_event_names_the_reason_skus_and_where_it_happened() -> None:
     order = sample_event(OrderCreated)
-    rejection = logic.Rejection(RejectionReason.UNKNOWN_PRODUCT, "not sold", ("SKU-9",))
+    rejection = checks.Rejection(RejectionReason.UNKNOWN_PRODUCT, "not sold", ("SKU-9",))
     now = datetime(2026, 12, 1, 9, 32, tzinfo=UTC)
 
     rejected = logic.rejected(order.envelope, order.crm_order_id, rejection, None, "NA", now)

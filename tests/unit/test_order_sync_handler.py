@@ -1,7 +1,9 @@
 """order_sync's handler against the in-memory CRM and ERP: an activated order captured into
 OrderCreated, placed in the ERP once whatever the retries, rejected with its compensating
-write-back when it breaks a rule or the ERP refuses it, and cancelled unless the ERP has gone
-too far. tests/integration/test_service_handlers.py runs the same against the sandboxes."""
+write-back when it breaks a rule or the ERP refuses it, waiting for an account's customer to
+be mastered, and cancelled unless the ERP has gone too far; the ERP's customer changes make it
+read the customer afresh. tests/integration/test_service_handlers.py runs the same against
+the sandboxes."""
 
 from __future__ import annotations
 
@@ -14,27 +16,32 @@ import pytest
 
 from contract_fixtures import SCHEMAS_DIR
 from fakes import FakeCrm, FakeErp
-from order_sync.logic import Integration
-from order_sync.rules import RuleBook
-from order_sync.service import OrderSync
-from revsync.connectors.cdc import decode_change
+from order_sync.service import CustomerNotMastered, OrderSync
+from revsync.connectors.cdc import Integration, decode_change
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import (
     CreditCheckOutcome,
+    CreditStatusChanged,
+    CustomerMastered,
     Event,
     OrderAccepted,
     OrderCancelled,
     OrderCreated,
     OrderRejected,
     RejectionReason,
+    SourceSystem,
 )
-from revsync.errors import DependencyNotReady, TransientError
+from revsync.contracts.ownership import Ownership
+from revsync.errors import DependencyNotReady, ErrorClass, TransientError, classify
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, SalesOrderStatus
+from revsync.rules import customers
+from revsync.rules.book import RuleBook
 from revsync.runtime.handler import Decision
-from samples import status_change
+from samples import sample_event, status_change
 
 INTEGRATION_USER = "005000000000001AAA"
 PRICES = {"SEN-001": Decimal("120.00"), "VAL-001": Decimal("45.50"), "VAL-099": Decimal("9.99")}
+OWNERSHIP = Ownership.load(SCHEMAS_DIR).customer
 
 
 @dataclass
@@ -64,7 +71,14 @@ def world(catalog: Catalog) -> World:
     ids = crm.insert(
         "Account",
         [{"Name": f"{kind} customer", "ERP_Customer_Id__c": c} for kind, c in customers.items()]
-        + [{"Name": "Prospect without ERP customer"}],
+        + [
+            {
+                "Name": "Prospect without ERP customer",
+                "Legal_Entity__c": "US01",
+                "CurrencyIsoCode": "USD",
+                "BillingCountryCode": "US",
+            }
+        ],
     )
     accounts = dict(zip([*customers, "unmastered"], ids, strict=True))
     status = {"held": CustomerStatus.CREDIT_HOLD}
@@ -97,6 +111,8 @@ def sync(world: World) -> Iterator[OrderSync]:
         rules=RuleBook.load(),
         integration=Integration("revsync", INTEGRATION_USER),
         catalog=world.catalog,
+        ownership=OWNERSHIP,
+        qualify=frozenset(customers.Qualify),
         concurrency=2,
     )
     yield handler
@@ -138,6 +154,31 @@ def an_order(world: World, account: str = "active", **fields: Any) -> dict[str, 
         ],
         **fields,
     }
+
+
+def mastered(world: World, customer_id: str, legal_entity: str) -> Customer:
+    """The ERP customer customer_sync masters from the unmastered account."""
+    return Customer(
+        customer_id,
+        "Prospect, now a customer",
+        world.accounts["unmastered"],
+        legal_entity,
+        CustomerStatus.ACTIVE,
+        Decimal(5_000_000),
+        "USD",
+    )
+
+
+def submitted_order(order: OrderCreated) -> OrderCreated:
+    """``order`` as the process API submits one for a web shop or partner portal."""
+    envelope = order.envelope.model_copy(update={"source_system": SourceSystem.REVSYNC})
+    return order.model_copy(update={"envelope": envelope})
+
+
+def credit_change(world: World, account: str, customer_id: str) -> CreditStatusChanged:
+    return sample_event(
+        CreditStatusChanged, crm_account_id=world.accounts[account], erp_customer_id=customer_id
+    )
 
 
 def the_event(decision: Decision, topic: str) -> Event:
@@ -242,7 +283,7 @@ def test_a_wildcard_record_id_reconciles_like_an_overflow(sync: OrderSync, world
 
     decision = sync.capture(wildcard)
 
-    assert sorted(e.event.crm_order_id for e in decision.emits) == sorted(activated)
+    assert sorted(e.event.key for e in decision.emits) == sorted(activated)
 
 
 def test_the_integration_users_own_overflow_still_reconciles(sync: OrderSync, world: World) -> None:
@@ -254,7 +295,7 @@ def test_the_integration_users_own_overflow_still_reconciles(sync: OrderSync, wo
         commitUser=INTEGRATION_USER,
     )
 
-    assert [e.event.crm_order_id for e in sync.capture(overflow).emits] == [order_id]
+    assert [e.event.key for e in sync.capture(overflow).emits] == [order_id]
 
 
 def test_a_draft_and_revsyncs_own_write_back_are_not_captured(
@@ -324,10 +365,9 @@ def test_a_valid_order_is_placed_once_and_the_crm_told(sync: OrderSync, world: W
         ("active", {"SKU__c": "VAL-099"}, RejectionReason.UNKNOWN_PRODUCT, ["VAL-099"]),
         ("active", {"SKU__c": "PUM-404"}, RejectionReason.UNKNOWN_PRODUCT, ["PUM-404"]),
         ("active", {"UnitPrice": Decimal("48.69")}, RejectionReason.PRICING_MISMATCH, ["VAL-001"]),
-        ("unmastered", {}, RejectionReason.CUSTOMER_NOT_MASTERED, []),
         ("held", {}, RejectionReason.CREDIT_HOLD, []),
     ],
-    ids=["discontinued", "unknown", "mispriced", "not-mastered", "credit-hold"],
+    ids=["discontinued", "unknown", "mispriced", "credit-hold"],
 )
 def test_an_order_breaking_a_rule_is_rejected_and_the_crm_told_why(
     sync: OrderSync,
@@ -352,6 +392,110 @@ def test_an_order_breaking_a_rule_is_rejected_and_the_crm_told_why(
     assert order["ERP_Message__c"] == f"{reason.value}: {rejected.message}"
     assert world.erp.create_requests == 0, "refused before asking the ERP"
     assert world.erp.booked(created.crm_order_id) == []
+
+
+def test_an_order_of_an_account_not_mastered_yet_waits_and_is_placed_once_it_is(
+    sync: OrderSync, world: World
+) -> None:
+    created = captured(sync, world, an_order(world, "unmastered"))
+    assert created.erp_customer_id is None
+
+    with pytest.raises(CustomerNotMastered) as waiting:
+        sync.place(created)
+
+    assert classify(waiting.value) is ErrorClass.DEPENDENCY_NOT_READY
+    assert str(waiting.value).startswith(f"account {created.crm_account_id} has no ERP customer")
+    assert crm_order(world, created.crm_order_id)["ERP_Status__c"] is None
+    assert world.erp.create_requests == 0
+    world.erp.seed_customers([mastered(world, "C-US01-NEW", "US01")])
+
+    accepted = the_event(sync.place(created), world.topic(OrderAccepted))
+
+    assert isinstance(accepted, OrderAccepted)
+    assert accepted.erp_customer_id == "C-US01-NEW"
+    booked = world.erp.sales_order(created.crm_order_id)
+    assert booked is not None
+    assert booked.customer_id == "C-US01-NEW"
+    assert crm_order(world, created.crm_order_id)["ERP_Status__c"] == "Accepted"
+
+
+def test_an_order_of_an_account_that_will_never_be_mastered_is_rejected_not_kept_waiting(
+    world: World, sync: OrderSync
+) -> None:
+    """customer_sync masters by a rule order-sync knows too: an account lacking what a
+    customer needs, or one orders do not qualify, would wait in vain."""
+    [bare] = world.crm.insert("Account", [{"Name": "Bare prospect"}])
+    created = captured(sync, world, an_order(world, "unmastered") | {"AccountId": bare})
+
+    rejected = the_event(sync.place(created), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.CUSTOMER_NOT_MASTERED
+    assert rejected.message == (
+        f"account {bare}: Legal_Entity__c, CurrencyIsoCode, BillingCountryCode empty; "
+        "an ERP customer needs them"
+    )
+    flag_only = OrderSync(
+        crm=world.crm,
+        erp=world.erp,
+        rules=RuleBook.load(),
+        integration=Integration("revsync", INTEGRATION_USER),
+        catalog=world.catalog,
+        ownership=OWNERSHIP,
+        qualify=frozenset({customers.Qualify.FLAG}),
+    )
+    try:
+        waiting = captured(flag_only, world, an_order(world, "unmastered"))
+        unflagged = the_event(flag_only.place(waiting), world.topic(OrderRejected))
+    finally:
+        flag_only.close()
+    assert isinstance(unflagged, OrderRejected)
+    assert unflagged.message == (
+        f"account {world.accounts['unmastered']} has no ERP customer, and only accounts with "
+        "Sync_To_ERP__c ticked are mastered"
+    )
+
+
+def test_an_account_mastered_in_another_legal_entity_is_still_rejected(
+    sync: OrderSync, world: World
+) -> None:
+    world.erp.seed_customers([mastered(world, "C-DE01-NEW", "DE01")])
+    created = captured(sync, world, an_order(world, "unmastered"))
+
+    rejected = the_event(sync.place(created), world.topic(OrderRejected))
+
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.CUSTOMER_NOT_MASTERED
+    assert rejected.message == "ERP customer C-DE01-NEW is mastered in DE01, not US01"
+    assert crm_order(world, created.crm_order_id)["ERP_Status__c"] == "Rejected"
+    assert world.erp.create_requests == 0
+
+
+def test_an_order_submitted_through_the_process_api_tells_the_crm_nothing(
+    sync: OrderSync, world: World
+) -> None:
+    """Its outcome is the order events' alone: the CRM has no order to write it onto."""
+    crm_before = crm_order(world, captured(sync, world, an_order(world)).crm_order_id)
+    submitted = submitted_order(captured(sync, world, an_order(world)))
+    held = submitted_order(captured(sync, world, an_order(world, "held")))
+    writes = world.crm.update
+
+    def refuse(sobject: str, record_id: str, fields: Any) -> None:
+        raise AssertionError(f"wrote {sobject} {record_id}")
+
+    world.crm.update = refuse  # type: ignore[method-assign]
+    try:
+        accepted = the_event(sync.place(submitted), world.topic(OrderAccepted))
+        rejected = the_event(sync.place(held), world.topic(OrderRejected))
+    finally:
+        world.crm.update = writes  # type: ignore[method-assign]
+
+    assert isinstance(accepted, OrderAccepted)
+    assert isinstance(rejected, OrderRejected)
+    assert rejected.reason_code is RejectionReason.CREDIT_HOLD
+    assert world.erp.booked(submitted.crm_order_id) == [accepted.erp_order_id]
+    assert crm_order(world, submitted.crm_order_id)["ERP_Status__c"] is None
+    assert crm_before["ERP_Status__c"] is None
 
 
 def test_an_unsupported_currency_is_rejected_before_the_erp_is_asked(
@@ -396,6 +540,43 @@ def test_orders_placed_as_a_batch_each_get_their_own_outcome(sync: OrderSync, wo
     assert isinstance(the_event(placed, world.topic(OrderAccepted)), OrderAccepted)
     assert isinstance(the_event(refused, world.topic(OrderRejected)), OrderRejected)
     assert len(world.erp.booked(valid.crm_order_id)) == 1
+
+
+# --- the ERP's customer master ----------------------------------------------------------------
+
+
+def test_a_customer_put_on_credit_hold_is_read_afresh_once_the_erp_says_so(
+    sync: OrderSync, world: World
+) -> None:
+    first = captured(sync, world, an_order(world))
+    assert isinstance(the_event(sync.place(first), world.topic(OrderAccepted)), OrderAccepted)
+    world.erp.edit_customer("C-US01-1", status=CustomerStatus.CREDIT_HOLD)
+    rejected = world.topic(OrderRejected)
+    cached = the_event(sync.place(captured(sync, world, an_order(world))), rejected)
+    assert isinstance(cached, OrderRejected)
+    assert cached.message.startswith("the ERP refused the order (CREDIT_HOLD)"), "cached: active"
+    assert world.erp.create_requests == 2
+
+    assert sync(credit_change(world, "active", "C-US01-1")) == Decision()
+
+    afresh = the_event(sync.place(captured(sync, world, an_order(world))), rejected)
+    assert isinstance(afresh, OrderRejected)
+    assert afresh.message == "ERP customer C-US01-1 is on hold"
+    assert world.erp.create_requests == 2, "refused before asking the ERP"
+
+
+def test_an_account_mastered_in_the_erp_is_read_afresh_from_the_crm_at_capture(
+    sync: OrderSync, world: World
+) -> None:
+    account = world.accounts["unmastered"]
+    assert captured(sync, world, an_order(world, "unmastered")).erp_customer_id is None
+    world.crm.update("Account", account, {"ERP_Customer_Id__c": "C-US01-NEW"})
+    assert captured(sync, world, an_order(world, "unmastered")).erp_customer_id is None
+    master = sample_event(CustomerMastered, crm_account_id=account, erp_customer_id="C-US01-NEW")
+
+    assert sync(master) == Decision()
+
+    assert captured(sync, world, an_order(world, "unmastered")).erp_customer_id == "C-US01-NEW"
 
 
 # --- cancellation ----------------------------------------------------------------------------

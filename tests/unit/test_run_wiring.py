@@ -1,16 +1,19 @@
 """How `revsync run` wires a deployable: the decoder per topic format, the consumer policy and
-the adapters from its settings, which fail naming what is missing."""
+the adapters from its settings, the process API's identity provider, which fail naming what is
+missing."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from contextlib import ExitStack
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
 from contract_fixtures import SCHEMAS_DIR
+from process_api.service import configured
 from revsync.connectors.cdc import RecordChange
 from revsync.contracts.catalog import Catalog, TopicFormat, load_catalog
 from revsync.contracts.events import Event, OrderCreated
@@ -19,7 +22,9 @@ from revsync.deployables import Context, input_decoder
 from revsync.errors import CorruptPayload
 from revsync.run import policy_from
 from revsync.runtime.loop import Policy
+from revsync.runtime.observability import Liveness
 from revsync.settings import (
+    ProcessApiSettings,
     ServiceSettings,
     Settings,
     SettingsError,
@@ -239,3 +244,48 @@ def test_a_misspelt_crm_variable_is_rejected_by_name(monkeypatch: pytest.MonkeyP
 
     with pytest.raises(SettingsError, match="unknown setting REVSYNC_CRM_INSTANCE_ULR"):
         ServiceSettings.load()
+
+
+@pytest.mark.parametrize(
+    "given",
+    [{}, {"process_api_oidc_issuer": "https://idp.example"}, {"process_api_oidc_audience": "a"}],
+    ids=["neither", "no audience", "no issuer"],
+)
+def test_the_process_api_takes_no_tokens_but_its_identity_providers(
+    catalog: Catalog, given: dict[str, Any]
+) -> None:
+    with ExitStack() as resources:
+        context = Context(
+            Settings(),
+            ServiceSettings(),
+            catalog,
+            cast(EventSerde, RecordingSerde(sample_event(OrderCreated))),
+            resources,
+        )
+        with pytest.raises(SettingsError) as raised:
+            configured(context, ProcessApiSettings(**given), Liveness(60), threading.Event())
+
+    assert "REVSYNC_PROCESS_API_OIDC_ISSUER and REVSYNC_PROCESS_API_OIDC_AUDIENCE" in str(
+        raised.value
+    )
+
+
+def test_the_process_apis_settings_are_read_and_its_issuer_is_https_off_this_machine(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("REVSYNC_PROCESS_API_OIDC_ISSUER", "https://idp.example/realms/acme")
+    monkeypatch.setenv("REVSYNC_PROCESS_API_RATE_PER_S", "12.5")
+
+    own = ProcessApiSettings.load()
+
+    assert (own.process_api_oidc_issuer, own.process_api_rate_per_s) == (
+        "https://idp.example/realms/acme",
+        12.5,
+    )
+    monkeypatch.setenv("REVSYNC_PROCESS_API_OIDC_ISSUER", "http://idp.example/realms/acme")
+    with pytest.raises(SettingsError, match="REVSYNC_PROCESS_API_OIDC_ISSUER"):
+        ProcessApiSettings.load()
+    monkeypatch.setenv("REVSYNC_PROCESS_API_RATE_PER_S", "0")
+    monkeypatch.setenv("REVSYNC_PROCESS_API_OIDC_ISSUER", "http://127.0.0.1:8099")
+    with pytest.raises(SettingsError, match="REVSYNC_PROCESS_API_RATE_PER_S"):
+        ProcessApiSettings.load()

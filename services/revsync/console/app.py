@@ -37,13 +37,13 @@ from revsync.console.auth import (
     OidcClient,
     Principal,
     Role,
-    SignInRefused,
     csrf_token,
     same_token,
 )
 from revsync.contracts.catalog import Catalog
 from revsync.errors import RevsyncError
 from revsync.migrations import ensure
+from revsync.oidc import SignInRefused
 from revsync.ops import dead_letters as dl
 from revsync.ops import exceptions as ex
 from revsync.ops import masking
@@ -109,6 +109,7 @@ def create_app(config: ConsoleConfig) -> FastAPI:
     )
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals["since"] = reads.since
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         pool.open(wait=False)

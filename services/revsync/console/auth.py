@@ -25,13 +25,11 @@ from typing import Any
 from urllib.parse import urlencode
 
 import httpx
-import jwt
 import yaml
 
-from revsync.errors import RevsyncError
+from revsync.oidc import OidcProvider, SignInRefused
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
-ALGORITHMS = ["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"]
 TRACKED_NAMES = 10_000
 """Names with failed sign-ins kept track of before the quiet ones are forgotten."""
 
@@ -68,11 +66,6 @@ class Principal:
 
     def may(self, needed: Role) -> bool:
         return self.role >= needed
-
-
-class SignInRefused(RevsyncError):
-    """Credentials or a token that do not sign anyone in; the message says why, never what
-    was sent."""
 
 
 # --- local accounts ----------------------------------------------------------------------------
@@ -232,27 +225,7 @@ class OidcClient:
     def __init__(self, config: OidcConfig, http: httpx.Client | None = None) -> None:
         self.config = config
         self._http = http or httpx.Client(timeout=10)
-        self._discovery: dict[str, Any] | None = None
-        self._keys: jwt.PyJWKClient | None = None
-        self._lock = threading.Lock()
-
-    def discovery(self) -> dict[str, Any]:
-        with self._lock:
-            if self._discovery is None:
-                url = self.config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-                answer = self._http.get(url)
-                if answer.status_code != 200:
-                    raise SignInRefused(
-                        f"the identity provider's discovery answered {answer.status_code}"
-                    )
-                document = answer.json()
-                if document.get("issuer") != self.config.issuer:
-                    raise SignInRefused("the identity provider names another issuer")
-                self._discovery = document
-                # The key set is cached (5 minutes), not each key for ever: a key the provider
-                # stops publishing stops signing anyone in once the set is fetched again.
-                self._keys = jwt.PyJWKClient(str(document["jwks_uri"]))
-            return self._discovery
+        self.provider = OidcProvider(config.issuer, self._http)
 
     def authorization(self) -> AuthorizationRequest:
         state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
@@ -274,12 +247,12 @@ class OidcClient:
                 "code_challenge_method": "S256",
             }
         )
-        endpoint = str(self.discovery()["authorization_endpoint"])
+        endpoint = str(self.provider.discovery()["authorization_endpoint"])
         return AuthorizationRequest(f"{endpoint}?{query}", state, nonce, verifier)
 
     def finish(self, code: str, nonce: str, verifier: str) -> Principal:
         """Exchange the code for tokens; the ID token's person, or :class:`SignInRefused`."""
-        token_endpoint = str(self.discovery()["token_endpoint"])
+        token_endpoint = str(self.provider.discovery()["token_endpoint"])
         secret = self.config.client_secret
         answer = self._http.post(
             token_endpoint,
@@ -298,7 +271,7 @@ class OidcClient:
         id_token = answer.json().get("id_token")
         if not isinstance(id_token, str):
             raise SignInRefused("the identity provider sent no ID token")
-        claims = self._verified(id_token, self.config.client_id, from_provider=True)
+        claims = self.provider.verified(id_token, self.config.client_id, from_provider=True)
         if not hmac.compare_digest(str(claims.get("nonce", "")), nonce):
             raise SignInRefused("the ID token's nonce is not this sign-in's")
         return self._principal(claims, "oidc")
@@ -309,36 +282,7 @@ class OidcClient:
         (whose audience that is) would pass for an access token."""
         if self.config.audience is None:
             raise SignInRefused("bearer tokens need REVSYNC_CONSOLE_OIDC_AUDIENCE set")
-        self.discovery()
-        return self._principal(self._verified(token, self.config.audience), "bearer")
-
-    def _verified(
-        self, token: str, audience: str, *, from_provider: bool = False
-    ) -> dict[str, Any]:
-        assert self._keys is not None
-        try:
-            try:
-                key = self._keys.get_signing_key_from_jwt(token)
-            except jwt.PyJWKClientError:
-                if not from_provider:
-                    raise
-                # A token straight from the provider's token endpoint under a key not known
-                # yet: the provider rotated its keys. Fetch them again now; PyJWT would wait
-                # out its cool-down, which stays for bearer tokens (anyone may send those).
-                self._keys.get_jwk_set(refresh=True)
-                key = self._keys.get_signing_key_from_jwt(token)
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key.key,
-                algorithms=ALGORITHMS,
-                audience=audience,
-                issuer=self.config.issuer,
-                options={"require": ["exp", "iat", "iss", "aud", "sub"]},
-                leeway=30,
-            )
-        except jwt.PyJWTError as error:
-            raise SignInRefused(f"token refused: {type(error).__name__}") from None
-        return claims
+        return self._principal(self.provider.verified(token, self.config.audience), "bearer")
 
     def _principal(self, claims: dict[str, Any], via: str) -> Principal:
         granted = claims.get(self.config.roles_claim) or []

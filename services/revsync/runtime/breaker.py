@@ -1,7 +1,9 @@
 """The dead-letter circuit breaker: a consumer whose latest records are dead-lettered one after
 another (a bad deploy, a changed ERP contract) stops taking records instead of filling its
 dead-letter topic. Its state is a row in PostgreSQL, so it stays open across restarts and an
-operator can resume it from anywhere (``revsync consumer resume``)."""
+operator can resume it from anywhere (``revsync consumer resume``). When failures trip a
+breaker (:class:`TripRule`) is the same for the breaker around ERP calls
+(:mod:`revsync.connectors.guard`)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,40 @@ CREATE TABLE IF NOT EXISTS revsync_circuit_breakers (
 """
 
 
+class TripRule:
+    """When failures trip a breaker: ``consecutive`` of them in a row, or more than
+    ``max_ratio`` of a full ``window`` of the latest outcomes. ``what`` and ``failed`` word the
+    reason it gives ("3 records in a row were dead-lettered")."""
+
+    def __init__(
+        self, window: int, max_ratio: float, consecutive: int, what: str, failed: str
+    ) -> None:
+        self.window = window
+        self.max_ratio = max_ratio
+        self.consecutive = consecutive
+        self._what = what
+        self._failed = failed
+        self._latest: deque[bool] = deque(maxlen=window)
+        self._in_a_row = 0
+
+    def observe(self, failed: bool) -> str | None:
+        """One outcome; why the breaker trips now, or None."""
+        self._latest.append(failed)
+        self._in_a_row = self._in_a_row + 1 if failed else 0
+        if self._in_a_row >= self.consecutive:
+            return f"{self._in_a_row} {self._what} in a row {self._failed}"
+        failures = sum(self._latest)
+        full = len(self._latest) == self.window
+        if full and failures / self.window > self.max_ratio:
+            return f"{failures} of the latest {self.window} {self._what} {self._failed}"
+        return None
+
+    def reset(self) -> None:
+        """Counting starts afresh (the breaker closed)."""
+        self._latest.clear()
+        self._in_a_row = 0
+
+
 class CircuitBreaker:
     """One consumer's breaker: closed (taking records), open (its partitions paused), or
     probing (one record at a time after the cool-down; a success closes it, a dead letter opens
@@ -41,8 +77,13 @@ class CircuitBreaker:
     def __init__(self, consumer: str, spec: CircuitBreakerSpec) -> None:
         self.consumer = consumer
         self.spec = spec
-        self._latest: deque[bool] = deque(maxlen=spec.window)
-        self._in_a_row = 0
+        self._rule = TripRule(
+            spec.window,
+            spec.max_dead_letter_ratio,
+            spec.consecutive_dead_letters,
+            "records",
+            "were dead-lettered",
+        )
         self.reason: str | None = None
         """Why it is open; None while closed."""
         self._opened = 0.0
@@ -63,19 +104,11 @@ class CircuitBreaker:
             log.warning("%s: the probe record went through; circuit breaker closed", self.consumer)
             self._closed()
             return False
-        self._latest.append(dead_lettered)
-        self._in_a_row = self._in_a_row + 1 if dead_lettered else 0
-        if self.reason is not None:
+        tripped = self._rule.observe(dead_lettered)
+        if self.reason is not None or tripped is None:
             return False
-        if self._in_a_row >= self.spec.consecutive_dead_letters:
-            self._open(f"{self._in_a_row} records in a row were dead-lettered")
-            return True
-        dead = sum(self._latest)
-        full = len(self._latest) == self.spec.window
-        if full and dead / self.spec.window > self.spec.max_dead_letter_ratio:
-            self._open(f"{dead} of the latest {self.spec.window} records were dead-lettered")
-            return True
-        return False
+        self._open(tripped)
+        return True
 
     def _open(self, reason: str) -> None:
         self.reason = reason
@@ -88,8 +121,7 @@ class CircuitBreaker:
     def _closed(self) -> None:
         self.reason = None
         self.probing = False
-        self._latest.clear()
-        self._in_a_row = 0
+        self._rule.reset()
         self._changed = True
         self._gauge.set(0)
 

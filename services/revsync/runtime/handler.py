@@ -139,7 +139,7 @@ def caused_envelope(
     the same fact emit the same id, and every inbox downstream keeps only one.
     """
     return Envelope(
-        event_id=uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{identity or cause.event_id}/{event_type}"),
+        event_id=derived_event_id(identity or str(cause.event_id), event_type),
         event_type=event_type,
         occurred_at=occurred_at or datetime.now(UTC),
         source_system=source_system,
@@ -147,3 +147,8 @@ def caused_envelope(
         causation_id=str(cause.event_id),
         schema_version=schema_version,
     )
+
+
+def derived_event_id(identity: str, event_type: str) -> uuid.UUID:
+    """The id of the ``event_type`` event about ``identity``: the same fact, the same id."""
+    return uuid.uuid5(EMITTED_EVENT_NAMESPACE, f"{identity}/{event_type}")

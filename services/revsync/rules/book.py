@@ -1,4 +1,4 @@
-"""Order acceptance rules, configurable per legal entity and per region.
+"""The rule book: which acceptance rules apply to an order, per legal entity and per region.
 
 The rules file (YAML) has a ``default`` section, then overrides under ``regions`` and
 ``legal_entities``; for an order, its legal entity's settings win over its region's, and
@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from revsync.errors import ContractError
 from revsync.yaml_files import load_model
 
-DEFAULT_RULES = Path(__file__).with_name("rules.yaml")
+DEFAULT_RULES = Path(__file__).with_name("order_rules.yaml")
+"""The bundled rules; ``REVSYNC_ORDER_RULES`` names a file of one's own."""
 
 
 class RulesError(ContractError):
@@ -64,5 +65,6 @@ class RuleBook(BaseModel):
         return OrderRules.model_validate(merged)
 
     @classmethod
-    def load(cls, path: Path = DEFAULT_RULES) -> Self:
-        return load_model(path, cls, RulesError, "order rules")
+    def load(cls, path: Path | None = None) -> Self:
+        """The rules in ``path`` (``REVSYNC_ORDER_RULES``); None: the bundled ones."""
+        return load_model(path or DEFAULT_RULES, cls, RulesError, "order rules")
