@@ -588,6 +588,7 @@ class FakeErp(ErpPort):
                 country_code=draft.country_code,
                 tax_id=draft.tax_id,
                 duns=draft.duns,
+                billing_address=draft.billing_address,
             )
             self._customers[customer.id] = customer
             result = CustomerUpsert(customer, created=created)

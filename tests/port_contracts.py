@@ -640,6 +640,7 @@ class ErpContract:
             draft.duns,
             "US",
         )
+        assert created.billing_address == draft.billing_address
         assert created.status is CustomerStatus.ACTIVE
         assert (str(created.credit_limit), created.currency) == ("50000.0000", "USD")
         assert (created.payment_terms, created.blocks) == ("NET30", ())

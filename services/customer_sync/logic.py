@@ -46,17 +46,22 @@ BASIS = {
 
 
 def changed_fields(wanted: CustomerDraft, customer: Customer) -> list[str]:
-    """The canonical names of the CRM-owned fields the ERP customer does not have yet; the
-    address only as a whole (the ERP answers no address for a customer here)."""
+    """The CRM-owned fields (by their names in the ownership table) the ERP customer does not
+    have yet."""
+    theirs, ours = customer.billing_address, wanted.billing_address
     current = {
-        "name": customer.name,
-        "legal_entity": customer.legal_entity,
-        "currency": customer.currency,
-        "country_code": customer.country_code,
-        "tax_id": customer.tax_id,
-        "duns": customer.duns,
+        "name": (wanted.name, customer.name),
+        "legal_entity": (wanted.legal_entity, customer.legal_entity),
+        "currency": (wanted.currency, customer.currency),
+        "country_code": (wanted.country_code, customer.country_code),
+        "tax_id": (wanted.tax_id, customer.tax_id),
+        "duns": (wanted.duns, customer.duns),
+        "billing_street": (ours and ours.street, theirs and theirs.street),
+        "billing_city": (ours and ours.city, theirs and theirs.city),
+        "billing_state": (ours and ours.state_province, theirs and theirs.state_province),
+        "billing_postal": (ours and ours.postal_code, theirs and theirs.postal_code),
     }
-    return sorted(name for name, value in current.items() if getattr(wanted, name) != value)
+    return sorted(name for name, (want, have) in current.items() if want != have)
 
 
 def query(wanted: CustomerDraft, rules: frozenset[MatchRule]) -> CustomerQuery:

@@ -415,3 +415,19 @@ def test_an_incomplete_account_is_counted_and_skipped_not_dead_lettered(world: W
     world.crm.update("Account", bare, {k: v for k, v in ACCOUNT.items() if k != "Name"})
     events = emitted(world.sync(account_change(bare, Legal_Entity__c="US01")))
     assert [type(e) for e in events] == [CustomerUpserted]
+
+
+def test_a_billing_address_edit_of_a_mastered_account_reaches_the_erp(world: World) -> None:
+    account_id = an_account(world, Sync_To_ERP__c=True)
+    world.sync(account_change(account_id, Sync_To_ERP__c=True))
+    world.crm.update("Account", account_id, {"BillingCity": "Cambridge"})
+
+    events = emitted(world.sync(account_change(account_id, BillingAddress={"City": "Cambridge"})))
+
+    assert [(type(e), getattr(e, "fields", None)) for e in events] == [
+        (CustomerUpserted, ["billing_city"])
+    ]
+    customer = world.erp.customer_by_account(account_id)
+    assert customer is not None
+    assert customer.billing_address is not None
+    assert customer.billing_address.city == "Cambridge"

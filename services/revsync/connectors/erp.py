@@ -374,6 +374,21 @@ def _customer(document: dict[str, Any]) -> Customer:
         tax_id=document["tax_id"],
         duns=document["duns"],
         country_code=document["country_code"],
+        billing_address=_billing_address(document.get("billing_address")),
+    )
+
+
+def _billing_address(document: object) -> Address | None:
+    if document is None:
+        return None
+    if not isinstance(document, dict):
+        raise TypeError("billing_address is not an object")
+    return Address(
+        street=document["street"],
+        city=document["city"],
+        state_province=document.get("state_province"),
+        postal_code=document.get("postal_code"),
+        country_code=document["country_code"],
     )
 
 

@@ -58,6 +58,7 @@ class Customer:
     tax_id: str | None = None
     duns: str | None = None
     country_code: str | None = None
+    billing_address: Address | None = None
 
 
 @dataclass(frozen=True)
