@@ -35,7 +35,7 @@ from revsync.contracts.ownership import ObjectOwnership, Owner, Ownership
 from revsync.deployables import ConsumerDeployable, Context, output_topics
 from revsync.errors import described
 from revsync.ports.crm import CrmPort, RecordNotFound
-from revsync.ports.erp import ErpPort
+from revsync.ports.erp import Customer, ErpPort
 from revsync.rules import customers
 from revsync.runtime.handler import Decision, Emission, FailedPart, Inbound, route
 
@@ -115,28 +115,33 @@ class CustomerSync:
         account = self._read(order.crm_account_id)
         if account is None:
             return Decision()
-        return Decision(emits=self._master(order.envelope, account, by_order=True))
+        existing = self.erp.customer_by_account(order.crm_account_id)
+        return Decision(emits=self._master(order.envelope, account, existing, by_order=True))
 
     def _account(self, cause: Envelope, step: logic.AccountStep) -> list[Emission]:
+        if not (step.sync or step.overruled):
+            return []
         account = self._read(step.account_id)
         if account is None:
             return []
+        existing = self.erp.customer_by_account(step.account_id)
         if step.overruled:
-            self._set_back(account, step.overruled)
-        return self._master(cause, account, asked=step.asked) if step.sync else []
+            self._set_back(account, existing, step.overruled)
+        return self._master(cause, account, existing, asked=step.asked) if step.sync else []
 
     def _master(
         self,
         cause: Envelope,
         account: dict[str, Any],
+        existing: Customer | None,
         *,
         by_order: bool = False,
         asked: bool = False,
     ) -> list[Emission]:
-        """The account's customer created or brought up to date in the ERP: when it has one
-        already, qualifies (``by_order``: an order of it was activated), or a person asked."""
+        """The account's customer created or brought up to date in the ERP (``existing``, the
+        one it has): when it has one already, qualifies (``by_order``: an order of it was
+        activated), or a person asked."""
         account_id = str(account["Id"])
-        existing = self.erp.customer_by_account(account_id)
         if existing is None and not (asked or customers.qualifies(account, self.qualify, by_order)):
             return []
         try:
@@ -175,12 +180,13 @@ class CustomerSync:
             self._emit(logic.upserted(cause, result.customer, result.created, fields, self.clock()))
         ]
 
-    def _set_back(self, account: dict[str, Any], overruled: Sequence[str]) -> None:
+    def _set_back(
+        self, account: dict[str, Any], customer: Customer | None, overruled: Sequence[str]
+    ) -> None:
         """A person set ERP-owned fields in the CRM: not synced. Where they differ from the
         ERP's values, they are reported (a warning and the counter) and the ERP's values go
         back over them; an account the ERP has no customer for yet keeps them until it has
         (its values then come from the ERP like any account's)."""
-        customer = self.erp.customer_by_account(str(account["Id"]))
         if customer is None:
             theirs = ", ".join(overruled)
             log.warning(

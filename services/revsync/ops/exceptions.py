@@ -386,6 +386,13 @@ class ExceptionDesk:
         if action == "retry" and letters:
             # The replay job audits itself (started, then its end) with the same person.
             self._replay(dl.Selection(refs=frozenset(letters)))
+        records = [
+            (_entity(i), i.order_key)
+            for i in doing
+            if i.kind in (Kind.REJECTION, STUCK) and i.order_key is not None
+        ]
+        if action == "retry" and records:
+            self.retry_records(records)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             for item in doing:
                 self._apply(connection, action, item, value)
@@ -424,9 +431,6 @@ class ExceptionDesk:
                 "ORDER BY 1) WHERE id = %s",
                 (_tags(value), int(item.ref[1:])),
             )
-        elif action == "retry" and item.kind in (Kind.REJECTION, STUCK):
-            assert item.order_key is not None
-            self.retry_record(_entity(item), item.order_key)
 
     def _discard(self, connection: psycopg.Connection[Any], item: Item) -> None:
         """A dead letter dealt with for good (the ledger's ``purged``, as ``dlt purge``); its
@@ -447,46 +451,45 @@ class ExceptionDesk:
             source = item.blocker.rsplit(":", 2)[0]
             release(connection, item.consumer, item.order_key.encode(), source, item.blocker)
 
-    def retry_record(self, entity: str, record_id: str) -> None:
-        """Ask the consumer of ``entity``'s change events (order-sync for an Order,
-        customer-sync for an Account) to read ``record_id`` from the CRM again and run it as a
-        new attempt: a change event of revsync's own on that consumer's replay topic, ordered
-        behind the record's other change events (same key, same source topic)."""
-        source = self.catalog.change_topics[entity]
-        consumer = self.catalog.topic(source).consumers[0]
-        now_ms = int(time.time() * 1000)
-        attempt_id = uuid.uuid4()
-        attempt = f"{RETRY_PREFIX}{attempt_id}"
-        change = {
-            "schema": "revsync-retry",
-            "payload": {
-                "ChangeEventHeader": {
-                    "entityName": entity,
-                    "recordIds": [record_id],
-                    "changeType": "GAP_UPDATE",
-                    "changeOrigin": f"revsync;retried by {self.actor.name}",
-                    "transactionKey": attempt,
-                    "sequenceNumber": 0,
-                    "commitTimestamp": now_ms,
-                    "commitUser": "",
-                }
-            },
-        }
-        headers: list[tuple[str, str | bytes | None]] = [
-            (h.ORIGINAL_TOPIC, source.encode()),
-            (h.REPLAY_ID, str(attempt_id).encode()),
-        ]
+    def retry_records(self, records: Sequence[tuple[str, str]]) -> None:
+        """Ask the consumer of each record's change events (order-sync for an Order,
+        customer-sync for an Account) to read it from the CRM again and run it as a new
+        attempt: a change event of revsync's own on that consumer's replay topic, ordered
+        behind the record's other change events (same key, same source topic). ``records``:
+        (CRM object, record id); all sent by one producer, acknowledged before this returns."""
         producer = Producer({**self.kafka_config, "enable.idempotence": True, "acks": "all"})
         errors: list[Any] = []
-        producer.produce(
-            self.catalog.replay_topic(consumer),
-            key=record_id.encode(),
-            value=json.dumps(change).encode(),
-            headers=headers,
-            on_delivery=lambda error, _: errors.append(error) if error else None,
-        )
+        for entity, record_id in records:
+            source = self.catalog.change_topics[entity]
+            attempt_id = uuid.uuid4()
+            change = {
+                "schema": "revsync-retry",
+                "payload": {
+                    "ChangeEventHeader": {
+                        "entityName": entity,
+                        "recordIds": [record_id],
+                        "changeType": "GAP_UPDATE",
+                        "changeOrigin": f"revsync;retried by {self.actor.name}",
+                        "transactionKey": f"{RETRY_PREFIX}{attempt_id}",
+                        "sequenceNumber": 0,
+                        "commitTimestamp": int(time.time() * 1000),
+                        "commitUser": "",
+                    }
+                },
+            }
+            headers: list[tuple[str, str | bytes | None]] = [
+                (h.ORIGINAL_TOPIC, source.encode()),
+                (h.REPLAY_ID, str(attempt_id).encode()),
+            ]
+            producer.produce(
+                self.catalog.replay_topic(self.catalog.topic(source).consumers[0]),
+                key=record_id.encode(),
+                value=json.dumps(change).encode(),
+                headers=headers,
+                on_delivery=lambda error, _: errors.append(error) if error else None,
+            )
         if producer.flush(30) or errors:
-            raise KafkaException(errors[0] if errors else "retry not acknowledged in 30 s")
+            raise KafkaException(errors[0] if errors else "retries not acknowledged in 30 s")
 
 
 def _refusal(action: str, value: str) -> str | None:
