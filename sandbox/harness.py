@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import secrets
 import shutil
@@ -495,9 +496,23 @@ def _ready(process: Process) -> bool:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port for a server told its port in advance, taken below the kernel's ephemeral
+    range: a port from inside it could be handed to another process (a server on port 0, an
+    outgoing connection) before this one binds it."""
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32768
+    chooser = random.SystemRandom()
+    for _ in range(100):
+        port = chooser.randrange(10_000, ephemeral)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise PipelineError(f"no free port between 10000 and {ephemeral}")
 
 
 def _read_line(stream: IO[bytes], timeout_s: float) -> str:
