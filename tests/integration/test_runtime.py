@@ -11,7 +11,7 @@ import threading
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -521,6 +521,55 @@ class BatchRecordingHandler(RecordingHandler):
             except Exception as failure:  # a batching handler reports each input's outcome
                 results.append(failure)
         return results
+
+
+@dataclass
+class SlowHandler(RecordingHandler):
+    """Notes when it first began handling each order, then takes its time about it."""
+
+    began: dict[str, datetime] = field(default_factory=dict)
+
+    def __call__(self, inbound: Inbound) -> Decision:
+        assert isinstance(inbound, Event)
+        self.began.setdefault(inbound.key, datetime.now(UTC))
+        return super().__call__(inbound)
+
+
+@dataclass
+class SlowBatchHandler(SlowHandler, BatchRecordingHandler):
+    """The same, taking many inputs at once."""
+
+
+@pytest.mark.parametrize("batching", [False, True], ids=["one-by-one", "batch-call"])
+def test_a_journey_step_is_dated_when_its_handling_began(
+    world: RuntimeWorld, batching: bool
+) -> None:
+    """What a handler causes elsewhere (an ERP shipping the order it was just sent) is seen
+    after handling began, never before: journeys read in causal order across consumers."""
+    events = [order(8201), order(8202), order(8203)]
+    handler = (SlowBatchHandler if batching else SlowHandler)(
+        world.consumer,
+        world.accepted_topic,
+        delay_s=0.3,
+        faults={events[1].crm_order_id: Fault(transient_failures=1, retry_after=0.05)},
+    )
+    world.produce(events)
+
+    world.loop(handler, batch_timeout_s=1.0).run(max_idle_s=2)
+
+    if isinstance(handler, SlowBatchHandler):
+        assert any(len(call) > 1 for call in handler.calls), "the batch went to handle_many"
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        steps = db.execute(
+            "SELECT order_key, outcome, at FROM revsync_journey WHERE consumer = %s "
+            "AND order_key = ANY(%s) ORDER BY at, seq",
+            (world.consumer, [e.crm_order_id for e in events]),
+        ).fetchall()
+    assert sorted((key, outcome) for key, outcome, _ in steps) == sorted(
+        (e.crm_order_id, outcome) for e in events for outcome in ("processed", "emitted")
+    )
+    for key, outcome, at in steps:
+        assert at <= handler.began[key], f"{key} {outcome} dated after its handling began"
 
 
 @dataclass

@@ -57,6 +57,8 @@ class BatchOutcome:
     """Every key held while the batch ran, with its blocker."""
     prepared: dict[str, Decision | Exception] = field(default_factory=dict)
     """The batch call's results, by event id."""
+    wave_began: datetime | None = None
+    """When the batch call that prepared them began."""
     unhandled: list[Record] = field(default_factory=list)
     """Records left as they were because the circuit breaker tripped: consumed again later."""
     journey: JourneyBatch = field(default_factory=JourneyBatch)
@@ -186,6 +188,7 @@ class BatchProcessor:
                 wave[event_id] = inbound
         if len(wave) < 2:
             return {}
+        began = datetime.now(UTC)
         started = time.perf_counter()
         assert self.wave_runner is not None
         call = self.wave_runner.submit(handler.handle_many, list(wave.values()))
@@ -206,6 +209,7 @@ class BatchProcessor:
         share = (time.perf_counter() - started) / len(wave)
         for _ in wave:
             self._latency.observe(share)
+        batch.wave_began = began
         return dict(zip(wave, results, strict=True))
 
     def _handle_one(
@@ -275,19 +279,23 @@ class BatchProcessor:
 
     def _call_handler(self, event: Inbound, batch: BatchOutcome) -> Decision:
         """The handler (or its share of the batch call), and only after a transient failure
-        the bounded in-process retries."""
+        the bounded in-process retries; the decision carries when its handling began."""
         prepared = batch.prepared.pop(str(event.envelope.event_id), None)
+        began = batch.wave_began if prepared is not None else None
         if isinstance(prepared, Decision):
-            return prepared  # its latency was observed with the batch call
-        started = time.perf_counter()
-        try:
-            if prepared is not None:
-                raise prepared
-            return self.handler(event)
-        except TransientError as failure:
-            return self.router.retry_in_process(failure, lambda: self.handler(event))
-        finally:
-            self._latency.observe(time.perf_counter() - started)
+            decision = prepared  # its latency was observed with the batch call
+        else:
+            began = began or datetime.now(UTC)
+            started = time.perf_counter()
+            try:
+                if prepared is not None:
+                    raise prepared
+                decision = self.handler(event)
+            except TransientError as failure:
+                decision = self.router.retry_in_process(failure, lambda: self.handler(event))
+            finally:
+                self._latency.observe(time.perf_counter() - started)
+        return decision if decision.at else replace(decision, at=began)
 
     def _fail(
         self, record: Record, error: BaseException, event: Inbound | None, batch: BatchOutcome

@@ -43,8 +43,9 @@ class Decision:
     writes: Sequence[StateWrite] = field(default_factory=tuple)
     emits: Sequence[Emission] = field(default_factory=tuple)
     at: datetime | None = None
-    """When it was decided, where a batch call decided many at once (each input's own moment,
-    for the order journey); otherwise the runtime takes the time it is handed back."""
+    """When handling the input began, as the order journey records it: what the handling
+    causes elsewhere (an ERP that ships the order it was just sent) can only be seen after
+    that moment, so journeys read in causal order across consumers. The runtime sets it."""
     failed: Sequence[FailedPart] = field(default_factory=tuple)
     """For an input that names several records (a merged change event): the records that
     failed, each routed on as a record of its own, so that one holds back only itself while
@@ -115,8 +116,9 @@ def handle_concurrently(
     def one(inbound: Inbound) -> Decision | Exception:
         envelope = inbound.envelope
         with event_context(envelope.correlation_id, str(envelope.event_id)):
+            started = datetime.now(UTC)
             try:
-                return replace(handler(inbound), at=datetime.now(UTC))
+                return replace(handler(inbound), at=started)
             except Exception as error:  # the input's own outcome, routed by the loop
                 return error
 
