@@ -233,9 +233,12 @@ class Postgres(Component):
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.touch()
         self._hand_to_server_user(self.log)
+        # Logical decoding, for Debezium's connector beside revsync's relay (bench/relay.py);
+        # an existing data folder takes it at its next start.
         options = (
             f"-p {self.settings.postgres_port} -c listen_addresses=127.0.0.1 "
-            f"-c unix_socket_directories='' -c max_connections=200 -c shared_buffers=256MB"
+            f"-c unix_socket_directories='' -c max_connections=200 -c shared_buffers=256MB "
+            f"-c wal_level=logical -c max_replication_slots=10 -c max_wal_senders=10"
         )
         if self.settings.secure:
             options += (
