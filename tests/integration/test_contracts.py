@@ -4,6 +4,7 @@ refuses what breaks a released version, topics apply converges, bad bytes get ty
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -30,7 +31,12 @@ from contract_fixtures import (
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.events import EVENTS_BY_SCHEMA, OrderCreated
 from revsync.contracts.schemas import SchemaRepository
-from revsync.contracts.serde import TOPIC_NAME_STRATEGY, EventSerde, SubjectNotRegistered
+from revsync.contracts.serde import (
+    FRAME,
+    TOPIC_NAME_STRATEGY,
+    EventSerde,
+    SubjectNotRegistered,
+)
 from revsync.errors import (
     CorruptPayload,
     IncompatibleWriterSchema,
@@ -192,6 +198,45 @@ def test_a_compatible_change_passes_check_and_registers_a_new_version(
     assert registered.exit_code == 0, registered.output
     order_created = catalog.topic(catalog.avro_topics[0].name).value_subject
     assert f"{order_created}  version 2" in registered.output
+
+
+def test_a_value_a_newer_producer_wrote_is_read_with_its_writer_schema_resolved(
+    settings: Settings, revsync: Any, contracts: Path, tmp_path: Path
+) -> None:
+    """A producer already on a compatible newer version (a field added): its values carry
+    the new schema id, fetched from the registry once and resolved to the reader's."""
+    catalog = governed(revsync, contracts)
+    topic = catalog.topic_for(OrderCreated.schema_name).name
+    reader = serde_for(settings, contracts, catalog)
+    reader.prepare([topic])
+    newer = tmp_path / "newer"
+    shutil.copytree(contracts, newer)
+    edit_schema(newer, ORDER_CREATED, add_optional_field)
+    assert revsync("schemas", "register", "--dir", str(newer)).exit_code == 0
+    event = sample_event(OrderCreated)
+    datum = {**event.to_avro(), "sales_channel": "web"}
+    written = [
+        _written_by_another_producer(settings, newer, topic, datum | {"crm_order_id": key})
+        for key in ("8015g0000NEWER1", "8015g0000NEWER2")
+    ]
+    own_id = FRAME.unpack_from(reader.serialize(topic, event))[1]
+    assert FRAME.unpack_from(written[0])[1] != own_id
+
+    fetched: list[int] = []
+    get_schema = reader.registry.get_schema
+
+    def counted(schema_id: int, *args: Any, **kwargs: Any) -> Any:
+        fetched.append(schema_id)
+        return get_schema(schema_id, *args, **kwargs)
+
+    reader.registry.get_schema = counted  # type: ignore[method-assign]
+    read = [reader.deserialize(topic, data) for data in written]
+
+    assert read == [
+        event.model_copy(update={"crm_order_id": key})
+        for key in ("8015g0000NEWER1", "8015g0000NEWER2")
+    ]
+    assert fetched == [FRAME.unpack_from(written[0])[1]]
 
 
 def test_a_subject_missing_from_the_registry_fails_at_start_up(

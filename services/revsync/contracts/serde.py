@@ -6,14 +6,15 @@ a subject missing from the registry stops a service at start-up, naming it.
 
 from __future__ import annotations
 
+import io
+import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.schema_registry.error import SchemaRegistryError
-from confluent_kafka.serialization import MessageField, SerializationContext, SerializationError
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from pydantic import ValidationError
 
@@ -34,7 +35,8 @@ from revsync.errors import (
 
 MAGIC_BYTE = 0
 FRAME = struct.Struct(">bI")
-# Subjects follow TopicNameStrategy (<topic>-value). Said explicitly: confluent-kafka's default
+# For confluent-kafka's own serializers (the stack check's, a test's stand-in for another
+# producer): subjects follow TopicNameStrategy (<topic>-value). Said explicitly: its default
 # first asks the registry for topic "associations", an API other registries do not serve.
 TOPIC_NAME_STRATEGY = {"subject.name.strategy.type": "TOPIC"}
 # Registry error codes (Confluent API, also spoken by Apicurio's ccompat layer).
@@ -61,12 +63,20 @@ class _TopicCodec:
     topic: TopicSpec
     model: type[Event]
     schema_id: int
-    serializer: AvroSerializer
-    deserializer: AvroDeserializer
+    schema: Any
+    """The topic's schema as fastavro parsed it: what revsync writes, and reads into."""
+    frame: bytes = field(repr=False)
+    """The magic byte and schema id every value revsync writes begins with."""
 
 
 class EventSerde:
-    """Encodes and decodes the events of the catalog's topics; one per process."""
+    """Encodes and decodes the events of the catalog's topics; one per process.
+
+    Values are written with the schema id revsync registered for their topic. A value read
+    with that id is read with the topic's own parsed schema; one with another id is read
+    with its writer's schema, fetched once from the registry and kept, resolved to the
+    topic's.
+    """
 
     def __init__(
         self, registry: SchemaRegistryClient, catalog: Catalog, schemas: SchemaRepository
@@ -75,6 +85,7 @@ class EventSerde:
         self.catalog = catalog
         self.schemas = schemas
         self._codecs: dict[str, _TopicCodec] = {}
+        self._writers: dict[int, Any] = {}
 
     def prepare(self, topics: list[str]) -> None:
         """Look up every topic's registered schema now, so a missing one fails at start-up."""
@@ -94,19 +105,19 @@ class EventSerde:
         codec = self._codec(topic)
         if not isinstance(event, codec.model):
             raise TypeError(f"{topic} carries {codec.model.__name__}, not {type(event).__name__}")
-        context = SerializationContext(topic, MessageField.VALUE)
+        buffer = io.BytesIO(codec.frame)
+        buffer.seek(FRAME.size)
         try:
-            data = codec.serializer(event.to_avro(), context)
+            schemaless_writer(buffer, codec.schema, event.to_avro())
         # fastavro's refusals: out of range (OverflowError), wrong type or scale, not UTF-8.
-        except (SerializationError, ValueError, TypeError, ArithmeticError) as error:
+        except (ValueError, TypeError, ArithmeticError, struct.error) as error:
             # By the refusal's type: fastavro's text quotes the value that did not fit.
             raise UnencodableEvent(
                 topic,
                 f"{codec.model.__name__} does not fit {codec.topic.avro_schema} "
                 f"({type(error).__name__})",
             ) from None
-        assert data is not None
-        return data
+        return buffer.getvalue()
 
     def deserialize(self, topic: str, data: bytes | None) -> Event:
         """Bytes to a validated event, or the typed error that says what is wrong with them."""
@@ -120,12 +131,13 @@ class EventSerde:
             )
             raise NotConfluentFramed(topic, f"no Confluent frame (magic byte 0, schema id): {told}")
         schema_id = FRAME.unpack_from(data)[1]
+        body = io.BytesIO(data)
+        body.seek(FRAME.size)
         try:
-            datum = codec.deserializer(data, SerializationContext(topic, MessageField.VALUE))
-        except SchemaRegistryError as error:
-            if error.http_status_code == 404:
-                raise UnknownSchemaId(topic, schema_id) from None
-            raise RegistryUnavailable(f"schema id {schema_id}: {error}") from error
+            if schema_id == codec.schema_id:
+                datum = schemaless_reader(body, codec.schema, None)
+            else:
+                datum = schemaless_reader(body, self._writer(topic, schema_id), codec.schema)
         except SchemaResolutionError as error:
             raise IncompatibleWriterSchema(
                 topic,
@@ -134,21 +146,10 @@ class EventSerde:
             ) from None
         # ArithmeticError: a long, int or decimal past what Python's datetime, date or Decimal
         # holds (a timestamp after 9999, a date of 2^31 days) is read as an OverflowError.
-        except (
-            SerializationError,
-            EOFError,
-            ValueError,
-            IndexError,
-            struct.error,
-            ArithmeticError,
-        ) as error:
+        except (EOFError, ValueError, IndexError, struct.error, ArithmeticError) as error:
             raise CorruptPayload(
                 topic, f"Avro body unreadable with writer schema id {schema_id}: {error}"
             ) from None
-        except Exception as error:
-            if _unreachable(error):
-                raise RegistryUnavailable(f"schema id {schema_id}: {error!r}") from error
-            raise
         if not isinstance(datum, dict):
             raise IncompatibleWriterSchema(topic, f"schema id {schema_id} is not a record")
         try:
@@ -158,6 +159,40 @@ class EventSerde:
             # quote the value, so then its type only (invalid_fields).
             field, reason = invalid_fields(error)[0]
             raise PayloadInvalid(topic, field or codec.model.__name__, reason) from None
+
+    def _writer(self, topic: str, schema_id: int) -> Any:
+        """The parsed writer schema of ``schema_id``, from the registry once."""
+        parsed = self._writers.get(schema_id)
+        if parsed is not None:
+            return parsed
+        try:
+            schema = self.registry.get_schema(schema_id)
+            named: dict[str, Any] = {}
+            for reference in schema.references or ():
+                referenced = self.registry.get_version(
+                    str(reference.subject), reference.version or "latest"
+                )
+                parse_schema(json.loads(str(referenced.schema.schema_str)), named_schemas=named)
+        except SchemaRegistryError as error:
+            if error.http_status_code == 404:
+                raise UnknownSchemaId(topic, schema_id) from None
+            raise RegistryUnavailable(f"schema id {schema_id}: {error}") from error
+        except Exception as error:
+            if _unreachable(error):
+                raise RegistryUnavailable(f"schema id {schema_id}: {error!r}") from error
+            raise
+        if (schema.schema_type or "AVRO") != "AVRO":
+            raise IncompatibleWriterSchema(
+                topic, f"schema id {schema_id} is {schema.schema_type}, not Avro"
+            )
+        try:
+            parsed = parse_schema(json.loads(str(schema.schema_str)), named_schemas=named)
+        except (ValueError, TypeError, KeyError) as error:
+            raise IncompatibleWriterSchema(
+                topic, f"schema id {schema_id} is not a valid Avro schema: {error}"
+            ) from None
+        self._writers[schema_id] = parsed
+        return parsed
 
     def _codec(self, name: str) -> _TopicCodec:
         codec = self._codecs.get(name)
@@ -184,15 +219,10 @@ class EventSerde:
                 raise RegistryUnavailable(f"{topic.value_subject}: {error!r}") from error
             raise
         assert registered.schema_id is not None
-        conf: dict[str, Any] = {
-            "auto.register.schemas": False,
-            "use.schema.id": registered.schema_id,
-            **TOPIC_NAME_STRATEGY,
-        }
         return _TopicCodec(
             topic=topic,
             model=EVENTS_BY_SCHEMA[topic.avro_schema],
             schema_id=registered.schema_id,
-            serializer=AvroSerializer(self.registry, schema_json, conf=conf),
-            deserializer=AvroDeserializer(self.registry, schema_json, conf=TOPIC_NAME_STRATEGY),
+            schema=parse_schema(json.loads(schema_json)),
+            frame=FRAME.pack(MAGIC_BYTE, registered.schema_id),
         )
