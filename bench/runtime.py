@@ -56,7 +56,9 @@ FAUST_EVENTS = 20_000
 STATE_TABLE = """CREATE TABLE IF NOT EXISTS bench_orders (
     crm_order_id text PRIMARY KEY, status text NOT NULL, erp_order_id text NOT NULL)"""
 UPSERT = (
-    "INSERT INTO bench_orders (crm_order_id, status, erp_order_id) VALUES (%s, %s, %s) "
+    "INSERT INTO bench_orders (crm_order_id, status, erp_order_id) "
+    "SELECT DISTINCT ON (id) id, s, e FROM unnest(%s::text[], %s::text[], %s::text[]) "
+    "WITH ORDINALITY AS r(id, s, e, n) ORDER BY id, n DESC "
     "ON CONFLICT (crm_order_id) DO UPDATE SET status = excluded.status, "
     "erp_order_id = excluded.erp_order_id"
 )

@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS runtime_effects (
     crm_order_id text NOT NULL,
     at           timestamptz NOT NULL DEFAULT now()
 )"""
-RECORD_EFFECT = "INSERT INTO runtime_effects (consumer, event_id, crm_order_id) VALUES (%s, %s, %s)"
+RECORD_EFFECT = (
+    "INSERT INTO runtime_effects (consumer, event_id, crm_order_id) SELECT c, e, o "
+    "FROM unnest(%s::text[], %s::uuid[], %s::text[]) WITH ORDINALITY AS r(c, e, o, n) ORDER BY n"
+)
 
 
 @dataclass

@@ -247,7 +247,7 @@ class BatchProcessor:
             return []
         batch.used_claims.add(str(event.envelope.event_id))
         for write in decision.writes:
-            batch.writes.setdefault(write.sql, []).append(write.params)
+            batch.writes.setdefault(write.sql, []).append(write.row)
         batch.emissions += [(emission.event, emission.topic, record) for emission in decision.emits]
         self.journal.consumed(batch.journey, record, event, Outcome.PROCESSED, at=decision.at)
         for emission in decision.emits:
@@ -318,8 +318,8 @@ class BatchProcessor:
         and its journey, which names where the dead letters went."""
         with db.cursor() as cursor:
             self.inbox.unclaim(cursor, batch.inbox_claims - batch.used_claims)
-            for sql, params in batch.writes.items():
-                cursor.executemany(sql, params)
+            for sql, rows in batch.writes.items():
+                cursor.execute(sql, [list(column) for column in zip(*rows, strict=True)])
             self.outbox.write(cursor, batch.emissions)
             self.holds.write(
                 cursor,

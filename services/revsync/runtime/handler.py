@@ -20,11 +20,18 @@ EMITTED_EVENT_NAMESPACE = uuid.UUID("5b0c6f1e-3c2a-4d7e-9a51-2f6f0c8e9d10")
 
 @dataclass(frozen=True)
 class StateWrite:
-    """One parameterised statement against the service's own tables, run in the batch's
-    transaction with the inbox row. Writes with the same SQL are batched with executemany."""
+    """One row of a set-based statement against the service's own tables, run in the batch's
+    transaction with the inbox rows.
+
+    The statement runs once per batch over every row given with the same SQL: each of its
+    parameters is one column, an array of that column's values in the batch's order, as
+    ``unnest(%s::text[], %s::numeric[]) WITH ORDINALITY`` reads them. A statement that may
+    meet one key twice in a batch keeps the later row itself (``DISTINCT ON (key) … ORDER
+    BY key, ordinality DESC``); ordering by key also locks rows in one order.
+    """
 
     sql: str
-    params: Sequence[Any]
+    row: Sequence[Any]
 
 
 @dataclass(frozen=True)

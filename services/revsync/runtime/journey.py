@@ -159,7 +159,8 @@ class Step:
     topic: str
     at: datetime
     """When it happened: a batch's outcomes are recorded together, at its commit, but each
-    when its record was handled, so one order's journey across consumers reads in order."""
+    when its record's handling began, so one order's journey across consumers reads in
+    causal order."""
     partition: int | None = None
     offset: int | None = None
     event_id: str | None = None
@@ -169,22 +170,46 @@ class Step:
     tier: str | None = None
     detail: str | None = None
 
-    def row(self, consumer: str) -> dict[str, Any]:
-        return {
-            "order_key": self.order_key,
-            "at": self.at.isoformat(),
-            "consumer": consumer,
-            "outcome": self.outcome.value,
-            "tier": self.tier,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "correlation_id": self.correlation_id,
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
-            "detail": self.detail,
-        }
+    def columns(self) -> tuple[Any, ...]:
+        """Its values in :data:`STEP_COLUMNS` order."""
+        return (
+            self.order_key,
+            self.at,
+            self.outcome.value,
+            self.tier,
+            self.event_id,
+            self.event_type,
+            self.correlation_id,
+            self.topic,
+            self.partition,
+            self.offset,
+            self.occurred_at,
+            self.detail,
+        )
+
+
+STEP_COLUMNS = (
+    ("order_key", "text"),
+    ("at", "timestamptz"),
+    ("outcome", "text"),
+    ("tier", "text"),
+    ("event_id", "uuid"),
+    ("event_type", "text"),
+    ("correlation_id", "text"),
+    ("topic", "text"),
+    ("partition", "integer"),
+    ('"offset"', "bigint"),
+    ("occurred_at", "timestamptz"),
+    ("detail", "text"),
+)
+_STEP_NAMES = ", ".join(name for name, _ in STEP_COLUMNS)
+INSERT_STEPS = (
+    f"INSERT INTO revsync_journey (consumer, {_STEP_NAMES}) "  # noqa: S608 - names are ours
+    f"SELECT %s, {_STEP_NAMES} FROM unnest("
+    + ", ".join(f"%s::{kind}[]" for _, kind in STEP_COLUMNS)
+    + f") WITH ORDINALITY AS s({_STEP_NAMES}, n) ORDER BY n"
+)
+"""A batch's journey in one statement, one array per column, rows numbered in their order."""
 
 
 ORDER_COLUMNS = (
@@ -425,17 +450,8 @@ class Journal:
         """The batch's journey rows, order facts and exceptions; ``dead_letters`` are where
         Kafka put the batch's dead-letter copies, in the order they were sent."""
         if batch.steps:
-            cursor.execute(
-                "INSERT INTO revsync_journey (order_key, at, consumer, outcome, tier, event_id, "
-                'event_type, correlation_id, topic, partition, "offset", occurred_at, detail) '
-                "SELECT order_key, at, consumer, outcome, tier, event_id, event_type, "
-                'correlation_id, topic, partition, "offset", occurred_at, detail '
-                "FROM jsonb_to_recordset(%s) AS j(order_key text, at timestamptz, consumer text, "
-                "outcome text, tier text, event_id uuid, event_type text, correlation_id text, "
-                'topic text, partition integer, "offset" bigint, occurred_at timestamptz, '
-                "detail text)",
-                (Jsonb([step.row(self.consumer) for step in batch.steps]),),
-            )
+            columns = zip(*(step.columns() for step in batch.steps), strict=True)
+            cursor.execute(INSERT_STEPS, (self.consumer, *map(list, columns)))
         self._orders(cursor, batch.facts)
         self._close(cursor, batch)
         self._open(cursor, batch, dead_letters)

@@ -3,12 +3,12 @@ transaction of their effects, with their CloudEvents headers."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
 from revsync.contracts.events import Event
 from revsync.contracts.serde import EventSerde
@@ -75,25 +75,26 @@ class OutboxWriter:
         """Events with the ``traceparent`` each belongs to, if any (an API request's)."""
         if not emissions:
             return
-        cursor.executemany(
+        columns: tuple[list[Any], ...] = ([], [], [], [], [], [], [])
+        ids, aggregates, keys, types, payloads, topics, headers = columns
+        for event, topic, trace in emissions:
+            envelope = event.envelope
+            ids.append(envelope.event_id)
+            aggregates.append(topic.split(".")[1])
+            keys.append(event.key)
+            types.append(envelope.event_type)
+            payloads.append(self.serde.serialize(topic, event))
+            topics.append(topic)
+            headers.append(json.dumps(h.to_json(cloud_event_headers(event, self.source, trace))))
+        # One statement for the batch, its rows numbered in the batch's order: the relay
+        # publishes by seq, so one key's events keep their order.
+        cursor.execute(
             "INSERT INTO revsync_outbox (id, aggregatetype, aggregateid, type, payload, topic, "
-            "headers, service) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
-            [self._row(event, topic, trace) for event, topic, trace in emissions],
-        )
-
-    def _row(self, event: Event, topic: str, traceparent: str | None) -> tuple[Any, ...]:
-        envelope = event.envelope
-        headers = cloud_event_headers(event, self.source, traceparent)
-        aggregate = topic.split(".")[1]
-        return (
-            envelope.event_id,
-            aggregate,
-            event.key,
-            envelope.event_type,
-            self.serde.serialize(topic, event),
-            topic,
-            Jsonb(h.to_json(headers)),
-            self.service,
+            "headers, service) SELECT id, agg, key, type, payload, topic, headers::jsonb, %s "
+            "FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %b::bytea[], "
+            "%s::text[], %s::text[]) WITH ORDINALITY AS r(id, agg, key, type, payload, topic, "
+            "headers, n) ORDER BY n ON CONFLICT (id) DO NOTHING",
+            (self.service, *columns),
         )
 
 
