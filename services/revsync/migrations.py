@@ -5,6 +5,7 @@ does everything, as in development, created) by every service and tool at start-
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,16 +44,33 @@ class Tables:
         return _TABLE.findall(self.ddl)
 
 
+VERSIONS = """
+CREATE TABLE IF NOT EXISTS revsync_schema_versions (
+    schema_name text        NOT NULL,
+    ddl_hash    text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, ddl_hash)
+);
+GRANT SELECT ON revsync_schema_versions TO PUBLIC;
+"""
+"""Which DDL has run in which schema: a start-up that finds its DDL there runs none of it, so
+it takes no lock (an ALTER TABLE, even one with nothing to do, waits for every open
+transaction on its table, and every statement on the table then waits behind it)."""
+
+
 def ensure(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> None:
     """Before first use: create the tables where this role may (development: one role does
     everything); where it may not (production: the migrations' role owns them), check that
-    the migrations made them. Safe to run from every replica at once."""
+    the migrations made them. Safe to run from every replica at once, and with nothing to
+    do, it only reads."""
+    wanted = {_fingerprint(tables): tables for tables in every}
+    if wanted.keys() <= _applied(connection):
+        return
     try:
         with connection.transaction():
             # Serialise concurrent start-ups: DDL on the same objects would otherwise deadlock.
             connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
-            for tables in every:
-                connection.execute(tables.ddl)
+            _apply(connection, wanted)
     except psycopg.errors.InsufficientPrivilege:
         names = [name for tables in every for name in tables.names]
         missing = [name for name in names if not _exists(connection, name)]
@@ -61,6 +79,47 @@ def ensure(connection: psycopg.Connection[Any], every: Sequence[Tables]) -> None
                 f"tables {', '.join(missing)} are missing and role {_role(connection)} may not "
                 "create them; run `revsync db migrate` as the migrations' role first"
             ) from None
+
+
+def _fingerprint(tables: Tables) -> str:
+    return hashlib.sha256(tables.ddl.encode()).hexdigest()
+
+
+def _applied(connection: psycopg.Connection[Any]) -> set[str]:
+    """The fingerprints of the DDL already run in this connection's schema (none known if
+    this role may not read them)."""
+    try:
+        with connection.transaction():
+            row = connection.execute(
+                "SELECT to_regclass(quote_ident(current_schema()) || '.revsync_schema_versions')"
+            ).fetchone()
+            if not row or row[0] is None:
+                return set()
+            rows = connection.execute(
+                "SELECT ddl_hash FROM revsync_schema_versions WHERE schema_name = current_schema()"
+            ).fetchall()
+    except psycopg.errors.InsufficientPrivilege:
+        return set()
+    return {hash_ for (hash_,) in rows}
+
+
+def _apply(connection: psycopg.Connection[Any], wanted: dict[str, Tables]) -> None:
+    """Run the DDL not yet run here (under the lock, so after any other start-up's), and
+    record it."""
+    applied = _applied(connection)
+    for fingerprint, tables in wanted.items():
+        if fingerprint not in applied:
+            connection.execute(tables.ddl)
+    _record(connection, wanted.keys() - applied)
+
+
+def _record(connection: psycopg.Connection[Any], fingerprints: Iterable[str]) -> None:
+    connection.execute(VERSIONS)
+    connection.execute(
+        "INSERT INTO revsync_schema_versions (schema_name, ddl_hash) "
+        "SELECT current_schema(), unnest(%s::text[]) ON CONFLICT DO NOTHING",
+        (sorted(fingerprints),),
+    )
 
 
 def migrate(
@@ -75,6 +134,7 @@ def migrate(
         connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (LOCK,))
         for tables in every:
             connection.execute(tables.ddl)
+        _record(connection, {_fingerprint(tables) for tables in every})
         named = {role for t in every for role in (*t.writers, *t.appenders, *t.readers)}
         roles = _existing_roles(connection, named | set(every_role))
         for tables in every:
