@@ -32,7 +32,7 @@ class Inbox:
         if not event_ids:
             return set()
         rows = connection.execute(
-            "INSERT INTO revsync_inbox (consumer, event_id) SELECT %s, unnest(%s::uuid[]) "
+            "INSERT INTO revsync_inbox (consumer, event_id) SELECT %s, unnest(%b::text[]::uuid[]) "
             "ON CONFLICT DO NOTHING RETURNING event_id::text",
             (self.consumer, event_ids),
         ).fetchall()

@@ -19,6 +19,7 @@ CRM account id for customer master events:
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -163,7 +164,7 @@ class Step:
     causal order."""
     partition: int | None = None
     offset: int | None = None
-    event_id: str | None = None
+    event_id: uuid.UUID | None = None
     event_type: str | None = None
     correlation_id: str | None = None
     occurred_at: datetime | None = None
@@ -197,19 +198,17 @@ STEP_COLUMNS = (
     ("event_type", "text"),
     ("correlation_id", "text"),
     ("topic", "text"),
-    ("partition", "integer"),
-    ('"offset"', "bigint"),
+    ("partition", "int4"),
+    ('"offset"', "int8"),
     ("occurred_at", "timestamptz"),
     ("detail", "text"),
 )
-_STEP_NAMES = ", ".join(name for name, _ in STEP_COLUMNS)
-INSERT_STEPS = (
-    f"INSERT INTO revsync_journey (consumer, {_STEP_NAMES}) "  # noqa: S608 - names are ours
-    f"SELECT %s, {_STEP_NAMES} FROM unnest("
-    + ", ".join(f"%s::{kind}[]" for _, kind in STEP_COLUMNS)
-    + f") WITH ORDINALITY AS s({_STEP_NAMES}, n) ORDER BY n"
+COPY_STEPS = (
+    "COPY revsync_journey (consumer, "
+    + ", ".join(name for name, _ in STEP_COLUMNS)
+    + ") FROM STDIN (FORMAT BINARY)"
 )
-"""A batch's journey in one statement, one array per column, rows numbered in their order."""
+"""A batch's journey in one statement, in binary: the table is only ever appended to."""
 
 
 ORDER_COLUMNS = (
@@ -379,7 +378,7 @@ class Journal:
             at=at or self.clock(),
             partition=record.partition,
             offset=record.offset,
-            event_id=str(envelope.event_id) if envelope else None,
+            event_id=envelope.event_id if envelope else None,
             event_type=envelope.event_type if envelope else None,
             correlation_id=envelope.correlation_id if envelope else None,
             occurred_at=envelope.occurred_at if envelope else None,
@@ -422,7 +421,7 @@ class Journal:
                 outcome=Outcome.EMITTED,
                 topic=topic,
                 at=at or self.clock(),
-                event_id=str(envelope.event_id),
+                event_id=envelope.event_id,
                 event_type=envelope.event_type,
                 correlation_id=envelope.correlation_id,
                 occurred_at=envelope.occurred_at,
@@ -450,8 +449,10 @@ class Journal:
         """The batch's journey rows, order facts and exceptions; ``dead_letters`` are where
         Kafka put the batch's dead-letter copies, in the order they were sent."""
         if batch.steps:
-            columns = zip(*(step.columns() for step in batch.steps), strict=True)
-            cursor.execute(INSERT_STEPS, (self.consumer, *map(list, columns)))
+            with cursor.copy(COPY_STEPS) as copy:
+                copy.set_types(["text", *(kind for _, kind in STEP_COLUMNS)])
+                for step in batch.steps:
+                    copy.write_row((self.consumer, *step.columns()))
         self._orders(cursor, batch.facts)
         self._close(cursor, batch)
         self._open(cursor, batch, dead_letters)
@@ -554,7 +555,7 @@ class Journal:
                     "order_key": failed.step.order_key,
                     "reason": failed.error_class,
                     "summary": failed.summary,
-                    "event_id": failed.step.event_id,
+                    "event_id": str(failed.step.event_id) if failed.step.event_id else None,
                     "event_type": failed.step.event_type,
                     "correlation_id": failed.step.correlation_id,
                     "dlt_topic": topic,

@@ -43,7 +43,11 @@ class Policy:
     """How one consumer loop behaves; defaults suit the order-to-cash services."""
 
     batch_size: int = 500
-    batch_timeout_s: float = 0.2
+    batch_timeout_s: float = 0.02
+    """How long a batch stays open for more records once its first has arrived: it closes
+    full or on time, so a record at a light load waits no longer than this for company."""
+    poll_timeout_s: float = 0.5
+    """How long one poll waits for a first record while nothing comes."""
     in_process_attempts: int = 3
     in_process_max_wait_s: float = 2.0
     drain_deadline_s: float = 30.0
@@ -174,10 +178,7 @@ class ConsumerLoop:
                 self.liveness.beat()
                 self.positions.settle(self._consumer)
                 self.positions.resume_due(self._consumer)
-                messages = self._consumer.consume(
-                    1 if self.breaker.probing else self.policy.batch_size,
-                    self.policy.batch_timeout_s,
-                )
+                messages = self._next_batch(self._consumer)
                 self._last_poll = time.monotonic()
                 records = [
                     Record.of(m, trusted=m.topic() in self._own_topics)
@@ -208,6 +209,14 @@ class ConsumerLoop:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _next_batch(self, consumer: Consumer) -> list[Message]:
+        """The first record to come within the poll timeout, and with it whatever follows
+        within the batch timeout, up to the batch size (one record while the breaker probes)."""
+        messages = consumer.consume(1, self.policy.poll_timeout_s)
+        if messages and not self.breaker.probing and self.policy.batch_size > 1:
+            messages += consumer.consume(self.policy.batch_size - 1, self.policy.batch_timeout_s)
+        return messages
 
     def _close(self) -> None:
         if self.batches.wave_runner is not None:

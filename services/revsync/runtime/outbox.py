@@ -91,8 +91,8 @@ class OutboxWriter:
         cursor.execute(
             "INSERT INTO revsync_outbox (id, aggregatetype, aggregateid, type, payload, topic, "
             "headers, service) SELECT id, agg, key, type, payload, topic, headers::jsonb, %s "
-            "FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], %b::bytea[], "
-            "%s::text[], %s::text[]) WITH ORDINALITY AS r(id, agg, key, type, payload, topic, "
+            "FROM unnest(%b::uuid[], %b::text[], %b::text[], %b::text[], %b::bytea[], "
+            "%b::text[], %b::text[]) WITH ORDINALITY AS r(id, agg, key, type, payload, topic, "
             "headers, n) ORDER BY n ON CONFLICT (id) DO NOTHING",
             (self.service, *columns),
         )
