@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
-from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation, localcontext
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Self
 
@@ -22,14 +22,19 @@ INT_MAX = 2**31 - 1
 """The largest Avro int."""
 
 
+_CURRENCIES = frozenset(currency.alpha_3.lower() for currency in pycountry.currencies)
+_COUNTRIES = frozenset(country.alpha_2.lower() for country in pycountry.countries)
+"""ISO 4217 and 3166-1 codes, matched without regard to case as pycountry matches them."""
+
+
 def _iso_4217(code: str) -> str:
-    if pycountry.currencies.get(alpha_3=code) is None:
+    if code.lower() not in _CURRENCIES:
         raise ValueError(f"{code!r} is not an ISO 4217 currency code")
     return code
 
 
 def _iso_3166(code: str) -> str:
-    if pycountry.countries.get(alpha_2=code) is None:
+    if code.lower() not in _COUNTRIES:
         raise ValueError(f"{code!r} is not an ISO 3166-1 alpha-2 country code")
     return code
 
@@ -66,11 +71,10 @@ Text = Annotated[str, Field(min_length=1)]
 def money(value: Decimal) -> Decimal:
     """Rounds to the contracts' scale of 4 decimal places (banker's rounding). Raises
     ValueError for an amount that is not finite or too large to round exactly."""
-    with localcontext(MONEY_ARITHMETIC):
-        try:
-            return value.quantize(SCALE, rounding=ROUND_HALF_EVEN)
-        except InvalidOperation:
-            raise ValueError(f"{value} cannot be rounded to 4 decimal places") from None
+    try:
+        return value.quantize(SCALE, rounding=ROUND_HALF_EVEN, context=MONEY_ARITHMETIC)
+    except InvalidOperation:
+        raise ValueError(f"{value} cannot be rounded to 4 decimal places") from None
 
 
 def decimal_text(value: object) -> Decimal:
@@ -178,9 +182,8 @@ class OrderLine(_Contract):
 
     @model_validator(mode="after")
     def _line_total_adds_up(self) -> Self:
-        with localcontext(MONEY_ARITHMETIC):
-            gross = self.quantity * self.unit_price
-            net = gross - self.discount_amount
+        gross = MONEY_ARITHMETIC.multiply(self.quantity, self.unit_price)
+        net = MONEY_ARITHMETIC.subtract(gross, self.discount_amount)
         if self.discount_amount > gross:
             raise ValueError(
                 f"line {self.line_number}: discount_amount {self.discount_amount} exceeds "
