@@ -10,6 +10,7 @@ from bench import (
     cdc_bridge,
     chaos,
     console,
+    growth,
     order_to_cash,
     passthrough,
     process_api,
@@ -21,6 +22,7 @@ from revsync.settings import Settings
 SCENARIOS = {
     "passthrough": passthrough.run,
     "runtime": runtime.run,
+    "growth": growth.run,
     "order-to-cash": order_to_cash.run,
     "replay": replay.run,
     "chaos": chaos.run,
@@ -31,6 +33,7 @@ SCENARIOS = {
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_EVENTS = {
     "order-to-cash": 2_000,
+    "growth": 30_000,
     "replay": 20_000,
     "chaos": 10_000,
     "cdc-bridge": 2_000,

@@ -71,7 +71,10 @@ async def handle(stream: Any) -> None:
             )
             if await claimed.fetchone():
                 erp_order_id = f"SO-{event.crm_order_id}"
-                await connection.execute(UPSERT, (event.crm_order_id, "accepted", erp_order_id))
+                # The bench's set-based upsert, over a batch of one.
+                await connection.execute(
+                    UPSERT, ([event.crm_order_id], ["accepted"], [erp_order_id])
+                )
                 accepted = accepted_for(event, erp_order_id)
                 await sink.send(key=key, value=serde.serialize(setup["accepted"], accepted))
         latencies.append(time.perf_counter() - began)
