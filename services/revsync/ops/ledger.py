@@ -33,14 +33,17 @@ def record(
     refs: Iterable[str],
     state: str,
 ) -> None:
-    """Dead letters ``refs`` are now in ``state`` (replayed, quarantined, purged,
-    archived); a letter's first state for a job is kept."""
-    rows = [(*_coordinates(ref), state, job_id) for ref in refs]
-    if rows:
-        connection.cursor().executemany(
+    """Dead letters ``refs`` (``topic:partition:offset``) are now in ``state`` (replayed,
+    quarantined, purged, archived); a letter's first state for a job is kept. One statement
+    however many, the refs in one text (a topic name has no colon and no line break)."""
+    lines = "\n".join(refs)
+    if lines:
+        connection.execute(
             'INSERT INTO revsync_dlt_ledger (dlt_topic, partition, "offset", state, job_id) '
-            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            rows,
+            "SELECT split_part(ref, ':', 1), split_part(ref, ':', 2)::int, "
+            "split_part(ref, ':', 3)::bigint, %s, %s "
+            "FROM unnest(string_to_array(%s, E'\\n')) AS ref ON CONFLICT DO NOTHING",
+            (state, job_id, lines),
         )
 
 
@@ -88,8 +91,3 @@ def release_holds(connection: psycopg.Connection[Any], letters: Iterable[dl.Dead
     for letter in letters:
         if letter.key is not None:
             release(connection, letter.consumer, letter.key, letter.source_topic, letter.blocker)
-
-
-def _coordinates(ref: str) -> tuple[str, int, int]:
-    topic, partition, offset = ref.rsplit(":", 2)
-    return topic, int(partition), int(offset)
