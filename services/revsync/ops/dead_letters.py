@@ -42,6 +42,10 @@ class DeadLettersUnreadable(RevsyncError):
 
 STALL_S = 60.0
 """How long a scan waits without a record before it gives up on Kafka."""
+SCAN_BATCH = 1000
+SCAN_WAIT_S = 0.1
+"""How long one read waits for a whole batch: a partial one, as a scan's last is, waits it
+out, so it is short."""
 UNREADABLE = frozenset(
     {
         KafkaError.TOPIC_AUTHORIZATION_FAILED,
@@ -56,9 +60,10 @@ class OperationRefused(RevsyncError):
     """The action would be unsafe as asked (a live consumer group, an unknown job)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """One record of a consumer's dead-letter topic."""
+    """One record of a consumer's dead-letter topic (a replay holds tens of thousands: no
+    ``__dict__`` each)."""
 
     dlt_topic: str
     partition: int
@@ -159,18 +164,21 @@ class Selection:
     states: frozenset[str] = field(default_factory=lambda: frozenset({OPEN}))
 
     def matches(self, letter: DeadLetter) -> bool:
-        checks: list[tuple[frozenset[str], str | None]] = [
-            (self.services, letter.service),
-            (self.source_topics, letter.source_topic),
-            (self.error_classes, letter.error_class),
-            (self.keys, letter.key_text),
-            (self.correlation_ids, letter.correlation_id),
-            (self.event_types, letter.event_type),
-            (self.refs, letter.ref),
-            (self.states, letter.state),
-        ]
-        if any(wanted and value not in wanted for wanted, value in checks):
+        # Only what the selection names is read from the letter (a replay matches thousands).
+        checks = (
+            (self.services, "service"),
+            (self.source_topics, "source_topic"),
+            (self.error_classes, "error_class"),
+            (self.keys, "key_text"),
+            (self.correlation_ids, "correlation_id"),
+            (self.event_types, "event_type"),
+            (self.refs, "ref"),
+            (self.states, "state"),
+        )
+        if any(wanted and getattr(letter, name) not in wanted for wanted, name in checks):
             return False
+        if self.since is None and self.until is None:
+            return True
         moment = letter.failed_at
         if self.since is not None and (moment is None or moment < self.since):
             return False
@@ -248,27 +256,24 @@ def scan(
         }
     )
     try:
-        metadata = consumer.list_topics(timeout=timeout_s).topics
         ends: dict[tuple[str, int], int] = {}
         assignment = []
-        for topic in topics:
-            if topic not in metadata:
-                continue
-            for partition in metadata[topic].partitions:
+        for topic, partitions in partitions_of(consumer, topics, timeout_s).items():
+            for number in partitions:
                 low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=timeout_s
+                    TopicPartition(topic, number), timeout=timeout_s
                 )
                 if from_offsets is not None:
-                    low = max(low, from_offsets.get(topic, {}).get(str(partition), high))
+                    low = max(low, from_offsets.get(topic, {}).get(str(number), high))
                 if high > low:
-                    ends[(topic, partition)] = high
-                    assignment.append(TopicPartition(topic, partition, low))
+                    ends[(topic, number)] = high
+                    assignment.append(TopicPartition(topic, number, low))
         if not assignment:
             return
         consumer.assign(assignment)
         stalled_at = time.monotonic() + STALL_S
         while ends:
-            messages = consumer.consume(500, 1.0)
+            messages = consumer.consume(SCAN_BATCH, SCAN_WAIT_S)
             if messages:
                 stalled_at = time.monotonic() + STALL_S
             elif time.monotonic() > stalled_at:
@@ -305,6 +310,19 @@ def scan(
         consumer.close()
 
 
+def partitions_of(
+    consumer: Consumer, topics: Iterable[str], timeout_s: float
+) -> dict[str, list[int]]:
+    """Each of ``topics`` that exists (and may be described), with its partitions. Asked
+    topic by topic: the whole cluster's metadata can be thousands of topics."""
+    found: dict[str, list[int]] = {}
+    for topic in topics:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if metadata is not None and metadata.error is None:
+            found[topic] = sorted(metadata.partitions)
+    return found
+
+
 def _refused(error: KafkaError | None) -> None:
     """Raise for an error that no waiting mends (no right to read, no such topic, a fatal
     client): a scan would otherwise wait for records that never come."""
@@ -327,7 +345,7 @@ def with_state(
     states = {(topic, partition, offset): state for topic, partition, offset, state in rows}
     for letter in batch:
         state = states.get((letter.dlt_topic, letter.partition, letter.offset), OPEN)
-        yield _replace(letter, state=state)
+        yield letter if state == letter.state else _replace(letter, state=state)
 
 
 def decoded(letters: Iterable[DeadLetter], decoder: Decoder) -> Iterator[DeadLetter]:
