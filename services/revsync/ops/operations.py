@@ -62,7 +62,11 @@ class Operations:
         with psycopg.connect(dsn, autocommit=True) as connection:
             ensure(connection, TABLES)
         self.replays = ReplayJobs(
-            catalog=catalog, kafka_config=kafka_config, dsn=dsn, actor=actor, select=self.select
+            catalog=catalog,
+            kafka_config=kafka_config,
+            dsn=dsn,
+            actor=actor,
+            select=lambda selection: self.select(selection, payloads=False),
         )
 
     @classmethod
@@ -84,14 +88,16 @@ class Operations:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def select(self, selection: dl.Selection) -> list[dl.DeadLetter]:
-        """The dead letters ``selection`` matches, oldest first per topic and partition."""
+    def select(self, selection: dl.Selection, *, payloads: bool = True) -> list[dl.DeadLetter]:
+        """The dead letters ``selection`` matches, oldest first per topic and partition, with
+        their payloads decoded; without ``payloads`` (to act on them, which takes their bytes
+        alone), decoded only if the selection names event types."""
         topics = dl.dead_letter_topics(self.catalog, selection.services)
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             letters = dl.with_state(connection, dl.scan(self.kafka_config, topics))
-            chosen = [
-                letter for letter in dl.decoded(letters, self.decoder) if selection.matches(letter)
-            ]
+            if payloads or selection.event_types:
+                letters = dl.decoded(letters, self.decoder)
+            chosen = [letter for letter in letters if selection.matches(letter)]
         return sorted(
             chosen, key=lambda letter: (letter.dlt_topic, letter.partition, letter.offset)
         )
@@ -131,7 +137,7 @@ class Operations:
         """Mark the selection dealt with; a selection without a filter only with
         ``everything`` (``--all``), so that a forgotten filter purges nothing."""
         dl.refuse_unfiltered("purge", selection, everything)
-        letters = self.select(selection)
+        letters = self.select(selection, payloads=False)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.record(connection, None, [letter.ref for letter in letters], "purged")
             ledger.release_holds(connection, letters)
@@ -142,7 +148,7 @@ class Operations:
 
     def archive(self, selection: dl.Selection, *, everything: bool = False) -> int:
         dl.refuse_unfiltered("archive", selection, everything)
-        letters = self.select(selection)
+        letters = self.select(selection, payloads=False)
         with psycopg.connect(self.dsn, autocommit=True) as connection, connection.transaction():
             ledger.archive(connection, letters)
             ledger.record(connection, None, [letter.ref for letter in letters], "archived")
