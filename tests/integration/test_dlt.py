@@ -12,20 +12,32 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from typer.testing import CliRunner
 
 from revsync.cli import app
 from revsync.contracts.events import OrderCreated
 from revsync.deployables import input_decoder
+from revsync.errors import BusinessRuleViolation
 from revsync.ops import dead_letters as dl
 from revsync.ops.dead_letters import OperationRefused
 from revsync.ops.ledger import Actor
 from revsync.ops.operations import Operations
+from revsync.ops.replay import ReplayReport
 from revsync.runtime import headers as h
 from runtime_support import Fault, RuntimeWorld, read_topic, wait_for
 from samples import sample_envelope, sample_event, sample_order
@@ -87,9 +99,84 @@ def dead_lettered(world: RuntimeWorld, events: list[OrderCreated]) -> list[Order
 
 
 def replayed(world: RuntimeWorld) -> list[str]:
-    """The source refs of every record on the consumer's replay topic."""
-    records = read_topic(world.settings, world.catalog.replay_topic(world.consumer), 1, 5)
+    """The source refs of every record on the consumer's replay topic now."""
+    topic = world.catalog.replay_topic(world.consumer)
+    reader = Consumer(world.settings.kafka_config(**{"group.id": f"counter-{uuid.uuid4()}"}))
+    try:
+        partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
+        count = sum(
+            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        reader.close()
+    records = read_topic(world.settings, topic, count)
     return [h.get(r.headers(), h.REPLAY_SOURCE) or "" for r in records]
+
+
+def letters_of_sizes(world: RuntimeWorld, sizes: list[int]) -> list[str]:
+    """Dead letters with values of ``sizes`` bytes, as the consumer loop writes them, in this
+    order on one partition; their refs. Nothing decodes them: a replay needs only bytes."""
+    topic = world.catalog.dead_letter_topic(world.consumer)
+    producer = Producer(
+        world.settings.kafka_config(**{"enable.idempotence": True, "message.max.bytes": 2_000_000})
+    )
+    refs: list[str] = []
+
+    def written(error: KafkaError | None, message: Message) -> None:
+        assert error is None, error
+        refs.append(f"{message.topic()}:{message.partition()}:{message.offset()}")
+
+    for number, size in enumerate(sizes):
+        headers = h.failure_headers(
+            [],
+            error=BusinessRuleViolation("credit hold on the account"),
+            source=(world.created_topic, 0, number, 0),
+            consumer=world.consumer,
+            service="order_sync",
+            correlation_id=f"sized-{number}",
+            now=datetime.now(UTC),
+        )
+        producer.produce(
+            topic,
+            key=f"8015g0000SIZ{number:06d}".encode(),
+            value=b"x" * size,
+            headers=headers,
+            partition=0,
+            on_delivery=written,
+        )
+    assert producer.flush(30) == 0
+    assert len(refs) == len(sizes)
+    return refs
+
+
+def limit_record_bytes(world: RuntimeWorld, topic: str, limit: int) -> None:
+    """The largest record batch the broker takes on ``topic``."""
+    admin = AdminClient(world.settings.kafka_config())
+    entry = ConfigEntry(
+        "max.message.bytes", str(limit), incremental_operation=AlterConfigOpType.SET
+    )
+    resource = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[entry])
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+    def applied() -> bool:
+        described = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        config = admin.describe_configs([described])[described].result(timeout=10)
+        return bool(config["max.message.bytes"].value == str(limit))
+
+    wait_for(applied)
+
+
+def written_down(world: RuntimeWorld, job_id: uuid.UUID) -> set[str]:
+    """The dead letters the ledger says job ``job_id`` replayed."""
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as db:
+        rows = db.execute(
+            'SELECT dlt_topic, partition, "offset" FROM revsync_dlt_ledger '
+            "WHERE job_id = %s AND state = 'replayed'",
+            (job_id,),
+        ).fetchall()
+    return {f"{topic}:{partition}:{offset}" for topic, partition, offset in rows}
 
 
 def audit(world: RuntimeWorld, action: str) -> list[tuple[str, int, str]]:
@@ -234,6 +321,95 @@ def test_an_interrupted_replay_resumed_replays_nothing_twice(
     assert len(sources) == 40
     assert Counter(sources).most_common(1)[0][1] == 1, "a dead letter was replayed twice"
     assert operations.replays.job(job.id).remaining == 0
+
+
+def test_what_kafka_refuses_half_way_is_not_written_down_and_goes_with_the_next_replay(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    """Kafka takes some records of a job and refuses others: the ledger names exactly those
+    it took, the job fails, and a later replay sends the rest, nothing twice."""
+    refs = letters_of_sizes(world, [100] * 9 + [8000] + [100] * 4)
+    replay_topic = world.catalog.replay_topic(world.consumer)
+    limit_record_bytes(world, replay_topic, 4096)  # the large letter's record is refused
+    actor = operations.replays.actor = Actor(f"on-call-{uuid.uuid4().hex[:6]}", "User:ANONYMOUS")
+
+    # Slowly, so that Kafka has taken the first letters before the large one goes.
+    with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):
+        operations.replays.replay(dl.Selection(), everything=True, rate_per_s=20, max_replays=3)
+
+    [job] = [job for job in operations.replays.jobs() if job.actor == actor.name]
+    taken = replayed(world)
+    assert job.status == "failed"
+    assert refs[9] not in taken
+    assert 0 < len(taken) < len(refs)
+    assert written_down(world, job.id) == set(taken)
+    assert job.moved == len(taken)
+
+    limit_record_bytes(world, replay_topic, 1_048_588)  # the broker's default
+    report = operations.replays.replay(
+        dl.Selection(), everything=True, rate_per_s=None, max_replays=3
+    )
+
+    assert report.moved == len(refs) - len(taken)
+    assert Counter(replayed(world)) == Counter(refs)
+    assert operations.select(dl.Selection()) == []
+
+
+def test_a_cancelled_replay_stops_and_what_it_sent_stays_written_down(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    refs = letters_of_sizes(world, [100] * 30)
+    actor = operations.replays.actor = Actor(f"on-call-{uuid.uuid4().hex[:6]}", "User:ANONYMOUS")
+    reports: list[ReplayReport] = []
+    replaying = threading.Thread(
+        target=lambda: reports.append(
+            operations.replays.replay(dl.Selection(), everything=True, rate_per_s=10, max_replays=3)
+        )
+    )
+    replaying.start()
+    wait_for(lambda: len(replayed(world)) >= 5)
+    [job] = [job for job in operations.replays.jobs() if job.actor == actor.name]
+
+    operations.replays.cancel(job.id)
+    replaying.join(timeout=30)
+
+    [report] = reports
+    sent = replayed(world)
+    assert report.status == operations.replays.job(job.id).status == "cancelled"
+    assert 5 <= report.moved == len(sent) < len(refs)
+    assert written_down(world, job.id) == set(sent)
+    rest = operations.replays.replay(
+        dl.Selection(), everything=True, rate_per_s=None, max_replays=3
+    )
+    assert rest.moved == len(refs) - len(sent)
+    assert Counter(replayed(world)) == Counter(refs)
+
+
+def test_a_replay_failing_mid_send_writes_down_what_kafka_took_before(
+    world: RuntimeWorld, operations: Operations
+) -> None:
+    """A record the producer refuses outright (larger than it may send) stops the job: the
+    letters sent before it, still in flight then, are waited for and written down, so that
+    the next replay does not send them again."""
+    dead_letters = world.catalog.dead_letter_topic(world.consumer)
+    limit_record_bytes(world, dead_letters, 2_000_000)
+    refs = letters_of_sizes(world, [100] * 10 + [1_500_000] + [100] * 3)
+    actor = operations.replays.actor = Actor(f"on-call-{uuid.uuid4().hex[:6]}", "User:ANONYMOUS")
+
+    with pytest.raises(KafkaException, match="MSG_SIZE_TOO_LARGE"):
+        operations.replays.replay(dl.Selection(), everything=True, rate_per_s=None, max_replays=3)
+
+    [job] = [job for job in operations.replays.jobs() if job.actor == actor.name]
+    assert (job.status, job.moved) == ("failed", 10)
+    assert written_down(world, job.id) == set(refs[:10])
+    assert sorted(replayed(world)) == sorted(refs[:10])
+
+    rest = frozenset(refs[11:])
+    report = operations.replays.replay(dl.Selection(refs=rest), rate_per_s=None, max_replays=3)
+
+    assert report.moved == 3
+    assert Counter(replayed(world)) == Counter(refs[:10] + refs[11:])
+    assert [letter.ref for letter in operations.select(dl.Selection())] == [refs[10]]
 
 
 def test_the_loop_guard_quarantines_a_record_that_keeps_failing(

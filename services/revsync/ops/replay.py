@@ -3,17 +3,22 @@
 A replay sends each selected dead letter to its own consumer's replay topic
 (``revsync.<consumer>.replay``), which no other consumer reads, with its original
 coordinates, so a success releases the key it held, and work already done is an inbox
-no-op. Each replayed record is written down in the ledger once Kafka has it; a replay
-interrupted between the two is resumed by reading back, from the replay topics, what the job
-had already sent. A record replayed ``max_replays`` times is quarantined instead.
+no-op. Records go out without waiting for each other; every tenth of a second, and at the
+end, what Kafka took since is written down in the ledger in one transaction, while the next
+records go. A replay interrupted between the two is resumed by reading back, from the replay
+topics, what the job had already sent. A record replayed ``max_replays`` times is quarantined
+instead.
 """
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +34,9 @@ from revsync.runtime import headers as h
 
 STALE_AFTER = timedelta(seconds=30)
 """A running job whose heartbeat is older than this was interrupted."""
-CANCEL_CHECK_S = 0.5
+SETTLE_S = 0.1
+"""How often a running replay writes down what Kafka took, reports progress and heeds a
+cancel."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +71,10 @@ class ReplayReport:
     already_sent: int = 0
     """Found on a replay topic when resuming: sent before the interruption, not again."""
     status: str = "running"
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Where the time went: ``select`` (reading and matching the dead letters), ``send``
+    (to Kafka, at the rate asked, waiting for its answers) and ``ledger`` (waiting for the
+    ledger's writes, which otherwise run while records are sent)."""
 
 
 @dataclass
@@ -80,6 +91,144 @@ class RateLimiter:
         if self._next > now:
             time.sleep(self._next - now)
         self._next = max(self._next, now) + 1 / self.per_s
+
+
+REPLAY_HEADERS = (h.REPLAY_ID, h.REPLAY_COUNT, h.REPLAY_SOURCE)
+"""Headers a replay sets anew on each record it sends."""
+
+
+class _Sender:
+    """One job's producer to the replay topics, and what Kafka took and refused since."""
+
+    def __init__(self, catalog: Catalog, kafka_config: dict[str, Any], job_id: uuid.UUID) -> None:
+        self._producer = Producer(
+            {**kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
+        )
+        self._job_id = str(job_id).encode()
+        self._topics = {name: catalog.replay_topic(name) for name in catalog.consumers}
+        self._taken: list[str] = []
+        self._refused: list[KafkaError] = []
+
+    def send(self, letter: dl.DeadLetter, replay_count: int) -> None:
+        """Send ``letter``, replayed ``replay_count`` times before, to its consumer's replay
+        topic without waiting: Kafka's answer comes with :meth:`taken`."""
+        ref = letter.ref
+        headers = [(name, value) for name, value in letter.headers if name not in REPLAY_HEADERS]
+        headers += [
+            (h.REPLAY_ID, self._job_id),
+            (h.REPLAY_COUNT, str(replay_count + 1).encode()),
+            (h.REPLAY_SOURCE, ref.encode()),
+        ]
+
+        def on_delivery(error: KafkaError | None, _: Message) -> None:
+            if error is None:
+                self._taken.append(ref)
+            else:
+                self._refused.append(error)
+
+        while True:
+            try:
+                self._producer.produce(
+                    self._topics[letter.consumer],
+                    key=letter.key,
+                    value=letter.value,
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:  # the producer's queue is full: let Kafka's answers in
+                self._producer.poll(0.05)
+
+    def taken(self, *, wait: bool) -> list[str]:
+        """The refs of the letters Kafka took since the last call; with ``wait``, once every
+        record sent has its answer (the producer gives up on one after its
+        ``message.timeout.ms``, refusing it)."""
+        if wait:
+            self._producer.flush()
+        else:
+            self._producer.poll(0)
+        taken, self._taken = self._taken, []
+        return taken
+
+    def raise_refused(self) -> None:
+        """Fail on the first record Kafka refused, if any."""
+        if self._refused:
+            raise KafkaException(self._refused[0])
+
+
+class _LedgerWriter:
+    """Writes down a job's batches on a thread of its own, so that one batch is written while
+    the next is sent: one at a time, in order, each in one transaction with the job's counts.
+    The job's report counts what is written."""
+
+    def __init__(self, connection: psycopg.Connection[Any], report: ReplayReport) -> None:
+        self._connection = connection
+        self._report = report
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replay-ledger")
+        self._writing: Future[tuple[int, int, bool]] | None = None
+        report.seconds.setdefault("ledger", 0.0)
+
+    def write(self, sent: list[str], quarantined: list[dl.DeadLetter]) -> None:
+        """Start writing down ``sent`` (the refs of the letters Kafka took) and the letters
+        ``quarantined``; :meth:`wait` for the batch before first."""
+        assert self._writing is None, "one batch at a time"
+        self._writing = self._thread.submit(
+            self._write,
+            sent,
+            quarantined,
+            self._report.moved + len(sent),
+            self._report.quarantined + len(quarantined),
+        )
+
+    def wait(self) -> bool:
+        """Wait for the batch being written, if any: whether an operator has asked to cancel
+        the job. Raises what writing it raised."""
+        if self._writing is None:
+            return False
+        started = time.perf_counter()
+        try:
+            moved, quarantined, cancel_requested = self._writing.result()
+        finally:
+            self._writing = None
+            self._report.seconds["ledger"] += time.perf_counter() - started
+        self._report.moved, self._report.quarantined = moved, quarantined
+        return cancel_requested
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    def _write(
+        self, sent: list[str], quarantined: list[dl.DeadLetter], moved: int, quarantined_total: int
+    ) -> tuple[int, int, bool]:
+        connection, job_id = self._connection, self._report.job_id
+        with connection.transaction():
+            ledger.record(connection, job_id, sent, "replayed")
+            if quarantined:
+                ledger.archive(connection, quarantined)
+                ledger.record(
+                    connection, job_id, [letter.ref for letter in quarantined], "quarantined"
+                )
+                ledger.release_holds(connection, quarantined)
+            row = connection.execute(
+                "UPDATE revsync_replay_jobs SET moved = %s, quarantined = %s, updated_at = now() "
+                "WHERE id = %s RETURNING cancel_requested",
+                (moved, quarantined_total, job_id),
+            ).fetchone()
+        return moved, quarantined_total, bool(row and row[0])
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused while a replay runs: its tens of thousands of letters
+    (a list of headers each, every header a tuple) make no cycles, reference counting frees
+    them, and the collector would otherwise rescan the whole heap several times over."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class ReplayJobs:
@@ -100,6 +249,7 @@ class ReplayJobs:
         self.actor = actor
         self._select = select
 
+    @_collector_paused()
     def replay(
         self,
         selection: dl.Selection,
@@ -113,7 +263,9 @@ class ReplayJobs:
         """Send ``selection``'s dead letters back through their own consumer; a selection
         without a filter only with ``everything`` (``--all``)."""
         dl.refuse_unfiltered("replay", selection, everything)
+        started = time.perf_counter()
         letters = self._select(selection)
+        selected_s = time.perf_counter() - started
         job_id = uuid.uuid4()
         # The job and its audit row together, before anything is sent: a replay killed
         # half-way is on the record; its end is audited again when it finishes.
@@ -139,9 +291,10 @@ class ReplayJobs:
                     Jsonb(self._replay_ends()),
                 ),
             )
-        report = ReplayReport(job_id, len(letters))
+        report = ReplayReport(job_id, len(letters), seconds={"select": selected_s})
         return self._run(report, letters, rate_per_s, max_replays, on_progress, stop)
 
+    @_collector_paused()
     def resume(
         self,
         job_id: uuid.UUID,
@@ -167,9 +320,14 @@ class ReplayJobs:
                 "WHERE id = %s",
                 (job_id,),
             )
-        selection = selection_from(job.filter)
-        remaining = self._select(selection)
-        report = ReplayReport(job_id, job.total, already_sent=len(sent))
+        started = time.perf_counter()
+        remaining = self._select(selection_from(job.filter))
+        report = ReplayReport(
+            job_id,
+            job.total,
+            already_sent=len(sent),
+            seconds={"select": time.perf_counter() - started},
+        )
         report.moved = self._count(job_id, "replayed")
         report.quarantined = self._count(job_id, "quarantined")
         return self._run(report, remaining, job.rate_per_s, max_replays, on_progress, stop)
@@ -183,116 +341,60 @@ class ReplayJobs:
         on_progress: Callable[[ReplayReport], None],
         stop: threading.Event | None,
     ) -> ReplayReport:
+        started = time.perf_counter()
         limiter = RateLimiter(rate_per_s)
-        producer = Producer(
-            {**self.kafka_config, "enable.idempotence": True, "acks": "all", "linger.ms": 5}
-        )
-        delivered: list[dl.DeadLetter] = []
-        failures: list[KafkaError] = []
-        last_check = time.monotonic()
+        sender = _Sender(self.catalog, self.kafka_config, report.job_id)
+        quarantined: list[dl.DeadLetter] = []
         status = "completed"
         with psycopg.connect(self.dsn, autocommit=True) as connection:
+            writer = _LedgerWriter(connection, report)
             try:
+                next_settle = time.monotonic() + SETTLE_S
                 for letter in letters:
-                    if time.monotonic() - last_check >= CANCEL_CHECK_S:
-                        last_check = time.monotonic()
-                        self._settle(connection, report, producer, delivered, failures)
+                    if time.monotonic() >= next_settle:
+                        cancel_requested = writer.wait()
                         on_progress(report)
-                        if (stop is not None and stop.is_set()) or self._cancelled(
-                            connection, report.job_id
-                        ):
+                        sender.raise_refused()
+                        if cancel_requested or (stop is not None and stop.is_set()):
                             status = "cancelled"
                             break
-                    if letter.replay_count >= max_replays:
+                        writer.write(sender.taken(wait=False), quarantined)
+                        quarantined = []
+                        next_settle = time.monotonic() + SETTLE_S
+                    replay_count = letter.replay_count
+                    if replay_count >= max_replays:
                         # The loop guard: replayed often enough, it failed every time.
-                        self._quarantine(connection, report.job_id, letter)
-                        report.quarantined += 1
+                        quarantined.append(letter)
                         continue
                     limiter.acquire()
-                    self._send(producer, report.job_id, letter, delivered, failures)
-                self._settle(connection, report, producer, delivered, failures)
-            except KeyboardInterrupt:
-                status = "interrupted"  # resumable: revsync dlt replay --resume JOB
-                raise
-            except BaseException:
-                status = "failed"
+                    sender.send(letter, replay_count)
+                writer.wait()
+                writer.write(sender.taken(wait=True), quarantined)
+                writer.wait()
+                sender.raise_refused()
+            except BaseException as error:
+                # Interrupted (Ctrl-C), the job is resumable: revsync dlt replay --resume JOB.
+                # Failed, what Kafka took before the failure is written down, so that no later
+                # job sends it again; if even that fails, the job is left to --resume, which
+                # reads back from the replay topics what it sent.
+                status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+                try:
+                    writer.wait()
+                    if status == "failed":
+                        writer.write(sender.taken(wait=True), quarantined)
+                        writer.wait()
+                except Exception:
+                    status = "interrupted"
                 raise
             finally:
+                writer.close()
                 report.status = status
+                report.seconds["send"] = (
+                    time.perf_counter() - started - report.seconds.get("ledger", 0.0)
+                )
                 self._finish(connection, report, status)
                 on_progress(report)
         return report
-
-    def _send(
-        self,
-        producer: Producer,
-        job_id: uuid.UUID,
-        letter: dl.DeadLetter,
-        delivered: list[dl.DeadLetter],
-        failures: list[KafkaError],
-    ) -> None:
-        headers = [
-            (name, value)
-            for name, value in letter.headers
-            if name not in (h.REPLAY_ID, h.REPLAY_COUNT, h.REPLAY_SOURCE)
-        ] + [
-            (h.REPLAY_ID, str(job_id).encode()),
-            (h.REPLAY_COUNT, str(letter.replay_count + 1).encode()),
-            (h.REPLAY_SOURCE, letter.ref.encode()),
-        ]
-
-        def on_delivery(error: KafkaError | None, _: Message) -> None:
-            if error is None:
-                delivered.append(letter)
-            else:
-                failures.append(error)
-
-        target = self.catalog.replay_topic(letter.consumer)
-        while True:
-            try:
-                producer.produce(
-                    target,
-                    key=letter.key,
-                    value=letter.value,
-                    headers=headers,
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:
-                producer.poll(0.05)
-        producer.poll(0)
-
-    def _settle(
-        self,
-        connection: psycopg.Connection[Any],
-        report: ReplayReport,
-        producer: Producer,
-        delivered: list[dl.DeadLetter],
-        failures: list[KafkaError],
-    ) -> None:
-        """Wait for what is in flight, then write down what Kafka has."""
-        producer.flush(30)
-        if delivered:
-            ledger.record(
-                connection, report.job_id, [letter.ref for letter in delivered], "replayed"
-            )
-            report.moved += len(delivered)
-            delivered.clear()
-        connection.execute(
-            "UPDATE revsync_replay_jobs SET moved = %s, quarantined = %s, updated_at = now() "
-            "WHERE id = %s",
-            (report.moved, report.quarantined, report.job_id),
-        )
-        if failures:
-            raise KafkaException(failures[0])
-
-    def _quarantine(
-        self, connection: psycopg.Connection[Any], job_id: uuid.UUID, letter: dl.DeadLetter
-    ) -> None:
-        with connection.transaction():
-            ledger.archive(connection, [letter])
-            ledger.record(connection, job_id, [letter.ref], "quarantined")
-            ledger.release_holds(connection, [letter])
 
     def _finish(
         self, connection: psycopg.Connection[Any], report: ReplayReport, status: str
@@ -317,19 +419,20 @@ class ReplayJobs:
         """Each replay topic's end offsets now: where a job's own records will start."""
         consumer = Consumer({**self.kafka_config, "group.id": f"revsync-ops-{uuid.uuid4()}"})
         try:
-            metadata = consumer.list_topics(timeout=10).topics
-            ends: dict[str, dict[str, int]] = {}
-            for name in self.catalog.consumers:
-                topic = self.catalog.replay_topic(name)
-                if topic not in metadata:
-                    raise dl.OperationRefused(
-                        f"replay topic {topic} does not exist; run revsync topics apply"
-                    )
-                ends[topic] = {
+            topics = [self.catalog.replay_topic(name) for name in self.catalog.consumers]
+            found = dl.partitions_of(consumer, topics, timeout_s=10)
+            missing = [topic for topic in topics if topic not in found]
+            if missing:
+                raise dl.OperationRefused(
+                    f"replay topic {missing[0]} does not exist; run revsync topics apply"
+                )
+            return {
+                topic: {
                     str(p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in metadata[topic].partitions
+                    for p in partitions
                 }
-            return ends
+                for topic, partitions in found.items()
+            }
         finally:
             consumer.close()
 
@@ -378,12 +481,6 @@ class ReplayJobs:
                 connection, self.actor, "cancel", {"job": str(job_id)}, 0, "requested", job_id
             )
         return self.job(job_id)
-
-    def _cancelled(self, connection: psycopg.Connection[Any], job_id: uuid.UUID) -> bool:
-        row = connection.execute(
-            "SELECT cancel_requested FROM revsync_replay_jobs WHERE id = %s", (job_id,)
-        ).fetchone()
-        return bool(row and row[0])
 
     def _count(self, job_id: uuid.UUID, state: str) -> int:
         with psycopg.connect(self.dsn, autocommit=True) as connection:
