@@ -139,16 +139,23 @@ class _Sender:
             except BufferError:  # the producer's queue is full: let Kafka's answers in
                 self._producer.poll(0.05)
 
-    def taken(self, *, wait: bool) -> list[str]:
-        """The refs of the letters Kafka took since the last call; with ``wait``, once every
-        record sent has its answer (the producer gives up on one after its
-        ``message.timeout.ms``, refusing it)."""
-        if wait:
+    def taken(self, *, wait_s: float | None = 0.0) -> list[str]:
+        """The refs of the letters Kafka took since the last call, after waiting up to
+        ``wait_s`` for the answers still to come; None: until every record sent has its
+        answer (the producer gives up on one after its ``message.timeout.ms``, refusing it)."""
+        if wait_s is None:
             self._producer.flush()
+        elif wait_s > 0:
+            self._producer.flush(wait_s)
         else:
-            self._producer.poll(0)
+            self._producer.poll(0)  # flush(0) returns at once, serving no answer
         taken, self._taken = self._taken, []
         return taken
+
+    @property
+    def in_flight(self) -> int:
+        """Records sent whose answer has not come yet."""
+        return len(self._producer)
 
     def raise_refused(self) -> None:
         """Fail on the first record Kafka refused, if any."""
@@ -348,18 +355,25 @@ class ReplayJobs:
         status = "completed"
         with psycopg.connect(self.dsn, autocommit=True) as connection:
             writer = _LedgerWriter(connection, report)
+
+            def settle(wait_s: float | None) -> bool:
+                """Start writing down what Kafka took and the letters quarantined, once the
+                batch before is written; whether to stop (cancelled). Fails on what Kafka
+                refused."""
+                cancel_requested = writer.wait()
+                on_progress(report)
+                sender.raise_refused()
+                writer.write(sender.taken(wait_s=wait_s), quarantined[:])
+                quarantined.clear()
+                return cancel_requested or (stop is not None and stop.is_set())
+
             try:
                 next_settle = time.monotonic() + SETTLE_S
                 for letter in letters:
                     if time.monotonic() >= next_settle:
-                        cancel_requested = writer.wait()
-                        on_progress(report)
-                        sender.raise_refused()
-                        if cancel_requested or (stop is not None and stop.is_set()):
+                        if settle(wait_s=0):
                             status = "cancelled"
                             break
-                        writer.write(sender.taken(wait=False), quarantined)
-                        quarantined = []
                         next_settle = time.monotonic() + SETTLE_S
                     replay_count = letter.replay_count
                     if replay_count >= max_replays:
@@ -368,8 +382,10 @@ class ReplayJobs:
                         continue
                     limiter.acquire()
                     sender.send(letter, replay_count)
-                writer.wait()
-                writer.write(sender.taken(wait=True), quarantined)
+                # The last answers are written down as they come, not all at the end.
+                while sender.in_flight:
+                    settle(wait_s=SETTLE_S)
+                settle(wait_s=None)
                 writer.wait()
                 sender.raise_refused()
             except BaseException as error:
@@ -381,7 +397,7 @@ class ReplayJobs:
                 try:
                     writer.wait()
                     if status == "failed":
-                        writer.write(sender.taken(wait=True), quarantined)
+                        writer.write(sender.taken(wait_s=None), quarantined)
                         writer.wait()
                 except Exception:
                     status = "interrupted"
@@ -417,7 +433,9 @@ class ReplayJobs:
 
     def _replay_ends(self) -> dict[str, dict[str, int]]:
         """Each replay topic's end offsets now: where a job's own records will start."""
-        consumer = Consumer({**self.kafka_config, "group.id": f"revsync-ops-{uuid.uuid4()}"})
+        consumer = Consumer(
+            {**self.kafka_config, **dl.AT_ONCE, "group.id": f"revsync-ops-{uuid.uuid4()}"}
+        )
         try:
             topics = [self.catalog.replay_topic(name) for name in self.catalog.consumers]
             found = dl.partitions_of(consumer, topics, timeout_s=10)
