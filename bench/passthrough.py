@@ -13,6 +13,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from revsync.runtime import headers as h
 from revsync.settings import Settings
 from revsync_devstack.stack_check import ensure_topic
 
@@ -50,7 +51,11 @@ def fill(settings: Settings, source: str, sink: str, events: int) -> float:
     return time.perf_counter() - started
 
 
-def pass_through(settings: Settings, source: str, sink: str, events: int) -> float:
+def pass_through(
+    settings: Settings, source: str, sink: str, events: int, *, headers: bool = False
+) -> float:
+    """Seconds to copy ``events`` records from ``source`` to ``sink``: keys and values, and
+    with ``headers`` their headers too."""
     consumer = Consumer(
         settings.kafka_config(
             **{
@@ -71,7 +76,13 @@ def pass_through(settings: Settings, source: str, sink: str, events: int) -> flo
         for message in batch:
             if message.error():
                 raise RuntimeError(message.error())
-            _produce(producer, sink, message.key(), message.value())
+            _produce(
+                producer,
+                sink,
+                message.key(),
+                message.value(),
+                h.as_list(message.headers()) if headers else None,
+            )
         moved += len(batch)
         if batch:
             producer.poll(0)
@@ -90,10 +101,16 @@ def warmed_up_producer(settings: Settings, topic: str) -> Producer:
     return producer
 
 
-def _produce(producer: Producer, topic: str, key: bytes | None, value: bytes | None) -> None:
+def _produce(
+    producer: Producer,
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    headers: h.Headers | None = None,
+) -> None:
     while True:
         try:
-            producer.produce(topic, key=key, value=value)
+            producer.produce(topic, key=key, value=value, headers=headers)
             return
         except BufferError:
             producer.poll(0.05)
