@@ -915,3 +915,23 @@ def test_what_cannot_be_done_is_refused_or_said_and_changes_nothing(
         ("tag exceptions dry run", 0, "read"),
         *((f"{action} exceptions", 0, "nothing to do") for action in ex.ACTIONS),
     ]
+
+
+def test_an_orders_facts_keep_its_product_lines_as_written(settings: Settings) -> None:
+    prepare_database(settings)
+    key = f"8015g0000LINES{uuid.uuid4().hex[:6]}"
+    lines = ['SENSORS "PRO"', "A\\B", "C,D", "{E}"]
+    batch = JourneyBatch()
+    batch.facts[key] = {"product_lines": lines, "region": "EMEA"}
+    later = JourneyBatch()
+    later.facts[key] = {"product_lines": [], "currency": "EUR"}  # says nothing of the lines
+    journal = Journal("order-sync-lines", lambda: datetime.now(UTC))
+    with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
+        with db.cursor() as cursor:
+            journal.write(cursor, batch, [])
+            journal.write(cursor, later, [])
+        row = db.execute(
+            "SELECT product_lines, region, currency FROM revsync_orders WHERE crm_order_id = %s",
+            (key,),
+        ).fetchone()
+    assert row == (lines, "EMEA", "EUR")

@@ -231,6 +231,29 @@ ORDER_COLUMNS = (
     "cancelled_at",
 )
 Facts = dict[str, Any]
+_UPDATES = ", ".join(
+    f"{name} = COALESCE(EXCLUDED.{name}, revsync_orders.{name})"
+    if name != "product_lines"
+    else "product_lines = CASE WHEN cardinality(EXCLUDED.product_lines) > 0 "
+    "THEN EXCLUDED.product_lines ELSE revsync_orders.product_lines END"
+    for name in ORDER_COLUMNS
+)
+UPSERT_ORDERS = (
+    f"INSERT INTO revsync_orders (crm_order_id, {', '.join(ORDER_COLUMNS)}) "  # noqa: S608
+    "SELECT crm_order_id, "
+    + ", ".join(
+        "coalesce(product_lines::text[], '{}')" if name == "product_lines" else name
+        for name in ORDER_COLUMNS
+    )
+    + " FROM unnest(%b::text[], "
+    + ", ".join(
+        f"%b::{'timestamptz' if name.endswith('_at') else 'text'}[]" for name in ORDER_COLUMNS
+    )
+    + f") AS o(crm_order_id, {', '.join(ORDER_COLUMNS)}) ORDER BY crm_order_id "
+    f"ON CONFLICT (crm_order_id) DO UPDATE SET {_UPDATES}, updated_at = now()"
+)
+"""A batch's order facts in one statement, one binary array per column (the product lines
+as each order's text[] literal): what a fact does not say keeps what the row had."""
 
 
 def _created(event: OrderCreated, now: datetime) -> Facts:
@@ -462,29 +485,17 @@ class Journal:
             return
         # One statement, rows in key order: consumers updating the same orders lock them in
         # one order, so they wait for each other but never deadlock.
-        rows = [
-            {"crm_order_id": key, **_json_ready(values)} for key, values in sorted(facts.items())
+        keys = sorted(facts)
+        columns = [keys] + [
+            [
+                _array_literal(facts[key].get(name))
+                if name == "product_lines"
+                else facts[key].get(name)
+                for key in keys
+            ]
+            for name in ORDER_COLUMNS
         ]
-        definitions = ", ".join(
-            f"{name} {'text[]' if name == 'product_lines' else _type(name)}"
-            for name in ORDER_COLUMNS
-        )
-        updates = ", ".join(
-            f"{name} = COALESCE(EXCLUDED.{name}, revsync_orders.{name})"
-            if name != "product_lines"
-            else "product_lines = CASE WHEN cardinality(EXCLUDED.product_lines) > 0 "
-            "THEN EXCLUDED.product_lines ELSE revsync_orders.product_lines END"
-            for name in ORDER_COLUMNS
-        )
-        columns = ", ".join(ORDER_COLUMNS)
-        cursor.execute(
-            f"INSERT INTO revsync_orders (crm_order_id, {columns}) "  # noqa: S608 - names are ours
-            f"SELECT crm_order_id, {columns.replace('product_lines', _LINES)} "
-            f"FROM jsonb_to_recordset(%s) AS o(crm_order_id text, {definitions}) "
-            f"ORDER BY crm_order_id ON CONFLICT (crm_order_id) DO UPDATE SET {updates}, "
-            "updated_at = now()",
-            (Jsonb(rows),),
-        )
+        cursor.execute(UPSERT_ORDERS, columns)
 
     def _close(self, cursor: psycopg.Cursor[Any], batch: JourneyBatch) -> None:
         """Exceptions whose cause is gone: a dead letter's event processed by this consumer
@@ -578,18 +589,12 @@ class Journal:
         )
 
 
-_LINES = "coalesce(product_lines, '{}')"
-
-
-def _type(column: str) -> str:
-    return "timestamptz" if column.endswith("_at") else "text"
-
-
-def _json_ready(values: Facts) -> Facts:
-    return {
-        name: value.isoformat() if isinstance(value, datetime) else value
-        for name, value in values.items()
-    }
+def _array_literal(values: list[str] | None) -> str | None:
+    """A text[] literal of ``values``: the product lines travel as one text per order."""
+    if values is None:
+        return None
+    quoted = (value.replace("\\", "\\\\").replace('"', '\\"') for value in values)
+    return "{" + ",".join(f'"{value}"' for value in quoted) + "}"
 
 
 def purge_journey(connection: psycopg.Connection[Any], retention: timedelta) -> int:
