@@ -1029,14 +1029,20 @@ def _port_taken(port: int) -> bool:
 
 def _resolve_maven_artifacts(settings: StackSettings) -> None:
     """Fetch Kafka's classpath and unpack the registry once; cached in the local repository."""
-    pom = DEPLOY_LOCAL / "pom.xml"
-    classpath = settings.dir / "kafka.classpath"
-    registry = _apicurio_home(settings) / "quarkus-run.jar"
-    if (
-        classpath.exists()
-        and registry.exists()
-        and classpath.stat().st_mtime >= pom.stat().st_mtime
-    ):
+    resolve_from_maven(
+        settings,
+        DEPLOY_LOCAL / "pom.xml",
+        [settings.dir / "kafka.classpath", _apicurio_home(settings) / "quarkus-run.jar"],
+        "Kafka and the registry",
+    )
+
+
+def resolve_from_maven(settings: StackSettings, pom: Path, outputs: list[Path], what: str) -> None:
+    """Run ``pom``'s ``generate-resources`` into the stack folder, unless its ``outputs`` are
+    there already and the first is newer than the pom; artifacts stay cached in the local
+    repository."""
+    first = outputs[0]
+    if all(path.exists() for path in outputs) and first.stat().st_mtime >= pom.stat().st_mtime:
         return
     if shutil.which("mvn") is None:
         raise StackError("Maven (mvn) is not on PATH; install it: apt-get install -y maven")
@@ -1047,8 +1053,8 @@ def _resolve_maven_artifacts(settings: StackSettings) -> None:
         check=False,
     )
     if result.returncode != 0:
-        raise StackError(f"resolving Kafka and the registry from Maven failed:\n{result.stdout}")
-    classpath.touch()
+        raise StackError(f"resolving {what} from Maven failed:\n{result.stdout}")
+    first.touch()
 
 
 def _apicurio_home(settings: StackSettings) -> Path:
