@@ -14,6 +14,7 @@ from bench import (
     order_to_cash,
     passthrough,
     process_api,
+    relay,
     replay,
     runtime,
 )
@@ -29,6 +30,7 @@ SCENARIOS = {
     "cdc-bridge": cdc_bridge.run,
     "console": console.run,
     "process-api": process_api.run,
+    "relay": relay.run,
 }
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_EVENTS = {
@@ -39,6 +41,7 @@ DEFAULT_EVENTS = {
     "cdc-bridge": 2_000,
     "console": 10_000,
     "process-api": 6_000,
+    "relay": 50_000,
 }
 
 
@@ -50,7 +53,7 @@ def main() -> None:
         type=int,
         default=None,
         help="events (orders, for order-to-cash; open exceptions, for console; timed "
-        "requests, for process-api) to move",
+        "requests, for process-api; outbox rows per run, for relay) to move",
     )
     arguments = parser.parse_args()
     events = arguments.events or DEFAULT_EVENTS.get(arguments.scenario, 100_000)
