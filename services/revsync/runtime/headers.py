@@ -229,7 +229,8 @@ def from_json(pairs: Sequence[Sequence[str]]) -> Headers:
             raise MalformedHeader("?", repr(pair)[:80], "not a [name, base64 value] pair")
         name, value = pair
         try:
-            headers.append((name, base64.b64decode(value)))
+            # base64.b64decode's own decoder, without its wrapper's cost on the relay's path.
+            headers.append((name, binascii.a2b_base64(value)))
         except (binascii.Error, ValueError):  # also a value that is not ASCII text
             raise MalformedHeader(name, value, "not base64") from None
     return headers

@@ -29,6 +29,7 @@ from revsync.runtime.outages import Outages
 from revsync.runtime.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
+FLUSH_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ class OutboxRelay:
         heartbeat it must not stand in for)."""
         self.blocked_retry_s = blocked_retry_s
         self._blocked: dict[str, float] = {}
+        self._failed: dict[str, KafkaError] = {}
+        """The batch's keys with a row not delivered, and why."""
         self.batch_size = batch_size
         self.poll_interval_s = poll_interval_s
         self._dsn = dsn
@@ -181,6 +184,10 @@ class OutboxRelay:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
+                # Only failures are reported: once flushed, a row with no report is delivered,
+                # and no callback runs for each of the others.
+                "delivery.report.only.error": True,
+                "on_delivery": self._undelivered,
                 # A row that cannot be delivered is reported within this, not after minutes.
                 "message.timeout.ms": delivery_timeout_ms,
                 "topic.metadata.propagation.max.ms": min(delivery_timeout_ms, 30_000),
@@ -212,7 +219,7 @@ class OutboxRelay:
                 break
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 self.outages.wait_out(error)
-        self._producer.flush(30)
+        self._producer.flush(FLUSH_TIMEOUT_S)
 
     def _publish_until_stopped(self, max_idle_s: float | None) -> None:
         with (
@@ -269,29 +276,21 @@ class OutboxRelay:
             rows = cursor.execute(self._select, (list(self._blocked), self.batch_size)).fetchall()
             if not rows:
                 return 0
-            outcomes: dict[int, KafkaError | None] = {}
-            refused: set[str] = set()
-            for index, row in enumerate(rows):
-
-                def delivered(error: KafkaError | None, _: Message, index: int = index) -> None:
-                    outcomes[index] = error
-
-                key = row[2] or ""
-                if key in refused:
-                    # An earlier row of the key was refused on the spot: none overtakes it.
-                    outcomes[index] = KafkaError(KafkaError._BAD_MSG, "an earlier row waits")
-                    continue
-                if not self._send_row(row, delivered):
-                    refused.add(key)
-            self._producer.flush(30)
-            published = self._published_ids(rows, outcomes)
+            self._failed = {}
+            for row in rows:
+                if (row[2] or "") not in self._failed:  # none overtakes a refused row
+                    self._send_row(row)
+            if self._producer.flush(FLUSH_TIMEOUT_S):
+                # Still undelivered, and the producer does not say which: every key waits.
+                self._failed |= {row[2] or "": KafkaError(KafkaError._TIMED_OUT) for row in rows}
+            published = self._published_ids(rows)
             connection.execute(self._mark, (published,))
         OUTBOX_PUBLISHED.labels(self.name).inc(len(published))
         return len(published)
 
-    def _send_row(self, row: tuple[Any, ...], delivered: Callable[..., None]) -> bool:
-        """Hand one row to the producer; False if it was refused on the spot (by the encoder
-        or the producer), which ``delivered`` has then been told."""
+    def _send_row(self, row: tuple[Any, ...]) -> None:
+        """Hand one row to the producer. One refused on the spot (by the encoder or the
+        producer) fails its key at once; one the broker refuses, when its report comes."""
         row_id, aggregate_type, key, payload, topic, headers, kind, created = row
         destination = topic or self.table.route.format(aggregatetype=aggregate_type)
         pairs = h.from_json(json.loads(headers) if headers else [])
@@ -303,25 +302,30 @@ class OutboxRelay:
             except Exception as error:  # this row and its key wait; the others go on
                 refusal = described(error)  # logged at each try: never the row's values
                 log.error("outbox %s: row %s not publishable: %s", self.name, row_id, refusal)
-                delivered(KafkaError(KafkaError._BAD_MSG, refusal), None)
-                return False
-        return self._send(destination, key, payload, pairs, delivered)
+                self._failed[key or ""] = KafkaError(KafkaError._BAD_MSG, refusal)
+                return
+        while True:
+            try:
+                self._producer.produce(destination, key=key, value=payload, headers=pairs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)
+            except KafkaException as refused:
+                # Refused locally (too large, bad topic name): a failed delivery of this row.
+                self._failed[key or ""] = refused.args[0]
+                return
 
-    def _published_ids(
-        self, rows: list[tuple[Any, ...]], outcomes: dict[int, KafkaError | None]
-    ) -> list[Any]:
-        """Ids delivered, stopping each key at its first failure so none overtakes it."""
-        failed: dict[str, KafkaError] = {}
-        published = []
-        for index, row in enumerate(rows):
-            key = row[2] or ""
-            error = outcomes.get(index, KafkaError(KafkaError._TIMED_OUT))
-            if key in failed or error is not None:
-                failed.setdefault(key, error or KafkaError(KafkaError._TIMED_OUT))
-                continue
-            published.append(row[0])
+    def _undelivered(self, error: KafkaError | None, message: Message) -> None:
+        """The producer's report of a row it could not deliver (it reports no other)."""
+        if error is not None:
+            self._failed.setdefault((message.key() or b"").decode(), error)
+
+    def _published_ids(self, rows: list[tuple[Any, ...]]) -> list[Any]:
+        """Ids delivered: a key with a row not delivered waits whole, so none overtakes it
+        (its rows delivered before that one go out again, with the same event ids)."""
+        published = [row[0] for row in rows if (row[2] or "") not in self._failed]
         retry_at = time.monotonic() + self.blocked_retry_s
-        for key, error in failed.items():
+        for key, error in self._failed.items():
             self._blocked[key] = retry_at
             log.warning(
                 "outbox %s: key %s not delivered (%s); retrying in %.0fs",
@@ -331,22 +335,6 @@ class OutboxRelay:
                 self.blocked_retry_s,
             )
         return published
-
-    def _send(
-        self, topic: str, key: str, payload: bytes, headers: h.Headers, on_delivery: Any
-    ) -> bool:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=key, value=payload, headers=headers, on_delivery=on_delivery
-                )
-                return True
-            except BufferError:
-                self._producer.poll(0.05)
-            except KafkaException as refused:
-                # Refused locally (too large, bad topic name): a failed delivery of this row.
-                on_delivery(refused.args[0], None)
-                return False
 
     def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
         if not self.table.notify_channel:
