@@ -129,11 +129,8 @@ class OutboxConnector:
 class KafkaConnect(Component):
     """A standalone Connect worker running one :class:`OutboxConnector`; healthy once the
     connector's task runs and its slot streams, so every row committed after start-up is
-    published.
-
-    >>> with KafkaConnect(stack, connector, bootstrap_servers, port) as connect:
-    ...     connect.pause()
-    """
+    published. As a context manager: started on entry, stopped on exit (slot and publication
+    dropped)."""
 
     def __init__(
         self,
