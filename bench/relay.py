@@ -17,10 +17,10 @@ turn:
 
 Every run checks that each row arrived once and each key's rows in the order written.
 
-revsync's relay runs in a process of its own as a service runs it (that service's rows,
-batches of 500, NOTIFY wake-ups) and deletes what it has published. Debezium reads the inserts
-from the WAL through a publication of that service's rows and leaves the rows where they are
-(its router ignores deletes): the bench empties the table after each of its runs.
+revsync's relay runs in a process of its own as a service runs it (that service's rows, its
+default batches, NOTIFY wake-ups) and deletes what it has published. Debezium reads the
+inserts from the WAL through a publication of that service's rows and leaves the rows where
+they are (its router ignores deletes): the bench empties the table after each of its runs.
 """
 
 from __future__ import annotations

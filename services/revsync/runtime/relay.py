@@ -157,7 +157,7 @@ class OutboxRelay:
         dsn: str,
         kafka_config: dict[str, Any],
         table: OutboxTable = OutboxTable(),
-        batch_size: int = 500,
+        batch_size: int = 2000,
         poll_interval_s: float = 1.0,
         blocked_retry_s: float = 30.0,
         delivery_timeout_ms: int = 10_000,
@@ -165,7 +165,9 @@ class OutboxRelay:
         liveness: Liveness | None = None,
     ) -> None:
         """Rows are published as they are, unless an ``encoder`` translates them; a row it
-        refuses is set aside like an undelivered one, with its key."""
+        refuses is set aside like an undelivered one, with its key. A batch takes up to
+        ``batch_size`` rows: a backlog drains in few round trips, while at a light load a
+        batch holds what has come."""
         self.table = table
         self.encoder = encoder
         self.liveness = liveness or Liveness(timeout_s=60)
