@@ -25,12 +25,9 @@ from urllib.parse import urlsplit
 
 import psycopg
 from confluent_kafka import Consumer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from psycopg import sql
 
 from bench import runtime
-from revsync.contracts.schemas import SchemaRepository
-from revsync.contracts.serde import EventSerde
 from revsync.runtime.loop import ConsumerLoop, Policy
 from revsync.runtime.observability import Liveness
 from revsync.settings import Settings
@@ -83,11 +80,7 @@ def with_inbox(settings: Settings, events: int) -> dict[str, Any]:
             rows = db.execute("SELECT count(*) FROM revsync_inbox").fetchone()
         assert rows is not None
         runtime.reset(scoped, setup)
-        serde = EventSerde(
-            SchemaRegistryClient(settings.registry_config()),
-            runtime.bench_catalog(settings, setup["tag"]),
-            SchemaRepository(settings.schemas_dir),
-        )
+        serde = runtime.bench_serde(settings, runtime.bench_catalog(settings, setup["tag"]))
         runtime.fill(settings, serde, setup["created"], events, prefix=f"8015{setup['tag']}F")
         full = runtime.variant(settings, "revsync", setup, events, environment)
     finally:
@@ -129,10 +122,8 @@ def with_processes(settings: Settings, events: int, count: int) -> dict[str, Any
         assert member.stdout is not None
         if member.stdout.readline().strip() != "assigned":
             raise RuntimeError("a consumer process did not join its group")
-    serde = EventSerde(
-        SchemaRegistryClient(settings.registry_config()),
-        runtime.bench_catalog(settings, setup["tag"], partitions=PARTITIONS),
-        SchemaRepository(settings.schemas_dir),
+    serde = runtime.bench_serde(
+        settings, runtime.bench_catalog(settings, setup["tag"], partitions=PARTITIONS)
     )
     watermarks = Consumer(settings.kafka_config(**{"group.id": f"bench-{uuid.uuid4()}"}))
     accepted = setup["accepted"]
@@ -162,11 +153,7 @@ def run_member(settings: Settings, setup: dict[str, Any]) -> dict[str, Any]:
         consumer=setup["consumer"],
         catalog=catalog,
         handler=runtime.BenchHandler(setup["accepted"]),
-        serde=EventSerde(
-            SchemaRegistryClient(settings.registry_config()),
-            catalog,
-            SchemaRepository(settings.schemas_dir),
-        ),
+        serde=runtime.bench_serde(settings, catalog),
         kafka_config=settings.kafka_config(),
         postgres_dsn=settings.postgres_dsn.get_secret_value(),
         policy=Policy(batch_size=runtime.BATCH_SIZE),

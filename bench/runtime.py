@@ -137,6 +137,15 @@ def bench_catalog(settings: Settings, tag: str, partitions: int | None = None) -
     return Catalog.model_validate(raw)
 
 
+def bench_serde(settings: Settings, catalog: Catalog) -> EventSerde:
+    """The serde of a run's catalog, as each process of the run makes it."""
+    return EventSerde(
+        SchemaRegistryClient(settings.registry_config()),
+        catalog,
+        SchemaRepository(settings.schemas_dir),
+    )
+
+
 def prepare(settings: Settings, events: int, partitions: int | None = None) -> dict[str, Any]:
     tag = "b" + uuid.uuid4().hex[:8]
     catalog = bench_catalog(settings, tag, partitions)
@@ -368,11 +377,7 @@ class TimedLoop(ConsumerLoop):
 def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[str, Any]:
     """The consumer loop here; the outbox relay in a process of its own, as deployed."""
     catalog = bench_catalog(settings, setup["tag"])
-    serde = EventSerde(
-        SchemaRegistryClient(settings.registry_config()),
-        catalog,
-        SchemaRepository(settings.schemas_dir),
-    )
+    serde = bench_serde(settings, catalog)
     loop = TimedLoop(
         consumer=setup["consumer"],
         catalog=catalog,
@@ -387,11 +392,7 @@ def run_revsync(settings: Settings, setup: dict[str, Any], events: int) -> dict[
 
 def run_floor(settings: Settings, setup: dict[str, Any], events: int) -> dict[str, Any]:
     catalog = bench_catalog(settings, setup["tag"])
-    serde = EventSerde(
-        SchemaRegistryClient(settings.registry_config()),
-        catalog,
-        SchemaRepository(settings.schemas_dir),
-    )
+    serde = bench_serde(settings, catalog)
     return measure(settings, setup, events, FloorLoop(settings, setup, UPSERT, BATCH_SIZE), serde)
 
 
