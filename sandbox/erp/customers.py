@@ -202,7 +202,7 @@ def upsert(
         columns = {**wanted, **keys(wanted)}
         assignments = ", ".join(f"{name} = %({name})s" for name in columns)
         updated = connection.execute(
-            f"UPDATE erp.customers SET {assignments}, updated_at = now() "  # noqa: S608 - fixed names
+            f"UPDATE customers SET {assignments}, updated_at = now() "  # noqa: S608 - fixed names
             "WHERE id = %(id)s RETURNING *",
             {**columns, "id": existing["id"]},
         ).fetchone()
@@ -223,7 +223,7 @@ def check_fixed(existing: Mapping[str, Any], body: CustomerBody) -> None:
 
 def _by_account(connection: Connection, crm_account_id: str) -> DictRow | None:
     return connection.execute(
-        "SELECT * FROM erp.customers WHERE crm_account_id = %s FOR UPDATE", (crm_account_id,)
+        "SELECT * FROM customers WHERE crm_account_id = %s FOR UPDATE", (crm_account_id,)
     ).fetchone()
 
 
@@ -231,8 +231,8 @@ def _create(connection: Connection, crm_account_id: str, body: CustomerBody) -> 
     """The new customer, or None when a concurrent create of the account came first."""
     values = body.columns()
     return connection.execute(
-        "WITH numbered AS (SELECT nextval('erp.customer_numbers')::text AS number) "
-        "INSERT INTO erp.customers (id, number, name, crm_account_id, legal_entity, status, "
+        "WITH numbered AS (SELECT nextval('customer_numbers')::text AS number) "
+        "INSERT INTO customers (id, number, name, crm_account_id, legal_entity, status, "
         "credit_limit, currency, payment_terms, country_code, tax_id, duns, billing_street, "
         "billing_city, billing_state_province, billing_postal_code, billing_country_code, "
         "name_key, tax_id_key, duns_key) "
@@ -259,7 +259,7 @@ def edit(connection: Connection, customer_id: str, changes: CustomerEdit) -> dic
     transaction: the customer's document afterwards. A change writes CustomerMastered, and
     CreditStatusChanged too when the credit limit or status moved."""
     before = connection.execute(
-        "SELECT * FROM erp.customers WHERE id = %s FOR UPDATE", (customer_id,)
+        "SELECT * FROM customers WHERE id = %s FOR UPDATE", (customer_id,)
     ).fetchone()
     if before is None:
         raise HttpFailure(404, {"code": "not_found", "message": f"no customer {customer_id!r}"})
@@ -269,7 +269,7 @@ def edit(connection: Connection, customer_id: str, changes: CustomerEdit) -> dic
         return document(before)
     assignments = ", ".join(f"{name} = %({name})s" for name in changed)
     after = connection.execute(
-        f"UPDATE erp.customers SET {assignments}, updated_at = now() "  # noqa: S608 - fixed names
+        f"UPDATE customers SET {assignments}, updated_at = now() "  # noqa: S608 - fixed names
         "WHERE id = %(id)s RETURNING *",
         {**wanted, "id": customer_id},
     ).fetchone()
@@ -295,7 +295,7 @@ def find(connection: Connection, query: CustomerQuery) -> list[dict[str, Any]]:
         "CASE WHEN c.duns_key = %(duns)s THEN 'duns' END, "
         "CASE WHEN c.name_key = %(name)s AND c.country_code = %(country)s "
         "THEN 'name_country' END], NULL) AS matched_on "
-        "FROM erp.customers c WHERE c.tax_id_key = %(tax_id)s OR c.duns_key = %(duns)s "
+        "FROM customers c WHERE c.tax_id_key = %(tax_id)s OR c.duns_key = %(duns)s "
         "OR (c.name_key = %(name)s AND c.country_code = %(country)s) "
         "ORDER BY length(c.number), c.number",
         {
@@ -311,16 +311,16 @@ def find(connection: Connection, query: CustomerQuery) -> list[dict[str, Any]]:
 def by_account(connection: Connection, crm_account_id: str) -> list[dict[str, Any]]:
     """The customer of CRM account ``crm_account_id``, if it has one."""
     row = connection.execute(
-        "SELECT * FROM erp.customers WHERE crm_account_id = %s", (crm_account_id,)
+        "SELECT * FROM customers WHERE crm_account_id = %s", (crm_account_id,)
     ).fetchone()
     return [] if row is None else [document(row)]
 
 
 EXPOSURE = (
-    "(SELECT coalesce(sum(grand_total), 0) FROM erp.sales_orders "
+    "(SELECT coalesce(sum(grand_total), 0) FROM sales_orders "
     " WHERE customer_id = c.id AND status = 'open') + "
-    "(SELECT coalesce(sum(i.amount_due), 0) FROM erp.invoices i "
-    " JOIN erp.sales_orders o ON o.id = i.sales_order_id "
+    "(SELECT coalesce(sum(i.amount_due), 0) FROM invoices i "
+    " JOIN sales_orders o ON o.id = i.sales_order_id "
     " WHERE o.customer_id = c.id AND i.status = 'posted')"
 )
 """A customer's exposure: its open (not invoiced, not cancelled) orders and unpaid invoices."""
@@ -330,7 +330,7 @@ def credit(connection: Connection, customer_id: str) -> dict[str, Any] | None:
     """The customer's credit position now, or None when there is no such customer."""
     row = connection.execute(
         f"SELECT c.id, c.status, c.currency, c.credit_limit, {EXPOSURE} AS exposure "  # noqa: S608 - fixed SQL
-        "FROM erp.customers c WHERE c.id = %s",
+        "FROM customers c WHERE c.id = %s",
         (customer_id,),
     ).fetchone()
     if row is None:
@@ -378,7 +378,7 @@ def document(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 INSERT_OUTBOX = (
-    "INSERT INTO erp.outbox (id, aggregatetype, aggregateid, type, payload) "
+    "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) "
     "VALUES (%s, 'customer', %s, %s, %s)"
 )
 

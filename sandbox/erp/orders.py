@@ -86,14 +86,14 @@ def claim_key(connection: Connection, key: str, fingerprint: str) -> Response | 
     requests never both proceed.
     """
     claimed = connection.execute(
-        "INSERT INTO erp.idempotency_keys (key, request_hash) VALUES (%s, %s) "
+        "INSERT INTO idempotency_keys (key, request_hash) VALUES (%s, %s) "
         "ON CONFLICT (key) DO NOTHING RETURNING key",
         (key, fingerprint),
     ).fetchone()
     if claimed is not None:
         return None
     stored = connection.execute(
-        "SELECT request_hash, response FROM erp.idempotency_keys WHERE key = %s", (key,)
+        "SELECT request_hash, response FROM idempotency_keys WHERE key = %s", (key,)
     ).fetchone()
     assert stored is not None, "a conflicting key is committed before it is seen"
     if stored["request_hash"] != fingerprint:
@@ -109,7 +109,7 @@ def claim_key(connection: Connection, key: str, fingerprint: str) -> Response | 
 
 def store_answer(connection: Connection, key: str, status: int, document: dict[str, Any]) -> None:
     connection.execute(
-        "UPDATE erp.idempotency_keys SET status = %s, response = %s WHERE key = %s",
+        "UPDATE idempotency_keys SET status = %s, response = %s WHERE key = %s",
         (status, Jsonb(document), key),
     )
 
@@ -121,7 +121,7 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
     external id already has an order; either rolls the transaction back.
     """
     customer = connection.execute(
-        "SELECT * FROM erp.customers WHERE id = %s", (body.customer_id,)
+        "SELECT * FROM customers WHERE id = %s", (body.customer_id,)
     ).fetchone()
     if customer is None:
         raise refuse("CUSTOMER_NOT_MASTERED", f"no customer {body.customer_id!r}")
@@ -139,10 +139,10 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
     grand_total = subtotal + tax_total
     credit = _credit_check(customer, grand_total)
     order = connection.execute(
-        "INSERT INTO erp.sales_orders (id, number, external_id, customer_id, currency, "
+        "INSERT INTO sales_orders (id, number, external_id, customer_id, currency, "
         "price_book_id, legal_entity, region, po_number, requested_delivery_date, ship_to, "
         "subtotal, tax_total, grand_total, credit_check, pricing_outcome, status, "
-        "correlation_id) VALUES (%s, 'SO-' || lpad(nextval('erp.sales_order_numbers')::text, "
+        "correlation_id) VALUES (%s, 'SO-' || lpad(nextval('sales_order_numbers')::text, "
         "6, '0'), %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 'open', %s) "
         "ON CONFLICT (external_id) DO NOTHING RETURNING *",
         (
@@ -177,7 +177,7 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
             },
         )
     connection.cursor().executemany(
-        "INSERT INTO erp.sales_order_lines (sales_order_id, line_number, sku, quantity, "
+        "INSERT INTO sales_order_lines (sales_order_id, line_number, sku, quantity, "
         "unit_price, list_price, discount_amount, tax_amount, line_total) "
         "VALUES (%(order)s, %(line_number)s, %(sku)s, %(quantity)s, %(unit_price)s, "
         "%(list_price)s, %(discount_amount)s, %(tax_amount)s, %(line_total)s)",
@@ -189,7 +189,7 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
 def _check_products(connection: Connection, body: OrderBody) -> None:
     skus = sorted({line.sku for line in body.lines})
     rows = connection.execute(
-        "SELECT sku, active, legal_entities FROM erp.products WHERE sku = ANY(%s)", (skus,)
+        "SELECT sku, active, legal_entities FROM products WHERE sku = ANY(%s)", (skus,)
     ).fetchall()
     known = {row["sku"]: row for row in rows}
     unknown = [sku for sku in skus if sku not in known or not known[sku]["active"]]
@@ -207,7 +207,7 @@ def _check_products(connection: Connection, body: OrderBody) -> None:
 def _price(connection: Connection, body: OrderBody) -> tuple[list[dict[str, Any]], str]:
     """The order's lines with their list prices and totals, and the pricing outcome."""
     book = connection.execute(
-        "SELECT currency FROM erp.price_books WHERE id = %s", (body.price_book_id,)
+        "SELECT currency FROM price_books WHERE id = %s", (body.price_book_id,)
     ).fetchone()
     if book is None:
         raise refuse("UNKNOWN_PRICE_BOOK", f"no price book {body.price_book_id!r}")
@@ -220,7 +220,7 @@ def _price(connection: Connection, body: OrderBody) -> tuple[list[dict[str, Any]
     prices = {
         row["sku"]: row["unit_price"]
         for row in connection.execute(
-            "SELECT sku, unit_price FROM erp.price_book_entries WHERE price_book_id = %s",
+            "SELECT sku, unit_price FROM price_book_entries WHERE price_book_id = %s",
             (body.price_book_id,),
         )
     }
@@ -273,7 +273,7 @@ def cancel(connection: Connection, external_id: str, reason: str) -> dict[str, A
     """Cancels the open order for ``external_id`` in the open transaction; an order already
     cancelled is returned as it is."""
     order = connection.execute(
-        "SELECT status FROM erp.sales_orders WHERE external_id = %s FOR UPDATE", (external_id,)
+        "SELECT status FROM sales_orders WHERE external_id = %s FOR UPDATE", (external_id,)
     ).fetchone()
     if order is None:
         raise HttpFailure(
@@ -285,7 +285,7 @@ def cancel(connection: Connection, external_id: str, reason: str) -> dict[str, A
         )
     if order["status"] == "open":
         connection.execute(
-            "UPDATE erp.sales_orders SET status = 'cancelled', cancel_reason = %s, "
+            "UPDATE sales_orders SET status = 'cancelled', cancel_reason = %s, "
             "status_changed_at = now() WHERE external_id = %s",
             (reason, external_id),
         )
@@ -303,13 +303,13 @@ def find(connection: Connection, external_id: str) -> dict[str, Any] | None:
 def documents(connection: Connection, external_id: str | None = None) -> list[dict[str, Any]]:
     """Order documents, oldest first: every order, or the one for ``external_id``."""
     orders = connection.execute(
-        "SELECT * FROM erp.sales_orders WHERE %(external_id)s::text IS NULL "
+        "SELECT * FROM sales_orders WHERE %(external_id)s::text IS NULL "
         "OR external_id = %(external_id)s ORDER BY created_at, number",
         {"external_id": external_id},
     ).fetchall()
     lines: dict[str, list[DictRow]] = {}
     for line in connection.execute(
-        "SELECT * FROM erp.sales_order_lines WHERE sales_order_id = ANY(%s) "
+        "SELECT * FROM sales_order_lines WHERE sales_order_id = ANY(%s) "
         "ORDER BY sales_order_id, line_number",
         ([order["id"] for order in orders],),
     ):

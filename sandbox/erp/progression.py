@@ -19,7 +19,7 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from sandbox.erp.orders import amount
-from sandbox.erp.store import Connection, connect
+from sandbox.erp.store import DEFAULT_SCHEMA, Connection, connect
 
 log = logging.getLogger(__name__)
 
@@ -92,17 +92,24 @@ def _outbox_row(
 
 
 INSERT_OUTBOX = (
-    "INSERT INTO erp.outbox (id, aggregatetype, aggregateid, type, payload) "
-    "VALUES (%s, %s, %s, %s, %s)"
+    "INSERT INTO outbox (id, aggregatetype, aggregateid, type, payload) VALUES (%s, %s, %s, %s, %s)"
 )
 
 
 class Progression:
     """Moves orders along on a background thread, one tick every ``tick_s``."""
 
-    def __init__(self, dsn: str, clock: Clock, tick_s: float = 0.1, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        clock: Clock,
+        tick_s: float = 0.1,
+        batch_size: int = 500,
+        schema: str = DEFAULT_SCHEMA,
+    ) -> None:
         self.clock = clock
         self._dsn = dsn
+        self._schema = schema
         self._tick_s = tick_s
         self._batch_size = batch_size
         self._stopping = threading.Event()
@@ -120,7 +127,7 @@ class Progression:
         while not self._stopping.wait(self._tick_s):
             try:
                 if connection is None or connection.closed:
-                    connection = connect(self._dsn)
+                    connection = connect(self._dsn, self._schema)
                 self.advance(connection)
             except psycopg.Error as error:
                 # The database restarting or a reset racing a tick: try again next tick.
@@ -145,8 +152,8 @@ class Progression:
 
     def _due(self, connection: Connection, status: str, delay_s: float) -> list[DictRow]:
         return connection.execute(
-            "SELECT o.*, c.crm_account_id FROM erp.sales_orders o "
-            "JOIN erp.customers c ON c.id = o.customer_id "
+            "SELECT o.*, c.crm_account_id FROM sales_orders o "
+            "JOIN customers c ON c.id = o.customer_id "
             "WHERE o.status = %s AND o.status_changed_at <= now() - make_interval(secs => %s) "
             "ORDER BY o.status_changed_at LIMIT %s FOR UPDATE OF o SKIP LOCKED",
             (status, delay_s, self._batch_size),
@@ -167,7 +174,7 @@ class Progression:
                 return 0
             invoices, outbox = [], []
             for order, number in zip(
-                orders, self._numbers(connection, "erp.invoice_numbers", len(orders)), strict=True
+                orders, self._numbers(connection, "invoice_numbers", len(orders)), strict=True
             ):
                 posted_at = number["at"]
                 invoice = {
@@ -187,7 +194,7 @@ class Progression:
                 invoices.append(invoice)
                 outbox.append(_outbox_row("invoice", "InvoicePosted", order, _invoice_doc(invoice)))
             connection.cursor().executemany(
-                "INSERT INTO erp.invoices (id, number, sales_order_id, currency, subtotal, "
+                "INSERT INTO invoices (id, number, sales_order_id, currency, subtotal, "
                 "tax_total, grand_total, amount_due, posting_date, due_date, payment_terms, "
                 "status, posted_at) VALUES (%(id)s, %(number)s, %(sales_order_id)s, "
                 "%(currency)s, %(subtotal)s, %(tax_total)s, %(grand_total)s, %(amount_due)s, "
@@ -205,7 +212,7 @@ class Progression:
                 return 0
             lines: dict[str, list[dict[str, Any]]] = {}
             for line in connection.execute(
-                "SELECT sales_order_id, line_number, sku, quantity FROM erp.sales_order_lines "
+                "SELECT sales_order_id, line_number, sku, quantity FROM sales_order_lines "
                 "WHERE sales_order_id = ANY(%s) ORDER BY sales_order_id, line_number",
                 ([order["id"] for order in orders],),
             ):
@@ -218,7 +225,7 @@ class Progression:
                 )
             shipments, outbox = [], []
             for order, number in zip(
-                orders, self._numbers(connection, "erp.shipment_numbers", len(orders)), strict=True
+                orders, self._numbers(connection, "shipment_numbers", len(orders)), strict=True
             ):
                 carrier, prefix, url = CARRIERS[number["n"] % len(CARRIERS)]
                 tracking_number = f"{prefix}{uuid.uuid4().hex[:14].upper()}"
@@ -241,7 +248,7 @@ class Progression:
                     _outbox_row("shipment", "ShipmentConfirmed", order, {"shipment": document})
                 )
             connection.cursor().executemany(
-                "INSERT INTO erp.shipments (id, number, sales_order_id, carrier, "
+                "INSERT INTO shipments (id, number, sales_order_id, carrier, "
                 "tracking_number, tracking_url, completeness, warehouse, lines, shipped_at) "
                 "VALUES (%(id)s, %(number)s, %(sales_order_id)s, %(carrier)s, "
                 "%(tracking_number)s, %(tracking_url)s, %(completeness)s, %(warehouse)s, "
@@ -257,8 +264,8 @@ class Progression:
             invoices = connection.execute(
                 "SELECT i.*, o.id AS order_id, o.number AS order_number, o.external_id, "
                 "o.customer_id, c.crm_account_id, o.legal_entity, o.region, o.correlation_id "
-                "FROM erp.invoices i JOIN erp.sales_orders o ON o.id = i.sales_order_id "
-                "JOIN erp.customers c ON c.id = o.customer_id "
+                "FROM invoices i JOIN sales_orders o ON o.id = i.sales_order_id "
+                "JOIN customers c ON c.id = o.customer_id "
                 "WHERE i.status = 'posted' AND i.posted_at <= now() - make_interval(secs => %s) "
                 "ORDER BY i.posted_at LIMIT %s FOR UPDATE OF i SKIP LOCKED",
                 (delay_s, self._batch_size),
@@ -268,7 +275,7 @@ class Progression:
             payments, outbox = [], []
             for invoice, number in zip(
                 invoices,
-                self._numbers(connection, "erp.payment_numbers", len(invoices)),
+                self._numbers(connection, "payment_numbers", len(invoices)),
                 strict=True,
             ):
                 payment = {
@@ -300,14 +307,14 @@ class Progression:
                 }
                 outbox.append(_outbox_row("payment", "PaymentReceived", order, document))
             connection.cursor().executemany(
-                "INSERT INTO erp.payments (id, number, invoice_id, amount, currency, method, "
+                "INSERT INTO payments (id, number, invoice_id, amount, currency, method, "
                 "received_at) VALUES (%(id)s, %(number)s, %(invoice_id)s, %(amount)s, "
                 "%(currency)s, %(method)s, %(received_at)s)",
                 payments,
             )
             connection.cursor().executemany(INSERT_OUTBOX, outbox)
             connection.execute(
-                "UPDATE erp.invoices SET amount_due = 0, status = 'paid' WHERE id = ANY(%s)",
+                "UPDATE invoices SET amount_due = 0, status = 'paid' WHERE id = ANY(%s)",
                 ([invoice["id"] for invoice in invoices],),
             )
         return len(invoices)
@@ -315,7 +322,7 @@ class Progression:
     @staticmethod
     def _move(connection: Connection, orders: list[DictRow], status: str) -> None:
         connection.execute(
-            "UPDATE erp.sales_orders SET status = %s, status_changed_at = now() WHERE id = ANY(%s)",
+            "UPDATE sales_orders SET status = %s, status_changed_at = now() WHERE id = ANY(%s)",
             (status, [order["id"] for order in orders]),
         )
 

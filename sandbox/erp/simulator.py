@@ -1,5 +1,10 @@
 """The ERP simulator: the reference REST API of ``revsync.connectors.erp`` over PostgreSQL
-schema ``erp``, the control API, and the background progression of orders."""
+schema ``erp``, the control API, and the background progression of orders.
+
+The books, the control API and the progression also carry the simulators of vendors' APIs
+(``sandbox.netsuite``, ``sandbox.business_central``): each makes one of these in a schema of
+its own without the reference API (``reference_api=False``) and serves its vendor's routes on
+:attr:`ErpSimulator.server` over :attr:`ErpSimulator.pool`."""
 
 from __future__ import annotations
 
@@ -21,7 +26,14 @@ from sandbox.erp.control import ErpStats
 from sandbox.erp.customers import CustomerEdit, CustomerInvalid
 from sandbox.erp.orders import CancelBody, OrderBody, StrictBody, amount
 from sandbox.erp.progression import Clock, Progression
-from sandbox.erp.store import Connection, ConnectionPool, connect, migrate, reset
+from sandbox.erp.store import (
+    DEFAULT_SCHEMA,
+    Connection,
+    ConnectionPool,
+    connect,
+    migrate,
+    reset,
+)
 from sandbox.http import CONTROL_PREFIX, HttpFailure, JsonServer, Request, Response
 
 API = "/api/v1"
@@ -142,8 +154,11 @@ class ErpSimulator:
         tick_s: float = 0.1,
         pool_size: int = 16,
         seed: int | None = None,
+        schema: str = DEFAULT_SCHEMA,
+        reference_api: bool = True,
     ) -> None:
         self._dsn = dsn
+        self.schema = schema
         self._token = f"Bearer {api_token}".encode()
         self._reset_at_start = reset
         self.clock = Clock()
@@ -155,16 +170,18 @@ class ErpSimulator:
             }
         )
         self.server = JsonServer(host, port, seed=seed)
-        self._pool = ConnectionPool(dsn, pool_size)
-        self.progression = Progression(dsn, self.clock, tick_s=tick_s)
-        self._routes()
+        self.pool = ConnectionPool(dsn, pool_size, schema)
+        self.progression = Progression(dsn, self.clock, tick_s=tick_s, schema=schema)
+        if reference_api:
+            self._api_routes()
+        self._control_routes()
 
     @property
     def url(self) -> str:
         return self.server.url
 
     def start(self) -> ErpSimulator:
-        with connect(self._dsn) as connection:
+        with connect(self._dsn, self.schema) as connection:
             migrate(connection)
             if self._reset_at_start:
                 reset(connection)
@@ -175,9 +192,9 @@ class ErpSimulator:
     def stop(self) -> None:
         self.progression.stop()
         self.server.stop()
-        self._pool.close()
+        self.pool.close()
 
-    def _routes(self) -> None:
+    def _api_routes(self) -> None:
         api = self._api
         api("GET", r"/customers", self._find_customers)
         api("GET", r"/customers/(?P<id>[^/]+)", self._customer)
@@ -189,6 +206,8 @@ class ErpSimulator:
         api("POST", r"/sales-orders", self._create_order)
         api("GET", r"/sales-orders", self._find_orders)
         api("POST", r"/sales-orders/(?P<external_id>[^/]+)/cancel", self._cancel_order)
+
+    def _control_routes(self) -> None:
         control = self.server.route
         control("POST", CONTROL_PREFIX + "customers", self._seed_customers)
         control("PATCH", CONTROL_PREFIX + "customers/(?P<id>[^/]+)", self._edit_customer)
@@ -216,9 +235,9 @@ class ErpSimulator:
     # --- the ERP API ------------------------------------------------------------------
 
     def _customer(self, request: Request) -> Response:
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             row = connection.execute(
-                "SELECT * FROM erp.customers WHERE id = %s", (request.params["id"],)
+                "SELECT * FROM customers WHERE id = %s", (request.params["id"],)
             ).fetchone()
         if row is None:
             raise _not_found(f"customer {request.params['id']!r}")
@@ -232,11 +251,11 @@ class ErpSimulator:
                 raise HttpFailure(
                     400, {"code": "invalid_request", "message": "external_id goes alone"}
                 )
-            with self._pool.connection() as connection:
+            with self.pool.connection() as connection:
                 items = customers.by_account(connection, given["external_id"])
         else:
             query = _customer_query(given)
-            with self._pool.connection() as connection:
+            with self.pool.connection() as connection:
                 items = customers.find(connection, query)
         return Response(body={"items": items})
 
@@ -254,7 +273,7 @@ class ErpSimulator:
         return self._idempotently(key, request, f"customer {crm_account_id}", upsert, "customers")
 
     def _credit(self, request: Request) -> Response:
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             position = customers.credit(connection, request.params["id"])
         if position is None:
             raise _not_found(f"customer {request.params['id']!r}")
@@ -262,9 +281,9 @@ class ErpSimulator:
 
     def _availability(self, request: Request) -> Response:
         body = _parse(AvailabilityBody, request.body)
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             rows = connection.execute(
-                "SELECT sku, region, quantity, available_on FROM erp.stock "
+                "SELECT sku, region, quantity, available_on FROM stock "
                 "WHERE region = %s AND sku = ANY(%s) ORDER BY sku",
                 (body.region, body.skus),
             ).fetchall()
@@ -280,21 +299,21 @@ class ErpSimulator:
 
     def _products(self, request: Request) -> Response:
         skus = request.query.get("sku", [])
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             rows = connection.execute(
-                "SELECT * FROM erp.products WHERE sku = ANY(%s) ORDER BY sku", (skus,)
+                "SELECT * FROM products WHERE sku = ANY(%s) ORDER BY sku", (skus,)
             ).fetchall()
         return Response(body={"items": rows})
 
     def _price_book(self, request: Request) -> Response:
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             book = connection.execute(
-                "SELECT * FROM erp.price_books WHERE id = %s", (request.params["id"],)
+                "SELECT * FROM price_books WHERE id = %s", (request.params["id"],)
             ).fetchone()
             if book is None:
                 raise _not_found(f"price book {request.params['id']!r}")
             entries = connection.execute(
-                "SELECT sku, unit_price FROM erp.price_book_entries WHERE price_book_id = %s "
+                "SELECT sku, unit_price FROM price_book_entries WHERE price_book_id = %s "
                 "ORDER BY sku",
                 (book["id"],),
             ).fetchall()
@@ -341,7 +360,7 @@ class ErpSimulator:
         under ``counted_as`` (``sales_orders``, ``customers``)."""
         fingerprint = orders.request_hash(action, request.body)
         with (
-            self._pool.connection() as connection,
+            self.pool.connection() as connection,
             self._counting_refusals(counted_as),
             connection.transaction(),
         ):
@@ -359,7 +378,7 @@ class ErpSimulator:
             raise HttpFailure(
                 400, {"code": "invalid_request", "message": "external_id is required"}
             )
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             return Response(body={"items": orders.documents(connection, external_id)})
 
     @contextmanager
@@ -382,7 +401,7 @@ class ErpSimulator:
         seed = _parse(CustomersSeed, request.body)
         rows = customers.seed_keys([c.model_dump() for c in seed.customers])
         try:
-            with self._pool.connection() as connection, connection.transaction():
+            with self.pool.connection() as connection, connection.transaction():
                 connection.cursor().executemany(SEED_CUSTOMER, rows)
         except errors.UniqueViolation:
             raise _duplicate("a seeded customer's number or crm_account_id is another's") from None
@@ -392,36 +411,36 @@ class ErpSimulator:
         """An ERP user's edit: the customer's document afterwards."""
         changes = _parse(CustomerEdit, request.body)
         try:
-            with self._pool.connection() as connection, connection.transaction():
+            with self.pool.connection() as connection, connection.transaction():
                 return Response(body=customers.edit(connection, request.params["id"], changes))
         except errors.UniqueViolation:
             raise _duplicate("the CRM account is another customer's") from None
 
     def _seed_stock(self, request: Request) -> Response:
         seed = _parse(StockLevelsSeed, request.body)
-        with self._pool.connection() as connection, connection.transaction():
+        with self.pool.connection() as connection, connection.transaction():
             _upsert(connection, "stock", ("sku", "region"), [s.model_dump() for s in seed.stock])
         return Response(body={"upserted": len(seed.stock)})
 
     def _seed_products(self, request: Request) -> Response:
         seed = _parse(ProductsSeed, request.body)
-        with self._pool.connection() as connection, connection.transaction():
+        with self.pool.connection() as connection, connection.transaction():
             _upsert(connection, "products", ("sku",), [p.model_dump() for p in seed.products])
         return Response(body={"upserted": len(seed.products)})
 
     def _seed_price_books(self, request: Request) -> Response:
         """Replaces each book's entries as a whole, so a seed is the book's full price list."""
         seed = _parse(PriceBooksSeed, request.body)
-        with self._pool.connection() as connection, connection.transaction():
+        with self.pool.connection() as connection, connection.transaction():
             books = [book.model_dump(exclude={"entries"}) for book in seed.price_books]
             _upsert(connection, "price_books", ("id",), books)
             cursor = connection.cursor()
             cursor.execute(
-                "DELETE FROM erp.price_book_entries WHERE price_book_id = ANY(%s)",
+                "DELETE FROM price_book_entries WHERE price_book_id = ANY(%s)",
                 ([book.id for book in seed.price_books],),
             )
             cursor.executemany(
-                "INSERT INTO erp.price_book_entries (price_book_id, sku, unit_price) "
+                "INSERT INTO price_book_entries (price_book_id, sku, unit_price) "
                 "VALUES (%s, %s, %s)",
                 [
                     (book.id, entry.sku, entry.unit_price)
@@ -432,18 +451,18 @@ class ErpSimulator:
         return Response(body={"upserted": len(seed.price_books)})
 
     def _stats(self, _: Request) -> Response:
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             by_status = {
                 row["status"]: row["n"]
                 for row in connection.execute(
-                    "SELECT status, count(*) AS n FROM erp.sales_orders GROUP BY status"
+                    "SELECT status, count(*) AS n FROM sales_orders GROUP BY status"
                 )
             }
             totals = connection.execute(
-                "SELECT (SELECT count(*) FROM erp.invoices) AS invoices, "
-                "(SELECT count(*) FROM erp.shipments) AS shipments, "
-                "(SELECT count(*) FROM erp.payments) AS payments, "
-                "(SELECT count(*) FROM erp.outbox) AS outbox_rows"
+                "SELECT (SELECT count(*) FROM invoices) AS invoices, "
+                "(SELECT count(*) FROM shipments) AS shipments, "
+                "(SELECT count(*) FROM payments) AS payments, "
+                "(SELECT count(*) FROM outbox) AS outbox_rows"
             ).fetchone()
         assert totals is not None
         counters = dict(self.server.counters)
@@ -462,7 +481,7 @@ class ErpSimulator:
 
     def _all_orders(self, request: Request) -> Response:
         external_id = request.query.get("external_id", [None])[0]
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             return Response(body={"items": orders.documents(connection, external_id)})
 
     def _set_clock(self, request: Request) -> Response:
@@ -473,7 +492,7 @@ class ErpSimulator:
         return Response(body=self.clock.settings())
 
     def _reset(self, _: Request) -> Response:
-        with self._pool.connection() as connection:
+        with self.pool.connection() as connection:
             reset(connection)
         self.server.counters.clear()
         return Response(body={"reset": True})
@@ -504,13 +523,13 @@ def _upsert(
 
 
 SEED_CUSTOMER = (
-    "INSERT INTO erp.customers (id, number, name, crm_account_id, legal_entity, status, "
+    "INSERT INTO customers (id, number, name, crm_account_id, legal_entity, status, "
     "credit_limit, currency, payment_terms, blocks, tax_id, duns, country_code, name_key, "
     "tax_id_key, duns_key) VALUES (%(id)s, coalesce(%(number)s, "
-    "nextval('erp.customer_numbers')::text), %(name)s, %(crm_account_id)s, %(legal_entity)s, "
+    "nextval('customer_numbers')::text), %(name)s, %(crm_account_id)s, %(legal_entity)s, "
     "%(status)s, %(credit_limit)s, %(currency)s, %(payment_terms)s, %(blocks)s, %(tax_id)s, "
     "%(duns)s, %(country_code)s, %(name_key)s, %(tax_id_key)s, %(duns_key)s) "
-    "ON CONFLICT (id) DO UPDATE SET number = coalesce(%(number)s, erp.customers.number), "
+    "ON CONFLICT (id) DO UPDATE SET number = coalesce(%(number)s, customers.number), "
     "name = excluded.name, crm_account_id = excluded.crm_account_id, "
     "legal_entity = excluded.legal_entity, status = excluded.status, "
     "credit_limit = excluded.credit_limit, currency = excluded.currency, "

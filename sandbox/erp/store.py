@@ -1,21 +1,28 @@
-"""The ERP simulator's PostgreSQL schema ``erp``, and a small pool of connections to it."""
+"""The ERP simulator's PostgreSQL schema (``erp`` unless told another), and a small pool of
+connections to it.
+
+The statements name tables without their schema: a connection finds them on its
+``search_path``, which :func:`connect` sets to the simulator's schema. So several simulators
+(the reference ERP, and the ERPs whose APIs are simulated over the same business logic) keep
+their books apart in one database."""
 
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import DictRow, dict_row
 
-OUTBOX_CHANNEL = "erp_outbox"
+DEFAULT_SCHEMA = "erp"
 
-SCHEMA = f"""
-CREATE SCHEMA IF NOT EXISTS erp;
+SCHEMA = """
 
-CREATE TABLE IF NOT EXISTS erp.customers (
+CREATE TABLE IF NOT EXISTS customers (
     id             text PRIMARY KEY,
     name           text NOT NULL,
     crm_account_id text,
@@ -27,12 +34,12 @@ CREATE TABLE IF NOT EXISTS erp.customers (
 -- Customers mastered from CRM accounts. ADD COLUMN IF NOT EXISTS also upgrades a schema an
 -- older simulator created; the *_key columns are what a search compares (revsync.ports.erp's
 -- normalised_name and normalised_identifier of name, tax_id and duns).
-CREATE SEQUENCE IF NOT EXISTS erp.customer_numbers START 100001;
-ALTER TABLE erp.customers
+CREATE SEQUENCE IF NOT EXISTS customer_numbers START 100001;
+ALTER TABLE customers
     ADD COLUMN IF NOT EXISTS number text NOT NULL
-        DEFAULT nextval('erp.customer_numbers')::text,
+        DEFAULT nextval('customer_numbers')::text,
     ADD COLUMN IF NOT EXISTS payment_terms text NOT NULL DEFAULT 'NET30',
-    ADD COLUMN IF NOT EXISTS blocks text[] NOT NULL DEFAULT '{{}}',
+    ADD COLUMN IF NOT EXISTS blocks text[] NOT NULL DEFAULT '{}',
     ADD COLUMN IF NOT EXISTS tax_id text,
     ADD COLUMN IF NOT EXISTS duns text,
     ADD COLUMN IF NOT EXISTS country_code text,
@@ -45,51 +52,51 @@ ALTER TABLE erp.customers
     ADD COLUMN IF NOT EXISTS tax_id_key text,
     ADD COLUMN IF NOT EXISTS duns_key text,
     ADD COLUMN IF NOT EXISTS updated_at timestamptz NOT NULL DEFAULT now();
-CREATE UNIQUE INDEX IF NOT EXISTS customers_number ON erp.customers (number);
-CREATE UNIQUE INDEX IF NOT EXISTS customers_crm_account_id ON erp.customers (crm_account_id)
+CREATE UNIQUE INDEX IF NOT EXISTS customers_number ON customers (number);
+CREATE UNIQUE INDEX IF NOT EXISTS customers_crm_account_id ON customers (crm_account_id)
     WHERE crm_account_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS customers_tax_id ON erp.customers (tax_id_key);
-CREATE INDEX IF NOT EXISTS customers_duns ON erp.customers (duns_key);
-CREATE INDEX IF NOT EXISTS customers_name ON erp.customers (name_key, country_code);
+CREATE INDEX IF NOT EXISTS customers_tax_id ON customers (tax_id_key);
+CREATE INDEX IF NOT EXISTS customers_duns ON customers (duns_key);
+CREATE INDEX IF NOT EXISTS customers_name ON customers (name_key, country_code);
 
-CREATE TABLE IF NOT EXISTS erp.stock (
+CREATE TABLE IF NOT EXISTS stock (
     sku          text NOT NULL,
     region       text NOT NULL,
     quantity     numeric(18, 4) NOT NULL CHECK (quantity >= 0),
     available_on date,
     PRIMARY KEY (sku, region)
 );
-CREATE TABLE IF NOT EXISTS erp.products (
+CREATE TABLE IF NOT EXISTS products (
     sku             text PRIMARY KEY,
     name            text NOT NULL,
     product_line    text NOT NULL,
     unit_of_measure text NOT NULL,
     active          boolean NOT NULL,
-    legal_entities  text[] NOT NULL DEFAULT '{{}}'
+    legal_entities  text[] NOT NULL DEFAULT '{}'
 );
-CREATE TABLE IF NOT EXISTS erp.price_books (
+CREATE TABLE IF NOT EXISTS price_books (
     id           text PRIMARY KEY,
     name         text NOT NULL,
     currency     char(3) NOT NULL,
     legal_entity text NOT NULL
 );
-CREATE TABLE IF NOT EXISTS erp.price_book_entries (
-    price_book_id text NOT NULL REFERENCES erp.price_books ON DELETE CASCADE,
+CREATE TABLE IF NOT EXISTS price_book_entries (
+    price_book_id text NOT NULL REFERENCES price_books ON DELETE CASCADE,
     sku           text NOT NULL,
     unit_price    numeric(18, 4) NOT NULL,
     PRIMARY KEY (price_book_id, sku)
 );
 
-CREATE SEQUENCE IF NOT EXISTS erp.sales_order_numbers;
-CREATE SEQUENCE IF NOT EXISTS erp.invoice_numbers;
-CREATE SEQUENCE IF NOT EXISTS erp.shipment_numbers;
-CREATE SEQUENCE IF NOT EXISTS erp.payment_numbers;
+CREATE SEQUENCE IF NOT EXISTS sales_order_numbers;
+CREATE SEQUENCE IF NOT EXISTS invoice_numbers;
+CREATE SEQUENCE IF NOT EXISTS shipment_numbers;
+CREATE SEQUENCE IF NOT EXISTS payment_numbers;
 
-CREATE TABLE IF NOT EXISTS erp.sales_orders (
+CREATE TABLE IF NOT EXISTS sales_orders (
     id                      text PRIMARY KEY,
     number                  text NOT NULL UNIQUE,
     external_id             text NOT NULL UNIQUE,
-    customer_id             text NOT NULL REFERENCES erp.customers,
+    customer_id             text NOT NULL REFERENCES customers,
     currency                char(3) NOT NULL,
     price_book_id           text NOT NULL,
     legal_entity            text NOT NULL,
@@ -109,10 +116,10 @@ CREATE TABLE IF NOT EXISTS erp.sales_orders (
     created_at              timestamptz NOT NULL DEFAULT now(),
     status_changed_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS sales_orders_progress ON erp.sales_orders (status, status_changed_at);
-CREATE INDEX IF NOT EXISTS sales_orders_customer ON erp.sales_orders (customer_id, status);
-CREATE TABLE IF NOT EXISTS erp.sales_order_lines (
-    sales_order_id  text NOT NULL REFERENCES erp.sales_orders ON DELETE CASCADE,
+CREATE INDEX IF NOT EXISTS sales_orders_progress ON sales_orders (status, status_changed_at);
+CREATE INDEX IF NOT EXISTS sales_orders_customer ON sales_orders (customer_id, status);
+CREATE TABLE IF NOT EXISTS sales_order_lines (
+    sales_order_id  text NOT NULL REFERENCES sales_orders ON DELETE CASCADE,
     line_number     integer NOT NULL,
     sku             text NOT NULL,
     quantity        numeric(18, 4) NOT NULL,
@@ -125,7 +132,7 @@ CREATE TABLE IF NOT EXISTS erp.sales_order_lines (
 );
 
 -- A key is claimed by the request that succeeds with it; its answer is replayed to retries.
-CREATE TABLE IF NOT EXISTS erp.idempotency_keys (
+CREATE TABLE IF NOT EXISTS idempotency_keys (
     key          text PRIMARY KEY,
     request_hash text NOT NULL,
     status       integer,
@@ -133,10 +140,10 @@ CREATE TABLE IF NOT EXISTS erp.idempotency_keys (
     created_at   timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE TABLE IF NOT EXISTS erp.invoices (
+CREATE TABLE IF NOT EXISTS invoices (
     id             text PRIMARY KEY,
     number         text NOT NULL UNIQUE,
-    sales_order_id text NOT NULL UNIQUE REFERENCES erp.sales_orders,
+    sales_order_id text NOT NULL UNIQUE REFERENCES sales_orders,
     currency       char(3) NOT NULL,
     subtotal       numeric(18, 4) NOT NULL,
     tax_total      numeric(18, 4) NOT NULL,
@@ -148,11 +155,11 @@ CREATE TABLE IF NOT EXISTS erp.invoices (
     status         text NOT NULL CHECK (status IN ('posted', 'paid')),
     posted_at      timestamptz NOT NULL
 );
-CREATE INDEX IF NOT EXISTS invoices_unpaid ON erp.invoices (posted_at) WHERE status = 'posted';
-CREATE TABLE IF NOT EXISTS erp.shipments (
+CREATE INDEX IF NOT EXISTS invoices_unpaid ON invoices (posted_at) WHERE status = 'posted';
+CREATE TABLE IF NOT EXISTS shipments (
     id              text PRIMARY KEY,
     number          text NOT NULL UNIQUE,
-    sales_order_id  text NOT NULL UNIQUE REFERENCES erp.sales_orders,
+    sales_order_id  text NOT NULL UNIQUE REFERENCES sales_orders,
     carrier         text NOT NULL,
     tracking_number text NOT NULL,
     tracking_url    text,
@@ -161,10 +168,10 @@ CREATE TABLE IF NOT EXISTS erp.shipments (
     lines           jsonb NOT NULL,
     shipped_at      timestamptz NOT NULL
 );
-CREATE TABLE IF NOT EXISTS erp.payments (
+CREATE TABLE IF NOT EXISTS payments (
     id          text PRIMARY KEY,
     number      text NOT NULL UNIQUE,
-    invoice_id  text NOT NULL UNIQUE REFERENCES erp.invoices,
+    invoice_id  text NOT NULL UNIQUE REFERENCES invoices,
     amount      numeric(18, 4) NOT NULL,
     currency    char(3) NOT NULL,
     method      text NOT NULL,
@@ -172,7 +179,7 @@ CREATE TABLE IF NOT EXISTS erp.payments (
 );
 
 -- Debezium outbox event router columns; published_at lets a relay mark rather than delete.
-CREATE TABLE IF NOT EXISTS erp.outbox (
+CREATE TABLE IF NOT EXISTS outbox (
     id            uuid PRIMARY KEY,
     aggregatetype text NOT NULL,
     aggregateid   text NOT NULL,
@@ -182,37 +189,53 @@ CREATE TABLE IF NOT EXISTS erp.outbox (
     created_at    timestamptz NOT NULL DEFAULT now(),
     published_at  timestamptz
 );
-CREATE INDEX IF NOT EXISTS outbox_unpublished ON erp.outbox (seq) WHERE published_at IS NULL;
-CREATE OR REPLACE FUNCTION erp.outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN PERFORM pg_notify('{OUTBOX_CHANNEL}', ''); RETURN NULL; END $$;
-DROP TRIGGER IF EXISTS outbox_notify ON erp.outbox;
-CREATE TRIGGER outbox_notify AFTER INSERT ON erp.outbox
-    FOR EACH STATEMENT EXECUTE FUNCTION erp.outbox_notify();
+CREATE INDEX IF NOT EXISTS outbox_unpublished ON outbox (seq) WHERE published_at IS NULL;
+CREATE OR REPLACE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN PERFORM pg_notify(current_schema() || '_outbox', ''); RETURN NULL; END $$;
+DROP TRIGGER IF EXISTS outbox_notify ON outbox;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
 """
 
 RESET = """
-TRUNCATE erp.outbox, erp.payments, erp.shipments, erp.invoices, erp.idempotency_keys,
-    erp.sales_order_lines, erp.sales_orders, erp.price_book_entries, erp.price_books,
-    erp.products, erp.customers, erp.stock RESTART IDENTITY;
-ALTER SEQUENCE erp.customer_numbers RESTART;
-ALTER SEQUENCE erp.sales_order_numbers RESTART;
-ALTER SEQUENCE erp.invoice_numbers RESTART;
-ALTER SEQUENCE erp.shipment_numbers RESTART;
-ALTER SEQUENCE erp.payment_numbers RESTART;
+TRUNCATE outbox, payments, shipments, invoices, idempotency_keys,
+    sales_order_lines, sales_orders, price_book_entries, price_books,
+    products, customers, stock RESTART IDENTITY;
+ALTER SEQUENCE customer_numbers RESTART;
+ALTER SEQUENCE sales_order_numbers RESTART;
+ALTER SEQUENCE invoice_numbers RESTART;
+ALTER SEQUENCE shipment_numbers RESTART;
+ALTER SEQUENCE payment_numbers RESTART;
 """
 
 Connection = psycopg.Connection[DictRow]
 
 
-def connect(dsn: str) -> Connection:
-    """An autocommit connection: every unit of work opens its own ``transaction()``."""
-    return psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+def outbox_channel(schema: str) -> str:
+    """The channel the ERP in ``schema`` notifies of new outbox rows on."""
+    return f"{schema}_outbox"
+
+
+def connect(dsn: str, schema: str = DEFAULT_SCHEMA) -> Connection:
+    """An autocommit connection to the ERP in ``schema``: every unit of work opens its own
+    ``transaction()``."""
+    if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+        raise ValueError(f"not a plain schema name: {schema!r}")
+    return psycopg.connect(
+        dsn, autocommit=True, row_factory=dict_row, options=f"-c search_path={schema}"
+    )
 
 
 def migrate(connection: Connection) -> None:
-    """Create schema ``erp`` and its tables if missing; safe for simulators starting at once."""
+    """Create the connection's schema and its tables if missing; safe for simulators starting
+    at once."""
+    schema = connection.execute("SHOW search_path").fetchone()
+    assert schema is not None
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(hashtext('revsync.sandbox.erp'))")
+        connection.execute(
+            sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema["search_path"]))
+        )
         connection.execute(SCHEMA)
 
 
@@ -229,8 +252,9 @@ class ConnectionPool:
     request rather than kept per thread.
     """
 
-    def __init__(self, dsn: str, size: int) -> None:
+    def __init__(self, dsn: str, size: int, schema: str = DEFAULT_SCHEMA) -> None:
         self._dsn = dsn
+        self._schema = schema
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
         self._slots = threading.BoundedSemaphore(size)
 
@@ -240,7 +264,7 @@ class ConnectionPool:
             try:
                 connection = self._idle.get_nowait()
             except queue.Empty:
-                connection = connect(self._dsn)
+                connection = connect(self._dsn, self._schema)
             healthy = False
             try:
                 yield connection
