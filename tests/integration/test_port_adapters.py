@@ -4,23 +4,19 @@ PostgreSQL. The same assertions hold the fakes (tests/unit/test_fake_ports.py)."
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import closing
-from decimal import Decimal
 
 import pytest
 from pydantic import SecretStr
 from sandbox.crm import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, CrmSandbox, CrmSimulator
 from sandbox.erp import DEFAULT_API_TOKEN, ErpSandbox, ErpSimulator
 
+from erp_sandbox_control import NEVER, SandboxErpControl
 from port_contracts import CrmContract, ErpContract
 from revsync.connectors.erp import ErpConfig, ErpRestAdapter
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
-from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from revsync.settings import Settings
-from runtime_support import wait_for
-
-NEVER = 3600.0
 
 
 @pytest.fixture(scope="module")
@@ -43,52 +39,6 @@ def erp_simulator(settings: Settings) -> Iterator[ErpSimulator]:
     ).start()
     yield simulator
     simulator.stop()
-
-
-class SandboxErpControl:
-    """The ERP simulator's control API as the ERP contract drives it."""
-
-    def __init__(self, sandbox: ErpSandbox) -> None:
-        self.sandbox = sandbox
-
-    def seed_customers(self, customers: Iterable[Customer]) -> int:
-        return self.sandbox.seed_customers(customers)
-
-    def seed_products(self, products: Iterable[Product]) -> int:
-        return self.sandbox.seed_products(products)
-
-    def seed_price_books(self, price_books: Iterable[PriceBook]) -> int:
-        return self.sandbox.seed_price_books(price_books)
-
-    def seed_stock(self, levels: Iterable[StockLevel]) -> int:
-        return self.sandbox.seed_stock(levels)
-
-    def edit_customer(
-        self,
-        customer_id: str,
-        *,
-        credit_limit: Decimal | None = None,
-        status: CustomerStatus | None = None,
-        crm_account_id: str | None = None,
-    ) -> None:
-        self.sandbox.edit_customer(
-            customer_id, credit_limit=credit_limit, status=status, crm_account_id=crm_account_id
-        )
-
-    def booked(self, external_id: str) -> list[str]:
-        return [str(order["id"]) for order in self.sandbox.sales_orders(external_id)]
-
-    def invoice(self, external_id: str) -> None:
-        """Lets the ERP's own clock invoice what is open, then stops it again."""
-
-        def invoiced() -> bool:
-            return [o["status"] for o in self.sandbox.sales_orders(external_id)] == ["invoiced"]
-
-        self.sandbox.set_clock(invoice_delay_s=0)
-        try:
-            wait_for(invoiced, timeout_s=20)
-        finally:
-            self.sandbox.set_clock(invoice_delay_s=NEVER)
 
 
 class TestSalesforceClient(CrmContract):
