@@ -108,11 +108,11 @@ def test_an_order_is_booked_in_its_legal_entitys_erp_only() -> None:
     americas, europe = FakeErp(), FakeErp()
     german = replace(ACTIVE, id="C-DE", crm_account_id="001DE", number="900100",
                      legal_entity="DE01", currency="EUR")  # fmt: skip
-    for erp in (americas, europe):
-        erp.seed_customers([ACTIVE, german])
-        erp.seed_products(PRODUCTS)
-        erp.seed_price_books([PRICE_BOOK, replace(PRICE_BOOK, id="PB-EU", currency="EUR",
-                                                   legal_entity="DE01")])  # fmt: skip
+    euro_book = replace(PRICE_BOOK, id="PB-EU", currency="EUR", legal_entity="DE01")
+    for fake in (americas, europe):
+        fake.seed_customers([ACTIVE, german])
+        fake.seed_products(PRODUCTS)
+        fake.seed_price_books([PRICE_BOOK, euro_book])
     erp = routes(americas, europe)
 
     us = erp.create_sales_order(order_request(), "key-us")
