@@ -8,12 +8,10 @@ It emits the ``order.created`` events of the orders submitted to it, through rev
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 
 import httpx
-import uvicorn
 from psycopg_pool import ConnectionPool
 
 from process_api import logic
@@ -23,7 +21,6 @@ from process_api.submissions import TABLES, Submissions
 from revsync.connectors.guard import CallBreaker
 from revsync.contracts.events import Event, OrderCreated
 from revsync.deployables import ApiDeployable, Context, output_topics
-from revsync.errors import RevsyncError
 from revsync.migrations import ensure
 from revsync.oidc import OidcProvider
 from revsync.rules.book import RuleBook
@@ -31,6 +28,7 @@ from revsync.runtime import storage as runtime_tables
 from revsync.runtime.breaker import TripRule
 from revsync.runtime.observability import Liveness
 from revsync.runtime.outbox import OutboxWriter
+from revsync.runtime.served import AppServer
 from revsync.settings import ProcessApiSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -42,57 +40,17 @@ POOL_SIZE = 8
 """Database connections, for order submissions only."""
 
 
-class ServerStopped(RevsyncError):
-    """The server stopped by itself: it could not start (a port taken, the database or the
-    registry out at start-up), which its log says."""
-
-
-class ProcessApiServer:
-    """uvicorn serving the app until stopped; while it serves, the process is alive."""
-
-    def __init__(
-        self, config: ProcessApiConfig, host: str, port: int, migrated: threading.Event
-    ) -> None:
-        self.liveness = config.liveness
-        self.migrated = migrated
-        self._stopping = False
-        self._server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(config),
-                host=host,
-                port=port,
-                proxy_headers=True,
-                server_header=False,
-                log_level="warning",
-            )
-        )
-
-    def run(self, *, max_idle_s: float | None = None) -> None:
-        """Serve until stopped (an API is never idle: ``max_idle_s`` does not apply)."""
-        server = threading.Thread(target=self._serve, name="process-api")
-        server.start()
-        while server.is_alive():
-            self.liveness.beat()
-            server.join(1.0)
-        if not self._stopping:
-            raise ServerStopped("the process API stopped serving by itself; see its log")
-
-    def _serve(self) -> None:
-        # uvicorn says its start failed with SystemExit; run() tells it on.
-        with contextlib.suppress(SystemExit):
-            self._server.run()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._server.should_exit = True
-
-
-def build(context: Context, liveness: Liveness) -> ProcessApiServer:
+def build(context: Context, liveness: Liveness) -> AppServer:
     own = ProcessApiSettings.load()
     migrated = threading.Event()
     config = configured(context, own, liveness, migrated)
     log.info("process API on %s:%d", own.process_api_host, own.process_api_port)
-    return ProcessApiServer(config, own.process_api_host, own.process_api_port, migrated)
+    return server(config, own.process_api_host, own.process_api_port, migrated)
+
+
+def server(config: ProcessApiConfig, host: str, port: int, migrated: threading.Event) -> AppServer:
+    """uvicorn serving the app until stopped; while it serves, the process is alive."""
+    return AppServer("process-api", create_app(config), host, port, config.liveness, migrated)
 
 
 def configured(

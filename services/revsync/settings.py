@@ -546,11 +546,14 @@ def kafka_env_name(key: str) -> str:
 
 def known_variables() -> frozenset[str]:
     """Every ``REVSYNC_*`` name revsync reads, apart from the Kafka pass-through."""
+    from revsync.erp_settings import ErpSettings  # which builds on this module
+
     names = {f"{ENV_PREFIX}{field.upper()}" for field in Settings.model_fields if field != "kafka"}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ServiceSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in OpsSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ConsoleSettings.model_fields}
     names |= {f"{ENV_PREFIX}{field.upper()}" for field in ProcessApiSettings.model_fields}
+    names |= {f"{ENV_PREFIX}{field.upper()}" for field in ErpSettings.model_fields}
     names.add(SECRETS_DIR)
     return frozenset(names)
 

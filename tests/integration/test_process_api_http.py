@@ -39,7 +39,7 @@ from schemathesis.core.result import Ok
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from process_api import logic
 from process_api.app import ProcessApiConfig, create_app
-from process_api.service import ProcessApiServer, ServerStopped, configured
+from process_api.service import configured, server
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import OrderCreated, SourceSystem
 from revsync.contracts.schemas import SchemaRepository
@@ -49,6 +49,7 @@ from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, Stoc
 from revsync.runtime import headers as h
 from revsync.runtime.observability import Liveness
 from revsync.runtime.relay import OutboxRelay
+from revsync.runtime.served import ServerStopped
 from revsync.settings import ProcessApiSettings, ServiceSettings, Settings
 from runtime_support import read_topic, wait_for
 
@@ -187,12 +188,10 @@ def test_a_process_api_that_cannot_start_says_so(wire: Wire) -> None:
     def registry_out() -> None:
         raise RuntimeError("the registry did not answer")
 
-    server = ProcessApiServer(
-        replace(wire(), prepare=registry_out), "127.0.0.1", free_port(), threading.Event()
-    )
+    api = server(replace(wire(), prepare=registry_out), "127.0.0.1", free_port(), threading.Event())
 
     with pytest.raises(ServerStopped, match="stopped serving by itself"):
-        server.run()
+        api.run()
 
 
 def serde(settings: Settings, contracts: Contracts) -> EventSerde:
