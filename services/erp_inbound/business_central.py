@@ -1,0 +1,882 @@
+"""Business Central's changes as revsync's canonical events: webhooks for what Business Central
+notifies (customers, sales invoices), kept subscribed and renewed before they expire, and a
+reconciliation poll on ``lastModifiedDateTime`` for what it does not notify (sales shipments,
+customer payments) or a notification missed.
+
+A notification is only queued when it comes (``revsync_bc_notifications``), so Business
+Central gets its answer at once; :meth:`BusinessCentralInbound.process` reads what it names
+and writes the events. Each record is read in full, mapped by
+:mod:`erp_inbound.business_central_mapping` and written through the :class:`InboundSink`; the
+event ids come from the record and its version, so a repeated notification, a notification
+and the poll finding the same record, or a re-poll, all write one event.
+
+The poll keeps a position per company and entity: the latest ``lastModifiedDateTime`` it has
+worked, and the records (id and version) it has worked since a short overlap before it. Each
+page reads from the overlap on, skips what it has worked, and writes its events, the records
+worked and the new position in one transaction; a record whose change committed a little after
+a later one was stamped is found in the overlap, and records sharing one timestamp across a
+page boundary are neither lost nor doubled.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import psycopg
+from psycopg_pool import ConnectionPool
+from pydantic import SecretStr
+
+from erp_inbound.business_central_mapping import (
+    Company,
+    CreditState,
+    OrderReference,
+    RecordInvalid,
+    credit_state,
+    customer_changes,
+    invoice_posted,
+    is_posted,
+    modified,
+    order_reference,
+    payment_received,
+    reference_id,
+    shipment_confirmed,
+    stamp,
+)
+from erp_inbound.sink import Change, InboundSink
+from revsync.errors import RevsyncError, TransientError
+from revsync.migrations import Tables
+from revsync.security import POSTGRES_SERVICE
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "business-central"
+NOTIFIED_ENTITIES = ("customers", "salesInvoices")
+"""The entities Business Central notifies revsync of: one subscription each per company."""
+POLLED_ENTITIES = ("salesInvoices", "salesShipments", "customerPayments", "customers")
+"""The entities the reconciliation poll reads; shipments and payments only it finds."""
+OVERLAP = timedelta(seconds=5)
+"""How far before its position a poll reads again: a change stamped before the position but
+committed after the poll read past it is found then."""
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+"""Where a poll starts that has no position yet: every record there is."""
+RETRIED_STATUSES = (408, 429, 503)
+"""What a notification may be answered with to have Business Central send it again; any other
+failure status makes it delete the subscription."""
+ACCEPTED = 202
+REFUSED = 401
+MALFORMED = 400
+UNAVAILABLE = 503
+RESOURCE = re.compile(
+    r"^/?(?:api/v2\.0/)?companies\((?P<company>[^)]+)\)/(?P<entity>[A-Za-z]+)"
+    r"(?:\((?P<record>[^)]+)\))?$"
+)
+"""A subscription's or notification's resource: ``api/v2.0/companies(<id>)/<entity>`` and,
+for one record, ``(<id>)`` after it."""
+NOTIFICATIONS_PER_BATCH = 100
+BACKOFF_MAX_S = 60.0
+
+SCHEMA = """
+-- Business Central's webhook subscriptions revsync keeps, one per company and entity.
+CREATE TABLE IF NOT EXISTS revsync_bc_subscriptions (
+    company_id      text        NOT NULL,
+    entity          text        NOT NULL,
+    subscription_id text        NOT NULL,
+    resource        text        NOT NULL,
+    etag            text        NOT NULL,
+    expiration      timestamptz NOT NULL,
+    kept_at         timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (company_id, entity)
+);
+-- Notifications as they came, until what they name has been read and written.
+CREATE TABLE IF NOT EXISTS revsync_bc_notifications (
+    seq         bigserial   PRIMARY KEY,
+    company_id  text        NOT NULL,
+    entity      text        NOT NULL,
+    record_id   text,
+    change_type text        NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now()
+);
+-- How far the reconciliation poll has read each company's entity.
+CREATE TABLE IF NOT EXISTS revsync_bc_positions (
+    company_id text        NOT NULL,
+    entity     text        NOT NULL,
+    position   timestamptz,
+    polled_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (company_id, entity)
+);
+-- The record versions worked since a little before each position (the overlap the poll reads
+-- again), so a record read twice is worked once.
+CREATE TABLE IF NOT EXISTS revsync_bc_worked (
+    company_id text        NOT NULL,
+    entity     text        NOT NULL,
+    record_id  text        NOT NULL,
+    version    timestamptz NOT NULL,
+    PRIMARY KEY (company_id, entity, record_id, version)
+);
+CREATE INDEX IF NOT EXISTS revsync_bc_worked_by_version
+    ON revsync_bc_worked (company_id, entity, version);
+-- Each customer's credit fields as of the last version revsync worked: a credit status change
+-- is reported only when these moved.
+CREATE TABLE IF NOT EXISTS revsync_bc_customer_credit (
+    company_id   text           NOT NULL,
+    customer_id  text           NOT NULL,
+    version      timestamptz    NOT NULL,
+    credit_limit numeric(18, 4) NOT NULL,
+    blocked      text           NOT NULL,
+    PRIMARY KEY (company_id, customer_id)
+);
+"""
+TABLES = (Tables(SCHEMA, writers=(POSTGRES_SERVICE,)),)
+
+
+@dataclass(frozen=True)
+class BusinessCentralInboundConfig:
+    """Which companies revsync hears from, and how it keeps its subscriptions and its poll."""
+
+    companies: Mapping[str, str]
+    """Company id by legal entity: only these are subscribed to, polled and published."""
+    notification_url: str
+    """revsync's public receiver of notifications (``.../erp/business-central/notifications``)."""
+    client_state: SecretStr
+    """The secret every subscription is made with and every notification must carry."""
+    renew_before_s: float = 24 * 3600.0
+    """How long before a subscription's ``expirationDateTime`` it is renewed (they last three
+    days)."""
+    reconcile_interval_s: float = 300.0
+    """How often the reconciliation poll runs."""
+    page_size: int = 100
+    """Records read per page of the poll, each page one transaction."""
+    regions: Mapping[str, str] = field(default_factory=dict)
+    """The region of each legal entity's orders (Business Central's order has none)."""
+
+    def __post_init__(self) -> None:
+        if not self.companies:
+            raise ValueError("companies: name at least one legal entity's company id")
+        if not self.notification_url.startswith(("https://", "http://")):
+            raise ValueError("notification_url: expected an absolute http(s) URL")
+        secret = self.client_state.get_secret_value()
+        if not 1 <= len(secret) <= 2048:
+            raise ValueError("client_state: expected 1 to 2048 characters")
+        if self.renew_before_s <= 0:
+            raise ValueError("renew_before_s: expected a positive number of seconds")
+        if self.reconcile_interval_s <= 0:
+            raise ValueError("reconcile_interval_s: expected a positive number of seconds")
+        if not 1 <= self.page_size <= 20_000:
+            raise ValueError("page_size: expected 1 to 20000")
+
+
+class RecordGone(RevsyncError):
+    """Business Central has no such record (404): deleted since it was notified."""
+
+
+class BusinessCentralRefused(RevsyncError):
+    """Business Central refused a call for good (not a transient failure): its status and its
+    error code."""
+
+    def __init__(self, message: str, status: int, code: str | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class BusinessCentralApi(Protocol):
+    """The calls the inbound side makes, relative to the API's base
+    (``.../{tenant}/{environment}/api/v2.0``). A 404 raises :class:`RecordGone`, 408, 429 and
+    5xx or a failed connection :class:`TransientError`, any other failure
+    :class:`BusinessCentralRefused`."""
+
+    @property
+    def scope(self) -> str:
+        """The tenant and environment the API's base names (``tenant/environment``)."""
+        ...
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Mapping[str, Any]: ...
+
+    def get_link(self, url: str) -> Mapping[str, Any]:
+        """An absolute ``@odata.nextLink``."""
+        ...
+
+    def post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]: ...
+
+    def patch(self, path: str, body: Mapping[str, Any], etag: str) -> Mapping[str, Any]: ...
+
+    def crm_account_id(self, company_id: str, customer_id: str) -> str | None:
+        """The CRM account a customer is linked to (revsync's customer link), if any."""
+        ...
+
+
+def renewal_due(expiration: datetime, now: datetime, renew_before_s: float) -> bool:
+    """Whether a subscription expiring at ``expiration`` is to be renewed ``now``."""
+    return expiration - now <= timedelta(seconds=renew_before_s)
+
+
+def keeping_interval_s(renew_before_s: float) -> float:
+    """How often the subscriptions are checked: often enough that one is renewed well inside
+    its renewal window (a quarter of it), at most a minute apart, at least half a second."""
+    return max(0.5, min(60.0, renew_before_s / 4))
+
+
+def backoff_s(failures: int) -> float:
+    """The wait after ``failures`` failed rounds in a row: 1, 2, 4 ... up to a minute."""
+    return 0.0 if failures <= 0 else min(BACKOFF_MAX_S, 2.0 ** (failures - 1))
+
+
+def subscription_resource(company_id: str, entity: str) -> str:
+    return f"/api/v2.0/companies({company_id})/{entity}"
+
+
+@dataclass(frozen=True)
+class Notified:
+    """One notification: the company, the entity, the record (None for a ``collection``
+    notification, which names the collection) and what happened."""
+
+    company_id: str
+    entity: str
+    record_id: str | None
+    change_type: str
+
+
+def parse_resource(resource: object) -> tuple[str, str, str | None] | None:
+    """(company id, entity, record id or None) of a resource path, or None when it is not
+    one."""
+    if not isinstance(resource, str):
+        return None
+    match = RESOURCE.match(resource.strip())
+    if match is None:
+        return None
+    record = match["record"]
+    return match["company"].strip("'"), match["entity"], record.strip("'") if record else None
+
+
+class NotificationRefused(ValueError):
+    """A notification body revsync does not take: malformed, or not carrying the client
+    state (``forged``)."""
+
+    def __init__(self, reason: str, *, forged: bool) -> None:
+        super().__init__(reason)
+        self.forged = forged
+
+
+def read_notifications(body: bytes, client_state: SecretStr) -> list[Notified]:
+    """The notifications of a webhook body, each checked for revsync's client state in
+    constant time; one without it refuses the whole body."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise NotificationRefused("not JSON", forged=False) from None
+    values = document.get("value") if isinstance(document, dict) else None
+    if not isinstance(values, list):
+        raise NotificationRefused("no 'value' list", forged=False)
+    secret = client_state.get_secret_value().encode()
+    notified = []
+    for index, value in enumerate(values):
+        if not isinstance(value, dict):
+            raise NotificationRefused(f"value[{index}] is not an object", forged=False)
+        state = value.get("clientState")
+        given = state.encode() if isinstance(state, str) else b""
+        if not hmac.compare_digest(given, secret):
+            raise NotificationRefused(
+                f"value[{index}] (subscription {_printable(value.get('subscriptionId'))}) "
+                "does not carry revsync's client state",
+                forged=True,
+            )
+        parsed = parse_resource(value.get("resource"))
+        change_type = value.get("changeType")
+        if parsed is None or not isinstance(change_type, str):
+            raise NotificationRefused(f"value[{index}] names no resource", forged=False)
+        company_id, entity, record_id = parsed
+        if change_type == "collection":
+            record_id = None
+        notified.append(Notified(company_id, entity, record_id, change_type))
+    return notified
+
+
+def _printable(value: object) -> str:
+    """An identifier from a request as log text, or ``?``."""
+    return value if isinstance(value, str) and re.fullmatch(r"[\w{}()'-]{1,64}", value) else "?"
+
+
+@dataclass
+class _Lookups:
+    """What one unit of work has read besides its records, read once each."""
+
+    links: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    terms: dict[str, dict[str, str]] = field(default_factory=dict)
+    skus: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+class BusinessCentralInbound:
+    """Business Central's changes as revsync's events: the webhook receiver's two answers,
+    the subscriptions kept, the notifications worked and the reconciliation poll."""
+
+    def __init__(
+        self,
+        api: BusinessCentralApi,
+        pool: ConnectionPool[Any],
+        sink: InboundSink,
+        config: BusinessCentralInboundConfig,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.api = api
+        self.pool = pool
+        self.sink = sink
+        self.config = config
+        self._clock = clock
+        self._entities = {company_id: entity for entity, company_id in config.companies.items()}
+        self._companies: dict[str, Company] = {}
+        self._wake = threading.Event()
+        self._gaps: set[tuple[str, str]] = set()
+        """Company and entity whose subscription was (re)made: notifications may have been
+        missed before, so the poll reads them at once."""
+
+    # -- the receiver -------------------------------------------------------------------------
+
+    def validation(self, token: str) -> str:
+        """The answer to Business Central's validation handshake: the token, as plain text."""
+        return token
+
+    def notified(self, body: bytes) -> int:
+        """Takes a notification body: queues what it names and answers at once. 202 when
+        taken; 401 when it does not carry revsync's client state (logged: a forgery, or a
+        subscription made with an older secret, which Business Central then deletes and
+        revsync makes again); 400 when malformed; 503 when it cannot be queued, so Business
+        Central sends it again."""
+        try:
+            notifications = read_notifications(body, self.config.client_state)
+        except NotificationRefused as refused:
+            if refused.forged:
+                log.warning("%s: notification refused: %s", SYSTEM, refused)
+                return REFUSED
+            log.warning("%s: malformed notification refused: %s", SYSTEM, refused)
+            return MALFORMED
+        known = self._company_ids()
+        ours = [
+            Notified(known[n.company_id.lower()], n.entity, n.record_id, n.change_type)
+            for n in notifications
+            if n.company_id.lower() in known and n.entity in POLLED_ENTITIES
+        ]
+        if len(ours) < len(notifications):
+            log.info(
+                "%s: %d notification(s) for companies or entities revsync does not read ignored",
+                SYSTEM,
+                len(notifications) - len(ours),
+            )
+        if ours:
+            try:
+                with self.pool.connection() as connection, connection.transaction():
+                    connection.cursor().executemany(
+                        "INSERT INTO revsync_bc_notifications (company_id, entity, record_id, "
+                        "change_type) VALUES (%s, %s, %s, %s)",
+                        [(n.company_id, n.entity, n.record_id, n.change_type) for n in ours],
+                    )
+            except psycopg.Error as error:
+                log.warning("%s: notifications not queued, asked again: %s", SYSTEM, error)
+                return UNAVAILABLE
+            self._wake.set()
+        return ACCEPTED
+
+    def _company_ids(self) -> dict[str, str]:
+        """Configured company ids by their lower case (GUIDs come in either case)."""
+        return {company_id.lower(): company_id for company_id in self._entities}
+
+    # -- subscriptions ------------------------------------------------------------------------
+
+    def keep_subscriptions(self) -> int:
+        """Makes every wanted subscription exist and last: creates the missing (one per
+        company for customers and sales invoices), renews each due for it (PATCH with its
+        etag, which runs the handshake again), and makes again one Business Central deleted
+        or let expire. Returns how many it created or renewed. One replica does it at a time;
+        another finding it busy returns 0."""
+        kept = 0
+        failures: list[BaseException] = []
+        with self.pool.connection() as connection, connection.transaction():
+            locked = connection.execute(
+                "SELECT pg_try_advisory_xact_lock(hashtext('revsync.erp_inbound.bc.subscriptions'))"
+            ).fetchone()
+            if locked is None or not locked[0]:
+                return 0
+            live = self._live_subscriptions()
+            now = self._clock()
+            for company_id in self._entities:
+                for entity in NOTIFIED_ENTITIES:
+                    resource = subscription_resource(company_id, entity)
+                    current = live.get(_resource_key(resource))
+                    try:
+                        kept += self._keep(connection, company_id, entity, current, now)
+                    except (TransientError, BusinessCentralRefused, RecordGone) as error:
+                        log.warning("%s: subscription to %s not kept: %s", SYSTEM, resource, error)
+                        failures.append(error)
+        if failures and len(failures) == len(self._entities) * len(NOTIFIED_ENTITIES):
+            raise failures[0]
+        return kept
+
+    def _live_subscriptions(self) -> dict[str, Mapping[str, Any]]:
+        """revsync's subscriptions Business Central has, by resource."""
+        answer = self.api.get("subscriptions")
+        live: dict[str, Mapping[str, Any]] = {}
+        for value in _values(answer):
+            if value.get("notificationUrl") == self.config.notification_url:
+                live[_resource_key(str(value.get("resource")))] = value
+        return live
+
+    def _keep(
+        self,
+        connection: psycopg.Connection[Any],
+        company_id: str,
+        entity: str,
+        current: Mapping[str, Any] | None,
+        now: datetime,
+    ) -> int:
+        body = {
+            "notificationUrl": self.config.notification_url,
+            "resource": subscription_resource(company_id, entity),
+            "clientState": self.config.client_state.get_secret_value(),
+        }
+        if current is not None:
+            expiration = _expiration(current)
+            if expiration is not None and expiration > now:
+                if not renewal_due(expiration, now, self.config.renew_before_s):
+                    self._store(connection, company_id, entity, current)
+                    return 0
+                try:
+                    renewed = self.api.patch(
+                        f"subscriptions('{current['subscriptionId']}')",
+                        body,
+                        str(current.get("@odata.etag") or "*"),
+                    )
+                except RecordGone:
+                    log.info("%s: subscription to %s gone, made again", SYSTEM, body["resource"])
+                else:
+                    self._store(connection, company_id, entity, renewed)
+                    log.info(
+                        "%s: subscription to %s renewed until %s",
+                        SYSTEM,
+                        body["resource"],
+                        renewed.get("expirationDateTime"),
+                    )
+                    return 1
+        created = self.api.post("subscriptions", body)
+        self._store(connection, company_id, entity, created)
+        self._gaps.add((company_id, entity))
+        log.info(
+            "%s: subscribed to %s until %s",
+            SYSTEM,
+            body["resource"],
+            created.get("expirationDateTime"),
+        )
+        return 1
+
+    @staticmethod
+    def _store(
+        connection: psycopg.Connection[Any],
+        company_id: str,
+        entity: str,
+        subscription: Mapping[str, Any],
+    ) -> None:
+        expiration = _expiration(subscription)
+        subscription_id = subscription.get("subscriptionId")
+        if expiration is None or not isinstance(subscription_id, str):
+            raise BusinessCentralRefused(
+                f"{SYSTEM}: a subscription answer without its id or expiration", 200, None
+            )
+        connection.execute(
+            "INSERT INTO revsync_bc_subscriptions (company_id, entity, subscription_id, "
+            "resource, etag, expiration) VALUES (%s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (company_id, entity) DO UPDATE SET subscription_id = "
+            "EXCLUDED.subscription_id, resource = EXCLUDED.resource, etag = EXCLUDED.etag, "
+            "expiration = EXCLUDED.expiration, kept_at = now()",
+            (
+                company_id,
+                entity,
+                subscription_id,
+                str(subscription.get("resource") or subscription_resource(company_id, entity)),
+                str(subscription.get("@odata.etag") or "*"),
+                expiration,
+            ),
+        )
+
+    # -- notifications ------------------------------------------------------------------------
+
+    def process(self) -> int:
+        """Works the queued notifications: reads each record named (a ``collection``
+        notification: its collection from the poll's position on), writes its events, and
+        drops the notifications, in one transaction per batch. Returns the events written."""
+        written = 0
+        while True:
+            done, count = self._process_records()
+            written += count
+            if done:
+                break
+        for company_id, entity, last in self._collections():
+            written += self._poll(company_id, entity)
+            with self.pool.connection() as connection:
+                connection.execute(
+                    "DELETE FROM revsync_bc_notifications WHERE company_id = %s AND entity = %s "
+                    "AND record_id IS NULL AND seq <= %s",
+                    (company_id, entity, last),
+                )
+        return written
+
+    def _process_records(self) -> tuple[bool, int]:
+        lookups = _Lookups()
+        with self.pool.connection() as connection, connection.transaction():
+            rows = connection.execute(
+                "SELECT seq, company_id, entity, record_id, change_type "
+                "FROM revsync_bc_notifications WHERE record_id IS NOT NULL "
+                "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (NOTIFICATIONS_PER_BATCH,),
+            ).fetchall()
+            if not rows:
+                return True, 0
+            changes: list[Change] = []
+            distinct = dict.fromkeys(
+                (row[1], row[2], row[3]) for row in rows if row[4] != "deleted"
+            )
+            for company_id, entity, record_id in distinct:
+                company = self._company(company_id)
+                try:
+                    record = self.api.get(
+                        f"companies({company.id})/{entity}({record_id})", _expand(entity)
+                    )
+                except RecordGone:
+                    log.info("%s: %s %s gone before it was read", SYSTEM, entity, record_id)
+                    continue
+                changes += self._work(connection, company, entity, [record], lookups)
+            written = self.sink.write(connection.cursor(), changes).published
+            connection.execute(
+                "DELETE FROM revsync_bc_notifications WHERE seq = ANY(%s)",
+                ([row[0] for row in rows],),
+            )
+        return len(rows) < NOTIFICATIONS_PER_BATCH, written
+
+    def _collections(self) -> list[tuple[str, str, int]]:
+        with self.pool.connection() as connection:
+            rows = connection.execute(
+                "SELECT company_id, entity, max(seq) FROM revsync_bc_notifications "
+                "WHERE record_id IS NULL GROUP BY company_id, entity"
+            ).fetchall()
+        return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
+
+    # -- the reconciliation poll --------------------------------------------------------------
+
+    def reconcile(self) -> int:
+        """Polls every company's invoices, shipments, payments and customers changed since
+        its position; returns the events written."""
+        written = 0
+        self._gaps.clear()
+        for company_id in self._entities:
+            for entity in POLLED_ENTITIES:
+                written += self._poll(company_id, entity)
+        return written
+
+    def _poll(self, company_id: str, entity: str) -> int:
+        """Reads one company's entity from its position on, a page per transaction."""
+        written = 0
+        company = self._company(company_id)
+        with self.pool.connection() as connection:
+            connection.execute(
+                "INSERT INTO revsync_bc_positions (company_id, entity) VALUES (%s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (company.id, entity),
+            )
+            connection.commit()
+            while True:
+                with connection.transaction():
+                    page = self._poll_page(connection, company, entity)
+                if page is None:
+                    return written
+                count, more = page
+                written += count
+                if not more:
+                    return written
+
+    def _poll_page(
+        self, connection: psycopg.Connection[Any], company: Company, entity: str
+    ) -> tuple[int, bool] | None:
+        """One page: its events, the records worked and the new position. None when another
+        replica is polling the same entity."""
+        row = connection.execute(
+            "SELECT position FROM revsync_bc_positions WHERE company_id = %s AND entity = %s "
+            "FOR UPDATE SKIP LOCKED",
+            (company.id, entity),
+        ).fetchone()
+        if row is None:
+            return None
+        position: datetime | None = row[0]
+        floor = EPOCH if position is None else position - OVERLAP
+        worked = {
+            (str(r[0]), r[1])
+            for r in connection.execute(
+                "SELECT record_id, version FROM revsync_bc_worked WHERE company_id = %s "
+                "AND entity = %s AND version >= %s",
+                (company.id, entity, floor),
+            )
+        }
+        top = self.config.page_size + len(worked)
+        params = {
+            "$filter": f"lastModifiedDateTime ge {stamp(floor)}",
+            "$orderby": "lastModifiedDateTime asc",
+            "$top": str(top),
+            **_expand(entity),
+        }
+        answer = self.api.get(f"companies({company.id})/{entity}", params)
+        records = list(_values(answer))
+        fresh = [r for r in records if (str(r.get("id")), modified(entity, r)) not in worked]
+        # A full page holds at least a page of records not worked yet; one that holds none is
+        # a server not honouring $top, and reading it again would find nothing new either.
+        more = bool(fresh) and (len(records) >= top or bool(answer.get("@odata.nextLink")))
+        changes = self._work(connection, company, entity, fresh, _Lookups())
+        written = self.sink.write(connection.cursor(), changes).published
+        versions = [modified(entity, r) for r in records]
+        if versions:
+            latest = max(versions) if position is None else max([position, *versions])
+            connection.execute(
+                "UPDATE revsync_bc_positions SET position = %s, polled_at = now() "
+                "WHERE company_id = %s AND entity = %s",
+                (latest, company.id, entity),
+            )
+            connection.execute(
+                "DELETE FROM revsync_bc_worked WHERE company_id = %s AND entity = %s "
+                "AND version < %s",
+                (company.id, entity, latest - OVERLAP),
+            )
+        return written, more
+
+    # -- reading and mapping ------------------------------------------------------------------
+
+    def _work(
+        self,
+        connection: psycopg.Connection[Any],
+        company: Company,
+        entity: str,
+        records: Sequence[Mapping[str, Any]],
+        lookups: _Lookups,
+    ) -> list[Change]:
+        """The changes of ``records`` not worked before (by id and version), each marked
+        worked; a record that cannot be mapped is logged and marked worked too, so it is not
+        read again until it changes."""
+        changes: list[Change] = []
+        read_at = self._clock()
+        for record in records:
+            record_id = str(record.get("id") or "")
+            try:
+                version = modified(entity, record)
+                inserted = connection.execute(
+                    "INSERT INTO revsync_bc_worked (company_id, entity, record_id, version) "
+                    "VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    (company.id, entity, record_id, version),
+                )
+                if inserted.rowcount == 0:
+                    continue
+                changes += self._changes(connection, company, entity, record, lookups, read_at)
+            except RecordInvalid as invalid:
+                log.warning("%s: %s", SYSTEM, invalid)
+        return changes
+
+    def _changes(
+        self,
+        connection: psycopg.Connection[Any],
+        company: Company,
+        entity: str,
+        record: Mapping[str, Any],
+        lookups: _Lookups,
+        read_at: datetime,
+    ) -> list[Change]:
+        if entity == "customers":
+            return self._customer(connection, company, record, lookups, read_at)
+        if not reference_id(record.get("id")) or not record.get("externalDocumentNumber"):
+            return []  # no document of an order revsync placed
+        if entity == "salesInvoices":
+            if not is_posted(record):
+                return []
+            order = self._order(company, "salesInvoices", record, lookups)
+            terms = self._payment_terms(company, record.get("paymentTermsId"), lookups)
+            return [invoice_posted(company, record, order, terms, read_at)]
+        if entity == "salesShipments":
+            order = self._order(company, "salesShipments", record, lookups)
+            return [shipment_confirmed(company, record, order, {}, read_at)]
+        if entity == "customerPayments":
+            invoice_id = reference_id(record.get("appliesToInvoiceId"))
+            if invoice_id is None:
+                return []  # not applied to an invoice: no payment of an order
+            try:
+                invoice = self.api.get(f"companies({company.id})/salesInvoices({invoice_id})")
+            except RecordGone:
+                log.warning("%s: payment %s applies to no invoice", SYSTEM, record.get("id"))
+                return []
+            if not invoice.get("externalDocumentNumber"):
+                return []
+            order = self._order(company, "salesInvoices", invoice, lookups)
+            return [payment_received(company, record, invoice, order, read_at)]
+        return []
+
+    def _customer(
+        self,
+        connection: psycopg.Connection[Any],
+        company: Company,
+        record: Mapping[str, Any],
+        lookups: _Lookups,
+        read_at: datetime,
+    ) -> list[Change]:
+        """A customer's version: its events when it is newer than the last one worked, and
+        its credit fields kept for the next."""
+        customer_id = str(record["id"])
+        state = credit_state(record)
+        row = connection.execute(
+            "SELECT version, credit_limit, blocked FROM revsync_bc_customer_credit "
+            "WHERE company_id = %s AND customer_id = %s FOR UPDATE",
+            (company.id, customer_id),
+        ).fetchone()
+        previous = None if row is None else CreditState(row[0], row[1], row[2])
+        if previous is not None and previous.version >= state.version:
+            return []  # an older version read late, or the same again
+        connection.execute(
+            "INSERT INTO revsync_bc_customer_credit (company_id, customer_id, version, "
+            "credit_limit, blocked) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (company_id, "
+            "customer_id) DO UPDATE SET version = EXCLUDED.version, credit_limit = "
+            "EXCLUDED.credit_limit, blocked = EXCLUDED.blocked",
+            (company.id, customer_id, state.version, state.credit_limit, state.blocked),
+        )
+        crm_account_id = self._link(company, customer_id, lookups)
+        if crm_account_id is None:
+            return []  # no CRM account masters it: nothing to key its events by
+        terms = self._payment_terms(company, record.get("paymentTermsId"), lookups)
+        return customer_changes(company, record, crm_account_id, terms, previous, read_at)
+
+    def _order(
+        self, company: Company, entity: str, document: Mapping[str, Any], lookups: _Lookups
+    ) -> OrderReference:
+        order_id = reference_id(document.get("orderId"))
+        order: Mapping[str, Any] | None = None
+        if order_id is not None:
+            try:
+                order = self.api.get(f"companies({company.id})/salesOrders({order_id})")
+            except RecordGone:
+                order = None
+        customer_id = reference_id(document.get("customerId")) or ""
+        crm_account_id = self._link(company, customer_id, lookups) if customer_id else None
+        return order_reference(
+            company,
+            entity,
+            document,
+            order,
+            crm_account_id or "",
+            self.config.regions.get(company.legal_entity, ""),
+        )
+
+    def _link(self, company: Company, customer_id: str, lookups: _Lookups) -> str | None:
+        key = (company.id, customer_id)
+        if key not in lookups.links:
+            lookups.links[key] = self.api.crm_account_id(company.id, customer_id)
+        return lookups.links[key]
+
+    def _payment_terms(self, company: Company, terms_id: object, lookups: _Lookups) -> str:
+        """The code of payment terms by their id (what revsync's events carry)."""
+        if company.id not in lookups.terms:
+            answer = self.api.get(f"companies({company.id})/paymentTerms")
+            lookups.terms[company.id] = {
+                str(value.get("id")): str(value.get("code"))
+                for value in _values(answer)
+                if value.get("code")
+            }
+        terms = reference_id(terms_id)
+        return lookups.terms[company.id].get(terms or "", "") if terms else ""
+
+    def _company(self, company_id: str) -> Company:
+        known = self._company_ids().get(company_id.lower(), company_id)
+        company = self._companies.get(known)
+        if company is None:
+            information = _values(self.api.get(f"companies({known})/companyInformation"))
+            currency = next(iter(information), {}).get("currencyCode")
+            company = Company(
+                tenant=self.api.scope,
+                id=known,
+                legal_entity=self._entities[known],
+                currency=str(currency or ""),
+            )
+            self._companies[known] = company
+        return company
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Until ``stop``: works notifications as they come, keeps the subscriptions, and
+        polls on its interval (at once for an entity whose subscription was made again).
+        Business Central or the database down is logged and waited out, doubling the wait up
+        to a minute; positions stay where they were."""
+        keep_every = keeping_interval_s(self.config.renew_before_s)
+        next_keep = next_poll = time.monotonic()
+        failures = 0
+        while not stop.is_set():
+            try:
+                self.process()
+                now = time.monotonic()
+                if now >= next_keep:
+                    self.keep_subscriptions()
+                    next_keep = now + keep_every
+                if now >= next_poll or self._gaps:
+                    self.reconcile()
+                    next_poll = now + self.config.reconcile_interval_s
+                failures = 0
+            except (TransientError, BusinessCentralRefused, RecordGone, psycopg.Error) as error:
+                failures += 1
+                log.warning(
+                    "%s: inbound round failed (%d in a row), waiting %.0f s: %s",
+                    SYSTEM,
+                    failures,
+                    backoff_s(failures),
+                    error,
+                )
+            self._wake.clear()
+            wait = backoff_s(failures) if failures else min(1.0, keep_every)
+            if self._wake.wait(0) or stop.wait(0):
+                continue
+            _wait_either(stop, self._wake, wait)
+
+
+def _wait_either(stop: threading.Event, wake: threading.Event, timeout_s: float) -> None:
+    """Waits until ``stop`` or ``wake`` is set, or ``timeout_s`` passed."""
+    deadline = time.monotonic() + timeout_s
+    while not stop.is_set() and not wake.is_set():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        wake.wait(min(left, 0.1))
+
+
+def _values(answer: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    values = answer.get("value")
+    if not isinstance(values, list):
+        raise BusinessCentralRefused(f"{SYSTEM}: a collection answer without 'value'", 200, None)
+    return (value for value in values if isinstance(value, Mapping))
+
+
+def _expand(entity: str) -> dict[str, str]:
+    """A shipment is read with its lines."""
+    return {"$expand": "salesShipmentLines"} if entity == "salesShipments" else {}
+
+
+def _resource_key(resource: str) -> str:
+    parsed = parse_resource(resource)
+    if parsed is None:
+        return resource.lower()
+    company_id, entity, record_id = parsed
+    return f"{company_id.lower()}/{entity}/{record_id or ''}"
+
+
+def _expiration(subscription: Mapping[str, Any]) -> datetime | None:
+    value = subscription.get("expirationDateTime")
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
