@@ -694,7 +694,9 @@ class BusinessCentralInbound:
     ) -> list[Change]:
         if entity == "customers":
             return self._customer(connection, company, record, lookups, read_at)
-        if not reference_id(record.get("id")) or not record.get("externalDocumentNumber"):
+        if entity in ("salesInvoices", "salesShipments") and not record.get(
+            "externalDocumentNumber"
+        ):
             return []  # no document of an order revsync placed
         if entity == "salesInvoices":
             if not is_posted(record):
