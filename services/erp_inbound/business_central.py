@@ -124,14 +124,15 @@ CREATE TABLE IF NOT EXISTS revsync_bc_worked (
 );
 CREATE INDEX IF NOT EXISTS revsync_bc_worked_by_version
     ON revsync_bc_worked (company_id, entity, version);
--- Each customer's credit fields as of the last version revsync worked: a credit status change
--- is reported only when these moved.
+-- Each customer's credit fields as of the last version revsync worked (its credit limit, and
+-- its blocked status with the status revsync reports): a credit status change is reported
+-- only when these moved.
 CREATE TABLE IF NOT EXISTS revsync_bc_customer_credit (
     company_id   text           NOT NULL,
     customer_id  text           NOT NULL,
     version      timestamptz    NOT NULL,
     credit_limit numeric(18, 4) NOT NULL,
-    blocked      text           NOT NULL,
+    standing     text           NOT NULL,
     PRIMARY KEY (company_id, customer_id)
 );
 """
@@ -155,8 +156,6 @@ class BusinessCentralInboundConfig:
     """How often the reconciliation poll runs."""
     page_size: int = 100
     """Records read per page of the poll, each page one transaction."""
-    regions: Mapping[str, str] = field(default_factory=dict)
-    """The region of each legal entity's orders (Business Central's order has none)."""
 
     def __post_init__(self) -> None:
         if not self.companies:
@@ -209,8 +208,9 @@ class BusinessCentralApi(Protocol):
 
     def patch(self, path: str, body: Mapping[str, Any], etag: str) -> Mapping[str, Any]: ...
 
-    def crm_account_id(self, company_id: str, customer_id: str) -> str | None:
-        """The CRM account a customer is linked to (revsync's customer link), if any."""
+    def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
+        """revsync's customer link of a customer (its ``crmAccountId``, and the credit
+        standing it reports), or None when the customer has none."""
         ...
 
 
@@ -309,9 +309,8 @@ def _printable(value: object) -> str:
 class _Lookups:
     """What one unit of work has read besides its records, read once each."""
 
-    links: dict[tuple[str, str], str | None] = field(default_factory=dict)
-    terms: dict[str, dict[str, str]] = field(default_factory=dict)
-    skus: dict[str, dict[str, str]] = field(default_factory=dict)
+    links: dict[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
+    orders: dict[tuple[str, str], Mapping[str, Any] | None] = field(default_factory=dict)
 
 
 class BusinessCentralInbound:
@@ -334,6 +333,8 @@ class BusinessCentralInbound:
         self._clock = clock
         self._entities = {company_id: entity for entity, company_id in config.companies.items()}
         self._companies: dict[str, Company] = {}
+        self._terms: dict[str, dict[str, str]] = {}
+        """Payment terms' codes by id, per company (read once: they hardly change)."""
         self._wake = threading.Event()
         self._gaps: set[tuple[str, str]] = set()
         """Company and entity whose subscription was (re)made: notifications may have been
@@ -631,10 +632,14 @@ class BusinessCentralInbound:
         }
         answer = self.api.get(f"companies({company.id})/{entity}", params)
         records = list(_values(answer))
+        # Business Central may answer fewer than $top a time, linking to the rest.
+        while len(records) < top and isinstance(answer.get("@odata.nextLink"), str):
+            answer = self.api.get_link(answer["@odata.nextLink"])
+            records += _values(answer)
         fresh = [r for r in records if (str(r.get("id")), modified(entity, r)) not in worked]
         # A full page holds at least a page of records not worked yet; one that holds none is
         # a server not honouring $top, and reading it again would find nothing new either.
-        more = bool(fresh) and (len(records) >= top or bool(answer.get("@odata.nextLink")))
+        more = bool(fresh) and len(records) >= top
         changes = self._work(connection, company, entity, fresh, _Lookups())
         written = self.sink.write(connection.cursor(), changes).published
         versions = [modified(entity, r) for r in records]
@@ -702,7 +707,8 @@ class BusinessCentralInbound:
             if not is_posted(record):
                 return []
             order = self._order(company, "salesInvoices", record, lookups)
-            terms = self._payment_terms(company, record.get("paymentTermsId"), lookups)
+            link = self._link(company, order.customer_id, lookups)
+            terms = self._payment_terms(company, record.get("paymentTermsId"), link)
             return [invoice_posted(company, record, order, terms, read_at)]
         if entity == "salesShipments":
             order = self._order(company, "salesShipments", record, lookups)
@@ -733,9 +739,10 @@ class BusinessCentralInbound:
         """A customer's version: its events when it is newer than the last one worked, and
         its credit fields kept for the next."""
         customer_id = str(record["id"])
-        state = credit_state(record)
+        link = self._link(company, customer_id, lookups)
+        state = credit_state(record, link)
         row = connection.execute(
-            "SELECT version, credit_limit, blocked FROM revsync_bc_customer_credit "
+            "SELECT version, credit_limit, standing FROM revsync_bc_customer_credit "
             "WHERE company_id = %s AND customer_id = %s FOR UPDATE",
             (company.id, customer_id),
         ).fetchone()
@@ -744,62 +751,89 @@ class BusinessCentralInbound:
             return []  # an older version read late, or the same again
         connection.execute(
             "INSERT INTO revsync_bc_customer_credit (company_id, customer_id, version, "
-            "credit_limit, blocked) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (company_id, "
+            "credit_limit, standing) VALUES (%s, %s, %s, %s, %s) ON CONFLICT (company_id, "
             "customer_id) DO UPDATE SET version = EXCLUDED.version, credit_limit = "
-            "EXCLUDED.credit_limit, blocked = EXCLUDED.blocked",
-            (company.id, customer_id, state.version, state.credit_limit, state.blocked),
+            "EXCLUDED.credit_limit, standing = EXCLUDED.standing",
+            (company.id, customer_id, state.version, state.credit_limit, state.standing),
         )
-        crm_account_id = self._link(company, customer_id, lookups)
-        if crm_account_id is None:
+        if link is None or not link.get("crmAccountId"):
             return []  # no CRM account masters it: nothing to key its events by
-        terms = self._payment_terms(company, record.get("paymentTermsId"), lookups)
-        return customer_changes(company, record, crm_account_id, terms, previous, read_at)
+        terms = self._payment_terms(company, record.get("paymentTermsId"), link)
+        return customer_changes(company, record, link, terms, previous, read_at)
 
     def _order(
         self, company: Company, entity: str, document: Mapping[str, Any], lookups: _Lookups
     ) -> OrderReference:
+        """The order a document came from, read by its id or else its number (None when
+        Business Central no longer has it), and the CRM account of its customer."""
         order_id = reference_id(document.get("orderId"))
-        order: Mapping[str, Any] | None = None
-        if order_id is not None:
-            try:
-                order = self.api.get(f"companies({company.id})/salesOrders({order_id})")
-            except RecordGone:
-                order = None
+        number = document.get("orderNumber")
+        key = (company.id, order_id or f"number:{number}")
+        if key not in lookups.orders:
+            lookups.orders[key] = self._read_order(company, order_id, number)
         customer_id = reference_id(document.get("customerId")) or ""
-        crm_account_id = self._link(company, customer_id, lookups) if customer_id else None
+        link = self._link(company, customer_id, lookups) if customer_id else None
+        crm_account_id = link.get("crmAccountId") if link is not None else None
         return order_reference(
             company,
             entity,
             document,
-            order,
-            crm_account_id or "",
-            self.config.regions.get(company.legal_entity, ""),
+            lookups.orders[key],
+            crm_account_id if isinstance(crm_account_id, str) else "",
         )
 
-    def _link(self, company: Company, customer_id: str, lookups: _Lookups) -> str | None:
+    def _read_order(
+        self, company: Company, order_id: str | None, number: object
+    ) -> Mapping[str, Any] | None:
+        orders = f"companies({company.id})/salesOrders"
+        try:
+            if order_id is not None:
+                return self.api.get(f"{orders}({order_id})")
+        except RecordGone:
+            return None
+        if not isinstance(number, str) or not number or "'" in number:
+            return None
+        found = list(_values(self.api.get(orders, {"$filter": f"number eq '{number}'"})))
+        return found[0] if found else None
+
+    def _link(
+        self, company: Company, customer_id: str, lookups: _Lookups
+    ) -> Mapping[str, Any] | None:
         key = (company.id, customer_id)
         if key not in lookups.links:
-            lookups.links[key] = self.api.crm_account_id(company.id, customer_id)
+            lookups.links[key] = self.api.customer_link(company.id, customer_id)
         return lookups.links[key]
 
-    def _payment_terms(self, company: Company, terms_id: object, lookups: _Lookups) -> str:
-        """The code of payment terms by their id (what revsync's events carry)."""
-        if company.id not in lookups.terms:
-            answer = self.api.get(f"companies({company.id})/paymentTerms")
-            lookups.terms[company.id] = {
+    def _payment_terms(
+        self, company: Company, terms_id: object, link: Mapping[str, Any] | None
+    ) -> str:
+        """The code of payment terms by their id (what revsync's events carry), read from
+        the company's ``paymentTerms``; where Business Central does not serve them, the
+        customer's terms as revsync's customer link names them."""
+        if company.id not in self._terms:
+            try:
+                answer = self.api.get(f"companies({company.id})/paymentTerms")
+            except RecordGone:
+                answer = {"value": []}
+            self._terms[company.id] = {
                 str(value.get("id")): str(value.get("code"))
                 for value in _values(answer)
                 if value.get("code")
             }
         terms = reference_id(terms_id)
-        return lookups.terms[company.id].get(terms or "", "") if terms else ""
+        code = self._terms[company.id].get(terms) if terms is not None else None
+        linked = link.get("paymentTermsCode") if link is not None else None
+        return code or (linked if isinstance(linked, str) else "") or ""
 
     def _company(self, company_id: str) -> Company:
         known = self._company_ids().get(company_id.lower(), company_id)
         company = self._companies.get(known)
         if company is None:
-            information = _values(self.api.get(f"companies({known})/companyInformation"))
-            currency = next(iter(information), {}).get("currencyCode")
+            try:
+                information = list(_values(self.api.get(f"companies({known})/companyInformation")))
+            except RecordGone:
+                information = []  # not served: documents name their currency
+            currency = information[0].get("currencyCode") if information else None
             company = Company(
                 tenant=self.api.scope,
                 id=known,

@@ -32,6 +32,8 @@ BLOCKED = {
 """A customer's ``blocked`` as the reference ERP's status and blocks: ``All`` blocks every
 transaction (the customer is blocked); ``Ship`` and ``Invoice`` block deliveries or billing
 only, the customer staying active."""
+PAYMENT_METHODS = frozenset({"wire_transfer", "ach", "card", "check", "direct_debit"})
+"""The payment methods revsync reports by name."""
 COMPLETENESS = "complete"
 """What a posted shipment reports: Business Central posts one shipment per shipped quantity
 and gives no partial flag, so every posted shipment is reported complete for what it holds."""
@@ -98,7 +100,8 @@ class CreditState:
 
     version: datetime
     credit_limit: Decimal
-    blocked: str
+    standing: str
+    """Business Central's ``blocked`` and the status revsync reports, together."""
 
 
 def moment(value: object) -> datetime:
@@ -305,9 +308,9 @@ def payment_received(
         "payment": {
             "id": fields.id,
             "number": fields.optional_text("documentNumber") or fields.id,
-            "amount": fields.amount("amount"),
+            "amount": f"{abs(Decimal(fields.amount('amount'))):f}",
             "currency": order.currency,
-            "method": (fields.optional_text("paymentMethodCode") or "other").lower(),
+            "method": _payment_method(fields),
             "received_at": fields.modified().isoformat(),
         },
         "invoice": {
@@ -327,53 +330,102 @@ def payment_received(
     )
 
 
-def credit_state(customer: Mapping[str, Any]) -> CreditState:
+LINK_CREDIT_STATUSES = {"Active": "active", "Blocked": "blocked", "Credit Hold": "credit_hold"}
+"""revsync's customer link's ``creditStatus`` as the reference ERP's customer status."""
+
+
+@dataclass(frozen=True)
+class Standing:
+    """What a customer's version says of its credit: the reference ERP's status and blocks,
+    its credit limit, and its exposure (what it owes and has on order)."""
+
+    status: str
+    blocks: list[str]
+    credit_limit: Decimal
+    exposure: Decimal
+    blocked: str
+    """Business Central's own ``blocked``."""
+
+    def state(self, version: datetime) -> CreditState:
+        return CreditState(version, self.credit_limit, f"{self.blocked}|{self.status}")
+
+
+def standing(customer: Mapping[str, Any], link: Mapping[str, Any] | None) -> Standing:
+    """A customer's credit standing: from revsync's customer link where it says it (its
+    ``creditStatus``, ``blocks`` and ``exposure``, the reference ERP's own terms), else from
+    Business Central's ``blocked`` and ``balanceDue``."""
     fields = _Fields("customers", customer)
     blocked = customer.get("blocked") or " "
     if not isinstance(blocked, str):
         raise fields.invalid("blocked", "expected text")
-    return CreditState(
-        version=fields.modified(),
-        credit_limit=Decimal(fields.amount("creditLimit")),
-        blocked=blocked.strip() or " ",
-    )
+    blocked = blocked.strip() or " "
+    derived = BLOCKED.get(blocked)
+    if derived is None:
+        raise fields.invalid("blocked", f"not one of {', '.join(repr(b) for b in BLOCKED)}")
+    status, blocks = derived[0], list(derived[1])
+    link = link or {}
+    linked_status = link.get("creditStatus")
+    if isinstance(linked_status, str) and linked_status in LINK_CREDIT_STATUSES:
+        status = LINK_CREDIT_STATUSES[linked_status]
+    linked_blocks = link.get("blocks")
+    if isinstance(linked_blocks, str):
+        blocks = [block for block in linked_blocks.split(",") if block]
+    if link.get("exposure") is not None:
+        exposure = Decimal(_Fields("customerLinks", link).amount("exposure"))
+    else:
+        exposure = Decimal(fields.amount("balanceDue"))
+    return Standing(status, blocks, Decimal(fields.amount("creditLimit")), exposure, blocked)
+
+
+def _payment_method(fields: _Fields) -> str:
+    """A payment's method: its payment method code, or the method its journal line's
+    description names; any other is reported as ``other``."""
+    for name in ("paymentMethodCode", "description"):
+        value = fields.optional_text(name)
+        if value is not None and value.strip().lower() in PAYMENT_METHODS:
+            return value.strip().lower()
+    return "other"
+
+
+def credit_state(customer: Mapping[str, Any], link: Mapping[str, Any] | None) -> CreditState:
+    """The credit fields of a customer's version, as compared with the next."""
+    return standing(customer, link).state(modified("customers", customer))
 
 
 def customer_changes(
     company: Company,
     customer: Mapping[str, Any],
-    crm_account_id: str,
+    link: Mapping[str, Any],
     payment_terms: str,
     previous: CreditState | None,
     read_at: datetime,
 ) -> list[Change]:
-    """One version of a customer linked to CRM account ``crm_account_id``: its
-    ``CustomerMastered``, and its ``CreditStatusChanged`` when its credit limit or blocked
-    status differ from the ``previous`` version revsync saw (none on first sight: the
-    customer's first version is no change of credit)."""
+    """One version of a customer linked to a CRM account (``link``, revsync's customer link,
+    names it): its ``CustomerMastered``, and its ``CreditStatusChanged`` when its credit limit
+    or blocked status differ from the ``previous`` version revsync saw (none on first sight:
+    the customer's first version is no change of credit)."""
     fields = _Fields("customers", customer)
-    state = credit_state(customer)
-    blocked = BLOCKED.get(state.blocked)
-    if blocked is None:
-        raise fields.invalid("blocked", f"not one of {', '.join(repr(b) for b in BLOCKED)}")
-    status, blocks = blocked
-    changed_at = state.version.isoformat()
+    crm_account_id = _Fields("customerLinks", link).text("crmAccountId")
+    credit = standing(customer, link)
+    version = fields.modified()
+    state = credit.state(version)
     currency = fields.optional_text("currencyCode") or company.currency
+    changed_at = version.isoformat()
     document = {
         "id": fields.id,
         "number": fields.text("number"),
         "name": fields.text("displayName"),
         "crm_account_id": crm_account_id,
         "legal_entity": company.legal_entity,
-        "status": status,
+        "status": credit.status,
         "credit_limit": fields.amount("creditLimit"),
         "currency": currency,
         "payment_terms": payment_terms,
-        "blocks": list(blocks),
+        "blocks": credit.blocks,
     }
     changes = [
         Change(
-            id=customer_event_id(company, fields.id, "CustomerMastered", state.version),
+            id=customer_event_id(company, fields.id, "CustomerMastered", version),
             type="CustomerMastered",
             aggregateid=crm_account_id,
             payload={"customer": document, "changed_at": changed_at},
@@ -381,22 +433,21 @@ def customer_changes(
         )
     ]
     if previous is not None and (
-        previous.credit_limit != state.credit_limit or previous.blocked != state.blocked
+        previous.credit_limit != state.credit_limit or previous.standing != state.standing
     ):
-        balance = Decimal(fields.amount("balanceDue"))
         changes.append(
             Change(
-                id=customer_event_id(company, fields.id, "CreditStatusChanged", state.version),
+                id=customer_event_id(company, fields.id, "CreditStatusChanged", version),
                 type="CreditStatusChanged",
                 aggregateid=crm_account_id,
                 payload={
                     "customer": document,
                     "credit": {
-                        "status": status,
+                        "status": credit.status,
                         "currency": currency,
                         "credit_limit": document["credit_limit"],
-                        "exposure": f"{balance:f}",
-                        "available_credit": f"{state.credit_limit - balance:f}",
+                        "exposure": f"{credit.exposure:f}",
+                        "available_credit": f"{credit.credit_limit - credit.exposure:f}",
                     },
                     "changed_at": changed_at,
                 },
@@ -412,13 +463,13 @@ def order_reference(
     document: Mapping[str, Any],
     order: Mapping[str, Any] | None,
     crm_account_id: str,
-    region: str,
 ) -> OrderReference:
     """The order a document came from: the sales order as read when Business Central still
     has it (it deletes an order once fully shipped and invoiced), else what the document
     itself carries of it. The CRM order id is the ``externalDocumentNumber`` the document
     carried over from its order; the currency is the document's, blank meaning the
-    company's own."""
+    company's own; the region is the order's first shortcut dimension (where revsync books
+    it), as the document or else its order carries it."""
     fields = _Fields(entity, document)
     source = _Fields("salesOrders", order) if order is not None else None
     order_id = (
@@ -438,6 +489,8 @@ def order_reference(
         customer_id=fields.text("customerId"),
         crm_account_id=crm_account_id,
         legal_entity=company.legal_entity,
-        region=region,
+        region=fields.optional_text("shortcutDimension1Code")
+        or (source.optional_text("shortcutDimension1Code") if source is not None else None)
+        or "",
         currency=fields.optional_text("currencyCode") or company.currency,
     )

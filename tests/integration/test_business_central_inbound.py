@@ -174,9 +174,10 @@ class FakeBusinessCentral:
         current["@odata.etag"] = f'W/"{uuid.uuid4().hex}"'
         return current
 
-    def crm_account_id(self, company_id: str, customer_id: str) -> str | None:
-        self._available(f"GET customerLinks {customer_id}")
-        return self.links.get(customer_id)
+    def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
+        self._available(f"GET customerLinks({customer_id})")
+        account = self.links.get(customer_id)
+        return None if account is None else {"customerId": customer_id, "crmAccountId": account}
 
 
 def _at(record: Mapping[str, Any]) -> datetime:
@@ -227,6 +228,7 @@ class Books:
                 "customerId": customer["id"],
                 "currencyCode": "USD",
                 "paymentTermsId": "terms-30",
+                "shortcutDimension1Code": "NA",
                 "totalAmountExcludingTax": 100,
                 "totalTaxAmount": 8,
                 "totalAmountIncludingTax": 108,
@@ -245,6 +247,7 @@ class Books:
                 "externalDocumentNumber": invoice["externalDocumentNumber"],
                 "orderNumber": invoice["orderNumber"],
                 "customerId": invoice["customerId"],
+                "shortcutDimension1Code": "NA",
                 "shippingAgentCode": "UPS",
                 "packageTrackingNo": "1Z0000000000000001",
                 "lastModifiedDateTime": stamp(at),
@@ -292,7 +295,6 @@ def make_inbound(
         "notification_url": RECEIVER,
         "client_state": SECRET,
         "page_size": 3,
-        "regions": {"US01": "NA"},
         **config,
     }
     return bc.BusinessCentralInbound(

@@ -122,6 +122,9 @@ CUSTOMER: dict[str, Any] = {
     "creditLimit": 50000,
     "lastModifiedDateTime": "2026-12-07T09:00:00.000Z",
 }
+LINK: dict[str, Any] = {"id": CUSTOMER["id"], "customerId": CUSTOMER["id"],
+                        "crmAccountId": CRM_ACCOUNT}  # fmt: skip
+"""revsync's customer link of CUSTOMER, saying no more than the account it is linked to."""
 
 
 def event_of(change: Change) -> Event:
@@ -255,6 +258,19 @@ def test_a_payment_applied_to_an_invoice_is_payment_received_for_its_order() -> 
     assert again.id == change.id
 
 
+def test_a_journal_lines_credit_amount_is_the_amount_paid_and_its_description_the_method(
+) -> None:  # fmt: skip
+    journal_line = {**PAYMENT, "amount": -1274.4, "description": "wire_transfer"}
+    event = event_of(payment_received(COMPANY, journal_line, INVOICE, ORDER, READ_AT))
+    assert isinstance(event, PaymentReceived)
+    assert event.amount == Decimal("1274.4")
+    assert event.payment_method is PaymentMethod.WIRE
+    other = {**PAYMENT, "description": "Payment of PSI-1042"}
+    event = event_of(payment_received(COMPANY, other, INVOICE, ORDER, READ_AT))
+    assert isinstance(event, PaymentReceived)
+    assert event.payment_method is PaymentMethod.OTHER
+
+
 def test_a_payment_method_code_revsync_knows_is_kept() -> None:
     change = payment_received(COMPANY, {**PAYMENT, "paymentMethodCode": "ACH"}, INVOICE, ORDER,
                               READ_AT)  # fmt: skip
@@ -265,16 +281,21 @@ def test_a_payment_method_code_revsync_knows_is_kept() -> None:
 
 def test_the_order_of_a_document_comes_from_the_order_or_from_the_document() -> None:
     order = {"id": "5a1e5000-0000-4000-8000-00000000aaaa", "number": "SO-9",
-             "customerId": ORDER.customer_id, "currencyCode": "CAD"}  # fmt: skip
-    read = order_reference(COMPANY, "salesInvoices", INVOICE, order, CRM_ACCOUNT, "NA")
+             "customerId": ORDER.customer_id, "currencyCode": "CAD",
+             "shortcutDimension1Code": "NA"}  # fmt: skip
+    read = order_reference(COMPANY, "salesInvoices", INVOICE, order, CRM_ACCOUNT)
     assert (read.id, read.number, read.external_id) == (order["id"], "SO-9", CRM_ORDER)
     assert read.currency == "USD"  # blank on the invoice: the company's currency
-    gone = order_reference(COMPANY, "salesShipments", SHIPMENT, None, CRM_ACCOUNT, "NA")
+    assert read.region == "NA"  # the order's first shortcut dimension
+    gone = order_reference(COMPANY, "salesShipments", SHIPMENT, None, CRM_ACCOUNT)
     assert (gone.id, gone.number) == ("SO-1042", "SO-1042")
     assert gone.customer_id == ORDER.customer_id
+    assert gone.region == ""  # no order to say it: the sink refuses the change, naming it
+    own = {**SHIPMENT, "shortcutDimension1Code": "EMEA"}
+    assert order_reference(COMPANY, "salesShipments", own, order, CRM_ACCOUNT).region == "EMEA"
     with pytest.raises(RecordInvalid) as caught:
         order_reference(COMPANY, "salesInvoices", {**INVOICE, "externalDocumentNumber": ""},
-                        order, CRM_ACCOUNT, "NA")  # fmt: skip
+                        order, CRM_ACCOUNT)  # fmt: skip
     assert caught.value.field == "externalDocumentNumber"
 
 
@@ -282,7 +303,7 @@ def test_the_order_of_a_document_comes_from_the_order_or_from_the_document() -> 
 
 
 def test_each_version_of_a_linked_customer_is_customer_mastered() -> None:
-    changes = customer_changes(COMPANY, CUSTOMER, CRM_ACCOUNT, "NET30", None, READ_AT)
+    changes = customer_changes(COMPANY, CUSTOMER, LINK, "NET30", None, READ_AT)
     assert [change.type for change in changes] == ["CustomerMastered"]
     event = event_of(changes[0])
     assert isinstance(event, CustomerMastered)
@@ -292,19 +313,19 @@ def test_each_version_of_a_linked_customer_is_customer_mastered() -> None:
     assert event.status is CustomerStatus.ACTIVE
     assert event.credit_limit == Decimal("50000")
     renamed = {**CUSTOMER, "displayName": "Acme", "lastModifiedDateTime": "2026-12-07T11:00Z"}
-    again = customer_changes(COMPANY, CUSTOMER, CRM_ACCOUNT, "NET30", None, READ_AT)
-    later = customer_changes(COMPANY, renamed, CRM_ACCOUNT, "NET30", None, READ_AT)
+    again = customer_changes(COMPANY, CUSTOMER, LINK, "NET30", None, READ_AT)
+    later = customer_changes(COMPANY, renamed, LINK, "NET30", None, READ_AT)
     assert again[0].id == changes[0].id
     assert later[0].id != changes[0].id
 
 
 def test_a_credit_change_is_reported_only_when_the_credit_fields_moved() -> None:
-    before = credit_state(CUSTOMER)
+    before = credit_state(CUSTOMER, LINK)
     renamed = {**CUSTOMER, "displayName": "Acme", "lastModifiedDateTime": "2026-12-07T11:00Z"}
-    assert [c.type for c in customer_changes(COMPANY, renamed, CRM_ACCOUNT, "NET30", before,
+    assert [c.type for c in customer_changes(COMPANY, renamed, LINK, "NET30", before,
                                              READ_AT)] == ["CustomerMastered"]  # fmt: skip
     raised = {**CUSTOMER, "creditLimit": 75000, "lastModifiedDateTime": "2026-12-07T12:00Z"}
-    changes = customer_changes(COMPANY, raised, CRM_ACCOUNT, "NET30", before, READ_AT)
+    changes = customer_changes(COMPANY, raised, LINK, "NET30", before, READ_AT)
     assert [change.type for change in changes] == ["CustomerMastered", "CreditStatusChanged"]
     event = event_of(changes[1])
     assert isinstance(event, CreditStatusChanged)
@@ -314,15 +335,36 @@ def test_a_credit_change_is_reported_only_when_the_credit_fields_moved() -> None
         Decimal("73725.6"),
     )
     blocked = {**CUSTOMER, "blocked": "All", "lastModifiedDateTime": "2026-12-07T13:00Z"}
-    changes = customer_changes(COMPANY, blocked, CRM_ACCOUNT, "NET30", before, READ_AT)
+    changes = customer_changes(COMPANY, blocked, LINK, "NET30", before, READ_AT)
     credit = event_of(changes[1])
     assert isinstance(credit, CreditStatusChanged)
     assert credit.status is CustomerStatus.BLOCKED
 
 
+def test_the_customer_links_standing_is_the_status_blocks_and_exposure_reported() -> None:
+    held = {**LINK, "creditStatus": "Credit Hold", "blocks": "delivery", "exposure": 9000}
+    before = credit_state(CUSTOMER, {**LINK, "creditStatus": "Active", "blocks": ""})
+    later = {**CUSTOMER, "lastModifiedDateTime": "2026-12-07T12:00Z"}
+    changes = customer_changes(COMPANY, later, held, "NET30", before, READ_AT)
+    assert [change.type for change in changes] == ["CustomerMastered", "CreditStatusChanged"]
+    mastered, credit = event_of(changes[0]), event_of(changes[1])
+    assert isinstance(mastered, CustomerMastered)
+    assert (mastered.status, mastered.blocks) == (CustomerStatus.CREDIT_HOLD, ["delivery"])
+    assert isinstance(credit, CreditStatusChanged)
+    assert credit.status is CustomerStatus.CREDIT_HOLD
+    assert (credit.exposure, credit.available_credit) == (Decimal("9000"), Decimal("41000"))
+
+
+def test_a_customer_without_a_crm_account_on_its_link_is_refused_naming_it() -> None:
+    with pytest.raises(RecordInvalid) as caught:
+        customer_changes(COMPANY, CUSTOMER, {**LINK, "crmAccountId": ""}, "NET30", None,
+                         READ_AT)  # fmt: skip
+    assert caught.value.field == "crmAccountId"
+
+
 def test_a_customers_first_version_is_no_credit_change() -> None:
     blocked = {**CUSTOMER, "blocked": "All"}
-    changes = customer_changes(COMPANY, blocked, CRM_ACCOUNT, "NET30", None, READ_AT)
+    changes = customer_changes(COMPANY, blocked, LINK, "NET30", None, READ_AT)
     assert [change.type for change in changes] == ["CustomerMastered"]
 
 
@@ -336,7 +378,7 @@ def test_a_customers_first_version_is_no_credit_change() -> None:
 def test_blocked_is_status_and_blocks(
     blocked: str, status: CustomerStatus, blocks: list[str]
 ) -> None:
-    changes = customer_changes(COMPANY, {**CUSTOMER, "blocked": blocked}, CRM_ACCOUNT, "NET30",
+    changes = customer_changes(COMPANY, {**CUSTOMER, "blocked": blocked}, LINK, "NET30",
                                None, READ_AT)  # fmt: skip
     event = event_of(changes[0])
     assert isinstance(event, CustomerMastered)
@@ -345,14 +387,14 @@ def test_blocked_is_status_and_blocks(
 
 def test_a_blocked_value_revsync_does_not_know_is_refused() -> None:
     with pytest.raises(RecordInvalid) as caught:
-        customer_changes(COMPANY, {**CUSTOMER, "blocked": "Everything"}, CRM_ACCOUNT, "NET30",
+        customer_changes(COMPANY, {**CUSTOMER, "blocked": "Everything"}, LINK, "NET30",
                          None, READ_AT)  # fmt: skip
     assert caught.value.field == "blocked"
 
 
 def test_credit_state_reads_the_version_and_the_credit_fields() -> None:
-    assert credit_state(CUSTOMER) == CreditState(
-        datetime(2026, 12, 7, 9, tzinfo=UTC), Decimal("50000"), " "
+    assert credit_state(CUSTOMER, LINK) == CreditState(
+        datetime(2026, 12, 7, 9, tzinfo=UTC), Decimal("50000"), " |active"
     )
 
 
