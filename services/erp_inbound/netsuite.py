@@ -34,9 +34,11 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -64,6 +66,7 @@ from erp_inbound.netsuite_mapping import (
     since,
 )
 from erp_inbound.sink import Change, InboundSink, event_id
+from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
 from revsync.errors import ErrorClass, RevsyncError, TransientError, described
 from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
@@ -71,6 +74,7 @@ from revsync.security import POSTGRES_SERVICE
 log = logging.getLogger(__name__)
 
 SOURCE = "netsuite"
+QUERY_PATH = "/services/rest/query/v1/suiteql"
 MAX_PAGE_SIZE = 1000
 """The most rows SuiteQL answers in one page."""
 ROW_CAP = 100_000
@@ -129,6 +133,66 @@ class SuiteQL(Protocol):
     def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]: ...
 
 
+class BearerSession(Protocol):
+    """An OAuth 2.0 session's access token (``revsync.connectors.netsuite_auth``'s
+    ``NetSuiteSession``): the one held, and a new one when a call found ``stale`` refused."""
+
+    def token(self) -> str: ...
+
+    def refresh(self, stale: str | None) -> str: ...
+
+
+class SuiteQLRefused(RevsyncError):
+    """NetSuite refused a query (a field the account does not have, a role without the
+    permission): the error names the status and NetSuite's error code."""
+
+    error_class = ErrorClass.VALIDATION
+
+
+class SuiteQLClient:
+    """SuiteQL over NetSuite's REST web services (``POST /services/rest/query/v1/suiteql``,
+    ``Prefer: transient``) on the session's bearer token: refreshed once when NetSuite
+    answers 401, throttling and outages (429, 5xx, timeouts) raised as
+    :class:`TransientError`, any other refusal as :class:`SuiteQLRefused`."""
+
+    def __init__(self, http: BoundedClient, session: BearerSession) -> None:
+        self._http = http
+        self._session = session
+
+    def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]:
+        token = self._session.token()
+        response = self._post(query, limit, offset, token)
+        if response.status_code == HTTPStatus.UNAUTHORIZED:
+            response = self._post(query, limit, offset, self._session.refresh(token))
+        raise_for_transient(SOURCE, response)
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not response.is_success or not isinstance(answer, Mapping):
+            raise SuiteQLRefused(failed_call(SOURCE, response, _error_code(answer)))
+        return answer
+
+    def _post(self, query: str, limit: int, offset: int, token: str) -> httpx.Response:
+        return self._http.request(
+            "POST",
+            QUERY_PATH,
+            params={"limit": str(limit), "offset": str(offset)},
+            json_body={"q": query},
+            headers={"Authorization": f"Bearer {token}", "Prefer": "transient"},
+        )
+
+
+def _error_code(answer: object) -> str | None:
+    """The first ``o:errorCode`` of NetSuite's error body, if it names one."""
+    if not isinstance(answer, Mapping):
+        return None
+    details = answer.get("o:errorDetails")
+    if not isinstance(details, list) or not details or not isinstance(details[0], Mapping):
+        return None
+    return error_code(details[0].get("o:errorCode"))
+
+
 @dataclass(frozen=True)
 class NetSuiteInboundConfig:
     """One NetSuite account's inbound settings."""
@@ -151,6 +215,8 @@ class NetSuiteInboundConfig:
     """The secret the afterSubmit script signs with; None refuses every post."""
     first_poll_from: datetime = EPOCH
     """Where the first poll of a kind reads from, before it has a watermark."""
+    row_cap: int = ROW_CAP
+    """How far into a query's rows NetSuite pages (``offset + limit``): 100,000."""
 
     def __post_init__(self) -> None:
         if not self.account_id.strip():
@@ -179,6 +245,10 @@ class NetSuiteInboundConfig:
         if self.poll_interval_s <= 0:
             raise ValueError(
                 f"netsuite inbound: poll_interval_s must be positive, got {self.poll_interval_s}"
+            )
+        if self.row_cap < self.page_size:
+            raise ValueError(
+                f"netsuite inbound: row_cap {self.row_cap} is below page_size {self.page_size}"
             )
         if self.first_poll_from.tzinfo is None:
             raise ValueError("netsuite inbound: first_poll_from needs its UTC offset")
@@ -392,10 +462,10 @@ class NetSuiteInbound:
         offset = 0
         written = 0
         while True:
-            if offset + page_size > ROW_CAP:
+            if offset + page_size > self.config.row_cap:
                 raise WindowTooDense(
-                    f"netsuite {kind}: more than {ROW_CAP} records modified in the second "
-                    f"from {query_bound(bound, zone)}"
+                    f"netsuite {kind}: more than {self.config.row_cap} records modified in "
+                    f"the second from {query_bound(bound, zone)}"
                 )
             query = window_query(kind, query_bound(bound, zone), self.account.entities)
             answer = self.client.suiteql(query, limit=page_size, offset=offset)
@@ -516,13 +586,19 @@ class NetSuiteInbound:
         return read
 
     def query_all(self, query: str) -> list[dict[str, str]]:
-        """Every row of a detail query (a page's records' lines: never near the cap)."""
+        """Every row of a detail query (a page's records' lines, orders or applications), in
+        pages of the configured size."""
         rows: list[dict[str, str]] = []
+        limit = self.config.page_size
         while True:
-            answer = self.client.suiteql(query, limit=MAX_PAGE_SIZE, offset=len(rows))
+            if len(rows) + limit > self.config.row_cap:
+                raise WindowTooDense(
+                    f"netsuite: a page's details pass {self.config.row_cap} rows; lower page_size"
+                )
+            answer = self.client.suiteql(query, limit=limit, offset=len(rows))
             items = _items(answer)
             rows.extend(items)
-            if len(items) < MAX_PAGE_SIZE or not answer.get("hasMore", True):
+            if len(items) < limit or not answer.get("hasMore", True):
                 return rows
 
     def write(self, read: Read, advance_to: datetime | None) -> int:

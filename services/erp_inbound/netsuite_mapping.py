@@ -106,9 +106,17 @@ def local_text(instant: datetime, zone: ZoneInfo) -> str:
 
 def query_bound(instant: datetime, zone: ZoneInfo) -> str:
     """The local time a query reads from so that nothing modified at or after ``instant`` is
-    left out: NetSuite reads a local time the clock turned back over as its first pass (the
-    earlier moment), which only widens the window."""
-    return local_text(instant, zone)
+    left out, whichever moment NetSuite takes a local time to be. In the hour a clock turns
+    back, a local time names two moments, and a database may take either (PostgreSQL takes
+    the later): a bound there is moved back before the repeated hour, which only widens the
+    window."""
+    while True:
+        text = local_text(instant, zone)
+        naive = datetime.strptime(text, LOCAL_TIME)
+        latest = max(naive.replace(tzinfo=zone, fold=fold).astimezone(UTC) for fold in (0, 1))
+        if latest <= instant:
+            return text
+        instant -= latest - instant
 
 
 # --- reading rows ------------------------------------------------------------------------------

@@ -611,3 +611,15 @@ def test_a_signed_post_with_a_bad_body_names_the_field(body: bytes, field: str) 
 def test_the_signature_header_is_named_for_the_script() -> None:
     assert SIGNATURE_HEADER == "X-Revsync-Signature"
     assert uuid.UUID(str(event_id("netsuite", ACCOUNT, "invoice", "1", "InvoicePosted", "")))
+
+
+def test_a_bound_in_the_repeated_hour_moves_back_before_it() -> None:
+    # 01:30 PDT (08:30 UTC): "01:30:00" also names 01:30 PST, an hour later, which PostgreSQL
+    # would take; the bound moves back an hour, where the local time names one moment.
+    first_pass = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
+    assert query_bound(first_pass, ZONE) == "2026-11-01 00:30:00"
+    # 01:30 PST (09:30 UTC): either reading of "01:30:00" is not later than it.
+    second_pass = datetime(2026, 11, 1, 9, 30, tzinfo=UTC)
+    assert query_bound(second_pass, ZONE) == "2026-11-01 01:30:00"
+    # Outside the repeated hour a bound is the moment's own local time.
+    assert query_bound(datetime(2026, 11, 1, 10, 5, tzinfo=UTC), ZONE) == "2026-11-01 02:05:00"
