@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Protocol
 
 import psycopg
@@ -52,6 +53,7 @@ from erp_inbound.business_central_mapping import (
     stamp,
 )
 from erp_inbound.sink import Change, InboundSink
+from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
 from revsync.errors import RevsyncError, TransientError
 from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
@@ -212,6 +214,132 @@ class BusinessCentralApi(Protocol):
         """revsync's customer link of a customer (its ``crmAccountId``, and the credit
         standing it reports), or None when the customer has none."""
         ...
+
+
+class BearerSession(Protocol):
+    """An Entra ID session's access token: the one held, and a new one when a call found
+    ``stale`` refused (as :class:`revsync.connectors.salesforce_auth.SalesforceSession`
+    keeps one)."""
+
+    def token(self) -> str: ...
+
+    def refresh(self, stale: str | None) -> str: ...
+
+
+ENVIRONMENT = re.compile(r"/v2\.0/(?P<tenant>[^/]+)/(?P<environment>[^/]+)/api/v2\.0/?$")
+"""An API base URL: ``.../v2.0/{tenant}/{environment}/api/v2.0``."""
+EXTENSION_PATH = "api/revsync/integration/v1.0"
+"""revsync's API extension beside the standard API (its customer links)."""
+
+
+class BusinessCentralHttpApi:
+    """:class:`BusinessCentralApi` over HTTP: the calls on the adapter's keep-alive pool, each
+    with the session's bearer token (renewed once when Business Central refuses it), JSON
+    read with exact decimals, and every failure typed by its status."""
+
+    def __init__(
+        self,
+        http: BoundedClient,
+        session: BearerSession,
+        api_url: str,
+        extension_url: str | None = None,
+    ) -> None:
+        self._http = http
+        self._session = session
+        self._api_url = api_url.rstrip("/")
+        self._extension_url = (extension_url or _extension_url(self._api_url)).rstrip("/")
+        found = ENVIRONMENT.search(self._api_url)
+        self._scope = f"{found['tenant']}/{found['environment']}" if found else self._api_url
+
+    @property
+    def scope(self) -> str:
+        return self._scope
+
+    def get(self, path: str, params: Mapping[str, str] | None = None) -> Mapping[str, Any]:
+        return self._call("GET", f"{self._api_url}/{path}", params=params)
+
+    def get_link(self, url: str) -> Mapping[str, Any]:
+        if not url.startswith(self._api_url):
+            raise BusinessCentralRefused(
+                f"{SYSTEM}: a next page link outside the API's base, not followed", 200, None
+            )
+        return self._call("GET", url)
+
+    def post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self._call("POST", f"{self._api_url}/{path}", json_body=body)
+
+    def patch(self, path: str, body: Mapping[str, Any], etag: str) -> Mapping[str, Any]:
+        return self._call(
+            "PATCH", f"{self._api_url}/{path}", json_body=body, headers={"If-Match": etag}
+        )
+
+    def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
+        url = f"{self._extension_url}/companies({company_id})/customerLinks({customer_id})"
+        try:
+            return self._call("GET", url)
+        except RecordGone:
+            return None
+
+    def _call(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Mapping[str, Any]:
+        token = self._session.token()
+        for attempt in range(2):
+            response = self._http.request(
+                method,
+                url,
+                params=params,
+                json_body=json_body,
+                headers={
+                    "Authorization": f"Bearer {token}",
+                    "Accept": "application/json",
+                    **(headers or {}),
+                },
+            )
+            if response.status_code != 401 or attempt:
+                break
+            token = self._session.refresh(token)
+        answer = _json(response.content)
+        failure = answer.get("error") if isinstance(answer, Mapping) else None
+        code = error_code(failure.get("code")) if isinstance(failure, Mapping) else None
+        if response.status_code == 404:
+            raise RecordGone(failed_call(SYSTEM, response, code))
+        raise_for_transient(SYSTEM, response)
+        if not response.is_success:
+            raise BusinessCentralRefused(
+                failed_call(SYSTEM, response, code), response.status_code, code
+            )
+        if not response.content:
+            return {}
+        if not isinstance(answer, Mapping):
+            raise BusinessCentralRefused(
+                f"{SYSTEM}: {method} {response.request.url.path} answered no JSON object",
+                response.status_code,
+                None,
+            )
+        return answer
+
+
+def _json(content: bytes) -> Any:
+    """An answer's JSON, its numbers exact; None when it is none."""
+    try:
+        return json.loads(content, parse_float=Decimal) if content else None
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _extension_url(api_url: str) -> str:
+    """revsync's extension beside an API base URL ``.../api/v2.0``."""
+    root = api_url.rstrip("/")
+    if root.endswith("/api/v2.0"):
+        root = root[: -len("/api/v2.0")]
+    return f"{root}/{EXTENSION_PATH}"
 
 
 def renewal_due(expiration: datetime, now: datetime, renew_before_s: float) -> bool:

@@ -171,7 +171,7 @@ class _Fields:
     def amount(self, field: str) -> str:
         """A decimal amount as the reference ERP's payloads carry it: text, four places."""
         value = self.record.get(field)
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
             raise self.invalid(field, "expected a number")
         try:
             number = Decimal(str(value))

@@ -8,27 +8,44 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import psycopg
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
+from sandbox.business_central.simulator import (
+    DEFAULT_CLIENT_ID,
+    DEFAULT_CLIENT_SECRET,
+    SCOPE,
+    BusinessCentralSimulator,
+)
+from sandbox.erp import ErpSandbox
+from sandbox.http import Faults
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from erp_inbound import business_central as bc
 from erp_inbound import sink
 from erp_inbound.business_central_mapping import stamp
 from erp_inbound.sink import InboundSink
+from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, BoundedClient
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import TransientError
 from revsync.migrations import Tables, ensure
+from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product
 from revsync.runtime.outbox import SCHEMA as OUTBOX_SCHEMA
 from revsync.security import POSTGRES_SERVICE
 from revsync.settings import Settings
@@ -535,3 +552,395 @@ def test_subscriptions_not_kept_while_business_central_is_down_are_kept_after(
         inbound.keep_subscriptions()
     api.down = False
     assert inbound.keep_subscriptions() == 2
+
+
+# -- against Business Central's simulator ----------------------------------------------------
+
+NEVER = 3600.0
+PRODUCT = Product("BCI-SENSOR", "Pressure sensor", "SENSORS", "EA", True, frozenset())
+PRICES = PriceBook("PB-BCI-US", "US standard", "USD", "US01", {PRODUCT.sku: Decimal("100")})
+
+
+@pytest.fixture(scope="module")
+def simulator(settings: Settings) -> Iterator[BusinessCentralSimulator]:
+    """Business Central over books of its own schema, for a tenant of its own (its company ids
+    are this run's), its clock stopped and its notifications sent every 0.2 s."""
+    business_central = BusinessCentralSimulator(
+        settings.postgres_dsn.get_secret_value(),
+        tenant_id=str(uuid.uuid4()),
+        schema="bc_inbound_tests",
+        reset=True,
+        invoice_delay_s=NEVER,
+        ship_delay_s=NEVER,
+        payment_delay_s=-1,
+        notification_interval_s=0.2,
+    ).start()
+    with ErpSandbox(business_central.url) as control:
+        control.seed_products([PRODUCT])
+        control.seed_price_books([PRICES])
+    yield business_central
+    business_central.stop()
+
+
+@pytest.fixture
+def control(simulator: BusinessCentralSimulator) -> Iterator[ErpSandbox]:
+    with ErpSandbox(simulator.url) as sandbox:
+        yield sandbox
+        sandbox.set_faults(**asdict(Faults()))
+        sandbox.set_clock(invoice_delay_s=NEVER, ship_delay_s=NEVER, payment_delay_s=-1)
+    simulator.settings.update(
+        {"drop_next_notifications": 0, "duplicate_next_notifications": 0,
+         "subscription_lifetime_s": 3 * 24 * 3600.0}
+    )  # fmt: skip
+    for subscription in simulator.subscriptions.current():
+        simulator.subscriptions.remove(subscription.id)
+
+
+class TokenSession:
+    """Client credentials against the simulator's Entra ID token endpoint."""
+
+    def __init__(self, simulator: BusinessCentralSimulator) -> None:
+        self._simulator = simulator
+        self._token: str | None = None
+
+    def token(self) -> str:
+        return self._token or self.refresh(None)
+
+    def refresh(self, stale: str | None) -> str:
+        answer = httpx.post(
+            self._simulator.token_url,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": DEFAULT_CLIENT_ID,
+                "client_secret": DEFAULT_CLIENT_SECRET,
+                "scope": SCOPE,
+            },
+            timeout=5,
+        )
+        answer.raise_for_status()
+        self._token = str(answer.json()["access_token"])
+        return self._token
+
+
+class Receiver:
+    """revsync's notification receiver on a free port: the handshake and notifications
+    handed to the inbound side, every answer recorded."""
+
+    def __init__(self) -> None:
+        self.inbound: bc.BusinessCentralInbound | None = None
+        self.answers: list[int] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                inbound = receiver.inbound
+                assert inbound is not None
+                query = parse_qs(urlsplit(self.path).query)
+                if "validationToken" in query:
+                    text = inbound.validation(query["validationToken"][0]).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                status = inbound.notified(self.rfile.read(length))
+                receiver.answers.append(status)
+                self.send_response(status)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}" + (
+            "/erp/business-central/notifications"
+        )
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Live:
+    """The inbound side against the simulator, its receiver serving, its loop running when
+    started."""
+
+    simulator: BusinessCentralSimulator
+    inbound: bc.BusinessCentralInbound
+    receiver: Receiver
+    pool: ConnectionPool[Any]
+    company_id: str
+    orders: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.inbound.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread is not None:
+            self.thread.join(timeout=30)
+            assert not self.thread.is_alive()
+
+    def order(self, customer_id: str) -> str:
+        """Books a sales order for ``customer_id`` through the API, as revsync's order sync
+        does; returns its CRM order id."""
+        crm_order = f"801{uuid.uuid4().hex[:15]}"
+        lines = [
+            {"lineType": "Item", "lineObjectNumber": PRODUCT.sku, "quantity": 2,
+             "unitPrice": 100, "taxPercent": 8}
+        ]  # fmt: skip
+        http = httpx.post(
+            f"{self.simulator.api_url}/companies({self.company_id})/salesOrders",
+            json={
+                "externalDocumentNumber": crm_order,
+                "customerId": customer_id,
+                "currencyCode": "USD",
+                "shortcutDimension1Code": "NA",
+                "shipToAddressLine1": "1 Main St",
+                "shipToCity": "Chicago",
+                "shipToCountry": "US",
+                "salesOrderLines": lines,
+            },
+            headers={"Authorization": f"Bearer {TokenSession(self.simulator).token()}"},
+            timeout=10,
+        )
+        assert http.status_code == 201, http.text
+        self.orders.append(crm_order)
+        return crm_order
+
+    def events(self) -> list[tuple[str, str]]:
+        return events(self.pool, self.orders)
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def customer(control: ErpSandbox) -> Customer:
+    seeded = Customer(
+        f"C-BCI-{uuid.uuid4().hex[:8]}",
+        "Acme Industrial",
+        f"001{uuid.uuid4().hex[:15]}",
+        "US01",
+        CustomerStatus.ACTIVE,
+        Decimal("1000000"),
+        "USD",
+        payment_terms="NET30",
+    )
+    control.seed_customers([seeded])
+    return seeded
+
+
+@pytest.fixture
+def open_live(
+    simulator: BusinessCentralSimulator, control: ErpSandbox, pool: ConnectionPool[Any],
+    inbound_sink: InboundSink,
+) -> Iterator[Callable[..., Live]]:  # fmt: skip
+    """Opens the inbound side for US01 only, its configuration changed by the keywords given;
+    its receiver serves at once, its loop runs once started."""
+    opened: list[tuple[Live, BoundedClient]] = []
+    company_id = simulator.company("US01").id
+    with pool.connection() as connection:
+        for table in ("revsync_bc_positions", "revsync_bc_worked", "revsync_bc_subscriptions",
+                      "revsync_bc_notifications", "revsync_bc_customer_credit"):  # fmt: skip
+            connection.execute(
+                sql.SQL("DELETE FROM {} WHERE company_id = %s").format(sql.Identifier(table)),
+                (company_id,),
+            )
+
+    def open_(**overrides: Any) -> Live:
+        receiver = Receiver()
+        http = BoundedClient("business-central", simulator.url, timeout_s=5.0,
+                             max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES)  # fmt: skip
+        api = bc.BusinessCentralHttpApi(http, TokenSession(simulator), simulator.api_url)
+        config = bc.BusinessCentralInboundConfig(
+            **{
+                "companies": {"US01": company_id},
+                "notification_url": receiver.url,
+                "client_state": SECRET,
+                "reconcile_interval_s": NEVER,
+                "page_size": 2,
+                **overrides,
+            }
+        )
+        inbound = bc.BusinessCentralInbound(api, pool, inbound_sink, config)
+        receiver.inbound = inbound
+        running = Live(simulator, inbound, receiver, pool, company_id)
+        opened.append((running, http))
+        return running
+
+    yield open_
+    for running, http in opened:
+        running.close()
+        running.receiver.close()
+        http.close()
+
+
+def subscribed(simulator: BusinessCentralSimulator, url: str) -> dict[str, dict[str, Any]]:
+    """The simulator's live subscriptions to ``url``, by resource."""
+    return {
+        s.resource: {"id": s.id, "expires_at": s.expires_at}
+        for s in simulator.subscriptions.current()
+        if s.notification_url == url
+    }
+
+
+def test_documents_the_books_make_on_their_clock_are_events_once_each(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    """Invoices by notification and poll, shipments and payments by the poll, with notifications
+    duplicated on the way: one event each."""
+    live = open_live(reconcile_interval_s=1.0)
+    live.simulator.settings.update({"duplicate_next_notifications": 10})
+    live.start()
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    orders = [live.order(customer.id) for _ in range(3)]
+    control.set_clock(invoice_delay_s=0.1, ship_delay_s=0.3, payment_delay_s=0.3)
+    expected = sorted(
+        (event, order)
+        for order in orders
+        for event in ("InvoicePosted", "ShipmentConfirmed", "PaymentReceived")
+    )
+    wait_until(lambda: sorted(set(live.events())) == expected)
+    time.sleep(2.5)  # two more polls, and whatever notifications were still coming
+    assert sorted(live.events()) == expected
+    delivered = [
+        notification["resource"]
+        for delivery in live.simulator.notifier.deliveries
+        if delivery.get("result") == "delivered"
+        for notification in delivery["value"]
+    ]
+    assert len(delivered) > len(set(delivered)), "no notification came twice"
+
+
+def test_a_subscription_renewed_before_expiry_outlives_its_first_expiry(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    """Subscriptions that last 6 s, renewed 3 s before: the same subscriptions are still
+    there, and notifying, well past their first expiry."""
+    live = open_live(renew_before_s=3.0)
+    live.simulator.settings.update({"subscription_lifetime_s": 6.0})
+    live.start()
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    first = subscribed(live.simulator, live.receiver.url)
+    first_expiry = max(s["expires_at"] for s in first.values())
+    wait_until(lambda: datetime.now(UTC) > first_expiry + timedelta(seconds=4), timeout_s=15)
+    now = subscribed(live.simulator, live.receiver.url)
+    assert {s["id"] for s in now.values()} == {s["id"] for s in first.values()}
+    assert all(s["expires_at"] > first_expiry for s in now.values())
+    order = live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: live.events() == [("InvoicePosted", order)])  # no poll: a notification
+    with live.pool.connection() as connection:
+        kept = connection.execute(
+            "SELECT subscription_id, expiration FROM revsync_bc_subscriptions "
+            "WHERE company_id = %s",
+            (live.company_id,),
+        ).fetchall()
+    assert {row[0] for row in kept} == {s["id"] for s in first.values()}
+    assert all(row[1] > first_expiry for row in kept)
+
+
+def test_a_missed_notification_is_recovered_by_the_reconciliation_poll(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    live.start()
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    time.sleep(0.5)  # the first poll, made on start, is over
+    live.simulator.settings.update({"drop_next_notifications": 1})
+    order = live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: live.simulator.settings.drop_next_notifications == 0)
+    time.sleep(1.0)  # five more notification rounds: the invoice's is not coming
+    assert live.events() == []
+    assert live.inbound.reconcile() >= 1
+    assert live.events() == [("InvoicePosted", order)]
+    assert live.inbound.reconcile() == 0
+
+
+def test_webhooks_bring_invoices_and_the_poll_shipments_and_payments(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    live.start()
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    order = live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1, ship_delay_s=0.1, payment_delay_s=0.1)
+    wait_until(lambda: control.stats().payments >= 1 and control.stats().shipments >= 1)
+    wait_until(lambda: live.events() == [("InvoicePosted", order)])
+    time.sleep(1.0)
+    assert live.events() == [("InvoicePosted", order)]
+    live.inbound.reconcile()
+    assert sorted(live.events()) == sorted(
+        [("InvoicePosted", order), ("ShipmentConfirmed", order), ("PaymentReceived", order)]
+    )
+
+
+def test_a_notification_without_the_client_state_is_refused_and_its_subscription_ends(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    resource = f"api/v2.0/companies({live.company_id})/customers({customer.id})"
+    forged = {"subscriptionId": "x", "clientState": "guess", "changeType": "updated",
+              "resource": resource}  # fmt: skip
+    answer = httpx.post(live.receiver.url, json={"value": [forged]}, timeout=5)
+    assert answer.status_code == 401
+    with live.pool.connection() as connection:
+        queued = connection.execute(
+            "SELECT count(*) FROM revsync_bc_notifications WHERE company_id = %s",
+            (live.company_id,),
+        ).fetchone()
+    assert queued == (0,)
+    # A subscription made with another secret (an older one, say): its first notification is
+    # refused, so Business Central deletes it.
+    token = TokenSession(live.simulator).token()
+    stale = httpx.post(
+        f"{live.simulator.api_url}/subscriptions",
+        json={"notificationUrl": live.receiver.url, "clientState": "an older secret",
+              "resource": f"/api/v2.0/companies({live.company_id})/customers"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )  # fmt: skip
+    assert stale.status_code == 201, stale.text
+    control.edit_customer(customer.id, credit_limit=Decimal("5000"))
+    wait_until(lambda: not subscribed(live.simulator, live.receiver.url))
+    assert 401 in live.receiver.answers
+    assert live.inbound.keep_subscriptions() == 2  # made again, with revsync's secret
+
+
+def test_business_central_down_leaves_the_positions_and_the_loop_waits_it_out(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    live.inbound.reconcile()
+    before = positions(live.pool, live.company_id)
+    order = live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1, ship_delay_s=0.1)
+    wait_until(lambda: control.stats().shipments >= 1)
+    control.set_faults(error_rate=1.0)
+    with pytest.raises(TransientError):
+        live.inbound.reconcile()
+    assert positions(live.pool, live.company_id) == before
+    live.start()
+    time.sleep(2.0)
+    assert live.thread is not None
+    assert live.thread.is_alive()
+    assert live.events() == []
+    control.set_faults(error_rate=0.0)
+    wait_until(lambda: sorted(live.events()) == [("InvoicePosted", order),
+                                                ("ShipmentConfirmed", order)])  # fmt: skip
+    assert positions(live.pool, live.company_id)["salesShipments"] is not None
