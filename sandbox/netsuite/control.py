@@ -38,7 +38,9 @@ class NetSuiteSandbox:
 
     def set_settings(self, **changes: Any) -> dict[str, Any]:
         """Changes NetSuite's knobs (``concurrency_limit``, ``request_limit_rate``,
-        ``hold_s``, ``async_delay_s``, ``token_lifetime_s``, ``row_cap``); returns them all."""
+        ``hold_s``, ``async_delay_s``, ``token_lifetime_s``, ``row_cap``, ``lost_answers``,
+        ``lost_answer_hold_s``, ``forced_error_code``/``_status``/``_path``/``_method``; see
+        :class:`sandbox.netsuite.Settings`); returns them all."""
         return self._call("PUT", "/settings", changes)
 
     def register_integration(

@@ -74,6 +74,18 @@ class Settings:
     row_cap: int = suiteql.ROW_CAP
     """How far SuiteQL paging goes (offset + limit); lowered to show the cap without
     100,000 rows."""
+    lost_answers: int = 0
+    """The next this many writes do their work, then hold their answer back
+    ``lost_answer_hold_s``: the caller times out not knowing the write happened."""
+    lost_answer_hold_s: float = 15.0
+    forced_error_code: str = ""
+    """When set, every request (of ``forced_error_method``, if set) is refused with this
+    o:errorCode, ``forced_error_status`` and ``forced_error_path``, its work not done: an
+    error the account gives only in states the books cannot reach (a role without a
+    permission, a record changed under an edit, an unexpected error)."""
+    forced_error_status: int = 400
+    forced_error_path: str = ""
+    forced_error_method: str = ""
 
     def update(self, changes: Mapping[str, Any]) -> None:
         for name, value in changes.items():
@@ -243,14 +255,37 @@ class NetSuiteSimulator:
             with self._slot():
                 if self.settings.hold_s > 0:
                     time.sleep(self.settings.hold_s)
+                self._forced_error(request)
                 if not write:
                     return handler(request)
                 key = self._key(request)
                 if "respond-async" in request.headers.get("prefer", ""):
                     return self._enqueue(request, key, handler)
-                return self._idempotently(request, key, handler)
+                response = self._idempotently(request, key, handler)
+                if self._lose_answer():
+                    time.sleep(self.settings.lost_answer_hold_s)
+                return response
 
         self.server.route(method, pattern, governed)
+
+    def _forced_error(self, request: Request) -> None:
+        settings = self.settings
+        if settings.forced_error_code and settings.forced_error_method in ("", request.method):
+            self.server.count("netsuite.forced_errors")
+            raise failure(
+                settings.forced_error_status,
+                settings.forced_error_code,
+                f"Forced {settings.forced_error_code}.",
+                settings.forced_error_path or None,
+            )
+
+    def _lose_answer(self) -> bool:
+        with self._in_flight_lock:
+            if self.settings.lost_answers <= 0:
+                return False
+            self.settings.lost_answers -= 1
+        self.server.count("netsuite.lost_answers")
+        return True
 
     @contextmanager
     def _slot(self) -> Iterator[None]:

@@ -80,10 +80,10 @@ from pydantic import SecretStr
 from revsync.connectors.erp import ErpUnexpectedResponse
 from revsync.connectors.http import (
     DEFAULT_MAX_RESPONSE_BYTES,
+    TRANSIENT_STATUSES,
     BoundedClient,
     error_code,
     failed_call,
-    raise_for_transient,
     retry_after_s,
 )
 from revsync.connectors.netsuite_auth import (
@@ -182,6 +182,8 @@ ORDER_FIELDS = {
     "shippingAddress": "ship_to",
     "memo": "correlation_id",
 }
+LINE_FIELDS = {"price": "price_book_id", "line": "line_number"}
+"""A line field of the salesOrder record -> the field of revsync's order line it holds."""
 LINE_PATH = re.compile(r"item\.items\[(?P<index>\d+)\]\.(?P<field>\w+)")
 SKU_FIELDS = frozenset(
     {"item", "rate", "quantity", "amount", "custcol_revsync_discount", "custcol_revsync_tax_amount"}
@@ -481,6 +483,11 @@ class NetSuiteAdapter(ErpPort):
             return self._parsed(self._sales_order, record, "salesOrder")
         # IDEMPOTENCY_ERROR or DUP_RCRD: whatever booked this external id booked our order.
         found = self._order_or_none(request.external_id)
+        if found is None and _code(response) in DUPLICATE_CODES:
+            raise TransientError(
+                f"{failed_call(SYSTEM, response, _code(response))}: a duplicate of an order "
+                "that cannot be read by its external id yet"
+            )
         if found is None:
             raise IdempotencyConflict(
                 f"{failed_call(SYSTEM, response, _code(response))}: the idempotency key was "
@@ -689,9 +696,8 @@ class NetSuiteAdapter(ErpPort):
                 f"{failed_call(SYSTEM, response, code)}: the account takes no more requests now",
                 retry_after=retry_after_s(response) or backoff,
             )
-        if code in TRANSIENT_CODES:
+        if code in TRANSIENT_CODES or response.status_code in TRANSIENT_STATUSES:
             raise TransientError(failed_call(SYSTEM, response, code), retry_after_s(response))
-        raise_for_transient(SYSTEM, response)
         return response
 
     def _call(
@@ -734,6 +740,9 @@ class NetSuiteAdapter(ErpPort):
                 index = int(line["index"])
                 if index < len(request.lines):
                     skus.add(request.lines[index].sku)
+            elif line:
+                name = LINE_FIELDS.get(line["field"], line["field"])
+                fields.append(f"lines.{line['index']}.{name}")
             elif path:
                 fields.append(ORDER_FIELDS.get(path, path))
         if code in VALIDATION_CODES:
