@@ -53,6 +53,8 @@ from erp_inbound.business_central_mapping import (
     stamp,
 )
 from erp_inbound.sink import Change, InboundSink
+from revsync.connectors.business_central import BusinessCentralConfig
+from revsync.connectors.business_central_auth import BusinessCentralAuthFailed, EntraSession
 from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
 from revsync.errors import RevsyncError, TransientError
 from revsync.migrations import Tables
@@ -233,9 +235,10 @@ EXTENSION_PATH = "api/revsync/integration/v1.0"
 
 
 class BusinessCentralHttpApi:
-    """:class:`BusinessCentralApi` over HTTP: the calls on the adapter's keep-alive pool, each
-    with the session's bearer token (renewed once when Business Central refuses it), JSON
-    read with exact decimals, and every failure typed by its status."""
+    """:class:`BusinessCentralApi` over HTTP: the calls on a keep-alive pool, each with the
+    Entra session's bearer token (renewed once when Business Central refuses it), JSON read
+    with exact decimals, and every failure typed by its status (401 or 403 after a fresh
+    token: :class:`BusinessCentralAuthFailed`, retried, as the ERP adapter has it)."""
 
     def __init__(
         self,
@@ -250,6 +253,37 @@ class BusinessCentralHttpApi:
         self._extension_url = (extension_url or _extension_url(self._api_url)).rstrip("/")
         found = ENVIRONMENT.search(self._api_url)
         self._scope = f"{found['tenant']}/{found['environment']}" if found else self._api_url
+        self._owned: BoundedClient | None = None
+
+    @classmethod
+    def connect(cls, config: BusinessCentralConfig) -> BusinessCentralHttpApi:
+        """The API of the environment the ERP adapter's ``config`` names, on a keep-alive pool
+        and an Entra session of its own (the same app registration and bounds)."""
+        http = BoundedClient(
+            SYSTEM,
+            config.environment_url + "/",
+            timeout_s=config.timeout_s,
+            max_response_bytes=config.max_response_bytes,
+            max_connections=config.max_connections,
+        )
+        session = EntraSession(
+            http,
+            config.token_url,
+            config.client_id,
+            config.client_secret.get_secret_value(),
+            scope=config.scope,
+            refresh_margin_s=config.token_refresh_margin_s,
+        )
+        api = cls(
+            http, session, config.api_url, f"{config.environment_url}/{config.extension_path}"
+        )
+        api._owned = http
+        return api
+
+    def close(self) -> None:
+        """Closes the pool :meth:`connect` opened (one given is its owner's to close)."""
+        if self._owned is not None:
+            self._owned.close()
 
     @property
     def scope(self) -> str:
@@ -311,6 +345,11 @@ class BusinessCentralHttpApi:
         if response.status_code == 404:
             raise RecordGone(failed_call(SYSTEM, response, code))
         raise_for_transient(SYSTEM, response)
+        if response.status_code in (401, 403):
+            raise BusinessCentralAuthFailed(
+                f"{failed_call(SYSTEM, response, code)}: the app's token or permissions were "
+                "refused"
+            )
         if not response.is_success:
             raise BusinessCentralRefused(
                 failed_call(SYSTEM, response, code), response.status_code, code

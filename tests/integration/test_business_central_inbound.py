@@ -40,7 +40,7 @@ from erp_inbound import business_central as bc
 from erp_inbound import sink
 from erp_inbound.business_central_mapping import stamp
 from erp_inbound.sink import InboundSink
-from revsync.connectors.http import DEFAULT_MAX_RESPONSE_BYTES, BoundedClient
+from revsync.connectors.business_central import BusinessCentralConfig
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import TransientError
@@ -751,7 +751,7 @@ def open_live(
 ) -> Iterator[Callable[..., Live]]:  # fmt: skip
     """Opens the inbound side for US01 only, its configuration changed by the keywords given;
     its receiver serves at once, its loop runs once started."""
-    opened: list[tuple[Live, BoundedClient]] = []
+    opened: list[tuple[Live, bc.BusinessCentralHttpApi]] = []
     company_id = simulator.company("US01").id
     with pool.connection() as connection:
         for table in ("revsync_bc_positions", "revsync_bc_worked", "revsync_bc_subscriptions",
@@ -763,9 +763,17 @@ def open_live(
 
     def open_(**overrides: Any) -> Live:
         receiver = Receiver()
-        http = BoundedClient("business-central", simulator.url, timeout_s=5.0,
-                             max_response_bytes=DEFAULT_MAX_RESPONSE_BYTES)  # fmt: skip
-        api = bc.BusinessCentralHttpApi(http, TokenSession(simulator), simulator.api_url)
+        api = bc.BusinessCentralHttpApi.connect(
+            BusinessCentralConfig(
+                api_url=simulator.api_url,
+                token_url=simulator.token_url,
+                tenant_id=simulator.tenant_id,
+                client_id=DEFAULT_CLIENT_ID,
+                client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
+                companies={"US01": company_id},
+                timeout_s=5.0,
+            )
+        )
         config = bc.BusinessCentralInboundConfig(
             **{
                 "companies": {"US01": company_id},
@@ -779,14 +787,14 @@ def open_live(
         inbound = bc.BusinessCentralInbound(api, pool, inbound_sink, config)
         receiver.inbound = inbound
         running = Live(simulator, inbound, receiver, pool, company_id)
-        opened.append((running, http))
+        opened.append((running, api))
         return running
 
     yield open_
-    for running, http in opened:
+    for running, api in opened:
         running.close()
         running.receiver.close()
-        http.close()
+        api.close()
 
 
 def subscribed(simulator: BusinessCentralSimulator, url: str) -> dict[str, dict[str, Any]]:
@@ -944,3 +952,67 @@ def test_business_central_down_leaves_the_positions_and_the_loop_waits_it_out(
     wait_until(lambda: sorted(live.events()) == [("InvoicePosted", order),
                                                 ("ShipmentConfirmed", order)])  # fmt: skip
     assert positions(live.pool, live.company_id)["salesShipments"] is not None
+
+
+def test_a_customers_credit_change_in_business_central_is_its_two_events_once(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    live.start()
+    account = customer.crm_account_id
+    assert account is not None
+    wait_until(lambda: events(live.pool, [account]) == [("CustomerMastered", account)])
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    control.edit_customer(customer.id, credit_limit=Decimal("2500"))
+    expected = [("CustomerMastered", account), ("CustomerMastered", account),
+                ("CreditStatusChanged", account)]  # fmt: skip
+    wait_until(lambda: events(live.pool, [account]) == expected)
+    control.edit_customer(customer.id, payment_terms="NET45")  # no credit field
+    expected.append(("CustomerMastered", account))
+    wait_until(lambda: events(live.pool, [account]) == expected)
+    live.inbound.reconcile()
+    time.sleep(0.5)
+    assert events(live.pool, [account]) == expected
+
+
+def test_an_expired_token_is_replaced_and_the_call_made_again(
+    open_live: Callable[..., Live], simulator: BusinessCentralSimulator, customer: Customer
+) -> None:
+    live = open_live()
+    live.inbound.reconcile()
+    answer = httpx.post(f"{simulator.url}/__sandbox/business-central/tokens/expire", timeout=5)
+    assert answer.status_code == 200
+    assert answer.json()["expired"] >= 1
+    order = live.order(customer.id)
+    ErpSandbox(simulator.url).set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: live.inbound.reconcile() > 0 or bool(live.events()))
+    assert live.events() == [("InvoicePosted", order)]
+
+
+@pytest.mark.parametrize("fault", [{"throttle_rate": 1.0}, {"error_rate": 1.0}])
+def test_throttled_or_unavailable_the_poll_keeps_its_positions(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer,
+    fault: dict[str, float],
+) -> None:  # fmt: skip
+    live = open_live()
+    live.inbound.reconcile()
+    before = positions(live.pool, live.company_id)
+    live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: control.stats().invoices >= 1)
+    control.set_faults(**fault)
+    with pytest.raises(TransientError):
+        live.inbound.reconcile()
+    assert positions(live.pool, live.company_id) == before
+    assert live.events() == []
+
+
+def test_a_subscription_whose_handshake_fails_is_refused_and_reported(
+    open_live: Callable[..., Live],
+) -> None:
+    live = open_live()
+    live.receiver.close()  # nobody answers the validation token
+    with pytest.raises(bc.BusinessCentralRefused) as refused:
+        live.inbound.keep_subscriptions()
+    assert refused.value.status == 400
+    assert not subscribed(live.simulator, live.receiver.url)
