@@ -252,6 +252,13 @@ def _change(
     )
 
 
+def placed_by_revsync(row: _Row) -> bool:
+    """Whether a document's sales order came from a CRM order (its external id is the CRM
+    order id): the documents of orders entered in NetSuite itself, or of none, are not the
+    CRM's to hear of."""
+    return row.optional("so_externalid") is not None
+
+
 def sales_order_reference(row: _Row, account: Account, entity: str) -> dict[str, Any]:
     """What every document's payload says about its sales order (columns ``so_*``), as the
     reference ERP's outbox rows do: its CRM order id is the order's external id."""
@@ -273,7 +280,7 @@ def invoice_changes(values: Mapping[str, Any], account: Account, read_at: dateti
     depend on the invoice's later edits or payments)."""
     row = _Row(Kind.INVOICE, values)
     entity = legal_entity(row, account)
-    if entity is None:
+    if entity is None or not placed_by_revsync(row):
         return []
     order = sales_order_reference(row, account, entity)
     total = row.amount("total")
@@ -322,6 +329,8 @@ def fulfillment_changes(
     row = _Row(Kind.FULFILLMENT, values)
     entity = legal_entity(row, account)
     if entity is None or (row.optional("shipstatus") or "").upper() != SHIPPED:
+        return []
+    if not placed_by_revsync(row):
         return []
     order = sales_order_reference(row, account, entity)
     shipped_at = row.moment("modified", account.zone)
@@ -378,7 +387,10 @@ def payment_changes(
     received_at = row.moment("created", account.zone)
     changes = []
     for order_values, applied in applications:
-        order = sales_order_reference(_Row(Kind.PAYMENT, order_values), account, entity)
+        order_row = _Row(Kind.PAYMENT, order_values)
+        if not placed_by_revsync(order_row):
+            continue
+        order = sales_order_reference(order_row, account, entity)
         payload = {
             "payment": {
                 "id": row.id,

@@ -179,11 +179,21 @@ def test_an_invoice_without_subtotal_and_tax_total_is_all_subtotal() -> None:
     assert (posted.subtotal, posted.tax_total) == (Decimal(1080), Decimal(0))
 
 
-def test_an_invoice_not_created_from_a_crm_order_is_refused_by_the_canonical_mapping() -> None:
+def test_documents_of_orders_not_placed_from_the_crm_are_not_published() -> None:
     orphan = {k: v for k, v in INVOICE.items() if k != "so_externalid"}
-    (change,) = invoice_changes(orphan, CONFIG.account, READ_AT)
+    assert invoice_changes(orphan, CONFIG.account, READ_AT) == []
+    shipped = {**orphan, "shipstatus": "C", "id": "SH-1"}
+    assert fulfillment_changes(shipped, [ShippedLine(1, "S", "1")], CONFIG.account, READ_AT) == []
+    values, applied_to = applied("INV-1", "1080", "0")
+    del values["so_externalid"]
+    assert payment_changes(PAYMENT, [(values, applied_to)], CONFIG.account, READ_AT) == []
 
-    with pytest.raises(ErpPayloadInvalid, match=r"sales_order\.external_id"):
+
+def test_an_invoice_of_a_customer_no_crm_account_masters_is_refused_by_the_mapping() -> None:
+    unlinked = {k: v for k, v in INVOICE.items() if k != "crm_account_id"}
+    (change,) = invoice_changes(unlinked, CONFIG.account, READ_AT)
+
+    with pytest.raises(ErpPayloadInvalid, match=r"sales_order\.crm_account_id"):
         event(change)
 
 
