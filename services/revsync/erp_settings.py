@@ -38,6 +38,11 @@ class ErpSettings(BaseSettings):
         default_factory=dict,
         description='The ERP of each legal entity, JSON: {"US01": "netsuite", ...}.',
     )
+    erp_regions: dict[str, str] = Field(
+        default_factory=dict,
+        description='Sales region of each legal entity, JSON: {"US01": "NA", ...}, for the '
+        "documents of ERPs whose orders carry none.",
+    )
 
     netsuite_account_id: str | None = Field(
         default=None, pattern=r"^[0-9A-Za-z_]+$", description="NetSuite account id: 1234567_SB1."
@@ -118,7 +123,7 @@ class ErpSettings(BaseSettings):
         description="Address erp-inbound's webhook receiver binds.",
     )
     erp_inbound_port: int = Field(
-        default=8090, ge=0, le=65535, description="Port of erp-inbound's webhook receiver."
+        default=8091, ge=0, le=65535, description="Port of erp-inbound's webhook receiver."
     )
 
     @field_validator(
