@@ -1,8 +1,8 @@
 """Every action taken in the exception console is in the audit trail under the name of whoever
 took it, however they signed in: an admin's resume of a tripped circuit breaker (a local
-account), an operator's tag and its preview (signed in through the identity provider), a
-program's assignment and its dry run (a bearer access token). What a role may not do is
-refused and leaves no line.
+account), an operator's tag and its preview through the pages and a resolve through the API
+(signed in through the identity provider), a program's assignment and its dry run (a bearer
+access token). What a role may not do is refused and leaves no line.
 
 The console app runs in process (Starlette's test client) on the stack's PostgreSQL, over the
 runtime world's catalog (consumers no other test has), with the identity provider sandbox on
@@ -308,10 +308,24 @@ def test_an_operator_signed_in_with_the_provider_acts_under_their_provider_name(
     acted = console.post("/exceptions/act", data={**form, "back": f"/exceptions?order={account}"})
     assert acted.status_code == 303, acted.text
     assert console.get(f"/api/v1/exceptions/{ref}").json()["tags"] == ["steward"]
+    # Through the API with the session's cookie and its CSRF token.
+    resolved = console.post(
+        ACTIONS,
+        json={"action": "resolve", "refs": [ref], "value": "linked in the ERP"},
+        headers={"X-CSRF-Token": csrf_of(console.get("/exceptions"))},
+    )
+    assert resolved.status_code == 200, resolved.text
+    item = console.get(f"/api/v1/exceptions/{ref}").json()
+    assert (item["status"], item["resolved_by"], item["resolution"]) == (
+        "resolved",
+        people.person,
+        "linked in the ERP",
+    )
 
     assert trail(world.settings, people.person) == [
         ("tag exceptions dry run", {"refs": [ref], "value": "steward"}, 1, "read"),
         ("tag exceptions", {"refs": [ref], "value": "steward"}, 1, "tag done"),
+        ("resolve exceptions", {"refs": [ref], "value": "linked in the ERP"}, 1, "resolve done"),
     ]
 
 
