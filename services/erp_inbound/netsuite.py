@@ -110,6 +110,8 @@ CREATE TABLE IF NOT EXISTS revsync_netsuite_published (
     refused      boolean     NOT NULL DEFAULT false,
     published_at timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX IF NOT EXISTS revsync_netsuite_published_by_record
+    ON revsync_netsuite_published (account, kind, record_id);
 -- The credit revsync last published of each customer: CreditStatusChanged is made only when
 -- a new version's credit limit or hold differs from it.
 CREATE TABLE IF NOT EXISTS revsync_netsuite_customer_credit (
