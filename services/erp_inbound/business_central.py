@@ -56,7 +56,7 @@ from erp_inbound.sink import Change, InboundSink
 from revsync.connectors.business_central import BusinessCentralConfig
 from revsync.connectors.business_central_auth import BusinessCentralAuthFailed, EntraSession
 from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
-from revsync.errors import RevsyncError, TransientError
+from revsync.errors import RevsyncError, TransientError, described
 from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
 
@@ -220,8 +220,7 @@ class BusinessCentralApi(Protocol):
 
 class BearerSession(Protocol):
     """An Entra ID session's access token: the one held, and a new one when a call found
-    ``stale`` refused (as :class:`revsync.connectors.salesforce_auth.SalesforceSession`
-    keeps one)."""
+    ``stale`` refused (:class:`revsync.connectors.business_central_auth.EntraSession`)."""
 
     def token(self) -> str: ...
 
@@ -566,7 +565,7 @@ class BusinessCentralInbound:
         or let expire. Returns how many it created or renewed. One replica does it at a time;
         another finding it busy returns 0."""
         kept = 0
-        failures: list[BaseException] = []
+        failure: Exception | None = None
         with self.pool.connection() as connection, connection.transaction():
             locked = connection.execute(
                 "SELECT pg_try_advisory_xact_lock(hashtext('revsync.erp_inbound.bc.subscriptions'))"
@@ -583,9 +582,9 @@ class BusinessCentralInbound:
                         kept += self._keep(connection, company_id, entity, current, now)
                     except (TransientError, BusinessCentralRefused, RecordGone) as error:
                         log.warning("%s: subscription to %s not kept: %s", SYSTEM, resource, error)
-                        failures.append(error)
-        if failures and len(failures) == len(self._entities) * len(NOTIFIED_ENTITIES):
-            raise failures[0]
+                        failure = failure or error
+        if failure is not None:
+            raise failure
         return kept
 
     def _live_subscriptions(self) -> dict[str, Mapping[str, Any]]:
@@ -719,6 +718,13 @@ class BusinessCentralInbound:
                 except RecordGone:
                     log.info("%s: %s %s gone before it was read", SYSTEM, entity, record_id)
                     continue
+                except BusinessCentralRefused as refused:
+                    # Not to be read by its id (Business Central refuses the request itself):
+                    # left to the poll, which reads the collection.
+                    log.warning(
+                        "%s: notified %s %s not read: %s", SYSTEM, entity, record_id, refused
+                    )
+                    continue
                 changes += self._work(connection, company, entity, [record], lookups)
             written = self.sink.write(connection.cursor(), changes).published
             connection.execute(
@@ -739,12 +745,27 @@ class BusinessCentralInbound:
 
     def reconcile(self) -> int:
         """Polls every company's invoices, shipments, payments and customers changed since
-        its position; returns the events written."""
+        its position; returns the events written. An entity that fails does not stop the
+        others; the first failure is raised after them, each failed entity's position where
+        its last written page left it."""
         written = 0
+        failure: Exception | None = None
         self._gaps.clear()
         for company_id in self._entities:
             for entity in POLLED_ENTITIES:
-                written += self._poll(company_id, entity)
+                try:
+                    written += self._poll(company_id, entity)
+                except Exception as error:  # raised after the other entities
+                    log.warning(
+                        "%s: polling %s of company %s failed: %s",
+                        SYSTEM,
+                        entity,
+                        company_id,
+                        described(error),
+                    )
+                    failure = failure or error
+        if failure is not None:
+            raise failure
         return written
 
     def _poll(self, company_id: str, entity: str) -> int:
@@ -840,7 +861,10 @@ class BusinessCentralInbound:
         changes: list[Change] = []
         read_at = self._clock()
         for record in records:
-            record_id = str(record.get("id") or "")
+            record_id = record.get("id")
+            if not isinstance(record_id, str) or not record_id:
+                log.warning("%s: a record of %s without its id skipped", SYSTEM, entity)
+                continue
             try:
                 version = modified(entity, record)
                 inserted = connection.execute(
@@ -1014,37 +1038,48 @@ class BusinessCentralInbound:
 
     def run(self, stop: threading.Event) -> None:
         """Until ``stop``: works notifications as they come, keeps the subscriptions, and
-        polls on its interval (at once for an entity whose subscription was made again).
-        Business Central or the database down is logged and waited out, doubling the wait up
-        to a minute; positions stay where they were."""
+        polls on its interval (at once for an entity whose subscription was made again). Each
+        of the three goes on when another fails (a receiver Business Central cannot reach
+        does not stop the poll); a failure (Business Central or the database away,
+        throttling) is logged and waited out, the wait doubling up to a minute, at least
+        what a Retry-After asked; positions stay where their last written page left them."""
         keep_every = keeping_interval_s(self.config.renew_before_s)
         next_keep = next_poll = time.monotonic()
         failures = 0
         while not stop.is_set():
+            failure: Exception | None = None
             try:
                 self.process()
-                now = time.monotonic()
-                if now >= next_keep:
+            except Exception as error:  # every failure is waited out
+                failure = error
+                log.warning("%s: notifications not worked: %s", SYSTEM, described(error))
+            now = time.monotonic()
+            if now >= next_keep:
+                try:
                     self.keep_subscriptions()
                     next_keep = now + keep_every
-                if now >= next_poll or self._gaps:
+                except Exception as error:
+                    failure = failure or error  # logged by keep_subscriptions
+            if now >= next_poll or self._gaps:
+                try:
                     self.reconcile()
                     next_poll = now + self.config.reconcile_interval_s
-                failures = 0
-            except (TransientError, BusinessCentralRefused, RecordGone, psycopg.Error) as error:
-                failures += 1
+                except Exception as error:
+                    failure = failure or error  # logged by reconcile
+            failures = failures + 1 if failure is not None else 0
+            wait = min(1.0, keep_every)
+            if failure is not None:
+                wait = backoff_s(failures)
+                if isinstance(failure, TransientError) and failure.retry_after is not None:
+                    wait = max(wait, failure.retry_after)
                 log.warning(
-                    "%s: inbound round failed (%d in a row), waiting %.0f s: %s",
-                    SYSTEM,
-                    failures,
-                    backoff_s(failures),
-                    error,
+                    "%s: inbound round failed (%d in a row), next in %.1f s", SYSTEM, failures, wait
                 )
-            self._wake.clear()
-            wait = backoff_s(failures) if failures else min(1.0, keep_every)
-            if self._wake.wait(0) or stop.wait(0):
+            if stop.is_set() or self._wake.is_set():
+                self._wake.clear()
                 continue
             _wait_either(stop, self._wake, wait)
+            self._wake.clear()
 
 
 def _wait_either(stop: threading.Event, wake: threading.Event, timeout_s: float) -> None:

@@ -121,6 +121,8 @@ class FakeBusinessCentral:
     links: dict[str, str] = field(default_factory=dict)
     subscriptions: dict[str, dict[str, Any]] = field(default_factory=dict)
     down: bool = False
+    refusing: set[str] = field(default_factory=set)
+    """Entities (or record ids) whose reads Business Central refuses with a 400."""
     lifetime: timedelta = timedelta(days=3)
     clock: datetime = T0
     calls: list[str] = field(default_factory=list)
@@ -143,6 +145,8 @@ class FakeBusinessCentral:
         assert match is not None, path
         assert match[1] == self.company_id
         entity, record_id = match[2], match[3]
+        if entity in self.refusing or record_id in self.refusing:
+            raise bc.BusinessCentralRefused(f"business-central: HTTP 400 on GET {path}", 400, None)
         if entity == "companyInformation":
             return {"value": [{"currencyCode": "USD"}]}
         if entity == "paymentTerms":
@@ -437,6 +441,26 @@ def test_an_unlinked_customer_and_an_order_revsync_did_not_place_write_nothing(
     assert inbound.reconcile() == 0
 
 
+def test_an_entity_that_fails_does_not_stop_the_others(
+    api: FakeBusinessCentral, books: Books, inbound: bc.BusinessCentralInbound,
+    pool: ConnectionPool[Any],
+) -> None:  # fmt: skip
+    customer = books.customer(T0)
+    invoice = books.invoice(T0 + timedelta(seconds=1), customer)
+    books.shipment(T0 + timedelta(seconds=2), invoice)
+    api.refusing.add("salesInvoices")
+    with pytest.raises(bc.BusinessCentralRefused):
+        inbound.reconcile()
+    assert events(pool, books.orders) == [("ShipmentConfirmed", invoice["externalDocumentNumber"])]
+    assert positions(pool, api.company_id)["salesInvoices"] is None
+    api.refusing.clear()
+    inbound.reconcile()
+    assert sorted(events(pool, books.orders)) == [
+        ("InvoicePosted", invoice["externalDocumentNumber"]),
+        ("ShipmentConfirmed", invoice["externalDocumentNumber"]),
+    ]
+
+
 # -- notifications --------------------------------------------------------------------------
 
 
@@ -496,6 +520,21 @@ def test_a_notification_waits_while_business_central_is_down(
         inbound.process()
     api.down = False
     assert inbound.process() == 1
+
+
+def test_a_notified_record_business_central_refuses_to_read_is_left_to_the_poll(
+    api: FakeBusinessCentral, books: Books, inbound: bc.BusinessCentralInbound,
+    pool: ConnectionPool[Any],
+) -> None:  # fmt: skip
+    customer = books.customer(T0)
+    refused = books.invoice(T0, customer)
+    fine = books.invoice(T0, customer)
+    api.refusing.add(refused["id"])
+    for invoice in (refused, fine):
+        inbound.notified(notification(api.company_id, "salesInvoices", invoice["id"]))
+    assert inbound.process() == 1
+    assert inbound.process() == 0  # not stuck behind the one refused
+    assert events(pool, books.orders) == [("InvoicePosted", fine["externalDocumentNumber"])]
 
 
 def test_a_notification_of_a_record_deleted_since_is_dropped(
@@ -1015,4 +1054,16 @@ def test_a_subscription_whose_handshake_fails_is_refused_and_reported(
     with pytest.raises(bc.BusinessCentralRefused) as refused:
         live.inbound.keep_subscriptions()
     assert refused.value.status == 400
+    assert not subscribed(live.simulator, live.receiver.url)
+
+
+def test_a_receiver_business_central_cannot_reach_does_not_stop_the_poll(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live(reconcile_interval_s=0.5)
+    live.receiver.close()  # every subscription's handshake fails
+    live.start()
+    order = live.order(customer.id)
+    control.set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: live.events() == [("InvoicePosted", order)])
     assert not subscribed(live.simulator, live.receiver.url)
