@@ -821,3 +821,76 @@ def test_after_submit_posts_of_a_fulfilment_and_a_payment_each_write_their_event
     inbound.poll()
     assert [row.aggregateid for row in of_type(pool, ShipmentConfirmed)] == [order]
     assert [row.aggregateid for row in of_type(pool, PaymentReceived)] == [order]
+
+
+class Moving:
+    """A NetSuite client that, once its first window page is answered, has the books modify
+    one record of that page again: it moves to the end of the window while the poll pages."""
+
+    def __init__(self, client: SuiteQLClient, simulator: NetSuiteSimulator, moved: str) -> None:
+        self.client = client
+        self.simulator = simulator
+        self.moved = moved
+        self.windows = 0
+
+    def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]:
+        answer = self.client.suiteql(query, limit=limit, offset=offset)
+        if "lastmodifieddate >=" in query:
+            self.windows += 1
+            if self.windows == 1:
+                later = datetime(2026, 12, 7, 18, 10, tzinfo=UTC)
+                books_sql(
+                    self.simulator,
+                    "UPDATE invoices SET posted_at = %s WHERE id = %s",
+                    later,
+                    self.moved,
+                )
+        return answer
+
+
+def test_a_record_modified_again_while_the_poll_pages_shifts_nothing_past_it(
+    simulator: NetSuiteSimulator,
+    control: ErpSandbox,
+    client: SuiteQLClient,
+    make_inbound: Callable[..., NetSuiteInbound],
+    pool: ConnectionPool[Any],
+) -> None:
+    orders = invoiced(simulator, control, 9)
+    base = datetime(2026, 12, 7, 18, 0, tzinfo=UTC)
+    ids = invoice_ids(simulator)
+    restamp(simulator, {i: base + timedelta(seconds=n) for n, i in enumerate(ids)})
+    # The second of the first page leaves it: paging on by offset would now skip the fourth.
+    moving = Moving(client, simulator, moved=ids[1])
+
+    assert make_inbound(moving, page_size=3).poll_kind(Kind.INVOICE) == 9
+    posted = of_type(pool, InvoicePosted)
+    assert sorted(row.aggregateid for row in posted) == sorted(orders)
+    assert_each_once(posted)
+
+
+def test_an_invoice_paid_after_it_was_published_is_not_published_again(
+    simulator: NetSuiteSimulator,
+    control: ErpSandbox,
+    make_inbound: Callable[..., NetSuiteInbound],
+    pool: ConnectionPool[Any],
+    serde: EventSerde,
+) -> None:
+    (order,) = invoiced(simulator, control, 1)
+    inbound = make_inbound()
+    inbound.poll()
+    (posted_row,) = of_type(pool, InvoicePosted)
+
+    time.sleep(1.1)
+    control.set_clock(payment_delay_s=0)
+    wait_for(lambda: books_count(simulator, "payments") == 1)
+    inbound.poll()
+
+    assert of_type(pool, InvoicePosted) == [posted_row]
+    (paid_row,) = of_type(pool, PaymentReceived)
+    paid = serde.deserialize(paid_row.topic, paid_row.payload)
+    assert isinstance(paid, PaymentReceived)
+    assert paid.crm_order_id == order
+    assert paid.remaining_balance == Decimal(0)
+    posted = serde.deserialize(posted_row.topic, posted_row.payload)
+    assert isinstance(posted, InvoicePosted)
+    assert paid.amount == posted.grand_total
