@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, cast
 
+import httpx
 import psycopg
 import pytest
 from pydantic import SecretStr
@@ -37,6 +38,8 @@ from erp_inbound.business_central_mapping import (
 )
 from erp_inbound.sink import Change, InboundSink
 from erp_outbox_publisher.logic import ErpOutboxRow, canonical_event
+from leaks import told
+from revsync.connectors.business_central_auth import BusinessCentralAuthFailed
 from revsync.contracts.events import (
     CreditStatusChanged,
     CustomerMastered,
@@ -48,6 +51,7 @@ from revsync.contracts.events import (
     ShipmentCompleteness,
     ShipmentConfirmed,
 )
+from revsync.errors import ErrorClass, TransientError, classify
 
 COMPANY = Company(tenant="contoso/production", id="c0ffee00-0000-4000-8000-000000000001",
                   legal_entity="US01", currency="USD")  # fmt: skip
@@ -613,3 +617,110 @@ def test_a_contradictory_configuration_is_refused_naming_the_setting(
 
 def test_the_client_state_is_not_in_the_configurations_repr() -> None:
     assert "s3cret" not in repr(config())
+
+
+# -- the API over HTTP ----------------------------------------------------------------------
+
+API_URL = "https://api.businesscentral.dynamics.com/v2.0/contoso/production/api/v2.0"
+
+
+class StubHttp:
+    """Answers calls in turn, recording each."""
+
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.calls: list[tuple[str, str, dict[str, str]]] = []
+
+    def request(self, method: str, url: str, **options: Any) -> httpx.Response:
+        self.calls.append((method, url, dict(options.get("headers") or {})))
+        answer = self.answers.pop(0)
+        answer.request = httpx.Request(method, url)
+        return answer
+
+
+class StubSession:
+    def __init__(self) -> None:
+        self.issued = ["first"]
+
+    def token(self) -> str:
+        return self.issued[-1]
+
+    def refresh(self, stale: str | None) -> str:
+        self.issued.append(f"after-{stale}")
+        return self.issued[-1]
+
+
+def http_api(*answers: httpx.Response) -> tuple[bc.BusinessCentralHttpApi, StubHttp, StubSession]:
+    http, session = StubHttp(*answers), StubSession()
+    return bc.BusinessCentralHttpApi(cast(Any, http), session, API_URL), http, session
+
+
+def failure(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:
+    body = {"error": {"code": code, "message": "Customer Acme Industrial was not found"}}
+    return httpx.Response(status, json=body, headers=headers)
+
+
+def test_the_api_reads_with_the_sessions_token_and_exact_amounts() -> None:
+    api, http, _ = http_api(httpx.Response(200, content=b'{"value": [{"amount": 0.1}]}'))
+    answer = api.get("companies(c)/customerPayments", {"$top": "1"})
+    assert answer["value"][0]["amount"] == Decimal("0.1")
+    method, url, headers = http.calls[0]
+    assert (method, url) == ("GET", f"{API_URL}/companies(c)/customerPayments")
+    assert headers["Authorization"] == "Bearer first"
+    assert api.scope == "contoso/production"
+
+
+def test_a_refused_token_is_replaced_once_and_the_call_made_again() -> None:
+    api, http, _ = http_api(failure(401, "Unauthorized"), httpx.Response(200, json={}))
+    assert api.get("subscriptions") == {}
+    assert [call[2]["Authorization"] for call in http.calls] == [
+        "Bearer first",
+        "Bearer after-first",
+    ]
+    api, http, _ = http_api(failure(401, "Unauthorized"), failure(401, "Unauthorized"))
+    with pytest.raises(BusinessCentralAuthFailed) as refused:
+        api.get("subscriptions")
+    assert len(http.calls) == 2
+    assert classify(refused.value) is ErrorClass.TRANSIENT
+
+
+def test_failures_are_typed_by_status_and_name_the_code_not_the_message() -> None:
+    api, _, _ = http_api(failure(404, "BadRequest_NotFound"))
+    with pytest.raises(bc.RecordGone):
+        api.get("companies(c)/salesInvoices(x)")
+    api, _, _ = http_api(failure(429, "Application_TooManyRequests", {"Retry-After": "7"}))
+    with pytest.raises(TransientError) as throttled:
+        api.get("companies(c)/salesInvoices")
+    assert throttled.value.retry_after == 7.0
+    api, _, _ = http_api(failure(400, "BadRequest"))
+    with pytest.raises(bc.BusinessCentralRefused) as refused:
+        api.post("subscriptions", {"resource": "x"})
+    assert (refused.value.status, refused.value.code) == (400, "BadRequest")
+    assert "Acme" not in told(refused.value)
+    api, _, _ = http_api(failure(403, "Authorization_InsufficientPermissions"))
+    with pytest.raises(BusinessCentralAuthFailed):
+        api.get("subscriptions")
+
+
+def test_a_renewal_carries_the_etag_and_a_link_is_read_from_the_extension() -> None:
+    link = {"customerId": "c-1", "crmAccountId": CRM_ACCOUNT}
+    api, http, _ = http_api(
+        httpx.Response(200, json={"subscriptionId": "s"}),
+        httpx.Response(200, json=link),
+        failure(404, "BadRequest_NotFound"),
+    )
+    api.patch("subscriptions('s')", {"resource": "r"}, 'W/"JzE7Jw=="')
+    assert http.calls[0][2]["If-Match"] == 'W/"JzE7Jw=="'
+    assert api.customer_link("c", "c-1") == link
+    assert http.calls[1][1] == (
+        "https://api.businesscentral.dynamics.com/v2.0/contoso/production/"
+        "api/revsync/integration/v1.0/companies(c)/customerLinks(c-1)"
+    )
+    assert api.customer_link("c", "c-2") is None
+
+
+def test_a_next_page_link_outside_the_api_is_not_followed() -> None:
+    api, http, _ = http_api()
+    with pytest.raises(bc.BusinessCentralRefused):
+        api.get_link("https://elsewhere.example.com/steal?token")
+    assert http.calls == []
