@@ -205,6 +205,7 @@ class NetSuiteSimulator:
         record("GET", RECORD + r"/inventoryItem/(?P<id>[^/]+)", self._get_item)
         record("GET", RECORD + r"/priceLevel/(?P<id>[^/]+)", self._get_price_level)
         record("GET", RECORD + r"/subsidiary/(?P<id>[^/]+)", self._get_subsidiary)
+        record("GET", RECORD + r"/currency/(?P<id>[^/]+)", self._get_currency)
         record("POST", QUERY, self._suiteql)
         record("GET", ASYNC + r"/(?P<job>[^/]+)", self._job)
         record("GET", ASYNC + r"/(?P<job>[^/]+)/task", self._job_tasks)
@@ -698,6 +699,19 @@ class NetSuiteSimulator:
                 "links": [{"rel": "self", "href": f"{RECORD}/subsidiary/{request.params['id']}"}],
                 "id": request.params["id"],
                 "name": legal_entity,
+            }
+        )
+
+    def _get_currency(self, request: Request) -> Response:
+        code = self.ids.codes.get(request.params["id"])
+        if code is None:
+            raise not_found("currency", request.params["id"])
+        return Response(
+            body={
+                "links": [{"rel": "self", "href": f"{RECORD}/currency/{request.params['id']}"}],
+                "id": request.params["id"],
+                "name": code,
+                "symbol": code,
             }
         )
 

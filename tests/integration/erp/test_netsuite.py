@@ -45,7 +45,7 @@ from revsync.connectors.erp import ErpUnexpectedResponse
 from revsync.connectors.netsuite import NetSuiteAdapter, NetSuiteConfig, idempotency_key
 from revsync.connectors.netsuite_auth import NetSuiteAuthFailed
 from revsync.errors import ErrorClass, TransientError, classify
-from revsync.ports.erp import CustomerStatus, ErpRejected
+from revsync.ports.erp import CustomerStatus, ErpRejected, SalesOrderStatus
 from revsync.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -962,3 +962,70 @@ def test_the_simulator_runs_as_a_process_until_sigterm(settings: Settings) -> No
         assert process.wait(timeout=15) == 0
     finally:
         process.kill()
+
+
+def test_invoices_fulfilments_and_payments_are_records_and_suiteql_rows(
+    erp: NetSuiteAdapter, api: httpx.Client, books: ErpSandbox, master_data: None
+) -> None:
+    request = order_request()
+    order = erp.create_sales_order(request, a_key())
+    books.set_clock(invoice_delay_s=0, ship_delay_s=0, payment_delay_s=0)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            rows = suiteql(
+                api,
+                "SELECT DISTINCT t.id, t.type FROM transaction t "  # noqa: S608 - test data
+                "JOIN transactionline l ON l.transaction = t.id "
+                f"WHERE l.createdfrom = '{order.id}' OR l.createdfrom IN "
+                f"(SELECT i.id FROM transaction i JOIN transactionline il "
+                f"ON il.transaction = i.id WHERE il.createdfrom = '{order.id}') ORDER BY t.id",
+            ).json()["items"]
+            documents = {row["type"]: row["id"] for row in rows}
+            if len(documents) == 3:
+                break
+            time.sleep(0.1)
+    finally:
+        books.set_clock(invoice_delay_s=NEVER, ship_delay_s=NEVER, payment_delay_s=-1)
+
+    assert set(documents) == {"CustInvc", "ItemShip", "CustPymt"}
+    invoice = api.get(f"{RECORD}/invoice/{documents['CustInvc']}").json()
+    fulfilment = api.get(f"{RECORD}/itemFulfillment/{documents['ItemShip']}").json()
+    payment = api.get(f"{RECORD}/customerPayment/{documents['CustPymt']}").json()
+    shipped = suiteql(
+        api,
+        "SELECT status, shipcarrier, trackingnumberlist, location FROM transaction "  # noqa: S608 - test data
+        f"WHERE id = '{documents['ItemShip']}'",
+    ).json()["items"][0]
+    assert (invoice["createdFrom"]["id"], invoice["total"], invoice["amountRemaining"]) == (
+        order.id,
+        205.2,
+        0.0,
+    )
+    assert invoice["status"]["id"] == "B", "paid in full"
+    assert (fulfilment["createdFrom"]["id"], fulfilment["shipStatus"]["id"]) == (order.id, "C")
+    [package] = fulfilment["package"]["items"]
+    assert package["packageTrackingNumber"] == shipped["trackingnumberlist"]
+    assert shipped["shipcarrier"] == fulfilment["shipCarrier"]["refName"]
+    assert shipped["status"] == "C"
+    assert payment["apply"]["items"][0]["doc"]["id"] == documents["CustInvc"]
+    assert payment["payment"] == 205.2
+    assert erp.create_sales_order(request, a_key()).status is SalesOrderStatus.SHIPPED
+    for kind in ("invoice", "itemFulfillment", "customerPayment"):
+        missing = api.get(f"{RECORD}/{kind}/NOPE")
+        assert (missing.status_code, error_codes(missing)[0][0]) == (404, "NONEXISTENT_ID")
+
+
+def test_master_data_records(api: httpx.Client, master_data: None) -> None:
+    item = api.get(f"{RECORD}/inventoryItem/PC-SENSOR").json()
+    level = api.get(f"{RECORD}/priceLevel/{PRICE_BOOK.id}").json()
+    currency = api.get(f"{RECORD}/currency/4").json()
+
+    assert (item["itemId"], item["class"]["refName"], item["isInactive"]) == (
+        "PC-SENSOR",
+        "SENSORS",
+        False,
+    )
+    assert item["subsidiary"]["items"] == [{"id": "1", "refName": "US01"}]
+    assert (level["name"], level["custrecord_revsync_currency"]["id"]) == ("US standard", "1")
+    assert (currency["symbol"], api.get(f"{RECORD}/currency/99").status_code) == ("EUR", 404)
