@@ -219,6 +219,9 @@ class NetSuiteInboundConfig:
     """Where the first poll of a kind reads from, before it has a watermark."""
     row_cap: int = ROW_CAP
     """How far into a query's rows NetSuite pages (``offset + limit``): 100,000."""
+    regions: Mapping[str, str] = field(default_factory=dict)
+    """Sales region by legal entity (``{"US01": "NA"}``), for a sales order that names no
+    location."""
 
     def __post_init__(self) -> None:
         if not self.account_id.strip():
@@ -261,6 +264,7 @@ class NetSuiteInboundConfig:
             account_id=self.account_id,
             entities={subsidiary: entity for entity, subsidiary in self.subsidiaries.items()},
             zone=ZoneInfo(self.timezone),
+            regions=dict(self.regions),
         )
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -192,6 +192,8 @@ class Account:
     entities: Mapping[str, str]
     """Legal entity by subsidiary internal id: only these subsidiaries' records are read."""
     zone: ZoneInfo
+    regions: Mapping[str, str] = field(default_factory=dict)
+    """Sales region by legal entity, for a sales order that names no location."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +263,8 @@ def placed_by_revsync(row: _Row) -> bool:
 
 def sales_order_reference(row: _Row, account: Account, entity: str) -> dict[str, Any]:
     """What every document's payload says about its sales order (columns ``so_*``), as the
-    reference ERP's outbox rows do: its CRM order id is the order's external id."""
+    reference ERP's outbox rows do: its CRM order id is the order's external id, its region
+    the name of the order's location (else the legal entity's region)."""
     return {
         "id": row.optional("so_id"),
         "number": row.optional("so_tranid"),
@@ -269,7 +272,7 @@ def sales_order_reference(row: _Row, account: Account, entity: str) -> dict[str,
         "customer_id": row.optional("entity"),
         "crm_account_id": row.optional("crm_account_id"),
         "legal_entity": entity,
-        "region": row.optional("so_region"),
+        "region": row.optional("so_region") or account.regions.get(entity),
         "currency": row.optional("currency"),
         "correlation_id": row.optional("so_memo"),
     }

@@ -167,6 +167,21 @@ def test_an_invoices_event_id_is_its_record_and_type_only_so_a_later_edit_is_the
     )
 
 
+def test_an_order_that_names_no_location_is_of_its_legal_entitys_region() -> None:
+    config = NetSuiteInboundConfig(
+        account_id=ACCOUNT,
+        subsidiaries={"US01": "1"},
+        timezone="America/Los_Angeles",
+        regions={"US01": "NA"},
+    )
+    nowhere = {k: v for k, v in INVOICE.items() if k != "so_region"}
+    (change,) = invoice_changes(nowhere, config.account, READ_AT)
+    assert event(change).region == "NA"
+    (change,) = invoice_changes(nowhere, CONFIG.account, READ_AT)
+    with pytest.raises(ErpPayloadInvalid, match=r"sales_order\.region"):
+        event(change)
+
+
 def test_another_subsidiarys_invoice_is_not_published() -> None:
     assert invoice_changes({**INVOICE, "subsidiary": "2"}, CONFIG.account, READ_AT) == []
 
