@@ -32,7 +32,7 @@ from sandbox.erp.orders import OrderBody
 from sandbox.erp.simulator import PriceBooksSeed, ProductsSeed, StockLevelsSeed
 from sandbox.erp.simulator import _parse as books_parse
 from sandbox.erp.store import Connection
-from sandbox.http import CONTROL_PREFIX, HttpFailure, Request, Response
+from sandbox.http import CONTROL_PREFIX, HttpFailure, JsonServer, Request, Response
 from sandbox.netsuite import records, suiteql
 from sandbox.netsuite.auth import TOKEN_PATH, TokenIssuer, refusal
 from sandbox.netsuite.records import RECORD, Ids, error_body
@@ -157,6 +157,8 @@ class NetSuiteSimulator:
         self._jobs: dict[str, Job] = {}
         self._job_keys: dict[str, str] = {}
         self._jobs_lock = threading.Lock()
+        self._write = threading.local()
+        """``connection``: the transaction an idempotent write runs in, on its thread."""
         self._routes()
 
     @property
@@ -168,7 +170,7 @@ class NetSuiteSimulator:
         return self.url + TOKEN_PATH
 
     @property
-    def server(self) -> Any:
+    def server(self) -> JsonServer:
         return self.books.server
 
     def start(self) -> NetSuiteSimulator:
@@ -319,7 +321,11 @@ class NetSuiteSimulator:
     # --- idempotency and async jobs ----------------------------------------------------
 
     def _idempotently(
-        self, request: Request, key: str | None, handler: Callable[[Request], Response]
+        self,
+        request: Request,
+        key: str | None,
+        handler: Callable[[Request], Response],
+        job: str | None = None,
     ) -> Response:
         """Runs a write once per key: the key is claimed in the transaction of the work, so a
         refused request leaves it unused, and a repeat of a finished one is refused with
@@ -345,8 +351,11 @@ class NetSuiteSimulator:
                     f"{first.get('job') or first.get('location') or 'see the first request'}.",
                     IDEMPOTENCY_HEADER,
                 )
-            request.connection = connection  # type: ignore[attr-defined]
-            response = handler(request)
+            self._write.connection = connection
+            try:
+                response = handler(request)
+            finally:
+                self._write.connection = None
             connection.execute(
                 "UPDATE idempotency_keys SET status = %s, response = %s WHERE key = %s",
                 (
@@ -354,7 +363,7 @@ class NetSuiteSimulator:
                     Jsonb(
                         {
                             "location": response.headers.get("Location"),
-                            "job": getattr(request, "job", None),
+                            "job": job,
                         }
                     ),
                     f"netsuite:{key}",
@@ -379,12 +388,11 @@ class NetSuiteSimulator:
             self._jobs[job.id] = job
             if key is not None:
                 self._job_keys[key] = job.id
-        request.job = f"{ASYNC}/{job.id}"  # type: ignore[attr-defined]
 
         def run() -> None:
             time.sleep(self.settings.async_delay_s)
             try:
-                result = self._idempotently(request, key, handler)
+                result = self._idempotently(request, key, handler, f"{ASYNC}/{job.id}")
             except HttpFailure as refused:
                 result = refused.response
             except Exception:
@@ -453,10 +461,10 @@ class NetSuiteSimulator:
     # --- customers --------------------------------------------------------------------
 
     @contextmanager
-    def _connection(self, request: Request) -> Iterator[Connection]:
+    def _transaction(self) -> Iterator[Connection]:
         """The idempotent write's connection (its transaction open), or one of the pool's in
         a transaction of its own."""
-        given = getattr(request, "connection", None)
+        given: Connection | None = getattr(self._write, "connection", None)
         if given is not None:
             yield given
             return
@@ -519,7 +527,7 @@ class NetSuiteSimulator:
         if not isinstance(external_id, str) or not external_id:
             raise failure(400, "USER_ERROR", "revsync's customers carry an externalId.")
         body = self._customer_body(record, None)
-        with self._connection(request) as connection:
+        with self._transaction() as connection:
             status, document = self._books_upsert(connection, external_id, body)
             if status != 201:
                 raise failure(
@@ -532,7 +540,7 @@ class NetSuiteSimulator:
 
     def _upsert_customer(self, request: Request) -> Response:
         external_id = request.params["eid"]
-        with self._connection(request) as connection:
+        with self._transaction() as connection:
             existing = connection.execute(
                 "SELECT * FROM customers WHERE crm_account_id = %s", (external_id,)
             ).fetchone()
@@ -541,7 +549,7 @@ class NetSuiteSimulator:
         return self._customer_written(document["customer"]["id"])
 
     def _update_customer(self, request: Request) -> Response:
-        with self._connection(request) as connection:
+        with self._transaction() as connection:
             existing = self._customer_row(connection, request.params["id"], lock=True)
             if existing["crm_account_id"] is None:
                 raise failure(
@@ -600,7 +608,7 @@ class NetSuiteSimulator:
             path = _order_path([str(part) for part in first["loc"]])
             raise failure(400, "INVALID_VALUE", f"Invalid value for {path}.", path) from None
         self.server.count("netsuite.sales_order_upserts")
-        with self._connection(request) as connection:
+        with self._transaction() as connection:
             existing = books_orders.find(connection, external_id)
             if existing is not None:
                 return self._order_written(existing["id"])
@@ -633,7 +641,7 @@ class NetSuiteSimulator:
         if not (isinstance(status, Mapping) and status.get("id") == "C"):
             raise failure(400, "INVALID_VALUE", "orderStatus may only become C.", "orderStatus")
         reason = record.get("custbody_revsync_cancel_reason") or "cancelled"
-        with self._connection(request) as connection:
+        with self._transaction() as connection:
             document, _ = self._order(connection, request.params["id"])
             try:
                 books_orders.cancel(connection, document["external_id"], str(reason))
