@@ -210,7 +210,7 @@ ITEM_AVAILABILITIES = EntitySet(
     "itemAvailabilities",
     "SELECT s.sku || '@' || s.region AS id, s.sku AS \"itemNumber\", "
     's.region AS "locationCode", s.quantity AS "quantityAvailable", '
-    's.available_on AS "nextReceiptDate" FROM stock s WHERE %(company)s IS NOT NULL',
+    's.available_on AS "nextReceiptDate" FROM stock s WHERE %(company)s::text IS NOT NULL',
     _fields("id", "itemNumber", "locationCode", quantityAvailable="number"),
     order='"itemNumber", "locationCode"',
     versioned=False,
@@ -290,6 +290,7 @@ SALES_ORDER_STATES = EntitySet(
         "customerId",
         "state",
         lastModifiedDateTime="datetime",
+        orderCreatedDateTime="datetime",
     ),
     order='"orderCreatedDateTime", number',
 )

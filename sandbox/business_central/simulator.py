@@ -425,6 +425,7 @@ class BusinessCentralSimulator:
             expires = self._tokens.get(token) if scheme.lower() == "bearer" else None
         if expires is not None and expires > time.monotonic():
             return
+        self.books.server.count("business_central.unauthorized")
         reason = "invalid_token" if expires is not None or token else "invalid_request"
         challenge = (
             f'Bearer authorization_uri="https://login.microsoftonline.com/{self.tenant_id}/'
@@ -489,6 +490,7 @@ class BusinessCentralSimulator:
         if form.get("scope") != SCOPE:
             raise refuse(400, "invalid_scope", "The provided scope is not valid.", 1002012)
         token = secrets.token_urlsafe(32)
+        self.books.server.count("business_central.tokens")
         lifetime = self.settings.token_lifetime_s
         with self._tokens_lock:
             now = time.monotonic()
@@ -778,12 +780,9 @@ class BusinessCentralSimulator:
                 where = ".".join(map(str, first["loc"]))
                 where = ORDER_FIELD_NAMES.get(where, where)
                 raise bad_request(f"The value of {where} is not valid: {first['msg']}.") from None
-            if customer is None:
-                raise _refusal(
-                    "CUSTOMER_NOT_MASTERED",
-                    f"the customer does not exist in company {company.legal_entity}",
-                )
-            order_id = self._book(connection, order, external)
+            order_id = self._book(
+                connection, order, external, customer is None or bool(customer["in_company"])
+            )
             document = self._one(entities.SALES_ORDERS, company, order_id, True, connection)
         self._order_changed(company, order_id, "created")
         return Response(
@@ -796,28 +795,42 @@ class BusinessCentralSimulator:
     def _order_customer(
         connection: Connection, company: Company, body: dict[str, Any]
     ) -> dict[str, Any] | None:
+        """The order's customer, wherever the books hold it (``in_company`` says whether in
+        the order's company); None when the books have no such customer."""
         if body.get("customerId"):
             row = connection.execute(
-                "SELECT id, currency FROM customers WHERE id = %s AND legal_entity = %s",
-                (str(body["customerId"]), company.legal_entity),
+                "SELECT id, currency, legal_entity = %s AS in_company FROM customers WHERE id = %s",
+                (company.legal_entity, str(body["customerId"])),
             ).fetchone()
         elif body.get("customerNumber"):
             row = connection.execute(
-                "SELECT id, currency FROM customers WHERE number = %s AND legal_entity = %s",
+                "SELECT id, currency, true AS in_company FROM customers "
+                "WHERE number = %s AND legal_entity = %s",
                 (str(body["customerNumber"]), company.legal_entity),
             ).fetchone()
         else:
             raise bad_request("A sales order needs a customerId or a customerNumber.")
         return dict(row) if row is not None else None
 
-    def _book(self, connection: Connection, order: OrderBody, external: str) -> str:
+    def _book(
+        self, connection: Connection, order: OrderBody, external: str, in_company: bool
+    ) -> str:
         """Books ``order``; a second order for an external document number BC takes as it
-        is, so in the books (whose external id is unique) it gets an external id of its own."""
+        is, so in the books (whose external id is unique) it gets an external id of its own.
+
+        A customer of another company is refused once the books' own checks pass (the books
+        do not tie a customer to one legal entity; a company is a set of books of its own),
+        so an order's refusal reads as the books' order of checks gives it."""
         attempt = order
         for _ in range(3):
             try:
                 with connection.transaction():
                     row, _lines = books_orders.book(connection, attempt)
+                    if not in_company:
+                        raise _refusal(
+                            "CUSTOMER_NOT_MASTERED",
+                            f"customer {order.customer_id} is not a customer of this company",
+                        )
                     connection.execute(
                         "INSERT INTO bc_sales_orders (order_id, external_document_number) "
                         "VALUES (%s, %s)",

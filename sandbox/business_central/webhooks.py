@@ -15,6 +15,7 @@ import logging
 import re
 import secrets
 import threading
+import time
 import uuid
 from collections import deque
 from collections.abc import Iterable
@@ -304,11 +305,19 @@ class Notifier:
         return Response(body={"value": list(self.deliveries)})
 
     def _run(self) -> None:
-        while not self._stopping.wait(self._simulator.settings.notification_interval_s):
+        while self._due():
             try:
                 self.tick()
             except (psycopg.Error, httpx.HTTPError) as failure:
                 log.warning("business central notifications failed: %s", failure)
+
+    def _due(self) -> bool:
+        """Waits out the interval (a change of it counts at once); False once stopping."""
+        started = time.monotonic()
+        while time.monotonic() - started < self._simulator.settings.notification_interval_s:
+            if self._stopping.wait(0.05):
+                return False
+        return True
 
     def tick(self) -> list[dict[str, Any]]:
         """One round: new changes queued on every subscription watching them, then one batch
