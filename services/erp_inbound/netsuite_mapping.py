@@ -99,8 +99,8 @@ def earliest_instant(local: str, zone: ZoneInfo) -> datetime:
 
 def local_text(instant: datetime, zone: ZoneInfo) -> str:
     """``instant`` as the account's local time, as a query compares it with
-    ``TO_TIMESTAMP(..., 'YYYY-MM-DD HH24:MI:SS')``; seconds are cut, never rounded up, so
-    the bound it makes is not later than ``instant``."""
+    ``TO_TIMESTAMP(..., 'YYYY-MM-DD HH24:MI:SS')``; a fraction of a second is cut, never
+    rounded up, so the bound it makes is not later than ``instant``."""
     return instant.astimezone(zone).strftime(LOCAL_TIME)
 
 
@@ -151,17 +151,22 @@ class _Row:
         value = self.optional(column) or default
         if value is None:
             raise self.invalid(column, "missing")
-        return decimal_text(value, lambda: self.invalid(column, "not a decimal"))
+        try:
+            return decimal_text(value)
+        except ValueError:
+            raise self.invalid(column, "not a decimal") from None
 
     def day(self, column: str) -> date:
+        text = self.text(column)
         try:
-            return datetime.strptime(self.text(column), LOCAL_DATE).date()
+            return datetime.strptime(text, LOCAL_DATE).date()
         except ValueError:
             raise self.invalid(column, "not a YYYY-MM-DD date") from None
 
     def moment(self, column: str, zone: ZoneInfo) -> datetime:
+        text = self.text(column)
         try:
-            return earliest_instant(self.text(column), zone)
+            return earliest_instant(text, zone)
         except ValueError:
             raise self.invalid(column, "not a YYYY-MM-DD HH24:MI:SS time") from None
 
@@ -170,13 +175,15 @@ class _Row:
         return (self.optional(column) or "F").upper() in ("T", "TRUE")
 
 
-def decimal_text(value: str, invalid: Any) -> str:
+def decimal_text(value: str) -> str:
+    """A decimal's text without trailing zeros (``1200.5000`` is ``1200.5``); ValueError for
+    text that is no finite decimal."""
     try:
         number = Decimal(value)
     except InvalidOperation:
-        raise invalid() from None
+        raise ValueError("not a decimal") from None
     if not number.is_finite():
-        raise invalid()
+        raise ValueError("not a finite decimal")
     text = format(number.normalize(), "f")
     return "0" if text in ("-0", "") else text
 
@@ -554,8 +561,8 @@ def customer_changes(
                         "status": customer.credit.status,
                         "currency": customer.document["currency"],
                         "credit_limit": customer.credit.credit_limit,
-                        "exposure": decimal_text(str(owed), _never),
-                        "available_credit": decimal_text(str(limit - owed), _never),
+                        "exposure": decimal_text(str(owed)),
+                        "available_credit": decimal_text(str(limit - owed)),
                     },
                     "changed_at": changed_at,
                 },
@@ -563,10 +570,6 @@ def customer_changes(
             )
         )
     return changes
-
-
-def _never() -> Exception:
-    return AssertionError("a Decimal's own text is a decimal")
 
 
 def shipped_line(values: Mapping[str, Any], kind: Kind = Kind.FULFILLMENT) -> ShippedLine:
@@ -577,7 +580,7 @@ def shipped_line(values: Mapping[str, Any], kind: Kind = Kind.FULFILLMENT) -> Sh
     except ValueError:
         raise row.invalid("line", "not an integer") from None
     quantity = row.amount("quantity")
-    return ShippedLine(number, row.text("sku"), decimal_text(str(abs(Decimal(quantity))), _never))
+    return ShippedLine(number, row.text("sku"), decimal_text(str(abs(Decimal(quantity)))))
 
 
 def application(values: Mapping[str, Any]) -> Application:

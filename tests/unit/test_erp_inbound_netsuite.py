@@ -648,3 +648,20 @@ def test_a_bound_in_the_repeated_hour_moves_back_before_it() -> None:
     assert query_bound(second_pass, ZONE) == "2026-11-01 01:30:00"
     # Outside the repeated hour a bound is the moment's own local time.
     assert query_bound(datetime(2026, 11, 1, 10, 5, tzinfo=UTC), ZONE) == "2026-11-01 02:05:00"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trandate": None}, "trandate: missing"),
+        ({"trandate": "12/7/2026"}, "trandate: not a YYYY-MM-DD date"),
+        ({"created": "yesterday"}, "created: not a YYYY-MM-DD HH24:MI:SS time"),
+        ({"total": "Infinity"}, "total: not a decimal"),
+    ],
+)
+def test_an_invoice_with_an_unreadable_column_names_it(
+    changes: dict[str, str | None], message: str
+) -> None:
+    row = {k: v for k, v in {**INVOICE, **changes}.items() if v is not None}
+    with pytest.raises(RowInvalid, match=message):
+        invoice_changes(row, CONFIG.account, READ_AT)
