@@ -22,8 +22,11 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SCOPE = "rest_webservices"
 MAX_ASSERTION_LIFETIME_S = 3600
 """An assertion's ``exp`` may be at most 60 minutes after its ``iat``."""
-ALGORITHMS = ("PS256", "ES256", "RS256")
-"""PS256 and ES256 as NetSuite asks; RS256 still accepted (deprecated)."""
+RSA_ALGORITHMS = ("PS256", "PS384", "PS512", "RS256")
+EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+"""The ECDSA algorithm of each curve."""
+ALGORITHMS = (*RSA_ALGORITHMS, *EC_ALGORITHMS.values())
+"""RSA-PSS and ECDSA as NetSuite asks; RS256 still accepted (deprecated)."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +129,12 @@ class TokenIssuer:
 
     @staticmethod
     def _verified(assertion: str, certificate: Certificate, audience: str) -> dict[str, Any]:
+        key = certificate.public_key
         algorithms = (
-            ["ES256"] if isinstance(certificate.public_key, ec.EllipticCurvePublicKey)
-            else ["PS256", "RS256"]
-        )  # fmt: skip
+            [EC_ALGORITHMS.get(key.curve.name, "")]
+            if isinstance(key, ec.EllipticCurvePublicKey)
+            else list(RSA_ALGORITHMS)
+        )
         try:
             claims: dict[str, Any] = jwt.decode(
                 assertion,

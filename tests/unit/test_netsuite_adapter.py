@@ -72,7 +72,7 @@ def test_a_sales_order_status_letter_is_a_port_status() -> None:
         ({"subsidiaries": {}}, "subsidiaries"),
         ({"max_in_flight": 0}, "max_in_flight"),
         ({"algorithm": "HS256"}, "algorithm"),
-        ({"algorithm": "ES256"}, "P-256"),
+        ({"algorithm": "ES256"}, "secp256r1"),
         ({"private_key": SecretStr("not a key")}, "PEM"),
         ({"assertion_lifetime_s": 7200}, "assertion_lifetime_s"),
     ],

@@ -176,10 +176,14 @@ def test_the_signing_key_must_fit_the_algorithm() -> None:
     assert isinstance(signing_key(pem(ec_key), "ES256"), ec.EllipticCurvePrivateKey)
     with pytest.raises(ValueError, match="RSA"):
         signing_key(pem(ec_key), "PS256")
-    with pytest.raises(ValueError, match="P-256"):
+    assert isinstance(signing_key(pem(other_curve), "ES384"), ec.EllipticCurvePrivateKey)
+    assert isinstance(signing_key(pem(RSA_KEY), "PS512"), rsa.RSAPrivateKey)
+    with pytest.raises(ValueError, match="secp256r1"):
         signing_key(pem(RSA_KEY), "ES256")
-    with pytest.raises(ValueError, match="P-256"):
+    with pytest.raises(ValueError, match="secp256r1"):
         signing_key(pem(other_curve), "ES256")
+    with pytest.raises(ValueError, match="secp521r1"):
+        signing_key(pem(other_curve), "ES512")
     with pytest.raises(ValueError, match="algorithm"):
         signing_key(pem(RSA_KEY), "HS256")
     with pytest.raises(ValueError, match="not an unencrypted PEM") as refused:

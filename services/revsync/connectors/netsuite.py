@@ -224,7 +224,8 @@ class NetSuiteConfig:
     certificate_id: str
     """The id NetSuite gave the certificate uploaded in the M2M setup: the JWT's ``kid``."""
     private_key: SecretStr
-    """The certificate's private key, PEM (RSA for PS256/RS256, EC P-256 for ES256)."""
+    """The certificate's private key, PEM: RSA for PS256/384/512 (and the deprecated RS256),
+    EC on the algorithm's curve for ES256/384/512."""
     subsidiaries: Mapping[str, str]
     """Legal entity -> subsidiary internal id, for every legal entity on this account."""
     currencies: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CURRENCIES))

@@ -23,8 +23,10 @@ SYSTEM = "netsuite"
 TOKEN_PATH = "/services/rest/auth/oauth2/v1/token"  # noqa: S105 - a path, not a secret
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 SCOPE = "rest_webservices"
-ALGORITHMS = frozenset({"PS256", "ES256", "RS256"})
-"""PS256 or ES256 as NetSuite asks (RS256 is deprecated but still taken)."""
+CURVES = {"ES256": "secp256r1", "ES384": "secp384r1", "ES512": "secp521r1"}
+"""The EC curve of each ECDSA algorithm."""
+ALGORITHMS = frozenset({"PS256", "PS384", "PS512", "RS256", *CURVES})
+"""RSA-PSS or ECDSA as NetSuite asks (RS256 is deprecated but still taken)."""
 MAX_ASSERTION_LIFETIME_S = 3600
 """NetSuite refuses an assertion whose ``exp`` is more than 60 minutes after its ``iat``."""
 
@@ -38,8 +40,9 @@ def signing_key(
     private_key_pem: str, algorithm: str
 ) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
     """The certificate's private key from its PEM, checked against ``algorithm`` (an RSA key
-    for PS256/RS256, a P-256 key for ES256); ValueError naming the mismatch otherwise, so a
-    wrong key stops the service at start-up rather than at its first call."""
+    for PS256/384/512 and RS256, an EC key on the algorithm's curve for ES256/384/512:
+    P-256, P-384, P-521); ValueError naming the mismatch otherwise, so a wrong key stops the
+    service at start-up rather than at its first call."""
     if algorithm not in ALGORITHMS:
         raise ValueError(
             f"netsuite: algorithm must be one of {sorted(ALGORITHMS)}, not {algorithm!r}"
@@ -48,9 +51,9 @@ def signing_key(
         key = load_pem_private_key(private_key_pem.encode(), password=None)
     except (ValueError, TypeError):
         raise ValueError("netsuite: private_key is not an unencrypted PEM private key") from None
-    if algorithm == "ES256":
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != "secp256r1":
-            raise ValueError("netsuite: ES256 needs an EC P-256 private key")
+    if algorithm in CURVES:
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.curve.name != CURVES[algorithm]:
+            raise ValueError(f"netsuite: {algorithm} needs an EC {CURVES[algorithm]} private key")
         return key
     if not isinstance(key, rsa.RSAPrivateKey):
         raise ValueError(f"netsuite: {algorithm} needs an RSA private key")

@@ -66,11 +66,12 @@ class KeyPair:
     key: Any
 
 
-def key_pair(kind: str = "rsa") -> KeyPair:
+def key_pair(curve: ec.EllipticCurve | None = None) -> KeyPair:
+    """An RSA key pair, or an EC one on ``curve``."""
     key: Any = (
         rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        if kind == "rsa"
-        else ec.generate_private_key(ec.SECP256R1())
+        if curve is None
+        else ec.generate_private_key(curve)
     )
     private = key.private_bytes(
         serialization.Encoding.PEM,
@@ -250,7 +251,7 @@ def books_url(books: ErpSandbox) -> str:
 # --- the token ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("algorithm", ["PS256", "RS256"])
+@pytest.mark.parametrize("algorithm", ["PS256", "PS384", "PS512", "RS256"])
 def test_a_well_signed_assertion_is_granted_a_bearer_token(
     netsuite: NetSuiteSimulator, certificate: KeyPair, algorithm: str
 ) -> None:
@@ -266,24 +267,34 @@ def test_a_well_signed_assertion_is_granted_a_bearer_token(
     assert (record.status_code, record.json()["name"]) == (200, "US01")
 
 
-def test_an_es256_certificate_and_a_comma_separated_scope_are_taken(
-    netsuite: NetSuiteSimulator, knobs: NetSuiteSandbox
+@pytest.mark.parametrize(
+    ("curve", "algorithm", "other"),
+    [(ec.SECP256R1(), "ES256", "ES384"), (ec.SECP384R1(), "ES384", "ES256")],
+    ids=["P-256", "P-384"],
+)
+def test_an_ec_certificate_and_a_comma_separated_scope_are_taken(
+    netsuite: NetSuiteSimulator,
+    knobs: NetSuiteSandbox,
+    curve: ec.EllipticCurve,
+    algorithm: str,
+    other: str,
 ) -> None:
-    ec_pair = key_pair("ec")
-    knobs.register_integration(CLIENT_ID, "cert-ec", ec_pair.public_pem)
+    ec_pair = key_pair(curve)
+    kid = f"cert-{algorithm}"
+    knobs.register_integration(CLIENT_ID, kid, ec_pair.public_pem)
 
     answer = grant(
         netsuite,
         an_assertion(
-            netsuite,
-            ec_pair.key,
-            algorithm="ES256",
-            kid="cert-ec",
-            scope="restlets,rest_webservices",
+            netsuite, ec_pair.key, algorithm=algorithm, kid=kid, scope="restlets,rest_webservices"
         ),
+    )
+    mislabelled = grant(
+        netsuite, an_assertion(netsuite, key_pair(ec.SECP521R1()).key, algorithm="ES512", kid=kid)
     )
 
     assert answer.status_code == 200
+    assert (mislabelled.status_code, mislabelled.json()["error"]) == (401, "invalid_grant")
 
 
 @pytest.mark.parametrize(
