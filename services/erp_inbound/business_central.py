@@ -109,12 +109,14 @@ CREATE TABLE IF NOT EXISTS revsync_bc_notifications (
     change_type text        NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
--- How far the reconciliation poll has read each company's entity.
+-- How far the reconciliation poll has read each company's entity, and from when it reports
+-- (its first poll's time, or the configured start).
 CREATE TABLE IF NOT EXISTS revsync_bc_positions (
-    company_id text        NOT NULL,
-    entity     text        NOT NULL,
-    position   timestamptz,
-    polled_at  timestamptz NOT NULL DEFAULT now(),
+    company_id   text        NOT NULL,
+    entity       text        NOT NULL,
+    position     timestamptz,
+    publish_from timestamptz NOT NULL,
+    polled_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (company_id, entity)
 );
 -- The record versions worked since a little before each position (the overlap the poll reads
@@ -160,6 +162,10 @@ class BusinessCentralInboundConfig:
     """How often the reconciliation poll runs."""
     page_size: int = 100
     """Records read per page of the poll, each page one transaction."""
+    first_poll_from: datetime | None = None
+    """What a first poll reports from: documents changed and customer versions from then on
+    (earlier customers are read only for their credit fields). None: the first poll's own
+    time, so history from before revsync was connected is not published."""
 
     def __post_init__(self) -> None:
         if not self.companies:
@@ -175,6 +181,8 @@ class BusinessCentralInboundConfig:
             raise ValueError("reconcile_interval_s: expected a positive number of seconds")
         if not 1 <= self.page_size <= 20_000:
             raise ValueError("page_size: expected 1 to 20000")
+        if self.first_poll_from is not None and self.first_poll_from.tzinfo is None:
+            raise ValueError("first_poll_from: expected a time with its UTC offset")
 
 
 class RecordGone(RevsyncError):
@@ -774,9 +782,9 @@ class BusinessCentralInbound:
         company = self._company(company_id)
         with self.pool.connection() as connection:
             connection.execute(
-                "INSERT INTO revsync_bc_positions (company_id, entity) VALUES (%s, %s) "
-                "ON CONFLICT DO NOTHING",
-                (company.id, entity),
+                "INSERT INTO revsync_bc_positions (company_id, entity, publish_from) "
+                "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (company.id, entity, self.config.first_poll_from or self._clock()),
             )
             connection.commit()
             while True:
@@ -793,16 +801,24 @@ class BusinessCentralInbound:
         self, connection: psycopg.Connection[Any], company: Company, entity: str
     ) -> tuple[int, bool] | None:
         """One page: its events, the records worked and the new position. None when another
-        replica is polling the same entity."""
+        replica is polling the same entity.
+
+        A first poll reads documents from ``publish_from`` (less the overlap): what happened
+        before revsync was connected is not reported. It reads every customer, to know each
+        one's credit fields, and reports only the versions from ``publish_from`` on."""
         row = connection.execute(
-            "SELECT position FROM revsync_bc_positions WHERE company_id = %s AND entity = %s "
-            "FOR UPDATE SKIP LOCKED",
+            "SELECT position, publish_from FROM revsync_bc_positions WHERE company_id = %s "
+            "AND entity = %s FOR UPDATE SKIP LOCKED",
             (company.id, entity),
         ).fetchone()
         if row is None:
             return None
         position: datetime | None = row[0]
-        floor = EPOCH if position is None else position - OVERLAP
+        publish_from: datetime = row[1]
+        if position is not None:
+            floor = position - OVERLAP
+        else:
+            floor = EPOCH if entity == "customers" else publish_from - OVERLAP
         worked = {
             (str(r[0]), r[1])
             for r in connection.execute(
@@ -828,7 +844,7 @@ class BusinessCentralInbound:
         # A full page holds at least a page of records not worked yet; one that holds none is
         # a server not honouring $top, and reading it again would find nothing new either.
         more = bool(fresh) and len(records) >= top
-        changes = self._work(connection, company, entity, fresh, _Lookups())
+        changes = self._work(connection, company, entity, fresh, _Lookups(), publish_from)
         written = self.sink.write(connection.cursor(), changes).published
         versions = [modified(entity, r) for r in records]
         if versions:
@@ -854,10 +870,12 @@ class BusinessCentralInbound:
         entity: str,
         records: Sequence[Mapping[str, Any]],
         lookups: _Lookups,
+        publish_from: datetime | None = None,
     ) -> list[Change]:
         """The changes of ``records`` not worked before (by id and version), each marked
         worked; a record that cannot be mapped is logged and marked worked too, so it is not
-        read again until it changes."""
+        read again until it changes. A customer's version before ``publish_from`` is only
+        remembered (its credit fields), not reported."""
         changes: list[Change] = []
         read_at = self._clock()
         for record in records:
@@ -874,22 +892,27 @@ class BusinessCentralInbound:
                 )
                 if inserted.rowcount == 0:
                     continue
-                changes += self._changes(connection, company, entity, record, lookups, read_at)
+                if entity == "customers":
+                    report = publish_from is None or version >= publish_from
+                    changes += self._customer(
+                        connection, company, record, lookups, read_at, report=report
+                    )
+                else:
+                    changes += self._document(company, entity, record, lookups, read_at)
             except RecordInvalid as invalid:
                 log.warning("%s: %s", SYSTEM, invalid)
         return changes
 
-    def _changes(
+    def _document(
         self,
-        connection: psycopg.Connection[Any],
         company: Company,
         entity: str,
         record: Mapping[str, Any],
         lookups: _Lookups,
         read_at: datetime,
     ) -> list[Change]:
-        if entity == "customers":
-            return self._customer(connection, company, record, lookups, read_at)
+        """The change of a posted invoice, a shipment or an applied payment of an order
+        revsync placed (one carrying its CRM order id); none for any other document."""
         if entity in ("salesInvoices", "salesShipments") and not record.get(
             "externalDocumentNumber"
         ):
@@ -926,9 +949,11 @@ class BusinessCentralInbound:
         record: Mapping[str, Any],
         lookups: _Lookups,
         read_at: datetime,
+        *,
+        report: bool = True,
     ) -> list[Change]:
-        """A customer's version: its events when it is newer than the last one worked, and
-        its credit fields kept for the next."""
+        """A customer's version: its events when it is newer than the last one worked (and
+        ``report``), and its credit fields kept for the next."""
         customer_id = str(record["id"])
         link = self._link(company, customer_id, lookups)
         state = credit_state(record, link)
@@ -947,8 +972,8 @@ class BusinessCentralInbound:
             "EXCLUDED.credit_limit, standing = EXCLUDED.standing",
             (company.id, customer_id, state.version, state.credit_limit, state.standing),
         )
-        if link is None or not link.get("crmAccountId"):
-            return []  # no CRM account masters it: nothing to key its events by
+        if not report or link is None or not link.get("crmAccountId"):
+            return []  # before revsync was connected, or no CRM account to key it by
         terms = self._payment_terms(company, record.get("paymentTermsId"), link)
         return customer_changes(company, record, link, terms, previous, read_at)
 

@@ -606,7 +606,8 @@ def test_a_subscription_is_made_on_the_collection_of_each_company() -> None:
      ({"client_state": SecretStr("")}, "client_state"),
      ({"client_state": SecretStr("x" * 2049)}, "client_state"),
      ({"renew_before_s": 0}, "renew_before_s"),
-     ({"reconcile_interval_s": -1}, "reconcile_interval_s"), ({"page_size": 0}, "page_size")],
+     ({"reconcile_interval_s": -1}, "reconcile_interval_s"), ({"page_size": 0}, "page_size"),
+     ({"first_poll_from": datetime(2026, 12, 1)}, "first_poll_from")],
 )  # fmt: skip
 def test_a_contradictory_configuration_is_refused_naming_the_setting(
     changes: dict[str, Any], named: str
