@@ -115,7 +115,7 @@ def control(simulator: NetSuiteSimulator) -> Iterator[ErpSandbox]:
         books.seed_products(PRODUCTS)
         books.seed_price_books([PRICE_BOOK])
         yield books
-        books.set_faults(error_rate=0.0)
+        books.set_faults(error_rate=0.0, throttle_rate=0.0)
         books.set_clock(invoice_delay_s=NEVER, ship_delay_s=NEVER, payment_delay_s=-1)
     with NetSuiteSandbox(simulator.url) as account:
         account.set_settings(row_cap=100_000)
@@ -894,3 +894,21 @@ def test_an_invoice_paid_after_it_was_published_is_not_published_again(
     posted = serde.deserialize(posted_row.topic, posted_row.payload)
     assert isinstance(posted, InvoicePosted)
     assert paid.amount == posted.grand_total
+
+
+def test_netsuite_throttling_is_waited_out_as_long_as_it_asks(
+    simulator: NetSuiteSimulator,
+    control: ErpSandbox,
+    make_inbound: Callable[..., NetSuiteInbound],
+    pool: ConnectionPool[Any],
+) -> None:
+    invoiced(simulator, control, 1)
+    inbound = make_inbound()
+    control.set_faults(throttle_rate=1.0, retry_after_s=7)
+
+    with pytest.raises(TransientError) as throttled:
+        inbound.poll()
+    assert throttled.value.retry_after == 7
+    assert netsuite.backoff_s(0.05, 1, throttled.value) == 7
+    assert watermarks(pool) == {}
+    assert outbox(pool) == []
