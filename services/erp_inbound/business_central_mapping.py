@@ -211,10 +211,15 @@ def invoice_posted(
     payment_terms: str,
     read_at: datetime,
 ) -> Change:
-    """A posted sales invoice as ``InvoicePosted``; posted when first seen Open or Paid
-    (its ``lastModifiedDateTime`` then), its amount due what was still open when read."""
+    """A posted sales invoice as ``InvoicePosted``, its amount due what was still open when
+    read. Business Central keeps no posting time: an invoice read while still open was
+    posted at its ``lastModifiedDateTime``; one first read already paid (its notification
+    missed) was changed since, so it is said posted at the start of its posting date."""
     fields = _Fields("salesInvoices", invoice)
     posted_at = fields.modified()
+    if invoice.get("status") != "Open":
+        posting_day = datetime.fromisoformat(fields.day("postingDate")).replace(tzinfo=UTC)
+        posted_at = min(posted_at, posting_day)
     payload = {
         "invoice": {
             "id": fields.id,

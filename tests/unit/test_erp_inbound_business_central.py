@@ -176,6 +176,10 @@ def test_an_invoice_read_again_later_is_the_same_event() -> None:
     first = invoice_posted(COMPANY, INVOICE, ORDER, "NET30", READ_AT)
     again = invoice_posted(COMPANY, paid, ORDER, "NET30", READ_AT + timedelta(days=2))
     assert first.id == again.id
+    late = event_of(again)  # first read paid: posted on its posting date, not when paid
+    assert isinstance(late, InvoicePosted)
+    assert late.posted_at == datetime(2026, 12, 7, tzinfo=UTC)
+    assert late.amount_due == Decimal("0")
 
 
 def test_event_ids_differ_by_company_and_record() -> None:
