@@ -19,16 +19,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlencode
 
+import psycopg
 from psycopg import errors, sql
 from pydantic import BaseModel, ValidationError
 
 from revsync.contracts.events import money
-from revsync.ports.erp import normalised_identifier
 from sandbox.business_central import entities, odata
 from sandbox.business_central.entities import EntitySet
 from sandbox.business_central.odata import (
@@ -414,7 +414,16 @@ class BusinessCentralSimulator:
                 name: unquote(value) if value else value for name, value in request.params.items()
             }
             with self._slot():
-                return handler(request)
+                try:
+                    return handler(request)
+                except psycopg.Error as failure:
+                    # The books' database failing: BC's answer to its own store failing.
+                    self.books.server.count("business_central.internal_errors")
+                    raise error(
+                        500,
+                        "Internal_ServerError",
+                        f"An internal error occurred ({failure.sqlstate}).",
+                    ) from None
 
         self.books.server.route(method, pattern, guarded)
 
@@ -448,9 +457,8 @@ class BusinessCentralSimulator:
                 raise error(
                     429,
                     "Application_TooManyRequests",
-                    "Too many requests reached. Actual (6). Maximum (5).".replace(
-                        "(5)", f"({self.settings.concurrency_limit})"
-                    ).replace("(6)", f"({self._in_flight + 1})"),
+                    f"Too many requests reached. Actual ({self._in_flight + 1}). "
+                    f"Maximum ({self.settings.concurrency_limit}).",
                     {"Retry-After": str(self.settings.retry_after_s)},
                 )
             self._in_flight += 1
@@ -1244,6 +1252,4 @@ __all__ = [
     "Company",
     "Settings",
     "company_id",
-    "normalised_identifier",
-    "timedelta",
 ]

@@ -316,7 +316,7 @@ class BusinessCentralAdapter(ErpPort):
             "customerLinks",
             lambda d: CreditPosition(
                 customer_id=str(d["id"]),
-                status=STATUSES[d["creditStatus"]],
+                status=_known(STATUSES, d["creditStatus"], "creditStatus"),
                 currency=str(d["currencyCode"]),
                 credit_limit=_amount(d["creditLimit"]),
                 exposure=_amount(d["exposure"]),
@@ -854,6 +854,13 @@ def _amount(value: object) -> Decimal:
     return Decimal(value).quantize(FOUR_PLACES)
 
 
+def _known(values: Mapping[str, T], value: object, name: str) -> T:
+    """``values[value]``; a value outside them is a ValueError naming the field alone."""
+    if not isinstance(value, str) or value not in values:
+        raise ValueError(f"{name} is none of {sorted(values)}")
+    return values[value]
+
+
 def _optional(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
 
@@ -875,7 +882,7 @@ def _customer(link: dict[str, Any], legal_entity: str) -> Customer:
             name=str(d["displayName"]),
             crm_account_id=_optional(d["crmAccountId"]),
             legal_entity=legal_entity,
-            status=STATUSES[d["creditStatus"]],
+            status=_known(STATUSES, d["creditStatus"], "creditStatus"),
             credit_limit=_amount(d["creditLimit"]),
             currency=str(d["currencyCode"]),
             number=_optional(d["customerNumber"]),
@@ -952,7 +959,7 @@ def _sales_order(state: dict[str, Any]) -> SalesOrder:
             number=str(d["number"]),
             external_id=str(d["externalDocumentNumber"]),
             customer_id=str(d["customerId"]),
-            status=STATES[d["state"]],
+            status=_known(STATES, d["state"], "state"),
             currency=str(d["currencyCode"]),
             subtotal=_amount(d["totalAmountExcludingTax"]),
             tax_total=_amount(d["totalTaxAmount"]),
