@@ -67,6 +67,7 @@ from erp_inbound.netsuite_mapping import (
 )
 from erp_inbound.sink import Change, InboundSink, event_id
 from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
+from revsync.connectors.netsuite import literal
 from revsync.errors import ErrorClass, RevsyncError, TransientError, described
 from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
@@ -374,11 +375,6 @@ EXPOSURES = (
     "OR (t.type = 'CustInvc' AND t.status = 'A')) GROUP BY t.entity ORDER BY t.entity"
 )
 """A customer's exposure: its sales orders pending fulfilment and its open invoices."""
-
-
-def literal(text: str) -> str:
-    """``text`` as a SuiteQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def id_list(ids: Iterable[str]) -> str:

@@ -26,7 +26,6 @@ from erp_inbound.netsuite import (
     WindowTooDense,
     _new,
     backoff_s,
-    literal,
     record_query,
     window_query,
 )
@@ -495,8 +494,8 @@ def test_the_window_query_reads_in_a_unique_order_from_its_bound() -> None:
     assert "t.id = 'INV-1'" in record_query(Kind.INVOICE, "INV-1")
 
 
-def test_a_literal_doubles_its_quotes() -> None:
-    assert literal("O'Brien") == "'O''Brien'"
+def test_an_id_in_a_query_is_a_literal_with_its_quotes_doubled() -> None:
+    assert "t.id = 'O''Brien'" in record_query(Kind.CUSTOMER, "O'Brien")
 
 
 def test_a_change_is_written_unless_published_or_refused_in_the_same_version() -> None:
