@@ -509,7 +509,7 @@ def _upsert(
         "INSERT INTO {table} ({columns}) VALUES ({values}) "
         "ON CONFLICT ({key}) DO UPDATE SET {updates}"
     ).format(
-        table=sql.Identifier("erp", table),
+        table=sql.Identifier(table),
         columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
         values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
         key=sql.SQL(", ").join(map(sql.Identifier, key)),
