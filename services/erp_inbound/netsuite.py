@@ -220,6 +220,9 @@ class NetSuiteInboundConfig:
     """Where the first poll of a kind reads from, before it has a watermark."""
     row_cap: int = ROW_CAP
     """How far into a query's rows NetSuite pages (``offset + limit``): 100,000."""
+    locations: Mapping[str, str] = field(default_factory=dict)
+    """Location internal id by sales region (``{"NA": "7"}``), as the adapter books orders
+    with: an order's location is its region (a location not named is a region itself)."""
     regions: Mapping[str, str] = field(default_factory=dict)
     """Sales region by legal entity (``{"US01": "NA"}``), for a sales order that names no
     location."""
@@ -266,6 +269,7 @@ class NetSuiteInboundConfig:
             entities={subsidiary: entity for entity, subsidiary in self.subsidiaries.items()},
             zone=ZoneInfo(self.timezone),
             regions=dict(self.regions),
+            locations={location: region for region, location in self.locations.items()},
         )
 
 
@@ -342,7 +346,7 @@ HEADERS = {
 ORDER = " ORDER BY t.lastmodifieddate, t.id"
 SALES_ORDERS = (
     "SELECT DISTINCT tl.transaction AS id, so.id AS so_id, so.tranid AS so_tranid, "
-    "so.externalid AS so_externalid, so.memo AS so_memo, BUILTIN.DF(so.location) AS so_region, "
+    "so.externalid AS so_externalid, so.memo AS so_memo, so.location AS so_location, "
     "c.externalid AS crm_account_id "
     "FROM transactionline tl JOIN transaction so ON so.id = tl.createdfrom "
     "LEFT JOIN customer c ON c.id = so.entity "
@@ -359,7 +363,7 @@ APPLICATIONS = (
     "ABS(tl.netamount) AS applied, inv.foreigntotal AS invoice_total, "
     "inv.foreignamountremaining AS invoice_remaining, so.id AS so_id, so.tranid AS so_tranid, "
     "so.externalid AS so_externalid, so.memo AS so_memo, "
-    "BUILTIN.DF(so.location) AS so_region, c.externalid AS crm_account_id "
+    "so.location AS so_location, c.externalid AS crm_account_id "
     "FROM transactionline tl JOIN transaction inv ON inv.id = tl.createdfrom "
     "LEFT JOIN transactionline il ON il.transaction = inv.id "
     "LEFT JOIN transaction so ON so.id = il.createdfrom AND so.type = 'SalesOrd' "

@@ -201,6 +201,14 @@ class Account:
     zone: ZoneInfo
     regions: Mapping[str, str] = field(default_factory=dict)
     """Sales region by legal entity, for a sales order that names no location."""
+    locations: Mapping[str, str] = field(default_factory=dict)
+    """Sales region by location internal id; a location not here is a region itself."""
+
+    def region(self, location: str | None, entity: str) -> str | None:
+        """The sales region of an order at ``location`` of legal entity ``entity``."""
+        if location is None:
+            return self.regions.get(entity)
+        return self.locations.get(location, location)
 
 
 @dataclass(frozen=True)
@@ -271,7 +279,7 @@ def placed_by_revsync(row: _Row) -> bool:
 def sales_order_reference(row: _Row, account: Account, entity: str) -> dict[str, Any]:
     """What every document's payload says about its sales order (columns ``so_*``), as the
     reference ERP's outbox rows do: its CRM order id is the order's external id, its region
-    the name of the order's location (else the legal entity's region)."""
+    the order's location's (else the legal entity's)."""
     return {
         "id": row.optional("so_id"),
         "number": row.optional("so_tranid"),
@@ -279,7 +287,7 @@ def sales_order_reference(row: _Row, account: Account, entity: str) -> dict[str,
         "customer_id": row.optional("entity"),
         "crm_account_id": row.optional("crm_account_id"),
         "legal_entity": entity,
-        "region": row.optional("so_region") or account.regions.get(entity),
+        "region": account.region(row.optional("so_location"), entity),
         "currency": row.optional("currency"),
         "correlation_id": row.optional("so_memo"),
     }

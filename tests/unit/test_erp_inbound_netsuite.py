@@ -77,7 +77,7 @@ ORDER = {
     "so_tranid": "SO-000001",
     "so_externalid": "8015g00000AbCdEAAV",
     "so_memo": "corr-1",
-    "so_region": "NA",
+    "so_location": "NA",
     "entity": "C-100001",
     "crm_account_id": "0015g00000XyZaBAAV",
 }
@@ -173,12 +173,25 @@ def test_an_order_that_names_no_location_is_of_its_legal_entitys_region() -> Non
         timezone="America/Los_Angeles",
         regions={"US01": "NA"},
     )
-    nowhere = {k: v for k, v in INVOICE.items() if k != "so_region"}
+    nowhere = {k: v for k, v in INVOICE.items() if k != "so_location"}
     (change,) = invoice_changes(nowhere, config.account, READ_AT)
     assert event(change).region == "NA"
     (change,) = invoice_changes(nowhere, CONFIG.account, READ_AT)
     with pytest.raises(ErpPayloadInvalid, match=r"sales_order\.region"):
         event(change)
+
+
+def test_an_orders_location_is_its_region_as_the_adapter_books_it() -> None:
+    config = NetSuiteInboundConfig(
+        account_id=ACCOUNT,
+        subsidiaries={"US01": "1"},
+        timezone="America/Los_Angeles",
+        locations={"EMEA": "7"},
+    )
+    at_seven = {**INVOICE, "so_location": "7"}
+    assert event(invoice_changes(at_seven, config.account, READ_AT)[0]).region == "EMEA"
+    # A location the configuration does not name is a region itself.
+    assert event(invoice_changes(INVOICE, config.account, READ_AT)[0]).region == "NA"
 
 
 def test_another_subsidiarys_invoice_is_not_published() -> None:
