@@ -20,6 +20,7 @@ page boundary are neither lost nor doubled.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import logging
@@ -220,6 +221,8 @@ class BusinessCentralApi(Protocol):
 
     def patch(self, path: str, body: Mapping[str, Any], etag: str) -> Mapping[str, Any]: ...
 
+    def delete(self, path: str, etag: str) -> None: ...
+
     def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
         """revsync's customer link of a customer (its ``crmAccountId``, and the credit
         standing it reports), or None when the customer has none."""
@@ -313,6 +316,9 @@ class BusinessCentralHttpApi:
         return self._call(
             "PATCH", f"{self._api_url}/{path}", json_body=body, headers={"If-Match": etag}
         )
+
+    def delete(self, path: str, etag: str) -> None:
+        self._call("DELETE", f"{self._api_url}/{path}", headers={"If-Match": etag})
 
     def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
         url = f"{self._extension_url}/companies({company_id})/customerLinks({customer_id})"
@@ -582,10 +588,15 @@ class BusinessCentralInbound:
                 return 0
             live = self._live_subscriptions()
             now = self._clock()
+            try:
+                self._drop_unwanted(live)
+            except (TransientError, BusinessCentralRefused) as error:
+                log.warning("%s: unwanted subscriptions not deleted: %s", SYSTEM, error)
+                failure = error
             for company_id in self._entities:
                 for entity in NOTIFIED_ENTITIES:
                     resource = subscription_resource(company_id, entity)
-                    current = live.get(_resource_key(resource))
+                    current = next(iter(live.get(_resource_key(resource), [])), None)
                     try:
                         kept += self._keep(connection, company_id, entity, current, now)
                     except (TransientError, BusinessCentralRefused, RecordGone) as error:
@@ -595,14 +606,42 @@ class BusinessCentralInbound:
             raise failure
         return kept
 
-    def _live_subscriptions(self) -> dict[str, Mapping[str, Any]]:
-        """revsync's subscriptions Business Central has, by resource."""
+    def _live_subscriptions(self) -> dict[str, list[Mapping[str, Any]]]:
+        """revsync's subscriptions Business Central has (those to its notification URL), by
+        resource, the one expiring last first."""
         answer = self.api.get("subscriptions")
-        live: dict[str, Mapping[str, Any]] = {}
+        live: dict[str, list[Mapping[str, Any]]] = {}
         for value in _values(answer):
             if value.get("notificationUrl") == self.config.notification_url:
-                live[_resource_key(str(value.get("resource")))] = value
+                live.setdefault(_resource_key(str(value.get("resource")) or ""), []).append(value)
+        for found in live.values():
+            found.sort(key=lambda s: _expiration(s) or EPOCH, reverse=True)
         return live
+
+    def _drop_unwanted(self, live: dict[str, list[Mapping[str, Any]]]) -> None:
+        """Deletes revsync's subscriptions to what it no longer reads (a company taken out of
+        its configuration) and the extra ones to one resource (left by a create whose answer
+        was lost), each of which would only send notifications again."""
+        wanted = {
+            _resource_key(subscription_resource(company_id, entity))
+            for company_id in self._entities
+            for entity in NOTIFIED_ENTITIES
+        }
+        for key, found in live.items():
+            extra = found if key not in wanted else found[1:]
+            for subscription in extra:
+                with contextlib.suppress(RecordGone):  # gone already
+                    self.api.delete(
+                        f"subscriptions('{subscription.get('subscriptionId')}')",
+                        str(subscription.get("@odata.etag") or "*"),
+                    )
+                log.info(
+                    "%s: subscription to %s deleted: %s",
+                    SYSTEM,
+                    subscription.get("resource"),
+                    "not read" if key not in wanted else "a second one",
+                )
+            del found[int(key in wanted) :]
 
     def _keep(
         self,

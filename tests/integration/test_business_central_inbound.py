@@ -195,6 +195,13 @@ class FakeBusinessCentral:
         current["@odata.etag"] = f'W/"{uuid.uuid4().hex}"'
         return current
 
+    def delete(self, path: str, etag: str) -> None:
+        self._available(f"DELETE {path}")
+        match = re.fullmatch(r"subscriptions\('([^']+)'\)", path)
+        assert match is not None
+        if self.subscriptions.pop(match[1], None) is None:
+            raise bc.RecordGone(f"business-central: HTTP 404 on DELETE {path}")
+
     def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
         self._available(f"GET customerLinks({customer_id})")
         account = self.links.get(customer_id)
@@ -614,6 +621,34 @@ def test_subscriptions_are_made_renewed_inside_their_window_and_made_again_when_
     assert {row[1] for row in kept} == set(api.subscriptions)
 
 
+def test_subscriptions_to_what_revsync_does_not_read_and_second_ones_are_deleted(
+    api: FakeBusinessCentral, pool: ConnectionPool[Any], inbound_sink: InboundSink
+) -> None:
+    inbound = make_inbound(api, pool, inbound_sink)
+    inbound.keep_subscriptions()
+    customers = f"/api/v2.0/companies({api.company_id})/customers"
+    first = next(k for k, s in api.subscriptions.items() if s["resource"] == customers)
+    taken_out = api.post(
+        "subscriptions",
+        {"notificationUrl": RECEIVER, "resource": "/api/v2.0/companies(gone)/customers"},
+    )
+    api.clock += timedelta(hours=1)  # a second one, expiring after the first: the one kept
+    second = api.post("subscriptions", {"notificationUrl": RECEIVER, "resource": customers})
+    someone_elses = api.post(
+        "subscriptions",
+        {"notificationUrl": "https://elsewhere/", "resource": "/api/v2.0/companies(x)/customers"},
+    )
+    assert inbound.keep_subscriptions() == 0
+    assert taken_out["subscriptionId"] not in api.subscriptions
+    assert first not in api.subscriptions
+    assert second["subscriptionId"] in api.subscriptions
+    assert someone_elses["subscriptionId"] in api.subscriptions
+    assert sorted(s["resource"] for s in api.subscriptions.values()) == sorted(
+        [customers, f"/api/v2.0/companies({api.company_id})/salesInvoices",
+         "/api/v2.0/companies(x)/customers"]
+    )  # fmt: skip
+
+
 def test_subscriptions_not_kept_while_business_central_is_down_are_kept_after(
     api: FakeBusinessCentral, pool: ConnectionPool[Any], inbound_sink: InboundSink
 ) -> None:
@@ -661,7 +696,7 @@ def control(simulator: BusinessCentralSimulator) -> Iterator[ErpSandbox]:
         sandbox.set_clock(invoice_delay_s=NEVER, ship_delay_s=NEVER, payment_delay_s=-1)
     simulator.settings.update(
         {"drop_next_notifications": 0, "duplicate_next_notifications": 0,
-         "subscription_lifetime_s": 3 * 24 * 3600.0}
+         "subscription_lifetime_s": 3 * 24 * 3600.0, "collapse_threshold": 100}
     )  # fmt: skip
     for subscription in simulator.subscriptions.current():
         simulator.subscriptions.remove(subscription.id)
@@ -1110,3 +1145,24 @@ def test_a_receiver_business_central_cannot_reach_does_not_stop_the_poll(
     control.set_clock(invoice_delay_s=0.1)
     wait_until(lambda: live.events() == [("InvoicePosted", order)])
     assert not subscribed(live.simulator, live.receiver.url)
+
+
+def test_a_collection_notification_brings_every_change_it_collapsed(
+    open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
+) -> None:
+    live = open_live()
+    live.simulator.settings.update({"collapse_threshold": 1})
+    live.start()
+    wait_until(lambda: len(subscribed(live.simulator, live.receiver.url)) == 2)
+    time.sleep(0.5)  # the first poll, made on start, is over
+    orders = [live.order(customer.id) for _ in range(3)]
+    control.set_clock(invoice_delay_s=0.1)
+    wait_until(lambda: sorted(live.events()) == sorted(("InvoicePosted", o) for o in orders))
+    collapsed = [
+        notification
+        for delivery in live.simulator.notifier.deliveries
+        if delivery.get("result") == "delivered"
+        for notification in delivery["value"]
+        if notification["changeType"] == "collection"
+    ]
+    assert collapsed, "the invoices came one by one"
