@@ -897,7 +897,9 @@ def _state(before: tuple[CreditState, datetime] | None) -> CreditState | None:
 
 def _newer(customer: CustomerVersion, before: tuple[CreditState, datetime] | None) -> bool:
     """Whether ``customer`` is newer than what was published of it: another version, not
-    modified before it (a poll's page read before an afterSubmit post wrote a later one)."""
+    modified before it (a poll's page read before an afterSubmit post wrote a later one). In
+    the hour a clock turns back, an edit in its second pass after one in its first reads as
+    older (both are read as the first pass) and waits for the customer's next change."""
     if before is None:
         return True
     state, changed_at = before
