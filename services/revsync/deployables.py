@@ -20,14 +20,16 @@ from importlib.metadata import entry_points
 from typing import Protocol
 
 from revsync.connectors.cdc import RecordChange, decode_change
-from revsync.connectors.erp import ErpConfig, ErpRestAdapter
+from revsync.connectors.erps import erp_port
 from revsync.connectors.pubsub import PubSubClient, PubSubConfig
 from revsync.connectors.salesforce import SalesforceClient, SalesforceConfig
 from revsync.contracts.catalog import Catalog, CatalogError, TopicFormat
 from revsync.contracts.events import Event
 from revsync.contracts.serde import EventSerde
+from revsync.erp_settings import ErpSettings
 from revsync.errors import RevsyncError
 from revsync.migrations import Tables
+from revsync.ports.erp import ErpPort
 from revsync.runtime.handler import Handler, Inbound
 from revsync.runtime.observability import Liveness
 from revsync.runtime.records import Decoder
@@ -88,18 +90,12 @@ class Context:
         self.resources.callback(client.close)
         return client
 
-    def erp(self) -> ErpRestAdapter:
-        s = self.service
-        s.required("erp_base_url", "erp_api_token")
-        assert s.erp_base_url
-        assert s.erp_api_token
-        adapter = ErpRestAdapter(
-            ErpConfig(
-                base_url=s.erp_base_url, api_token=s.erp_api_token, timeout_s=s.http_timeout_s
-            )
-        )
-        self.resources.callback(adapter.close)
-        return adapter
+    def erp(self) -> ErpPort:
+        """The ERP of every legal entity, as the ERP settings choose
+        (:mod:`revsync.erp_settings`)."""
+        port = erp_port(self.service, ErpSettings.load())
+        self.resources.callback(port.close)
+        return port
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,16 @@ class ErpSettings(BaseSettings):
         default_factory=dict,
         description='Subsidiary internal id of each legal entity, JSON: {"US01": "1", ...}.',
     )
+    netsuite_currencies: dict[str, str] = Field(
+        default_factory=dict,
+        description='Currency internal id of each ISO code, JSON: {"USD": "1", ...}; default: '
+        "NetSuite's usual first four (USD 1, GBP 2, CAD 3, EUR 4).",
+    )
+    netsuite_locations: dict[str, str] = Field(
+        default_factory=dict,
+        description='Location internal id of each sales region, JSON: {"NA": "7", ...}; a '
+        "region not named is taken as its location's id.",
+    )
     netsuite_timezone: str = Field(
         default="America/Los_Angeles",
         description="The account's time zone (Company Information): SuiteQL dates are in it.",
