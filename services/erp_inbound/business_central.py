@@ -72,7 +72,7 @@ OVERLAP = timedelta(seconds=5)
 """How far before its position a poll reads again: a change stamped before the position but
 committed after the poll read past it is found then."""
 EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
-"""Where a poll starts that has no position yet: every record there is."""
+"""Where the first poll of customers starts: every customer there is, for its credit fields."""
 RETRIED_STATUSES = (408, 429, 503)
 """What a notification may be answered with to have Business Central send it again; any other
 failure status makes it delete the subscription."""
@@ -87,6 +87,9 @@ RESOURCE = re.compile(
 """A subscription's or notification's resource: ``api/v2.0/companies(<id>)/<entity>`` and,
 for one record, ``(<id>)`` after it."""
 NOTIFICATIONS_PER_BATCH = 100
+QUEUE_WAIT_S = 5.0
+"""How long a notification waits for a database connection before it is answered 503 (and
+sent again): Business Central waits only seconds for an answer."""
 BACKOFF_MAX_S = 60.0
 
 SCHEMA = """
@@ -554,7 +557,10 @@ class BusinessCentralInbound:
             )
         if ours:
             try:
-                with self.pool.connection() as connection, connection.transaction():
+                with (
+                    self.pool.connection(timeout=QUEUE_WAIT_S) as connection,
+                    connection.transaction(),
+                ):
                     connection.cursor().executemany(
                         "INSERT INTO revsync_bc_notifications (company_id, entity, record_id, "
                         "change_type) VALUES (%s, %s, %s, %s)",

@@ -484,7 +484,7 @@ class UnavailablePool:
     """A pool whose database is down."""
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
         raise psycopg.OperationalError("connection refused")
         yield  # pragma: no cover
 
@@ -494,9 +494,11 @@ class RecordingPool:
 
     def __init__(self) -> None:
         self.queued: list[tuple[Any, ...]] = []
+        self.timeouts: list[float | None] = []
 
     @contextmanager
-    def connection(self) -> Iterator[Any]:
+    def connection(self, timeout: float | None = None) -> Iterator[Any]:
+        self.timeouts.append(timeout)
         yield self
 
     @contextmanager
@@ -533,6 +535,7 @@ def test_a_notification_is_queued_and_taken_at_once() -> None:
     pool = RecordingPool()
     upper = notification(resource=f"api/v2.0/companies({COMPANY.id.upper()})/customers(c-1)")
     assert inbound(pool).notified(body(notification(), upper)) == 202
+    assert pool.timeouts == [bc.QUEUE_WAIT_S]  # a busy database is not waited on for long
     assert pool.queued == [
         (COMPANY.id, "salesInvoices", INVOICE["id"], "updated"),
         (COMPANY.id, "customers", "c-1", "updated"),
