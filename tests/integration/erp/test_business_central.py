@@ -290,6 +290,28 @@ def test_a_create_whose_answer_was_lost_is_found_by_the_retry(
     assert retried.status is SalesOrderStatus.OPEN
 
 
+def test_a_create_whose_answer_is_lost_in_the_call_is_found_by_its_re_read(
+    simulator: BusinessCentralSimulator,
+    adapter: BusinessCentralAdapter,
+    books: ErpSandbox,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request = order_request()
+    send = adapter._send
+
+    def lose_the_create(method: str, path: str, **options: Any) -> httpx.Response:
+        answer = send(method, path, **options)
+        if method == "POST" and path.endswith("/salesOrders"):
+            raise TransientError("business-central: POST salesOrders timed out")
+        return answer
+
+    monkeypatch.setattr(adapter, "_send", lose_the_create)
+    order = adapter.create_sales_order(request, a_key())
+
+    assert order.external_id == request.external_id
+    assert books_orders(simulator, request.external_id) == [order.id]
+
+
 def test_two_orders_sharing_an_external_document_number_are_what_business_central_allows(
     simulator: BusinessCentralSimulator, api: httpx.Client, books: ErpSandbox
 ) -> None:
@@ -344,7 +366,7 @@ def test_throttling_by_the_environments_concurrency_limit_is_transient_with_retr
     assert throttled.value.retry_after == 7
 
 
-@pytest.mark.parametrize("status", [500, 503, 504])
+@pytest.mark.parametrize("status", [408, 500, 502, 503, 504])
 def test_server_errors_are_transient(
     adapter: BusinessCentralAdapter, books: ErpSandbox, knobs: BusinessCentralSandbox, status: int
 ) -> None:
@@ -352,6 +374,15 @@ def test_server_errors_are_transient(
     with pytest.raises(TransientError, match=f"HTTP {status}") as failed:
         adapter.create_sales_order(order_request(), a_key())
     assert classify(failed.value) is ErrorClass.TRANSIENT
+
+
+def test_a_refused_permission_is_a_transient_auth_failure(
+    adapter: BusinessCentralAdapter, books: ErpSandbox, knobs: BusinessCentralSandbox
+) -> None:
+    books.set_faults(throttle_rate=1.0, throttle_status=403)
+    with pytest.raises(BusinessCentralAuthFailed, match="HTTP 403") as refused:
+        adapter.customer(ACTIVE.id)
+    assert classify(refused.value) is ErrorClass.TRANSIENT
 
 
 def test_a_stale_etag_is_refused_412_and_the_adapter_reads_again_and_writes(
