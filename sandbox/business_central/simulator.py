@@ -11,7 +11,6 @@ in the message (``CREDIT_HOLD: ...``), as revsync's validation extension raises 
 from __future__ import annotations
 
 import hmac
-import re
 import secrets
 import threading
 import time
@@ -21,12 +20,12 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote, urlencode
 
 import psycopg
-from psycopg import errors, sql
-from pydantic import BaseModel, ValidationError
+from psycopg import errors
+from pydantic import ValidationError
 
 from revsync.contracts.events import money
 from sandbox.business_central import entities, odata
@@ -47,9 +46,6 @@ from sandbox.erp.customers import DEFAULT_CREDIT_LIMITS, CustomerEdit, CustomerI
 from sandbox.erp.orders import OrderBody
 from sandbox.erp.simulator import (
     ErpSimulator,
-    PriceBooksSeed,
-    ProductsSeed,
-    StockLevelsSeed,
 )
 from sandbox.erp.store import Connection, connect, migrate
 from sandbox.http import CONTROL_PREFIX, HttpFailure, Request, Response
@@ -64,7 +60,6 @@ COMPANY_NAMESPACE = uuid.UUID("2d6e0b1c-8f3a-4a9e-b5d7-1c0e6f4a3b21")
 LEGAL_ENTITY_CURRENCIES = {"US01": "USD", "CA01": "CAD", "DE01": "EUR", "GB01": "GBP"}
 CONTROL = CONTROL_PREFIX + "business-central/"
 THREE_DAYS_S = 3 * 24 * 3600.0
-M = TypeVar("M", bound=BaseModel)
 
 MIGRATION = """
 CREATE TABLE IF NOT EXISTS bc_sales_orders (
@@ -357,55 +352,6 @@ class BusinessCentralSimulator:
         control("POST", CONTROL + "notifications/flush", self.notifier.flush)
         control("POST", CONTROL + "tokens/expire", self._expire_tokens)
         control("GET", CONTROL + "companies", self._companies)
-        self._seeding_in_schema()
-
-    def _seeding_in_schema(self) -> None:
-        """The books' seeding of products, price books and stock, written to this schema.
-
-        The books' own handlers for these three routes name schema ``erp`` in their SQL, so
-        in any other schema they write beside the books; these handlers, served first, write
-        the same rows where the books are. (To go once the books' upsert names no schema.)"""
-        seeds: list[tuple[str, Callable[[Request], Response]]] = [
-            ("products", self._seed_products),
-            ("price-books", self._seed_price_books),
-            ("stock", self._seed_stock),
-        ]
-        for path, handler in seeds:
-            pattern = re.compile(f"^{CONTROL_PREFIX}{path}$")
-            self.books.server._routes.insert(0, ("POST", pattern, handler, False))
-
-    def _seed_products(self, request: Request) -> Response:
-        seed = _seed(ProductsSeed, request.body)
-        with self.books.pool.connection() as connection, connection.transaction():
-            _upsert(connection, "products", ("sku",), [p.model_dump() for p in seed.products])
-        return Response(body={"upserted": len(seed.products)})
-
-    def _seed_stock(self, request: Request) -> Response:
-        seed = _seed(StockLevelsSeed, request.body)
-        with self.books.pool.connection() as connection, connection.transaction():
-            _upsert(connection, "stock", ("sku", "region"), [s.model_dump() for s in seed.stock])
-        return Response(body={"upserted": len(seed.stock)})
-
-    def _seed_price_books(self, request: Request) -> Response:
-        """Replaces each book's entries as a whole, as the books' seeding does."""
-        seed = _seed(PriceBooksSeed, request.body)
-        with self.books.pool.connection() as connection, connection.transaction():
-            books = [book.model_dump(exclude={"entries"}) for book in seed.price_books]
-            _upsert(connection, "price_books", ("id",), books)
-            connection.execute(
-                "DELETE FROM price_book_entries WHERE price_book_id = ANY(%s)",
-                ([book.id for book in seed.price_books],),
-            )
-            connection.cursor().executemany(
-                "INSERT INTO price_book_entries (price_book_id, sku, unit_price) "
-                "VALUES (%s, %s, %s)",
-                [
-                    (book.id, entry.sku, entry.unit_price)
-                    for book in seed.price_books
-                    for entry in book.entries
-                ],
-            )
-        return Response(body={"upserted": len(seed.price_books)})
 
     def _api(self, method: str, pattern: str, handler: Callable[[Request], Response]) -> None:
         def guarded(request: Request) -> Response:
@@ -1061,40 +1007,6 @@ class BusinessCentralSimulator:
         if row is None:
             raise not_found(f"requestKeys record '{wanted}'")
         return Response(body=_request_key(row))
-
-
-def _seed(model: type[M], body: Any) -> M:
-    try:
-        return model.model_validate(body if body is not None else {})
-    except ValidationError as invalid:
-        raise HttpFailure(
-            400, {"code": "invalid_request", "message": str(invalid.error_count())}
-        ) from None
-
-
-def _upsert(
-    connection: Connection, table: str, key: tuple[str, ...], rows: list[dict[str, Any]]
-) -> None:
-    """Inserts ``rows`` into ``table`` of the connection's schema, replacing any row with the
-    same ``key``."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    query = sql.SQL(
-        "INSERT INTO {table} ({columns}) VALUES ({values}) "
-        "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-    ).format(
-        table=sql.Identifier(table),
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
-        key=sql.SQL(", ").join(map(sql.Identifier, key)),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(column))
-            for column in columns
-            if column not in key
-        ),
-    )
-    connection.cursor().executemany(query, rows)
 
 
 def _request_key(row: Any) -> dict[str, Any]:
