@@ -1,12 +1,37 @@
 """The Business Central simulator: BC's API v2.0 shape (Entra client-credentials tokens,
 companies, customers, items, sales orders with deep insert and ETags, sales invoices,
-shipments, customer payments, webhook subscriptions) and revsync's extension API
-(``/api/revsync/integration/v1.0``: customer links, price lists, item availability, sales
-order states, request keys) over the ERP sandbox's books in schema ``business_central``.
+shipments, customer payments, payment terms, company information, webhook subscriptions) and
+revsync's extension API (``/api/revsync/integration/v1.0``: customer links, price lists, item
+availability, sales order states, request keys) over the ERP sandbox's books in schema
+``business_central``.
 
 The business behaviour is the books' (:mod:`sandbox.erp.orders`, :mod:`sandbox.erp.customers`):
 their refusals come back as BC's 400 ``Application_DialogException`` with the reason code first
-in the message (``CREDIT_HOLD: ...``), as revsync's validation extension raises them."""
+in the message (``CREDIT_HOLD: ...``, the items at fault as ``[items: A, B]``, a customer's field
+as ``[field: currencyCode]``), as revsync's validation extension raises them.
+
+How the books' records show as BC's:
+
+- One company per legal entity (guid from tenant, environment and code; ``name`` the code);
+  a record is in the company of its legal entity. Ids are the books' ids.
+- ``salesOrders``: every order not cancelled (``status`` ``Open``, or ``Released`` once
+  invoiced; BC itself removes a fully posted order), ``shortcutDimension1Code`` the region.
+  A deep insert prices against the company's first price list in the order's currency and
+  takes each line's ``taxPercent`` of its net amount as its tax. Two orders may share an
+  external document number, as in BC (the second gets an external id of its own in the books).
+  ``DELETE`` removes an open order; ``PATCH`` changes ``requestedDeliveryDate``,
+  ``shortcutDimension1Code`` and the ship-to fields of an open one. An order for a customer
+  of another company is refused (``CUSTOMER_NOT_MASTERED``) once the books' own checks pass.
+- ``salesInvoices``: ``status`` ``Open`` or ``Paid``, ``remainingAmount``; changed when paid.
+  ``customerPayments`` (also under ``customerPaymentJournals({id})``): ``amount`` negative, as
+  a payment journal line credits the customer, ``appliesToInvoiceId``.
+- ``customers``: ``country`` the customer's country, the address its billing address,
+  ``blocked`` from the books' blocks (``Ship``, ``Invoice``, ``All``).
+- ``items`` and ``priceLists`` carry a fixed ``lastModifiedDateTime`` (the books keep none).
+- Every collection takes ``$filter`` (``eq ne gt ge lt le``, ``and or not``, parentheses),
+  ``$orderby``, ``$top``, ``$skip``, ``$select``, ``$expand`` of its lines, and pages
+  ``page_size`` records at a time with ``@odata.nextLink`` (``$skiptoken`` an offset).
+"""
 
 from __future__ import annotations
 

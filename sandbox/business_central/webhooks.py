@@ -157,9 +157,8 @@ class Subscriptions:
         self._handshake(url)
         now = datetime.now(UTC)
         with self._lock:
-            if subscription.etag != request.headers.get("if-match", "").strip() and (
-                request.headers.get("if-match", "").strip() != "*"
-            ):
+            # The handshake took a while: a renewal that came in meanwhile wins.
+            if not matches_etag(request.headers.get("if-match"), subscription.etag):
                 raise _changed()
             subscription.notification_url = url
             subscription.resource = resource
