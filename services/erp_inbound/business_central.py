@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any, Protocol
 
 import psycopg
+from prometheus_client import Counter, Gauge
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
 
@@ -91,6 +92,34 @@ QUEUE_WAIT_S = 5.0
 """How long a notification waits for a database connection before it is answered 503 (and
 sent again): Business Central waits only seconds for an answer."""
 BACKOFF_MAX_S = 60.0
+
+NOTIFICATIONS = Counter(
+    "revsync_erp_inbound_bc_notifications_total",
+    "Business Central notification bodies answered: taken, refused (no client state), "
+    "malformed, or unavailable (asked again).",
+    ["answer"],
+)
+EVENTS = Counter(
+    "revsync_erp_inbound_bc_events_total",
+    "Business Central changes written as events (or found written already), by entity and "
+    "by what found them: a notification or the poll.",
+    ["entity", "via"],
+)
+SUBSCRIPTIONS = Counter(
+    "revsync_erp_inbound_bc_subscriptions_total",
+    "Webhook subscriptions created, renewed or deleted.",
+    ["action"],
+)
+SUBSCRIPTION_EXPIRY = Gauge(
+    "revsync_erp_inbound_bc_subscription_expiry_seconds",
+    "Seconds from when it was last kept to a subscription's expiry.",
+    ["legal_entity", "entity"],
+)
+POLLED = Gauge(
+    "revsync_erp_inbound_bc_poll_position_timestamp_seconds",
+    "The lastModifiedDateTime the poll has read up to, by legal entity and entity.",
+    ["legal_entity", "entity"],
+)
 
 SCHEMA = """
 -- Business Central's webhook subscriptions revsync keeps, one per company and entity.
@@ -540,8 +569,10 @@ class BusinessCentralInbound:
         except NotificationRefused as refused:
             if refused.forged:
                 log.warning("%s: notification refused: %s", SYSTEM, refused)
+                NOTIFICATIONS.labels("refused").inc()
                 return REFUSED
             log.warning("%s: malformed notification refused: %s", SYSTEM, refused)
+            NOTIFICATIONS.labels("malformed").inc()
             return MALFORMED
         known = self._company_ids()
         ours = [
@@ -568,8 +599,10 @@ class BusinessCentralInbound:
                     )
             except psycopg.Error as error:
                 log.warning("%s: notifications not queued, asked again: %s", SYSTEM, error)
+                NOTIFICATIONS.labels("unavailable").inc()
                 return UNAVAILABLE
             self._wake.set()
+        NOTIFICATIONS.labels("taken").inc()
         return ACCEPTED
 
     def _company_ids(self) -> dict[str, str]:
@@ -641,6 +674,7 @@ class BusinessCentralInbound:
                         f"subscriptions('{subscription.get('subscriptionId')}')",
                         str(subscription.get("@odata.etag") or "*"),
                     )
+                SUBSCRIPTIONS.labels("deleted").inc()
                 log.info(
                     "%s: subscription to %s deleted: %s",
                     SYSTEM,
@@ -678,6 +712,7 @@ class BusinessCentralInbound:
                     log.info("%s: subscription to %s gone, made again", SYSTEM, body["resource"])
                 else:
                     self._store(connection, company_id, entity, renewed)
+                    SUBSCRIPTIONS.labels("renewed").inc()
                     log.info(
                         "%s: subscription to %s renewed until %s",
                         SYSTEM,
@@ -687,6 +722,7 @@ class BusinessCentralInbound:
                     return 1
         created = self.api.post("subscriptions", body)
         self._store(connection, company_id, entity, created)
+        SUBSCRIPTIONS.labels("created").inc()
         self._gaps.add((company_id, entity))
         log.info(
             "%s: subscribed to %s until %s",
@@ -696,8 +732,8 @@ class BusinessCentralInbound:
         )
         return 1
 
-    @staticmethod
     def _store(
+        self,
         connection: psycopg.Connection[Any],
         company_id: str,
         entity: str,
@@ -723,6 +759,9 @@ class BusinessCentralInbound:
                 str(subscription.get("@odata.etag") or "*"),
                 expiration,
             ),
+        )
+        SUBSCRIPTION_EXPIRY.labels(self._entities[company_id], entity).set(
+            (expiration - self._clock()).total_seconds()
         )
 
     # -- notifications ------------------------------------------------------------------------
@@ -759,6 +798,7 @@ class BusinessCentralInbound:
             if not rows:
                 return True, 0
             changes: list[Change] = []
+            counts: dict[str, int] = {}
             distinct = dict.fromkeys(
                 (row[1], row[2], row[3]) for row in rows if row[4] != "deleted"
             )
@@ -778,12 +818,16 @@ class BusinessCentralInbound:
                         "%s: notified %s %s not read: %s", SYSTEM, entity, record_id, refused
                     )
                     continue
-                changes += self._work(connection, company, entity, [record], lookups)
+                worked = self._work(connection, company, entity, [record], lookups)
+                counts[entity] = counts.get(entity, 0) + len(worked)
+                changes += worked
             written = self.sink.write(connection.cursor(), changes).published
             connection.execute(
                 "DELETE FROM revsync_bc_notifications WHERE seq = ANY(%s)",
                 ([row[0] for row in rows],),
             )
+        for entity, count in counts.items():
+            EVENTS.labels(entity, "notification").inc(count)
         return len(rows) < NOTIFICATIONS_PER_BATCH, written
 
     def _collections(self) -> list[tuple[str, str, int]]:
@@ -837,16 +881,20 @@ class BusinessCentralInbound:
                     page = self._poll_page(connection, company, entity)
                 if page is None:
                     return written
-                count, more = page
+                count, more, position = page
                 written += count
+                EVENTS.labels(entity, "poll").inc(count)
+                if position is not None:
+                    POLLED.labels(company.legal_entity, entity).set(position.timestamp())
                 if not more:
                     return written
 
     def _poll_page(
         self, connection: psycopg.Connection[Any], company: Company, entity: str
-    ) -> tuple[int, bool] | None:
-        """One page: its events, the records worked and the new position. None when another
-        replica is polling the same entity.
+    ) -> tuple[int, bool, datetime | None] | None:
+        """One page: its events, the records worked and the new position (the events written,
+        whether more may follow, and the position). None when another replica is polling the
+        same entity.
 
         A first poll reads documents from ``publish_from`` (less the overlap): what happened
         before revsync was connected is not reported. It reads every customer, to know each
@@ -892,6 +940,7 @@ class BusinessCentralInbound:
         changes = self._work(connection, company, entity, fresh, _Lookups(), publish_from)
         written = self.sink.write(connection.cursor(), changes).published
         versions = [modified(entity, r) for r in records]
+        latest = position
         if versions:
             latest = max(versions) if position is None else max([position, *versions])
             connection.execute(
@@ -904,7 +953,7 @@ class BusinessCentralInbound:
                 "AND version < %s",
                 (company.id, entity, latest - OVERLAP),
             )
-        return written, more
+        return written, more, latest
 
     # -- reading and mapping ------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ import httpx
 import psycopg
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
@@ -940,11 +941,21 @@ def test_documents_the_books_make_on_their_clock_are_events_once_each(
     assert len(delivered) > len(set(delivered)), "no notification came twice"
 
 
+def renewed() -> float:
+    return (
+        REGISTRY.get_sample_value(
+            "revsync_erp_inbound_bc_subscriptions_total", {"action": "renewed"}
+        )
+        or 0.0
+    )
+
+
 def test_a_subscription_renewed_before_expiry_outlives_its_first_expiry(
     open_live: Callable[..., Live], control: ErpSandbox, customer: Customer
 ) -> None:
     """Subscriptions that last 6 s, renewed 3 s before: the same subscriptions are still
     there, and notifying, well past their first expiry."""
+    renewals = renewed()
     live = open_live(renew_before_s=3.0)
     live.simulator.settings.update({"subscription_lifetime_s": 6.0})
     live.start()
@@ -955,6 +966,7 @@ def test_a_subscription_renewed_before_expiry_outlives_its_first_expiry(
     now = subscribed(live.simulator, live.receiver.url)
     assert {s["id"] for s in now.values()} == {s["id"] for s in first.values()}
     assert all(s["expires_at"] > first_expiry for s in now.values())
+    assert renewed() - renewals >= 2
     order = live.order(customer.id)
     control.set_clock(invoice_delay_s=0.1)
     wait_until(lambda: live.events() == [("InvoicePosted", order)])  # no poll: a notification

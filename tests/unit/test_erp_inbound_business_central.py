@@ -18,6 +18,7 @@ from typing import Any, cast
 import httpx
 import psycopg
 import pytest
+from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
 from erp_inbound import business_central as bc
@@ -559,6 +560,24 @@ def test_a_wrong_client_state_is_refused_with_a_status_that_ends_the_subscriptio
     assert pool.queued == []
     assert "client state" in caplog.text
     assert "guess" not in caplog.text
+
+
+def answered(answer: str) -> float:
+    return (
+        REGISTRY.get_sample_value("revsync_erp_inbound_bc_notifications_total", {"answer": answer})
+        or 0.0
+    )
+
+
+def test_every_answer_is_counted_by_kind() -> None:
+    before = {kind: answered(kind) for kind in ("taken", "refused", "malformed", "unavailable")}
+    inbound(RecordingPool()).notified(body(notification()))
+    inbound(RecordingPool()).notified(body(notification(state="guess")))
+    inbound(RecordingPool()).notified(b"[")
+    inbound(UnavailablePool()).notified(body(notification()))
+    assert {kind: answered(kind) - count for kind, count in before.items()} == {
+        "taken": 1.0, "refused": 1.0, "malformed": 1.0, "unavailable": 1.0
+    }  # fmt: skip
 
 
 def test_a_malformed_body_is_refused() -> None:
