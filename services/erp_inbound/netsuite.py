@@ -34,11 +34,9 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http import HTTPStatus
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
@@ -66,7 +64,6 @@ from erp_inbound.netsuite_mapping import (
     since,
 )
 from erp_inbound.sink import Change, InboundSink, event_id
-from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
 from revsync.connectors.netsuite import literal
 from revsync.errors import ErrorClass, RevsyncError, TransientError, described
 from revsync.migrations import Tables
@@ -129,71 +126,12 @@ TABLES = (Tables(SCHEMA, writers=(POSTGRES_SERVICE,)),)
 
 
 class SuiteQL(Protocol):
-    """What the poller needs of a NetSuite client: one page of a SuiteQL query, as NetSuite
-    answers it (``items``, ``hasMore``, ``totalResults``...), failures already in revsync's
-    taxonomy (throttling and outages as :class:`TransientError`)."""
+    """What the poller needs of a NetSuite client (the ERP adapter,
+    :class:`revsync.connectors.netsuite.NetSuiteAdapter`): one page of a SuiteQL query, as
+    NetSuite answers it (``items``, ``hasMore``, ``totalResults``...), failures already in
+    revsync's taxonomy (throttling and outages as :class:`TransientError`)."""
 
     def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]: ...
-
-
-class BearerSession(Protocol):
-    """An OAuth 2.0 session's access token (``revsync.connectors.netsuite_auth``'s
-    ``NetSuiteSession``): the one held, and a new one when a call found ``stale`` refused."""
-
-    def token(self) -> str: ...
-
-    def refresh(self, stale: str | None) -> str: ...
-
-
-class SuiteQLRefused(RevsyncError):
-    """NetSuite refused a query (a field the account does not have, a role without the
-    permission): the error names the status and NetSuite's error code."""
-
-    error_class = ErrorClass.VALIDATION
-
-
-class SuiteQLClient:
-    """SuiteQL over NetSuite's REST web services (``POST /services/rest/query/v1/suiteql``,
-    ``Prefer: transient``) on the session's bearer token: refreshed once when NetSuite
-    answers 401, throttling and outages (429, 5xx, timeouts) raised as
-    :class:`TransientError`, any other refusal as :class:`SuiteQLRefused`."""
-
-    def __init__(self, http: BoundedClient, session: BearerSession) -> None:
-        self._http = http
-        self._session = session
-
-    def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]:
-        token = self._session.token()
-        response = self._post(query, limit, offset, token)
-        if response.status_code == HTTPStatus.UNAUTHORIZED:
-            response = self._post(query, limit, offset, self._session.refresh(token))
-        raise_for_transient(SOURCE, response)
-        try:
-            answer = response.json()
-        except ValueError:
-            answer = None
-        if not response.is_success or not isinstance(answer, Mapping):
-            raise SuiteQLRefused(failed_call(SOURCE, response, _error_code(answer)))
-        return answer
-
-    def _post(self, query: str, limit: int, offset: int, token: str) -> httpx.Response:
-        return self._http.request(
-            "POST",
-            QUERY_PATH,
-            params={"limit": str(limit), "offset": str(offset)},
-            json_body={"q": query},
-            headers={"Authorization": f"Bearer {token}", "Prefer": "transient"},
-        )
-
-
-def _error_code(answer: object) -> str | None:
-    """The first ``o:errorCode`` of NetSuite's error body, if it names one."""
-    if not isinstance(answer, Mapping):
-        return None
-    details = answer.get("o:errorDetails")
-    if not isinstance(details, list) or not details or not isinstance(details[0], Mapping):
-        return None
-    return error_code(details[0].get("o:errorCode"))
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from pydantic import SecretStr
 from sandbox.erp import ErpSandbox
 from sandbox.erp.orders import OrderBody, book
 from sandbox.netsuite import NetSuiteSandbox, NetSuiteSimulator
+from sandbox.netsuite.suiteql import DEFAULT_SUBSIDIARIES
 
 from contract_fixtures import cli_for, drop_topics, governed, isolated_contracts
 from erp_inbound import netsuite, sink
@@ -38,13 +39,12 @@ from erp_inbound.netsuite import (
     NetSuiteInbound,
     NetSuiteInboundConfig,
     SignatureInvalid,
-    SuiteQLClient,
 )
 from erp_inbound.netsuite_mapping import Kind
 from erp_inbound.sink import InboundSink, event_id
 from port_contracts import ACTIVE, BLOCKED, HELD, PRICE_BOOK, PRODUCTS
-from revsync.connectors.http import BoundedClient
-from revsync.connectors.netsuite_auth import NetSuiteSession
+from revsync.connectors.erp import ErpUnexpectedResponse
+from revsync.connectors.netsuite import NetSuiteAdapter, NetSuiteConfig
 from revsync.contracts.events import (
     CreditStatusChanged,
     CustomerMastered,
@@ -124,13 +124,26 @@ def control(simulator: NetSuiteSimulator) -> Iterator[ErpSandbox]:
 @pytest.fixture(scope="module")
 def client(
     simulator: NetSuiteSimulator, key: ec.EllipticCurvePrivateKey
-) -> Iterator[SuiteQLClient]:
-    http = BoundedClient("netsuite", simulator.url, timeout_s=10.0, max_response_bytes=8 << 20)
-    session = NetSuiteSession(
-        http, simulator.token_url, CLIENT_ID, CERTIFICATE_ID, key, algorithm="ES256"
+) -> Iterator[NetSuiteAdapter]:
+    """The ERP adapter, whose SuiteQL the poller reads through."""
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    adapter = NetSuiteAdapter(
+        NetSuiteConfig(
+            base_url=simulator.url,
+            account_id=ACCOUNT,
+            client_id=CLIENT_ID,
+            certificate_id=CERTIFICATE_ID,
+            private_key=SecretStr(pem),
+            subsidiaries=DEFAULT_SUBSIDIARIES,
+            algorithm="ES256",
+        )
     )
-    yield SuiteQLClient(http, session)
-    http.close()
+    yield adapter
+    adapter.close()
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +206,10 @@ def config(**changes: Any) -> NetSuiteInboundConfig:
 
 @pytest.fixture
 def make_inbound(
-    client: SuiteQLClient, pool: ConnectionPool[Any], inbound_sink: InboundSink, control: ErpSandbox
+    client: NetSuiteAdapter,
+    pool: ConnectionPool[Any],
+    inbound_sink: InboundSink,
+    control: ErpSandbox,
 ) -> Callable[..., NetSuiteInbound]:
     def make(source: Any = client, **changes: Any) -> NetSuiteInbound:
         return NetSuiteInbound(source, pool, inbound_sink, config(**changes))
@@ -540,7 +556,7 @@ def test_a_record_committed_late_with_an_earlier_time_is_found_in_the_overlap(
 class Interrupted:
     """A NetSuite client that fails on its ``fail_at``-th call, as a crash mid-poll would."""
 
-    def __init__(self, client: SuiteQLClient, fail_at: int) -> None:
+    def __init__(self, client: NetSuiteAdapter, fail_at: int) -> None:
         self.client = client
         self.fail_at = fail_at
         self.calls = 0
@@ -555,7 +571,7 @@ class Interrupted:
 def test_a_restart_half_way_loses_nothing_and_doubles_nothing(
     simulator: NetSuiteSimulator,
     control: ErpSandbox,
-    client: SuiteQLClient,
+    client: NetSuiteAdapter,
     make_inbound: Callable[..., NetSuiteInbound],
     pool: ConnectionPool[Any],
 ) -> None:
@@ -735,7 +751,7 @@ def test_netsuite_down_leaves_the_watermark_where_it_was(
 class Corrupting:
     """A NetSuite client whose window answers carry an unreadable total for one invoice."""
 
-    def __init__(self, client: SuiteQLClient, invoice_id: str) -> None:
+    def __init__(self, client: NetSuiteAdapter, invoice_id: str) -> None:
         self.client = client
         self.invoice_id = invoice_id
 
@@ -751,7 +767,7 @@ class Corrupting:
 def test_a_record_that_cannot_be_read_is_kept_apart_once_and_the_others_are_written(
     simulator: NetSuiteSimulator,
     control: ErpSandbox,
-    client: SuiteQLClient,
+    client: NetSuiteAdapter,
     make_inbound: Callable[..., NetSuiteInbound],
     pool: ConnectionPool[Any],
 ) -> None:
@@ -777,7 +793,7 @@ def test_a_record_that_cannot_be_read_is_kept_apart_once_and_the_others_are_writ
 def test_an_expired_token_is_replaced_and_a_refused_query_is_named(
     simulator: NetSuiteSimulator,
     control: ErpSandbox,
-    client: SuiteQLClient,
+    client: NetSuiteAdapter,
     make_inbound: Callable[..., NetSuiteInbound],
     pool: ConnectionPool[Any],
 ) -> None:
@@ -789,7 +805,7 @@ def test_an_expired_token_is_replaced_and_a_refused_query_is_named(
 
     assert inbound.poll_kind(Kind.INVOICE) == 1
 
-    with pytest.raises(netsuite.SuiteQLRefused, match="HTTP 400 on POST"):
+    with pytest.raises(ErpUnexpectedResponse, match="HTTP 400 on POST"):
         client.suiteql("SELECT t.nosuchcolumn FROM transaction t", limit=1, offset=0)
 
 
@@ -827,7 +843,7 @@ class Moving:
     """A NetSuite client that, once its first window page is answered, has the books modify
     one record of that page again: it moves to the end of the window while the poll pages."""
 
-    def __init__(self, client: SuiteQLClient, simulator: NetSuiteSimulator, moved: str) -> None:
+    def __init__(self, client: NetSuiteAdapter, simulator: NetSuiteSimulator, moved: str) -> None:
         self.client = client
         self.simulator = simulator
         self.moved = moved
@@ -851,7 +867,7 @@ class Moving:
 def test_a_record_modified_again_while_the_poll_pages_shifts_nothing_past_it(
     simulator: NetSuiteSimulator,
     control: ErpSandbox,
-    client: SuiteQLClient,
+    client: NetSuiteAdapter,
     make_inbound: Callable[..., NetSuiteInbound],
     pool: ConnectionPool[Any],
 ) -> None:

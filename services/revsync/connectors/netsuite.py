@@ -609,6 +609,24 @@ class NetSuiteAdapter(ErpPort):
             raise self._unexpected(response)
         return _json(response)
 
+    def suiteql(self, query: str, *, limit: int, offset: int) -> Mapping[str, Any]:
+        """One page of a SuiteQL query as NetSuite answers it (``items``, ``hasMore``,
+        ``totalResults``...); a refused query is :class:`ErpUnexpectedResponse` naming
+        NetSuite's error code."""
+        response = self._send(
+            "POST",
+            SUITEQL,
+            params={"limit": str(limit), "offset": str(offset)},
+            json_body={"q": query},
+            headers={"Prefer": "transient"},
+        )
+        if response.status_code != 200:
+            raise self._unexpected(response)
+        page = _json(response)
+        if not isinstance(page.get("items"), list):
+            raise ErpUnexpectedResponse(f"{failed_call(SYSTEM, response)}: no items")
+        return page
+
     def _query(self, query: str) -> list[dict[str, Any]]:
         """Every row of a SuiteQL query, page by page (its ORDER BY must be unique)."""
         rows: list[dict[str, Any]] = []
@@ -618,20 +636,8 @@ class NetSuiteAdapter(ErpPort):
                 raise ErpUnexpectedResponse(
                     f"{SYSTEM}: a SuiteQL query passed {ROW_CAP} rows; it must be narrowed"
                 )
-            response = self._send(
-                "POST",
-                SUITEQL,
-                params={"limit": str(PAGE), "offset": str(offset)},
-                json_body={"q": query},
-                headers={"Prefer": "transient"},
-            )
-            if response.status_code != 200:
-                raise self._unexpected(response)
-            page = _json(response)
-            items = page.get("items")
-            if not isinstance(items, list):
-                raise ErpUnexpectedResponse(f"{failed_call(SYSTEM, response)}: no items")
-            rows += [item for item in items if isinstance(item, dict)]
+            page = self.suiteql(query, limit=PAGE, offset=offset)
+            rows += [item for item in page["items"] if isinstance(item, dict)]
             if not page.get("hasMore"):
                 return rows
             offset += PAGE
