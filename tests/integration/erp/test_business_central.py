@@ -7,6 +7,9 @@ handshake, expiry, renewal, retries, deletion, collection notifications)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -850,3 +853,48 @@ def test_notifications_go_out_on_their_own_every_interval(
 
     assert receiver.notifications()[0]["resource"].endswith(f"salesOrders({order.id})")
     assert receiver.notifications()[0]["changeType"] == "created"
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def test_the_simulator_runs_from_the_command_line_until_sigterm(settings: Settings) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sandbox.business_central",
+            "--dsn",
+            settings.postgres_dsn.get_secret_value(),
+            "--tenant-id",
+            "0b5e7c1d-3a52-4f63-9d0a-5be1c0f7a0cc",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        serving = json.loads(process.stdout.readline())
+        answer = httpx.post(
+            serving["token_url"],
+            data={
+                "grant_type": "client_credentials",
+                "client_id": DEFAULT_CLIENT_ID,
+                "client_secret": DEFAULT_CLIENT_SECRET,
+                "scope": SCOPE,
+            },
+        ).json()
+        companies = httpx.get(
+            f"{serving['api_url']}/companies",
+            headers={"Authorization": f"Bearer {answer['access_token']}"},
+        ).json()["value"]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+
+    assert serving["api_url"] == (
+        f"{serving['url']}/v2.0/0b5e7c1d-3a52-4f63-9d0a-5be1c0f7a0cc/production/api/v2.0"
+    )
+    assert {c["name"]: c["id"] for c in companies} == serving["companies"]
+    assert sorted(serving["companies"]) == ["CA01", "DE01", "GB01", "US01"]
+    assert code == 0
