@@ -470,6 +470,39 @@ def test_a_first_poll_from_a_given_time_publishes_from_then(
     assert events(pool, [api.links[customer["id"]]]) == []
 
 
+def test_two_replicas_polling_and_working_notifications_at_once_write_each_event_once(
+    api: FakeBusinessCentral, books: Books, pool: ConnectionPool[Any], inbound_sink: InboundSink
+) -> None:
+    replicas = [make_inbound(api, pool, inbound_sink) for _ in range(2)]
+    customer = books.customer(T0)
+    invoices = [books.invoice(T0 + timedelta(milliseconds=n), customer) for n in range(20)]
+    for invoice in invoices:
+        for replica in replicas:  # each notification reaches both replicas
+            replica.notified(notification(api.company_id, "salesInvoices", invoice["id"]))
+
+    failures: list[BaseException] = []
+
+    def work(replica: bc.BusinessCentralInbound) -> None:
+        try:
+            replica.process()
+            replica.reconcile()
+        except BaseException as failure:  # reported by the test
+            failures.append(failure)
+
+    threads = [threading.Thread(target=work, args=(replica,)) for replica in replicas * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    for replica in replicas:
+        replica.reconcile()
+        replica.process()
+    assert sorted(events(pool, books.orders)) == sorted(
+        ("InvoicePosted", invoice["externalDocumentNumber"]) for invoice in invoices
+    )
+
+
 def test_an_unlinked_customer_and_an_order_revsync_did_not_place_write_nothing(
     api: FakeBusinessCentral, books: Books, inbound: bc.BusinessCentralInbound,
     pool: ConnectionPool[Any],
