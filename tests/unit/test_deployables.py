@@ -44,6 +44,7 @@ def test_every_deployable_is_installed_and_found() -> None:
         "invoice-sync",
         "fulfillment-sync",
         "erp-outbox-publisher",
+        "erp-inbound",
         "crm-cdc-bridge",
         "process-api",
     }

@@ -562,6 +562,10 @@ class BusinessCentralAdapter(ErpPort):
             )
         return company
 
+    def company_ids(self) -> dict[str, str]:
+        """The company id of each configured legal entity, names looked up."""
+        return dict(self._company_ids().by_entity)
+
     def _company_ids(self) -> _Companies:
         """The configured companies by id, names looked up once in ``companies``."""
         if self._companies is not None:
