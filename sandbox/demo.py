@@ -25,6 +25,7 @@ from revsync_devstack.settings import StackSettings
 from revsync_devstack.stack import LocalStack
 from sandbox import scenario
 from sandbox.erp.simulator import DEFAULT_API_TOKEN
+from sandbox.erps import SYSTEMS
 from sandbox.harness import Outcome, Pipeline, PipelineError
 
 console = Console()
@@ -45,6 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--invoice-delay-s", type=float, default=1.0)
     parser.add_argument("--ship-delay-s", type=float, default=2.0)
     parser.add_argument("--timeout-s", type=float, default=600)
+    parser.add_argument(
+        "--erp",
+        choices=SYSTEMS,
+        default="reference",
+        help="the ERP the orders are booked in, as its simulator (reference)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="for a repeatable order mix")
     parser.add_argument(
         "--console",
@@ -65,25 +72,15 @@ def main(argv: list[str] | None = None) -> int:
         schemas_dir=settings.schemas_dir,
         invoice_delay_s=options.invoice_delay_s,
         ship_delay_s=options.ship_delay_s,
+        erp_system=options.erp,
     )
     rng = random.Random(options.seed)  # noqa: S311 - an order mix, not a secret
     try:
         pipeline.start(report=lambda step: console.print(step))
         try:
-            data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-            prospects = {
-                entity.code: scenario.crm_only_accounts(
-                    pipeline.crm, entity, options.new_customers, rng
-                )
-                for entity in scenario.ENTITIES
-            }
-            planned = scenario.for_new_customers(
-                list(scenario.orders(data, options.orders, rng, options.invalid_share)),
-                prospects,
-                NEW_CUSTOMER_SHARE,
-                rng,
+            planned, prospect_ids = plan_orders(
+                pipeline, options.orders, options.invalid_share, options.new_customers, rng
             )
-            prospect_ids = {a.account_id for accounts in prospects.values() for a in accounts}
             ordering = {str(order.record["AccountId"]) for order in planned}
             newcomers = sorted(ordering & prospect_ids)
             started = time.monotonic()
@@ -144,6 +141,24 @@ def main(argv: list[str] | None = None) -> int:
         f"in {elapsed:.1f}s; {mastered} new customers mastered once each[/]"
     )
     return 0
+
+
+def plan_orders(
+    pipeline: Pipeline, count: int, invalid_share: float, new_customers: int, rng: random.Random
+) -> tuple[list[scenario.PlannedOrder], set[str]]:
+    """The orders a demo run pushes: the scenario's master data seeded in both systems,
+    ``count`` orders (``invalid_share`` of them invalid by design), and ``new_customers``
+    accounts per legal entity that exist only in the CRM, some of whose orders are among
+    them; with those accounts' ids."""
+    data = scenario.seed(pipeline.crm, pipeline.erp, rng)
+    prospects = {
+        entity.code: scenario.crm_only_accounts(pipeline.crm, entity, new_customers, rng)
+        for entity in scenario.ENTITIES
+    }
+    planned = scenario.for_new_customers(
+        list(scenario.orders(data, count, rng, invalid_share)), prospects, NEW_CUSTOMER_SHARE, rng
+    )
+    return planned, {a.account_id for accounts in prospects.values() for a in accounts}
 
 
 def _progress(pipeline: Pipeline, outcome: Outcome | None, elapsed: float) -> Table:

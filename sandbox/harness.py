@@ -34,7 +34,7 @@ from revsync.settings import Settings, kafka_env_name
 from sandbox.crm.control import CrmSandbox
 from sandbox.crm.simulator import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, INTEGRATION_USER_ID
 from sandbox.erp.control import ErpSandbox
-from sandbox.erp.simulator import DEFAULT_API_TOKEN
+from sandbox.erps import SandboxErp
 from sandbox.scenario import SHIPPED, PlannedOrder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -149,6 +149,8 @@ class Pipeline:
     schemas_dir: Path
     invoice_delay_s: float = 0.5
     ship_delay_s: float = 1.0
+    erp_system: str = "reference"
+    """The ERP the pipeline runs on: reference, netsuite or business-central."""
     service_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     crm_url: str = ""
@@ -175,6 +177,9 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = load_catalog(self.schemas_dir)
+        self.sandbox_erp = SandboxErp(self.erp_system, self.workdir, free_port())
+        self.deployables = tuple(name for name in DEPLOYABLES if name != self.sandbox_erp.idle)
+        """The deployables this pipeline runs: all but the one its ERP has no use for."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -188,17 +193,18 @@ class Pipeline:
             crm = self._sandbox("crm", ["--keepalive-s", str(KEEPALIVE_S)])
             self.crm_url, self.pubsub_url = crm["url"], f"grpc://{crm['pubsub']}"
             self.erp_url = self._sandbox(
-                "erp",
+                self.sandbox_erp.module,
                 ["--dsn", self.settings.postgres_dsn.get_secret_value(), "--reset"],
                 ["--invoice-delay-s", str(self.invoice_delay_s)],
                 ["--ship-delay-s", str(self.ship_delay_s)],
+                *self.sandbox_erp.options(),
             )["url"]
             self.crm = CrmSandbox(self.crm_url)
             self.erp = ErpSandbox(self.erp_url)
             self.idp_issuer = self._sandbox("idp", ["--audience", PROCESS_API_AUDIENCE])["issuer"]
             self.process_api_url = f"http://127.0.0.1:{free_port()}"
-            report(f"starting {', '.join(DEPLOYABLES)}")
-            for name in DEPLOYABLES:
+            report(f"starting {', '.join(self.deployables)}")
+            for name in self.deployables:
                 self._service(name)
             self._wait_ready()
         except BaseException:
@@ -372,8 +378,7 @@ class Pipeline:
             "REVSYNC_CRM_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
             "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
             **self._bridge_environment(),
-            "REVSYNC_ERP_BASE_URL": self.via("erp", self.erp_url),
-            "REVSYNC_ERP_API_TOKEN": DEFAULT_API_TOKEN,
+            **(self.sandbox_erp.environment(self.erp_url, self.via) if self.erp_url else {}),
             **self._process_api_environment(),
             "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",
@@ -451,7 +456,7 @@ class Pipeline:
         self.processes[name] = Process(name, popen, log, output, log_start=start)
 
     def _wait_ready(self, names: Sequence[str] | None = None, timeout_s: float = 90) -> None:
-        waiting = [self.processes[name] for name in names or DEPLOYABLES]
+        waiting = [self.processes[name] for name in names or self.deployables]
         deadline = time.monotonic() + timeout_s
         while waiting:
             self._check_alive()

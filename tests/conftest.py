@@ -11,7 +11,7 @@ import gc
 import os
 import random
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,7 +175,12 @@ E2E_RETRY_TIERS = ["1s", "2s", "4s"]
 def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Pipeline]]:
     started: list[Pipeline] = []
 
-    def start(invoice_delay_s: float = 0.0, ship_delay_s: float = 0.0) -> Pipeline:
+    def start(
+        invoice_delay_s: float = 0.0,
+        ship_delay_s: float = 0.0,
+        erp_system: str = "reference",
+        service_env: Mapping[str, str] | None = None,
+    ) -> Pipeline:
         contracts = isolated_contracts(tmp_path / "contracts")
         with_consumer_settings(contracts, retry_tiers=E2E_RETRY_TIERS)
         pipeline = Pipeline(
@@ -184,6 +189,8 @@ def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[...,
             schemas_dir=contracts,
             invoice_delay_s=invoice_delay_s,
             ship_delay_s=ship_delay_s,
+            erp_system=erp_system,
+            service_env=service_env or {},
         )
         started.append(pipeline)
         return pipeline.start()

@@ -20,7 +20,7 @@ import psycopg
 from confluent_kafka import Message, Producer
 from psycopg.types.json import Jsonb
 from sandbox import scenario
-from sandbox.harness import DEPLOYABLES, REVSYNC, Pipeline
+from sandbox.harness import REVSYNC, Pipeline
 
 from revsync.contracts.catalog import TopicFormat
 from revsync.ports.erp import Customer, CustomerStatus
@@ -203,7 +203,7 @@ def test_no_customer_data_reaches_dead_letter_headers_logs_or_a_masked_export(
     assert [message for message in told if message.startswith(f"{cdc_topic}: not JSON")]
 
     # The services' logs: the refused rows named by their field, again every 30 s, without it.
-    for name in DEPLOYABLES:
+    for name in pipeline.deployables:
         log = (pipeline.workdir / f"{name}.log").read_text(errors="replace")
         assert not [found for found in everything if found in log], name
     published = publisher_log.read_text()

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import pytest
 from sandbox import scenario
-from sandbox.demo import NEW_CUSTOMER_SHARE
+from sandbox.demo import plan_orders
 from sandbox.harness import Pipeline
 from test_order_to_cash import journey_gaps, settle
 
@@ -28,32 +28,11 @@ INVOICE_DELAY_S, SHIP_DELAY_S = 1.0, 2.0
 """The demo's ``--invoice-delay-s`` and ``--ship-delay-s`` defaults."""
 
 
-def demo_orders(
-    pipeline: Pipeline, count: int, rng: random.Random
-) -> tuple[list[scenario.PlannedOrder], set[str]]:
-    """The orders a demo run of ``count`` orders pushes, built by the scenario's functions
-    called as ``sandbox/demo.py`` calls them, and the CRM-only accounts among their
-    customers."""
-    data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-    prospects = {
-        entity.code: scenario.crm_only_accounts(pipeline.crm, entity, NEW_CUSTOMERS, rng)
-        for entity in scenario.ENTITIES
-    }
-    planned = scenario.for_new_customers(
-        list(scenario.orders(data, count, rng, INVALID_SHARE)),
-        prospects,
-        NEW_CUSTOMER_SHARE,
-        rng,
-    )
-    prospect_ids = {a.account_id for accounts in prospects.values() for a in accounts}
-    return planned, prospect_ids
-
-
 def test_every_order_of_a_demo_run_has_its_whole_journey_new_customers_orders_included(
     start_pipeline: Callable[..., Pipeline], rng: random.Random, settings: Settings
 ) -> None:
     pipeline = start_pipeline(invoice_delay_s=INVOICE_DELAY_S, ship_delay_s=SHIP_DELAY_S)
-    planned, prospect_ids = demo_orders(pipeline, ORDERS, rng)
+    planned, prospect_ids = plan_orders(pipeline, ORDERS, INVALID_SHARE, NEW_CUSTOMERS, rng)
     ids = pipeline.push(planned)
     newcomers = [
         order_id
