@@ -777,7 +777,10 @@ class BusinessCentralInbound:
             if done:
                 break
         for company_id, entity, last in self._collections():
-            written += self._poll(company_id, entity)
+            polled = self._poll(company_id, entity)
+            if polled is None:
+                continue  # another replica is polling it: its notifications wait for a next
+            written += polled
             with self.pool.connection() as connection:
                 connection.execute(
                     "DELETE FROM revsync_bc_notifications WHERE company_id = %s AND entity = %s "
@@ -792,8 +795,8 @@ class BusinessCentralInbound:
             rows = connection.execute(
                 "SELECT seq, company_id, entity, record_id, change_type "
                 "FROM revsync_bc_notifications WHERE record_id IS NOT NULL "
-                "ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                (NOTIFICATIONS_PER_BATCH,),
+                "AND company_id = ANY(%s) ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
+                (list(self._entities), NOTIFICATIONS_PER_BATCH),
             ).fetchall()
             if not rows:
                 return True, 0
@@ -834,7 +837,8 @@ class BusinessCentralInbound:
         with self.pool.connection() as connection:
             rows = connection.execute(
                 "SELECT company_id, entity, max(seq) FROM revsync_bc_notifications "
-                "WHERE record_id IS NULL GROUP BY company_id, entity"
+                "WHERE record_id IS NULL AND company_id = ANY(%s) GROUP BY company_id, entity",
+                (list(self._entities),),
             ).fetchall()
         return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
@@ -851,7 +855,7 @@ class BusinessCentralInbound:
         for company_id in self._entities:
             for entity in POLLED_ENTITIES:
                 try:
-                    written += self._poll(company_id, entity)
+                    written += self._poll(company_id, entity) or 0
                 except Exception as error:  # raised after the other entities
                     log.warning(
                         "%s: polling %s of company %s failed: %s",
@@ -865,9 +869,11 @@ class BusinessCentralInbound:
             raise failure
         return written
 
-    def _poll(self, company_id: str, entity: str) -> int:
-        """Reads one company's entity from its position on, a page per transaction."""
+    def _poll(self, company_id: str, entity: str) -> int | None:
+        """Reads one company's entity from its position on, a page per transaction: the
+        events written, or None when another replica was polling it."""
         written = 0
+        polled = False
         company = self._company(company_id)
         with self.pool.connection() as connection:
             connection.execute(
@@ -880,7 +886,8 @@ class BusinessCentralInbound:
                 with connection.transaction():
                     page = self._poll_page(connection, company, entity)
                 if page is None:
-                    return written
+                    return written if polled else None
+                polled = True
                 count, more, position = page
                 written += count
                 EVENTS.labels(entity, "poll").inc(count)

@@ -48,12 +48,14 @@ from revsync.errors import TransientError
 from revsync.migrations import Tables, ensure
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product
 from revsync.runtime.outbox import SCHEMA as OUTBOX_SCHEMA
+from revsync.runtime.outbox import OutboxWriter
 from revsync.security import POSTGRES_SERVICE
 from revsync.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 SECRET = SecretStr("client-state-for-tests")
+OUTBOX_SERVICE = "erp_inbound_bc_tests"
 RECEIVER = "https://revsync.example.com/erp/business-central/notifications"
 T0 = datetime(2026, 12, 7, 10, 0, tzinfo=UTC)
 
@@ -69,7 +71,11 @@ def inbound_sink(
     catalog = governed(cli_for(settings), contracts)
     registry = SchemaRegistryClient(settings.registry_config())
     serde = EventSerde(registry, catalog, SchemaRepository(contracts))
-    yield InboundSink(catalog, serde, bc.SYSTEM)
+    inbound_sink = InboundSink(catalog, serde, bc.SYSTEM)
+    # Its rows under a service of the tests' own: an erp_inbound relay that another test runs
+    # on the shared database would otherwise publish (and delete) them before they are read.
+    inbound_sink.outbox = OutboxWriter(serde, OUTBOX_SERVICE)
+    yield inbound_sink
     drop_topics(settings, contracts)
 
 
@@ -89,12 +95,12 @@ NAMES = {event.event_type: event.__name__ for event in sink.OUTPUTS}
 
 
 def events(pool: ConnectionPool[Any], keys: list[str]) -> list[tuple[str, str]]:
-    """(event, aggregate id) of the erp_inbound outbox rows keyed by ``keys``."""
+    """(event, aggregate id) of the inbound side's outbox rows keyed by ``keys``."""
     with pool.connection() as connection:
         rows = connection.execute(
-            "SELECT type, aggregateid FROM revsync_outbox WHERE service = 'erp_inbound' "
+            "SELECT type, aggregateid FROM revsync_outbox WHERE service = %s "
             "AND aggregateid = ANY(%s) ORDER BY seq",
-            (keys,),
+            (OUTBOX_SERVICE, keys),
         ).fetchall()
     return [(NAMES[str(row[0])], str(row[1])) for row in rows]
 
@@ -608,6 +614,23 @@ def test_a_notified_record_business_central_refuses_to_read_is_left_to_the_poll(
     assert inbound.process() == 1
     assert inbound.process() == 0  # not stuck behind the one refused
     assert events(pool, books.orders) == [("InvoicePosted", fine["externalDocumentNumber"])]
+
+
+def test_notifications_queued_for_a_company_no_longer_read_do_not_stop_the_others(
+    api: FakeBusinessCentral, books: Books, inbound: bc.BusinessCentralInbound,
+    pool: ConnectionPool[Any],
+) -> None:  # fmt: skip
+    with pool.connection() as connection:
+        connection.execute(
+            "INSERT INTO revsync_bc_notifications (company_id, entity, record_id, change_type) "
+            "VALUES (%s, 'salesInvoices', 'x', 'created'), (%s, 'customers', NULL, "
+            "'collection')",
+            (str(uuid.uuid4()), str(uuid.uuid4())),
+        )
+    invoice = books.invoice(T0, books.customer(T0))
+    inbound.notified(notification(api.company_id, "salesInvoices", invoice["id"]))
+    assert inbound.process() == 1
+    assert events(pool, books.orders) == [("InvoicePosted", invoice["externalDocumentNumber"])]
 
 
 def test_a_notification_of_a_record_deleted_since_is_dropped(
