@@ -543,7 +543,10 @@ class BusinessCentralInbound:
         self.sink = sink
         self.config = config
         self._clock = clock
-        self._entities = {company_id: entity for entity, company_id in config.companies.items()}
+        self._legal_entities = {
+            company_id: legal_entity for legal_entity, company_id in config.companies.items()
+        }
+        """The legal entity of each company read, by company id."""
         self._companies: dict[str, Company] = {}
         self._terms: dict[str, dict[str, str]] = {}
         """Payment terms' codes by id, per company (read once: they hardly change)."""
@@ -607,7 +610,7 @@ class BusinessCentralInbound:
 
     def _company_ids(self) -> dict[str, str]:
         """Configured company ids by their lower case (GUIDs come in either case)."""
-        return {company_id.lower(): company_id for company_id in self._entities}
+        return {company_id.lower(): company_id for company_id in self._legal_entities}
 
     # -- subscriptions ------------------------------------------------------------------------
 
@@ -632,7 +635,7 @@ class BusinessCentralInbound:
             except (TransientError, BusinessCentralRefused) as error:
                 log.warning("%s: unwanted subscriptions not deleted: %s", SYSTEM, error)
                 failure = error
-            for company_id in self._entities:
+            for company_id in self._legal_entities:
                 for entity in NOTIFIED_ENTITIES:
                     resource = subscription_resource(company_id, entity)
                     current = next(iter(live.get(_resource_key(resource), [])), None)
@@ -663,7 +666,7 @@ class BusinessCentralInbound:
         was lost), each of which would only send notifications again."""
         wanted = {
             _resource_key(subscription_resource(company_id, entity))
-            for company_id in self._entities
+            for company_id in self._legal_entities
             for entity in NOTIFIED_ENTITIES
         }
         for key, found in live.items():
@@ -760,7 +763,7 @@ class BusinessCentralInbound:
                 expiration,
             ),
         )
-        SUBSCRIPTION_EXPIRY.labels(self._entities[company_id], entity).set(
+        SUBSCRIPTION_EXPIRY.labels(self._legal_entities[company_id], entity).set(
             (expiration - self._clock()).total_seconds()
         )
 
@@ -796,7 +799,7 @@ class BusinessCentralInbound:
                 "SELECT seq, company_id, entity, record_id, change_type "
                 "FROM revsync_bc_notifications WHERE record_id IS NOT NULL "
                 "AND company_id = ANY(%s) ORDER BY seq LIMIT %s FOR UPDATE SKIP LOCKED",
-                (list(self._entities), NOTIFICATIONS_PER_BATCH),
+                (list(self._legal_entities), NOTIFICATIONS_PER_BATCH),
             ).fetchall()
             if not rows:
                 return True, 0
@@ -838,7 +841,7 @@ class BusinessCentralInbound:
             rows = connection.execute(
                 "SELECT company_id, entity, max(seq) FROM revsync_bc_notifications "
                 "WHERE record_id IS NULL AND company_id = ANY(%s) GROUP BY company_id, entity",
-                (list(self._entities),),
+                (list(self._legal_entities),),
             ).fetchall()
         return [(str(row[0]), str(row[1]), int(row[2])) for row in rows]
 
@@ -852,7 +855,7 @@ class BusinessCentralInbound:
         written = 0
         failure: Exception | None = None
         self._gaps.clear()
-        for company_id in self._entities:
+        for company_id in self._legal_entities:
             for entity in POLLED_ENTITIES:
                 try:
                     written += self._poll(company_id, entity) or 0
@@ -1154,7 +1157,7 @@ class BusinessCentralInbound:
             company = Company(
                 tenant=self.api.scope,
                 id=known,
-                legal_entity=self._entities[known],
+                legal_entity=self._legal_entities[known],
                 currency=str(currency or ""),
             )
             self._companies[known] = company
