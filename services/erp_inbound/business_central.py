@@ -274,6 +274,12 @@ ENVIRONMENT = re.compile(r"/v2\.0/(?P<tenant>[^/]+)/(?P<environment>[^/]+)/api/v
 """An API base URL: ``.../v2.0/{tenant}/{environment}/api/v2.0``."""
 EXTENSION_PATH = "api/revsync/integration/v1.0"
 """revsync's API extension beside the standard API (its customer links)."""
+READ_ATTEMPTS = 4
+"""Tries of one read that failed in a way that may pass (throttled, timed out, 5xx), before
+the failure ends the round: a page reads many records, and a round that had to start over for
+any one of them might never finish while Business Central throttles."""
+READ_RETRY_MAX_S = 5.0
+"""The longest wait between two tries of one read (more, and the round gives up)."""
 
 
 class BusinessCentralHttpApi:
@@ -332,14 +338,14 @@ class BusinessCentralHttpApi:
         return self._scope
 
     def get(self, path: str, params: Mapping[str, str] | None = None) -> Mapping[str, Any]:
-        return self._call("GET", f"{self._api_url}/{path}", params=params)
+        return self._read(f"{self._api_url}/{path}", params)
 
     def get_link(self, url: str) -> Mapping[str, Any]:
         if not url.startswith(self._api_url):
             raise BusinessCentralRefused(
                 f"{SYSTEM}: a next page link outside the API's base, not followed", 200, None
             )
-        return self._call("GET", url)
+        return self._read(url)
 
     def post(self, path: str, body: Mapping[str, Any]) -> Mapping[str, Any]:
         return self._call("POST", f"{self._api_url}/{path}", json_body=body)
@@ -355,9 +361,26 @@ class BusinessCentralHttpApi:
     def customer_link(self, company_id: str, customer_id: str) -> Mapping[str, Any] | None:
         url = f"{self._extension_url}/companies({company_id})/customerLinks({customer_id})"
         try:
-            return self._call("GET", url)
+            return self._read(url)
         except RecordGone:
             return None
+
+    def _read(self, url: str, params: Mapping[str, str] | None = None) -> Mapping[str, Any]:
+        """A GET, tried again in place (up to :data:`READ_ATTEMPTS`, waiting what Business
+        Central asks or a doubling pause) when it fails in a way that may pass (throttled,
+        timed out, 5xx); a refused token is not waited out."""
+        attempt = 1
+        while True:
+            try:
+                return self._call("GET", url, params=params)
+            except BusinessCentralAuthFailed:
+                raise  # refused even with a fresh token: not a matter of waiting a moment
+            except TransientError as error:
+                wait = error.retry_after or 0.25 * 2**attempt
+                if attempt == READ_ATTEMPTS or wait > READ_RETRY_MAX_S:
+                    raise
+            time.sleep(wait)
+            attempt += 1
 
     def _call(
         self,

@@ -711,6 +711,27 @@ def test_a_refused_token_is_replaced_once_and_the_call_made_again() -> None:
     assert classify(refused.value) is ErrorClass.TRANSIENT
 
 
+def test_a_read_that_may_pass_is_tried_again_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page reads many records: one throttled or timed-out read waits a moment and goes
+    on, instead of failing the whole round, which under steady throttling might never end."""
+    waits: list[float] = []
+    monkeypatch.setattr("erp_inbound.business_central.time.sleep", waits.append)
+    api, http, _ = http_api(
+        failure(503, "Internal_ServiceUnavailable"),
+        failure(429, "Application_TooManyRequests", {"Retry-After": "2"}),
+        httpx.Response(200, json={"value": []}),
+    )
+
+    assert api.get("companies(c)/salesShipments") == {"value": []}
+    assert len(http.calls) == 3
+    assert waits == [0.5, 2.0]
+
+    api, http, _ = http_api(*(failure(504, "GatewayTimeout") for _ in range(bc.READ_ATTEMPTS)))
+    with pytest.raises(TransientError):
+        api.get("companies(c)/salesShipments")
+    assert len(http.calls) == bc.READ_ATTEMPTS
+
+
 def test_failures_are_typed_by_status_and_name_the_code_not_the_message() -> None:
     api, _, _ = http_api(failure(404, "BadRequest_NotFound"))
     with pytest.raises(bc.RecordGone):
