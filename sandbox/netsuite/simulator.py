@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-from psycopg import sql
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
@@ -29,8 +28,6 @@ from sandbox.erp import customers as books_customers
 from sandbox.erp import orders as books_orders
 from sandbox.erp.customers import CustomerInvalid
 from sandbox.erp.orders import OrderBody
-from sandbox.erp.simulator import PriceBooksSeed, ProductsSeed, StockLevelsSeed
-from sandbox.erp.simulator import _parse as books_parse
 from sandbox.erp.store import Connection
 from sandbox.http import CONTROL_PREFIX, HttpFailure, JsonServer, Request, Response
 from sandbox.netsuite import records, suiteql
@@ -217,16 +214,6 @@ class NetSuiteSimulator:
         control("PUT", NETSUITE_CONTROL + "settings", self._put_settings)
         control("POST", NETSUITE_CONTROL + "integrations", self._register)
         control("POST", NETSUITE_CONTROL + "tokens/expire", self._expire_tokens)
-        # The books' own seeding of products, stock and price books writes to schema erp
-        # whatever the books' schema; these routes, served first, seed this account's books.
-        seeds: list[tuple[str, Callable[[Request], Response]]] = [
-            ("stock", self._seed_stock),
-            ("products", self._seed_products),
-            ("price-books", self._seed_price_books),
-        ]
-        for path, handler in seeds:
-            pattern = re.compile(f"^{CONTROL_PREFIX}{path}$")
-            self.server._routes.insert(0, ("POST", pattern, handler, False))
 
     def _api(
         self,
@@ -791,70 +778,8 @@ class NetSuiteSimulator:
             raise HttpFailure(400, {"error": f"bad integration: {error}"}) from None
         return Response(201, {"client_id": body["client_id"]})
 
-    def _seed_stock(self, request: Request) -> Response:
-        seed = books_parse(StockLevelsSeed, request.body)
-        self._seed("stock", ("sku", "region"), [s.model_dump() for s in seed.stock])
-        return Response(body={"upserted": len(seed.stock)})
-
-    def _seed_products(self, request: Request) -> Response:
-        seed = books_parse(ProductsSeed, request.body)
-        self._seed("products", ("sku",), [p.model_dump() for p in seed.products])
-        return Response(body={"upserted": len(seed.products)})
-
-    def _seed_price_books(self, request: Request) -> Response:
-        """Replaces each book's entries as a whole, as the books' own seeding does."""
-        seed = books_parse(PriceBooksSeed, request.body)
-        books = [book.model_dump(exclude={"entries"}) for book in seed.price_books]
-        entries = [
-            (book.id, entry.sku, entry.unit_price)
-            for book in seed.price_books
-            for entry in book.entries
-        ]
-        with self.books.pool.connection() as connection, connection.transaction():
-            _replace_rows(connection, "price_books", ("id",), books)
-            cursor = connection.cursor()
-            cursor.execute(
-                "DELETE FROM price_book_entries WHERE price_book_id = ANY(%s)",
-                ([book.id for book in seed.price_books],),
-            )
-            cursor.executemany(
-                "INSERT INTO price_book_entries (price_book_id, sku, unit_price) "
-                "VALUES (%s, %s, %s)",
-                entries,
-            )
-        return Response(body={"upserted": len(seed.price_books)})
-
-    def _seed(self, table: str, key: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
-        with self.books.pool.connection() as connection, connection.transaction():
-            _replace_rows(connection, table, key, rows)
-
     def _expire_tokens(self, _: Request) -> Response:
         return Response(body={"expired": self.issuer.expire_all()})
-
-
-def _replace_rows(
-    connection: Connection, table: str, key: tuple[str, ...], rows: list[dict[str, Any]]
-) -> None:
-    """Inserts ``rows`` into ``table`` of the connection's schema, replacing any row with
-    the same ``key``."""
-    if not rows:
-        return
-    columns = list(rows[0])
-    query = sql.SQL(
-        "INSERT INTO {table} ({columns}) VALUES ({values}) "
-        "ON CONFLICT ({key}) DO UPDATE SET {updates}"
-    ).format(
-        table=sql.Identifier(table),
-        columns=sql.SQL(", ").join(map(sql.Identifier, columns)),
-        values=sql.SQL(", ").join(map(sql.Placeholder, columns)),
-        key=sql.SQL(", ").join(map(sql.Identifier, key)),
-        updates=sql.SQL(", ").join(
-            sql.SQL("{0} = excluded.{0}").format(sql.Identifier(column))
-            for column in columns
-            if column not in key
-        ),
-    )
-    connection.cursor().executemany(query, rows)
 
 
 def _count(request: Request, name: str, default: int) -> int:
