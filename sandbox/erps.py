@@ -114,14 +114,14 @@ class SandboxErp:
 
     def harden(self, url: str) -> None:
         """The ERP's own ways of making an integration's life hard, beside the shared fault
-        knobs: NetSuite's concurrency pool nearly full, Business Central's small one and its
+        knobs: NetSuite's concurrency pool small, Business Central's at its documented five and its
         notifications sent twice."""
         if self.system == "netsuite":
             with NetSuiteSandbox(url) as account:
                 account.set_settings(concurrency_limit=4)
         elif self.system == "business-central":
             with BusinessCentralSandbox(url) as environment:
-                environment.configure(concurrency_limit=3)
+                environment.configure(concurrency_limit=5)
                 environment.duplicate_next_notifications(1_000_000)
 
     def _netsuite_key(self) -> Path:

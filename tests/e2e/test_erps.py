@@ -1,7 +1,9 @@
 """The whole order-to-cash pipeline on NetSuite and on Business Central, each as its
 simulator: every order settles, each accepted order is one sales order in the ERP, and each
 invoice and shipment reaches the CRM once, while the ERP's answers are lost after the work
-is done, it throttles, and (Business Central) its notifications come twice."""
+is done and it throttles (each for 3 % of its requests: a dozen requests go into an order, so
+about half the orders meet one), its concurrency pool is small, and (Business Central) its
+notifications come twice."""
 
 from __future__ import annotations
 
@@ -18,11 +20,12 @@ from revsync.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
-ORDERS = 200
+ORDERS = 100
 LOST_ANSWER_S = 3.0
 """How long the ERP holds an answer it will never send: past the services' deadline."""
 
 
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("erp_system", ["netsuite", "business-central"])
 def test_every_order_settles_once_on_the_erp_despite_lost_answers_and_throttling(
     start_pipeline: Callable[..., Pipeline],
@@ -32,12 +35,12 @@ def test_every_order_settles_once_on_the_erp_despite_lost_answers_and_throttling
 ) -> None:
     pipeline = start_pipeline(erp_system=erp_system, service_env={"REVSYNC_HTTP_TIMEOUT_S": "2"})
     data = scenario.seed(pipeline.crm, pipeline.erp, rng)
-    pipeline.erp.set_faults(timeout_rate=0.05, hang_s=LOST_ANSWER_S, throttle_rate=0.05)
+    pipeline.erp.set_faults(timeout_rate=0.03, hang_s=LOST_ANSWER_S, throttle_rate=0.03)
     pipeline.sandbox_erp.harden(pipeline.erp_url)
     planned = list(scenario.orders(data, ORDERS, rng, invalid_share=0.1))
     pipeline.push(planned)
 
-    outcome = settle(pipeline, timeout_s=300)
+    outcome = settle(pipeline, timeout_s=420)
 
     shipped = Counter(order.expected for order in planned)[scenario.SHIPPED]
     assert outcome.settled == ORDERS
