@@ -140,8 +140,11 @@ class Page:
     """Counts of the filtered worklist by kind, by reason, by region, by legal entity."""
 
 
-# Recorded exceptions, held keys and stuck orders as one relation. Held keys whose blocker is
-# an open dead letter are that dead letter's (its ``held`` flag), not a second line.
+# Recorded exceptions, held keys and stuck orders as one relation, each with its order's ids
+# and facets. Held keys whose blocker is an open dead letter are that dead letter's (its
+# ``held`` flag), not a second line. Each branch looks its orders up by key (the worklist's
+# cost grows with its items, not with every order revsync has recorded), and stuck orders are
+# found among those still on their way (a partial index holds them).
 _WITH = """
 WITH items AS (
     SELECT 'e' || e.id AS ref, e.kind, e.status, e.order_key, e.consumer, e.reason, e.summary,
@@ -150,15 +153,21 @@ WITH items AS (
            e.event_type, e.blocker,
            e.status = 'open' AND EXISTS (SELECT 1 FROM revsync_key_holds k
                WHERE k.consumer = e.consumer AND k.record_key = convert_to(e.order_key, 'UTF8')
-               AND k.blocker = e.blocker) AS held
-    FROM revsync_exceptions e
+               AND k.blocker = e.blocker) AS held,
+           o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
+           o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
+    FROM revsync_exceptions e LEFT JOIN revsync_orders o ON o.crm_order_id = e.order_key
     UNION ALL
     SELECT 'held:' || k.consumer || ':' || k.source_topic || ':' || encode(k.record_key, 'hex'),
-           %(held_key)s, 'open', convert_from(k.record_key, 'UTF8'), k.consumer,
+           %(held_key)s, 'open', k.order_key, k.consumer,
            CASE WHEN k.blocker = 'released' THEN 'released' ELSE 'waiting on a retry' END,
            'later records of this order wait behind ' || k.blocker, k.held_since, NULL,
-           '{}'::text[], NULL, NULL, NULL, NULL, NULL, k.blocker, true
-    FROM revsync_key_holds k
+           '{}'::text[], NULL, NULL, NULL, NULL, NULL, k.blocker, true,
+           o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
+           o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
+    FROM (SELECT *, convert_from(record_key, 'UTF8') COLLATE "default" AS order_key
+          FROM revsync_key_holds) k
+    LEFT JOIN revsync_orders o ON o.crm_order_id = k.order_key
     WHERE NOT EXISTS (SELECT 1 FROM revsync_exceptions e WHERE e.status = 'open'
                       AND e.consumer = k.consumer AND e.blocker = k.blocker)
     UNION ALL
@@ -173,31 +182,31 @@ WITH items AS (
              || justify_interval(date_trunc('minute', now() - coalesce(o.invoiced_at,
                 o.accepted_at, o.activated_at)))::text,
            coalesce(o.invoiced_at, o.accepted_at, o.activated_at), NULL, '{}'::text[], NULL,
-           NULL, NULL, NULL, NULL, NULL, false
+           NULL, NULL, NULL, NULL, NULL, false,
+           o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
+           o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
     FROM revsync_orders o
-    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND (
+    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND o.shipped_at IS NULL AND (
         (o.accepted_at IS NULL AND (o.rejected_at IS NULL OR o.rejected_at < o.activated_at)
          AND o.activated_at < now() - %(accepted)s)
         OR (o.accepted_at IS NOT NULL AND o.invoiced_at IS NULL
             AND o.accepted_at < now() - %(invoiced)s)
-        OR (o.invoiced_at IS NOT NULL AND o.shipped_at IS NULL
-            AND o.invoiced_at < now() - %(shipped)s))
+        OR (o.invoiced_at IS NOT NULL AND o.invoiced_at < now() - %(shipped)s))
 )
 """
 _ITEMS = (
     _WITH
     + """
-SELECT i.*, o.crm_order_number, o.erp_order_number, o.region, o.legal_entity,
-       coalesce(o.product_lines, '{}') AS product_lines
-FROM items i LEFT JOIN revsync_orders o ON o.crm_order_id = i.order_key
+SELECT i.*
+FROM items i
 """
 )
 _COUNTS = (
     _WITH
     + """
-SELECT i.kind, i.reason, coalesce(o.region, '-') AS region,
-       coalesce(o.legal_entity, '-') AS legal_entity, count(*) AS n
-FROM items i LEFT JOIN revsync_orders o ON o.crm_order_id = i.order_key
+SELECT i.kind, i.reason, coalesce(i.region, '-') AS region,
+       coalesce(i.legal_entity, '-') AS legal_entity, count(*) AS n
+FROM items i
 """
 )
 
@@ -206,13 +215,13 @@ WHERE (%(status)s = 'all' OR i.status = %(status)s)
   AND (cardinality(%(kinds)s::text[]) = 0 OR i.kind = ANY(%(kinds)s))
   AND (cardinality(%(reasons)s::text[]) = 0 OR i.reason = ANY(%(reasons)s))
   AND (cardinality(%(consumers)s::text[]) = 0 OR i.consumer = ANY(%(consumers)s))
-  AND (cardinality(%(regions)s::text[]) = 0 OR o.region = ANY(%(regions)s))
-  AND (cardinality(%(entities)s::text[]) = 0 OR o.legal_entity = ANY(%(entities)s))
-  AND (cardinality(%(lines)s::text[]) = 0 OR o.product_lines && %(lines)s::text[])
+  AND (cardinality(%(regions)s::text[]) = 0 OR i.region = ANY(%(regions)s))
+  AND (cardinality(%(entities)s::text[]) = 0 OR i.legal_entity = ANY(%(entities)s))
+  AND (cardinality(%(lines)s::text[]) = 0 OR i.product_lines && %(lines)s::text[])
   AND (%(assignee)s::text IS NULL OR i.assignee = %(assignee)s)
   AND (%(tag)s::text IS NULL OR %(tag)s = ANY(i.tags))
-  AND (%(order)s::text IS NULL OR i.order_key = %(order)s OR o.crm_order_number = %(order)s
-       OR o.erp_order_number = %(order)s OR o.correlation_id = %(order)s)
+  AND (%(order)s::text IS NULL OR i.order_key = %(order)s OR i.crm_order_number = %(order)s
+       OR i.erp_order_number = %(order)s OR i.correlation_id = %(order)s)
 """
 
 
