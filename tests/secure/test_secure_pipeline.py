@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from sandbox import scenario
-from sandbox.harness import DEPLOYABLES, Pipeline
+from sandbox.harness import Pipeline
 
 from revsync.settings import Settings
 from runtime_support import wait_for
@@ -61,7 +61,7 @@ def test_orders_settle_with_every_service_confined_to_its_own_principal(
     shipped = sum(order.expected == scenario.SHIPPED for order in planned)
     assert len(pipeline.erp.sales_orders()) == shipped
     # Nothing was refused on the way: no service needed a right it lacks.
-    for name in DEPLOYABLES:
+    for name in pipeline.deployables:
         log = (pipeline.workdir / f"{name}.log").read_text(errors="replace")
         assert "AUTHORIZATION_FAILED" not in log, name
         assert "permission denied" not in log, name
