@@ -142,9 +142,10 @@ class Page:
 
 # Recorded exceptions, held keys and stuck orders as one relation, each with its order's ids
 # and facets. Held keys whose blocker is an open dead letter are that dead letter's (its
-# ``held`` flag), not a second line. Each branch looks its orders up by key (the worklist's
-# cost grows with its items, not with every order revsync has recorded), and stuck orders are
-# found among those still on their way (a partial index holds them).
+# ``held`` flag), not a second line. Each item's order is looked up by its key, one at a time
+# (LATERAL ... LIMIT 1, which the planner does not turn into a join over every order revsync
+# has recorded), so the worklist's cost grows with its items; stuck orders are found among
+# those still on their way (a partial index holds them).
 _WITH = """
 WITH items AS (
     SELECT 'e' || e.id AS ref, e.kind, e.status, e.order_key, e.consumer, e.reason, e.summary,
@@ -156,7 +157,8 @@ WITH items AS (
                AND k.blocker = e.blocker) AS held,
            o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
            o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
-    FROM revsync_exceptions e LEFT JOIN revsync_orders o ON o.crm_order_id = e.order_key
+    FROM revsync_exceptions e LEFT JOIN LATERAL (
+        SELECT * FROM revsync_orders o WHERE o.crm_order_id = e.order_key LIMIT 1) o ON true
     UNION ALL
     SELECT 'held:' || k.consumer || ':' || k.source_topic || ':' || encode(k.record_key, 'hex'),
            %(held_key)s, 'open', k.order_key, k.consumer,
@@ -167,7 +169,8 @@ WITH items AS (
            o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
     FROM (SELECT *, convert_from(record_key, 'UTF8') COLLATE "default" AS order_key
           FROM revsync_key_holds) k
-    LEFT JOIN revsync_orders o ON o.crm_order_id = k.order_key
+    LEFT JOIN LATERAL (
+        SELECT * FROM revsync_orders o WHERE o.crm_order_id = k.order_key LIMIT 1) o ON true
     WHERE NOT EXISTS (SELECT 1 FROM revsync_exceptions e WHERE e.status = 'open'
                       AND e.consumer = k.consumer AND e.blocker = k.blocker)
     UNION ALL
@@ -186,7 +189,10 @@ WITH items AS (
            o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
            o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
     FROM revsync_orders o
-    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND o.shipped_at IS NULL AND (
+    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND o.shipped_at IS NULL
+      AND (o.accepted_at IS NOT NULL OR o.invoiced_at IS NOT NULL OR o.rejected_at IS NULL
+           OR o.rejected_at < o.activated_at)
+      AND (
         (o.accepted_at IS NULL AND (o.rejected_at IS NULL OR o.rejected_at < o.activated_at)
          AND o.activated_at < now() - %(accepted)s)
         OR (o.accepted_at IS NOT NULL AND o.invoiced_at IS NULL

@@ -92,9 +92,12 @@ CREATE INDEX IF NOT EXISTS revsync_orders_crm_number ON revsync_orders (crm_orde
 CREATE INDEX IF NOT EXISTS revsync_orders_erp_number ON revsync_orders (erp_order_number);
 CREATE INDEX IF NOT EXISTS revsync_orders_correlation ON revsync_orders (correlation_id);
 CREATE INDEX IF NOT EXISTS revsync_orders_activated ON revsync_orders (activated_at);
--- Orders still on their way, among which the worklist finds those stuck past a stage's age.
-CREATE INDEX IF NOT EXISTS revsync_orders_in_flight ON revsync_orders (activated_at)
-    WHERE cancelled_at IS NULL AND activated_at IS NOT NULL AND shipped_at IS NULL;
+-- Orders still on their way (neither cancelled, shipped nor rejected since their activation),
+-- among which the worklist finds those stuck past a stage's age.
+CREATE INDEX IF NOT EXISTS revsync_orders_on_their_way ON revsync_orders (activated_at)
+    WHERE cancelled_at IS NULL AND activated_at IS NOT NULL AND shipped_at IS NULL
+      AND (accepted_at IS NOT NULL OR invoiced_at IS NOT NULL OR rejected_at IS NULL
+           OR rejected_at < activated_at);
 
 CREATE TABLE IF NOT EXISTS revsync_exceptions (
     id             bigserial   PRIMARY KEY,
