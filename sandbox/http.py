@@ -14,8 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
+
+import httpx
 
 CONTROL_PREFIX = "/__sandbox/"
 
@@ -319,3 +322,25 @@ class JsonServer:
                 pass
 
         return _Handler
+
+
+class ControlClient:
+    """A typed client of a simulator's control API at ``url`` (its subclasses name the
+    routes); closed on leaving a ``with`` block."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self._client = httpx.Client(base_url=url, timeout=timeout_s)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._client.close()

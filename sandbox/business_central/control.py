@@ -5,33 +5,20 @@ on the same URL."""
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import httpx
 
+from sandbox.http import ControlClient
+
 CONTROL = "/__sandbox/business-central"
 
 
-class BusinessCentralSandbox:
+class BusinessCentralSandbox(ControlClient):
     """One method per control route of the simulator at ``url``."""
 
     def __init__(self, url: str, timeout_s: float = 30.0) -> None:
-        self._client = httpx.Client(base_url=url, timeout=timeout_s)
-
-    def __enter__(self) -> BusinessCentralSandbox:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._client.close()
+        super().__init__(url, timeout_s)
 
     def settings(self) -> dict[str, Any]:
         return self._ok(self._client.get(f"{CONTROL}/settings"))

@@ -7,14 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-import httpx
-
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from sandbox.erp.progression import Clock
+from sandbox.http import ControlClient
 
 CONTROL = "/__sandbox"
 
@@ -37,25 +35,8 @@ class ErpStats:
     outbox_rows: int
 
 
-class ErpSandbox:
+class ErpSandbox(ControlClient):
     """One method per control route of the ERP simulator at ``url``."""
-
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=url, timeout=timeout_s)
-
-    def __enter__(self) -> ErpSandbox:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._client.close()
 
     def seed_customers(self, customers: Iterable[Customer]) -> int:
         """Creates or replaces customers, as the ERP held them before revsync (no outbox

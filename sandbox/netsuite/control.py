@@ -5,33 +5,15 @@ and the expiry of every issued token. The books' control API (seeding, clock, fa
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
-import httpx
+from sandbox.http import ControlClient
 
 CONTROL = "/__sandbox/netsuite"
 
 
-class NetSuiteSandbox:
+class NetSuiteSandbox(ControlClient):
     """One method per NetSuite control route of the simulator at ``url``."""
-
-    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self._client = httpx.Client(base_url=url, timeout=timeout_s)
-
-    def __enter__(self) -> NetSuiteSandbox:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._client.close()
 
     def settings(self) -> dict[str, Any]:
         return self._call("GET", "/settings")
