@@ -53,27 +53,29 @@ SERVICES = (
     "fulfillment-sync",
     "erp-outbox-publisher",
 )
+# Every port below 32768: Linux hands out 32768-60999 to outgoing connections, and one of
+# those holding a port the stack wants would refuse its start.
 CHAOS_STACK: dict[str, Any] = {
     "dir": REPO_ROOT / ".stack-chaos",
     "kafka_brokers": 3,
-    "kafka_port": 39092,
-    "kafka_controller_port": 39192,
-    "registry_port": 38081,
-    "registry_management_port": 38082,
-    "postgres_port": 35432,
+    "kafka_port": 26092,
+    "kafka_controller_port": 26192,
+    "registry_port": 26081,
+    "registry_management_port": 26082,
+    "postgres_port": 26432,
     "kafka_heap": "384m",
-    "kafka_proxy_port": 39292,
+    "kafka_proxy_port": 26292,
 }
 RETRY_TIERS = ("2s", "10s", "30s", "1m")
-TOXIPROXY_PORT = 38474
+TOXIPROXY_PORT = 26474
 LOGS = CHAOS_STACK["dir"] / "services"
 """Each service's log of the last run, kept to read after it."""
 PROXY_PORTS = {
-    "postgres": 35433,
-    "registry": 38083,
-    "crm": 38090,
-    "erp": 38091,
-    "pubsub": 38092,
+    "postgres": 26433,
+    "registry": 26083,
+    "crm": 26084,
+    "erp": 26085,
+    "pubsub": 26086,
 }
 
 
