@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import json
 import logging
 import re
 import threading
@@ -56,8 +55,13 @@ from erp_inbound.business_central_mapping import (
 )
 from erp_inbound.sink import Change, InboundSink
 from revsync.connectors.business_central import BusinessCentralConfig
-from revsync.connectors.business_central_auth import BusinessCentralAuthFailed, EntraSession
-from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
+from revsync.connectors.business_central_auth import (
+    BusinessCentralAuthFailed,
+    BusinessCentralWire,
+    answered_code,
+)
+from revsync.connectors.cdc import read_json
+from revsync.connectors.http import failed_call
 from revsync.errors import RevsyncError, TransientError, described
 from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
@@ -261,19 +265,8 @@ class BusinessCentralApi(Protocol):
         ...
 
 
-class BearerSession(Protocol):
-    """An Entra ID session's access token: the one held, and a new one when a call found
-    ``stale`` refused (:class:`revsync.connectors.business_central_auth.EntraSession`)."""
-
-    def token(self) -> str: ...
-
-    def refresh(self, stale: str | None) -> str: ...
-
-
 ENVIRONMENT = re.compile(r"/v2\.0/(?P<tenant>[^/]+)/(?P<environment>[^/]+)/api/v2\.0/?$")
 """An API base URL: ``.../v2.0/{tenant}/{environment}/api/v2.0``."""
-EXTENSION_PATH = "api/revsync/integration/v1.0"
-"""revsync's API extension beside the standard API (its customer links)."""
 READ_ATTEMPTS = 4
 """Tries of one read that failed in a way that may pass (throttled, timed out, 5xx), before
 the failure ends the round: a page reads many records, and a round that had to start over for
@@ -283,55 +276,16 @@ READ_RETRY_MAX_S = 5.0
 
 
 class BusinessCentralHttpApi:
-    """:class:`BusinessCentralApi` over HTTP: the calls on a keep-alive pool, each with the
-    Entra session's bearer token (renewed once when Business Central refuses it), JSON read
-    with exact decimals, and every failure typed by its status (401 or 403 after a fresh
-    token: :class:`BusinessCentralAuthFailed`, retried, as the ERP adapter has it)."""
+    """:class:`BusinessCentralApi` over the ERP adapter's wire (its pool, Entra session and
+    limit of concurrent calls): JSON read with exact decimals, reads that may pass tried
+    again in place, and every failure typed by its status."""
 
-    def __init__(
-        self,
-        http: BoundedClient,
-        session: BearerSession,
-        api_url: str,
-        extension_url: str | None = None,
-    ) -> None:
-        self._http = http
-        self._session = session
-        self._api_url = api_url.rstrip("/")
-        self._extension_url = (extension_url or _extension_url(self._api_url)).rstrip("/")
+    def __init__(self, wire: BusinessCentralWire, config: BusinessCentralConfig) -> None:
+        self._wire = wire
+        self._api_url = config.api_url.rstrip("/")
+        self._extension_url = f"{config.environment_url}/{config.extension_path.strip('/')}"
         found = ENVIRONMENT.search(self._api_url)
         self._scope = f"{found['tenant']}/{found['environment']}" if found else self._api_url
-        self._owned: BoundedClient | None = None
-
-    @classmethod
-    def connect(cls, config: BusinessCentralConfig) -> BusinessCentralHttpApi:
-        """The API of the environment the ERP adapter's ``config`` names, on a keep-alive pool
-        and an Entra session of its own (the same app registration and bounds)."""
-        http = BoundedClient(
-            SYSTEM,
-            config.environment_url + "/",
-            timeout_s=config.timeout_s,
-            max_response_bytes=config.max_response_bytes,
-            max_connections=config.max_connections,
-        )
-        session = EntraSession(
-            http,
-            config.token_url,
-            config.client_id,
-            config.client_secret.get_secret_value(),
-            scope=config.scope,
-            refresh_margin_s=config.token_refresh_margin_s,
-        )
-        api = cls(
-            http, session, config.api_url, f"{config.environment_url}/{config.extension_path}"
-        )
-        api._owned = http
-        return api
-
-    def close(self) -> None:
-        """Closes the pool :meth:`connect` opened (one given is its owner's to close)."""
-        if self._owned is not None:
-            self._owned.close()
 
     @property
     def scope(self) -> str:
@@ -391,39 +345,20 @@ class BusinessCentralHttpApi:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Mapping[str, Any]:
-        token = self._session.token()
-        for attempt in range(2):
-            response = self._http.request(
-                method,
-                url,
-                params=params,
-                json_body=json_body,
-                headers={
-                    "Authorization": f"Bearer {token}",
-                    "Accept": "application/json",
-                    **(headers or {}),
-                },
-            )
-            if response.status_code != 401 or attempt:
-                break
-            token = self._session.refresh(token)
-        answer = _json(response.content)
-        failure = answer.get("error") if isinstance(answer, Mapping) else None
-        code = error_code(failure.get("code")) if isinstance(failure, Mapping) else None
+        response = self._wire.send(method, url, params=params, json_body=json_body, headers=headers)
         if response.status_code == 404:
-            raise RecordGone(failed_call(SYSTEM, response, code))
-        raise_for_transient(SYSTEM, response)
-        if response.status_code in (401, 403):
-            raise BusinessCentralAuthFailed(
-                f"{failed_call(SYSTEM, response, code)}: the app's token or permissions were "
-                "refused"
-            )
+            raise RecordGone(failed_call(SYSTEM, response, answered_code(response)))
         if not response.is_success:
+            code = answered_code(response)
             raise BusinessCentralRefused(
                 failed_call(SYSTEM, response, code), response.status_code, code
             )
         if not response.content:
             return {}
+        try:
+            answer = read_json(response.content, parse_float=Decimal)
+        except ValueError:
+            answer = None
         if not isinstance(answer, Mapping):
             raise BusinessCentralRefused(
                 f"{SYSTEM}: {method} {response.request.url.path} answered no JSON object",
@@ -431,22 +366,6 @@ class BusinessCentralHttpApi:
                 None,
             )
         return answer
-
-
-def _json(content: bytes) -> Any:
-    """An answer's JSON, its numbers exact; None when it is none."""
-    try:
-        return json.loads(content, parse_float=Decimal) if content else None
-    except (ValueError, UnicodeDecodeError):
-        return None
-
-
-def _extension_url(api_url: str) -> str:
-    """revsync's extension beside an API base URL ``.../api/v2.0``."""
-    root = api_url.rstrip("/")
-    if root.endswith("/api/v2.0"):
-        root = root[: -len("/api/v2.0")]
-    return f"{root}/{EXTENSION_PATH}"
 
 
 def renewal_due(expiration: datetime, now: datetime, renew_before_s: float) -> bool:
@@ -505,8 +424,8 @@ def read_notifications(body: bytes, client_state: SecretStr) -> list[Notified]:
     """The notifications of a webhook body, each checked for revsync's client state in
     constant time; one without it refuses the whole body."""
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        document = read_json(body)
+    except ValueError:
         raise NotificationRefused("not JSON", forged=False) from None
     values = document.get("value") if isinstance(document, dict) else None
     if not isinstance(values, list):

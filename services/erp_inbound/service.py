@@ -122,10 +122,8 @@ def _business_central(
     config = business_central_config(erp, timeout_s)
     adapter = BusinessCentralAdapter(config)  # which finds the companies' ids by their names
     context.resources.callback(adapter.close)
-    api = business_central.BusinessCentralHttpApi.connect(config)
-    context.resources.callback(api.close)
     return business_central.BusinessCentralInbound(
-        api,
+        business_central.BusinessCentralHttpApi(adapter.wire, config),
         pool,
         InboundSink(context.catalog, context.serde, business_central.SYSTEM),
         business_central.BusinessCentralInboundConfig(

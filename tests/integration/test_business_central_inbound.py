@@ -41,7 +41,7 @@ from erp_inbound import business_central as bc
 from erp_inbound import sink
 from erp_inbound.business_central_mapping import stamp
 from erp_inbound.sink import InboundSink
-from revsync.connectors.business_central import BusinessCentralConfig
+from revsync.connectors.business_central import BusinessCentralAdapter, BusinessCentralConfig
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
 from revsync.errors import TransientError
@@ -914,7 +914,7 @@ def open_live(
 ) -> Iterator[Callable[..., Live]]:  # fmt: skip
     """Opens the inbound side for US01 only, its configuration changed by the keywords given;
     its receiver serves at once, its loop runs once started."""
-    opened: list[tuple[Live, bc.BusinessCentralHttpApi]] = []
+    opened: list[tuple[Live, BusinessCentralAdapter]] = []
     company_id = simulator.company("US01").id
     with pool.connection() as connection:
         for table in ("revsync_bc_positions", "revsync_bc_worked", "revsync_bc_subscriptions",
@@ -926,17 +926,16 @@ def open_live(
 
     def open_(**overrides: Any) -> Live:
         receiver = Receiver()
-        api = bc.BusinessCentralHttpApi.connect(
-            BusinessCentralConfig(
-                api_url=simulator.api_url,
-                token_url=simulator.token_url,
-                tenant_id=simulator.tenant_id,
-                client_id=DEFAULT_CLIENT_ID,
-                client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
-                companies={"US01": company_id},
-                timeout_s=5.0,
-            )
+        erp_config = BusinessCentralConfig(
+            api_url=simulator.api_url,
+            token_url=simulator.token_url,
+            tenant_id=simulator.tenant_id,
+            client_id=DEFAULT_CLIENT_ID,
+            client_secret=SecretStr(DEFAULT_CLIENT_SECRET),
+            companies={"US01": company_id},
+            timeout_s=5.0,
         )
+        adapter = BusinessCentralAdapter(erp_config)
         config = bc.BusinessCentralInboundConfig(
             **{
                 "companies": {"US01": company_id},
@@ -947,17 +946,19 @@ def open_live(
                 **overrides,
             }
         )
-        inbound = bc.BusinessCentralInbound(api, pool, inbound_sink, config)
+        inbound = bc.BusinessCentralInbound(
+            bc.BusinessCentralHttpApi(adapter.wire, erp_config), pool, inbound_sink, config
+        )
         receiver.inbound = inbound
         running = Live(simulator, inbound, receiver, pool, company_id)
-        opened.append((running, api))
+        opened.append((running, adapter))
         return running
 
     yield open_
-    for running, api in opened:
+    for running, adapter in opened:
         running.close()
         running.receiver.close()
-        api.close()
+        adapter.close()
 
 
 def subscribed(simulator: BusinessCentralSimulator, url: str) -> dict[str, dict[str, Any]]:

@@ -16,7 +16,11 @@ from pydantic import SecretStr
 
 from port_contracts import a_draft, line, order_request
 from revsync.connectors import business_central as bc
-from revsync.connectors.business_central_auth import BusinessCentralAuthFailed, EntraSession
+from revsync.connectors.business_central_auth import (
+    BusinessCentralAuthFailed,
+    EntraSession,
+    exact_json,
+)
 from revsync.errors import ErrorClass, TransientError, classify
 from revsync.ports.erp import Address, CustomerStatus, ErpRejected
 
@@ -220,9 +224,9 @@ def test_an_order_is_one_deep_insert_with_its_lines_and_tax_as_a_rate() -> None:
         (20000, "PC-TIE", Decimal("10.000000")),
         (30000, "PC-SAMPLE", Decimal(0)),
     ]
-    written = json.loads(bc._dumps(body))
+    written = json.loads(exact_json(body))
     assert written["salesOrderLines"][0]["unitPrice"] == 100.0
-    assert b'"unitPrice": 100.0000' in bc._dumps(body), "amounts go as exact JSON numbers"
+    assert b'"unitPrice": 100.0000' in exact_json(body), "amounts go as exact JSON numbers"
 
 
 def test_a_customer_is_written_with_its_crm_owned_fields_blanks_for_none() -> None:

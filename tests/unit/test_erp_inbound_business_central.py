@@ -40,7 +40,8 @@ from erp_inbound.business_central_mapping import (
 from erp_inbound.sink import Change, InboundSink
 from erp_outbox_publisher.logic import ErpOutboxRow, canonical_event
 from leaks import told
-from revsync.connectors.business_central_auth import BusinessCentralAuthFailed
+from revsync.connectors.business_central import BusinessCentralConfig
+from revsync.connectors.business_central_auth import BusinessCentralAuthFailed, BusinessCentralWire
 from revsync.contracts.events import (
     CreditStatusChanged,
     CustomerMastered,
@@ -679,7 +680,16 @@ class StubSession:
 
 def http_api(*answers: httpx.Response) -> tuple[bc.BusinessCentralHttpApi, StubHttp, StubSession]:
     http, session = StubHttp(*answers), StubSession()
-    return bc.BusinessCentralHttpApi(cast(Any, http), session, API_URL), http, session
+    erp = BusinessCentralConfig(
+        api_url=API_URL,
+        token_url="https://login.microsoftonline.com/contoso/oauth2/v2.0/token",
+        tenant_id="contoso",
+        client_id="revsync",
+        client_secret=SecretStr("s3cret"),
+        companies={"US01": "CRONUS USA, Inc."},
+    )
+    wire = BusinessCentralWire(cast(Any, http), session, max_calls=2)
+    return bc.BusinessCentralHttpApi(wire, erp), http, session
 
 
 def failure(status: int, code: str, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -25,12 +25,13 @@ Business Central's API v2.0 (``api/v2.0/companies({id})/...``):
     ``{"value": [{"id", "name", ...}]}``.
 
 revsync's extension (``api/revsync/integration/v1.0/companies({id})/...``, an AL extension
-whose source is in ``deploy/business-central/``):
+installed in the environment; its contract is this, its AL source is not shipped yet):
 
 ``customerLinks``
     One record per customer, on the Customer table and its extension fields: ``id``
     (the customer's), ``customerNumber``, ``crmAccountId`` (unique across companies),
-    ``displayName``, ``countryCode``, ``currencyCode``, ``taxRegistrationNumber``,
+    ``displayName``, ``countryCode``, ``currencyCode`` (the company's local currency code
+    where the customer's own is blank), ``taxRegistrationNumber``,
     ``dunsNumber``, ``billingAddressLine1``, ``billingCity``, ``billingState``,
     ``billingPostalCode``, ``billingCountryCode``, ``creditStatus`` (``Active``,
     ``Blocked``, ``Credit Hold``), ``blocks`` (``order,delivery,billing``),
@@ -92,7 +93,10 @@ from pydantic import SecretStr
 from revsync.connectors.business_central_auth import (
     SCOPE,
     BusinessCentralAuthFailed,
+    BusinessCentralWire,
     EntraSession,
+    answered_code,
+    answered_error,
 )
 from revsync.connectors.cdc import read_json
 from revsync.connectors.http import (
@@ -100,7 +104,6 @@ from revsync.connectors.http import (
     BoundedClient,
     error_code,
     failed_call,
-    raise_for_transient,
 )
 from revsync.contracts.events import CreditCheckOutcome, PricingOutcome
 from revsync.errors import RevsyncError, TransientError
@@ -241,24 +244,24 @@ class BusinessCentralAdapter(ErpPort):
 
     def __init__(self, config: BusinessCentralConfig) -> None:
         self._config = config
-        self._http = BoundedClient(
+        http = BoundedClient(
             SYSTEM,
             config.environment_url + "/",
             timeout_s=config.timeout_s,
             max_response_bytes=config.max_response_bytes,
             # One more than the calls let out at once: the token's, which needs no slot.
             max_connections=config.max_connections + 1,
-            headers={"Accept": "application/json"},
         )
-        self._slots = threading.BoundedSemaphore(config.max_connections)
-        self._session = EntraSession(
-            self._http,
+        session = EntraSession(
+            http,
             config.token_url,
             config.client_id,
             config.client_secret.get_secret_value(),
             scope=config.scope,
             refresh_margin_s=config.token_refresh_margin_s,
         )
+        self.wire = BusinessCentralWire(http, session, config.max_connections)
+        """Every call to the environment; the inbound side calls over it too."""
         self._companies: _Companies | None = None
         self._companies_lock = threading.Lock()
         self._customer_company: dict[str, str] = {}
@@ -508,7 +511,7 @@ class BusinessCentralAdapter(ErpPort):
                 etag = str(self._expect(self._send("GET", path), 200)["@odata.etag"])
                 continue
             self._raise_for_refusal(response, "INVALID_ORDER")
-            raise BusinessCentralUnexpected(failed_call(SYSTEM, response, _error_code(response)))
+            raise BusinessCentralUnexpected(failed_call(SYSTEM, response, answered_code(response)))
 
     def cancel_sales_order(self, external_id: str, reason: str, idempotency_key: str) -> SalesOrder:
         found = self._order_anywhere(external_id)
@@ -536,7 +539,7 @@ class BusinessCentralAdapter(ErpPort):
             self._raise_for_refusal(response, "INVALID_ORDER")
             if response.status_code not in (200, 204):
                 raise BusinessCentralUnexpected(
-                    failed_call(SYSTEM, response, _error_code(response))
+                    failed_call(SYSTEM, response, answered_code(response))
                 )
             state = self._orders(company, external_id)[0]
         order = _sales_order(state)
@@ -544,7 +547,7 @@ class BusinessCentralAdapter(ErpPort):
         return order
 
     def close(self) -> None:
-        self._http.close()
+        self.wire.close()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -721,31 +724,7 @@ class BusinessCentralAdapter(ErpPort):
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        token = self._session.token()
-        for attempt in range(2):
-            with self._slots:
-                response = self._http.request(
-                    method,
-                    path,
-                    params=params,
-                    content=None if json_body is None else _dumps(json_body),
-                    headers={
-                        **(headers or {}),
-                        "Authorization": f"Bearer {token}",
-                        **({"Content-Type": "application/json"} if json_body is not None else {}),
-                    },
-                )
-            if response.status_code == 401 and attempt == 0:
-                token = self._session.refresh(token)
-                continue
-            break
-        raise_for_transient(SYSTEM, response)
-        if response.status_code in (401, 403):
-            raise BusinessCentralAuthFailed(
-                f"{failed_call(SYSTEM, response, _error_code(response))}: the app's token or "
-                "permissions were refused"
-            )
-        return response
+        return self.wire.send(method, path, params=params, json_body=json_body, headers=headers)
 
     @staticmethod
     def _raise_for_refusal(response: httpx.Response, kind: str) -> None:
@@ -754,7 +733,7 @@ class BusinessCentralAdapter(ErpPort):
         that field."""
         if response.status_code != 400:
             return
-        error = _error(response)
+        error = answered_error(response)
         message = str(error.get("message") or "")
         refusal = REFUSAL.match(message)
         if refusal is not None:
@@ -770,12 +749,12 @@ class BusinessCentralAdapter(ErpPort):
         named = next((f for f in FIELDS if re.search(rf"\b{f}\b", message)), None)
         if named is not None:
             raise ErpRejected(kind, message or "no reason given", field=FIELDS[named])
-        raise BusinessCentralUnexpected(failed_call(SYSTEM, response, _error_code(response)))
+        raise BusinessCentralUnexpected(failed_call(SYSTEM, response, answered_code(response)))
 
     @staticmethod
     def _expect(response: httpx.Response, *statuses: int) -> dict[str, Any]:
         if response.status_code not in statuses:
-            raise BusinessCentralUnexpected(failed_call(SYSTEM, response, _error_code(response)))
+            raise BusinessCentralUnexpected(failed_call(SYSTEM, response, answered_code(response)))
         return _json(response)
 
 
@@ -800,31 +779,6 @@ def _key(value: str) -> str:
     if GUID.fullmatch(value):
         return value
     return quote(_text(value), safe="")
-
-
-def _dumps(body: Any) -> bytes:
-    """JSON with decimals written as exact numbers."""
-
-    def mark(value: object) -> str:
-        if isinstance(value, Decimal):
-            return f"\x00decimal:{value:f}"
-        raise TypeError(f"{type(value).__name__} is not JSON")
-
-    text = json.dumps(body, default=mark)
-    return re.sub(r'"\\u0000decimal:(-?[0-9.]+)"', r"\1", text).encode()
-
-
-def _error(response: httpx.Response) -> dict[str, Any]:
-    try:
-        document = read_json(response.content)
-    except ValueError:
-        return {}
-    inner = document.get("error") if isinstance(document, dict) else None
-    return inner if isinstance(inner, dict) else {}
-
-
-def _error_code(response: httpx.Response) -> str | None:
-    return error_code(_error(response).get("code"))
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:

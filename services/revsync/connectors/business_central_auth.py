@@ -1,18 +1,25 @@
 """Business Central's Entra ID session: the OAuth 2.0 client-credentials grant of the app
 registration revsync runs as (``scope=https://api.businesscentral.dynamics.com/.default``),
 and the access token it yields, shared by every thread, replaced a margin before it expires
-and once when Business Central answers 401."""
+and once when Business Central answers 401; and the wire every call to the environment
+goes over with that token."""
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Protocol
+
+import httpx
 
 from revsync.connectors.cdc import read_json
 from revsync.connectors.erp import ErpAuthFailed
-from revsync.connectors.http import BoundedClient, error_code, raise_for_transient
+from revsync.connectors.http import BoundedClient, error_code, failed_call, raise_for_transient
 
 SYSTEM = "business-central"
 SCOPE = "https://api.businesscentral.dynamics.com/.default"
@@ -105,6 +112,97 @@ class EntraSession:
             f"{SYSTEM}: the client credentials of app {self._client_id!r} {refused} by Entra "
             f"(HTTP {response.status_code}, {reason or 'no error code'})"
         )
+
+
+class BearerSession(Protocol):
+    """An access token: the one held, and a new one when a call found ``stale`` refused
+    (:class:`EntraSession`)."""
+
+    def token(self) -> str: ...
+
+    def refresh(self, stale: str | None) -> str: ...
+
+
+class BusinessCentralWire:
+    """The environment's API as revsync's app calls it: each call on one keep-alive pool with
+    the session's bearer token (replaced once when Business Central answers 401), at most
+    ``max_calls`` at once (the rest wait their turn), JSON bodies with exact decimals;
+    throttling, timeouts and 5xx raised as :class:`TransientError`, a token or permission
+    refused even when fresh as :class:`BusinessCentralAuthFailed`. Any other answer is the
+    caller's to read. The ERP adapter and the inbound side share one, so together they stay
+    within the environment's limit of concurrent requests."""
+
+    def __init__(self, http: BoundedClient, session: BearerSession, max_calls: int) -> None:
+        self._http = http
+        self._session = session
+        self._slots = threading.BoundedSemaphore(max_calls)
+
+    def send(
+        self,
+        method: str,
+        url: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One call, ``url`` absolute or relative to the pool's base."""
+        token = self._session.token()
+        for attempt in range(2):
+            with self._slots:
+                response = self._http.request(
+                    method,
+                    url,
+                    params=params,
+                    content=None if json_body is None else exact_json(json_body),
+                    headers={
+                        "Accept": "application/json",
+                        **(headers or {}),
+                        "Authorization": f"Bearer {token}",
+                        **({"Content-Type": "application/json"} if json_body is not None else {}),
+                    },
+                )
+            if response.status_code == 401 and attempt == 0:
+                token = self._session.refresh(token)
+                continue
+            break
+        raise_for_transient(SYSTEM, response)
+        if response.status_code in (401, 403):
+            raise BusinessCentralAuthFailed(
+                f"{failed_call(SYSTEM, response, answered_code(response))}: the app's token or "
+                "permissions were refused"
+            )
+        return response
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def answered_error(response: httpx.Response) -> dict[str, Any]:
+    """The ``error`` object of Business Central's answer, empty when it has none."""
+    try:
+        document = read_json(response.content)
+    except ValueError:
+        return {}
+    inner = document.get("error") if isinstance(document, dict) else None
+    return inner if isinstance(inner, dict) else {}
+
+
+def answered_code(response: httpx.Response) -> str | None:
+    """The error code of Business Central's answer (as :func:`error_code` bounds it)."""
+    return error_code(answered_error(response).get("code"))
+
+
+def exact_json(body: Any) -> bytes:
+    """JSON with decimals written as exact numbers."""
+
+    def mark(value: object) -> str:
+        if isinstance(value, Decimal):
+            return f"\x00decimal:{value:f}"
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    text = json.dumps(body, default=mark)
+    return re.sub(r'"\\u0000decimal:(-?[0-9.]+)"', r"\1", text).encode()
 
 
 def _seconds(value: object) -> float:
