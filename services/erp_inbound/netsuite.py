@@ -18,7 +18,8 @@ the second, in the account's time zone. What makes that lose nothing and double 
 - Event ids are derived from the record and its version (:func:`erp_inbound.sink.event_id`),
   and every event published is kept in ``revsync_netsuite_published``: a row read again (the
   overlap, the last second of a page, an afterSubmit post and a poll both reading a record)
-  writes nothing, and an invoice modified later (paid) is not published again.
+  writes nothing, and an invoice modified later (paid) is not published again. A customer's
+  versions are dropped a day after a later one was published; its latest stays.
 - Local times become UTC as the earliest moment they can name (the hour a clock turns back is
   read as its first pass): a watermark is never later than the truth.
 """
@@ -33,7 +34,7 @@ import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -110,6 +111,9 @@ CREATE TABLE IF NOT EXISTS revsync_netsuite_published (
 );
 CREATE INDEX IF NOT EXISTS revsync_netsuite_published_by_record
     ON revsync_netsuite_published (account, kind, record_id);
+-- Customer versions, forgotten once superseded (a document's row is kept: it is made once).
+CREATE INDEX IF NOT EXISTS revsync_netsuite_published_versions
+    ON revsync_netsuite_published (account, published_at) WHERE kind = 'customer';
 -- The credit revsync last published of each customer: CreditStatusChanged is made only when
 -- a new version's credit limit or hold differs from it.
 CREATE TABLE IF NOT EXISTS revsync_netsuite_customer_credit (
@@ -229,6 +233,12 @@ class NoticeInvalid(AfterSubmitRefused):
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"netsuite afterSubmit: {field}: {reason}")
         self.field = field
+
+
+SUPERSEDED_KEPT = timedelta(days=1)
+"""How long the ledger keeps a customer version after a later one of the customer was
+published (NetSuite answers only a record's current version, so a superseded one is read
+again only by a poll or post that was already under way)."""
 
 
 class WindowTooDense(TransientError):
@@ -394,7 +404,24 @@ class NetSuiteInbound:
                 failure = failure or error
         if failure is not None:
             raise failure
+        self.forget_versions()
         return written
+
+    def forget_versions(self) -> int:
+        """Drops from the ledger the customer versions superseded more than
+        :data:`SUPERSEDED_KEPT` ago: how many went. Each customer's latest version stays, so
+        a poll reading it again within its overlap writes nothing; a document's row stays
+        too, as each is published once whatever changes later."""
+        with self.pool.connection() as connection:
+            deleted: int = connection.execute(
+                "DELETE FROM revsync_netsuite_published old WHERE account = %s "
+                "AND kind = 'customer' AND published_at < now() - %s AND EXISTS ("
+                "SELECT 1 FROM revsync_netsuite_published later WHERE later.account = "
+                "old.account AND later.kind = old.kind AND later.record_id = old.record_id "
+                "AND later.published_at > old.published_at)",
+                (self.config.account_id, SUPERSEDED_KEPT),
+            ).rowcount
+        return deleted
 
     def poll_kind(self, kind: Kind) -> int:
         """Every record of ``kind`` modified since the watermark (less the overlap), a page

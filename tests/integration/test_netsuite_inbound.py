@@ -447,6 +447,49 @@ def test_a_customers_credit_change_is_written_once_and_a_change_of_terms_is_no_c
     assert len(of_type(pool, CreditStatusChanged)) == 1
 
 
+def ledger(pool: ConnectionPool[Any], kind: str) -> list[tuple[str, str]]:
+    with pool.connection() as connection:
+        return [
+            (str(row[0]), str(row[1]))
+            for row in connection.execute(
+                "SELECT record_id, modified FROM revsync_netsuite_published WHERE kind = %s "
+                "ORDER BY record_id, modified",
+                (kind,),
+            )
+        ]
+
+
+def test_a_customers_superseded_versions_are_forgotten_a_day_on_its_latest_and_documents_kept(
+    simulator: NetSuiteSimulator,
+    control: ErpSandbox,
+    make_inbound: Callable[..., NetSuiteInbound],
+    pool: ConnectionPool[Any],
+) -> None:
+    invoiced(simulator, control, 1)
+    inbound = make_inbound()
+    inbound.poll()
+    time.sleep(1.1)
+    control.edit_customer(ACTIVE.id, payment_terms="NET60")
+    inbound.poll()
+    versions = [row for row in ledger(pool, "customer") if row[0] == ACTIVE.id]
+    assert len(versions) == 2
+    invoices = ledger(pool, "invoice")
+    assert invoices
+
+    with pool.connection() as connection:  # everything published two days ago
+        connection.execute(
+            "UPDATE revsync_netsuite_published SET published_at = published_at - interval "
+            "'2 days' WHERE kind = 'invoice' OR (kind = 'customer' AND modified = %s)",
+            (versions[0][1],),
+        )
+    assert inbound.forget_versions() == 1
+    assert [row for row in ledger(pool, "customer") if row[0] == ACTIVE.id] == versions[1:]
+    assert ledger(pool, "invoice") == invoices
+    written = len(outbox(pool))
+    assert inbound.poll() == 0, "the latest version, read again in the overlap, writes nothing"
+    assert len(outbox(pool)) == written
+
+
 # -- the watermark -----------------------------------------------------------------------------
 
 
