@@ -765,6 +765,11 @@ class FakeErp(ErpPort):
             raise ErpRejected("CUSTOMER_BLOCKED", f"customer {customer.id} is blocked")
         if customer.status is CustomerStatus.CREDIT_HOLD:
             raise ErpRejected("CREDIT_HOLD", f"customer {customer.id} is on credit hold")
+        if customer.currency != request.currency:
+            raise ErpRejected(
+                "UNSUPPORTED_CURRENCY",
+                f"customer {customer.id} is billed in {customer.currency}, not {request.currency}",
+            )
         numbers = [line.line_number for line in request.lines]
         if len(set(numbers)) != len(numbers):
             raise ErpRejected("INVALID_ORDER", f"line numbers repeat: {sorted(numbers)}")

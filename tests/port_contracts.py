@@ -527,6 +527,14 @@ PRICE_BOOK = PriceBook(
         "PC-SAMPLE": Decimal("0"),
     },
 )
+PRICE_BOOK_EUR = PriceBook(
+    "PB-PC-US-EUR",
+    "US in euros",
+    "EUR",
+    "US01",
+    {"PC-SENSOR": Decimal("92.0000"), "PC-TIE": Decimal("0.0900")},
+)
+"""A book in another currency than the legal entity's customers are billed in."""
 
 
 def line(
@@ -585,7 +593,7 @@ class ErpContract:
         """The contract's customers, products and price book, as each test starts."""
         erp_control.seed_customers([ACTIVE, HELD, BLOCKED, HELD_UNTIL_PAID])
         erp_control.seed_products(PRODUCTS)
-        erp_control.seed_price_books([PRICE_BOOK])
+        erp_control.seed_price_books([PRICE_BOOK, PRICE_BOOK_EUR])
 
     # --- master data -------------------------------------------------------------------
 
@@ -969,6 +977,12 @@ class ErpContract:
             ),
             ({}, (line(1, "PC-TIE", "1", "0.1", discount="0.2"),), "INVALID_ORDER", ("PC-TIE",)),
             ({"currency": "EUR"}, (), "UNSUPPORTED_CURRENCY", ()),
+            (
+                {"currency": "EUR", "price_book_id": PRICE_BOOK_EUR.id},
+                (line(1, "PC-SENSOR", "2", "92.0000"),),
+                "UNSUPPORTED_CURRENCY",
+                (),
+            ),
             ({"price_book_id": "PB-PC-NOPE"}, (), "UNKNOWN_PRICE_BOOK", ()),
         ],
         ids=[
@@ -981,6 +995,7 @@ class ErpContract:
             "mispriced",
             "discount-over-price",
             "currency",
+            "not-the-customers-currency",
             "price-book",
         ],
     )

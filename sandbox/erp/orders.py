@@ -129,6 +129,13 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
         raise refuse("CUSTOMER_BLOCKED", f"customer {body.customer_id} is blocked")
     if customer["status"] == "credit_hold":
         raise refuse("CREDIT_HOLD", f"customer {body.customer_id} is on credit hold")
+    if customer["currency"] != body.currency:
+        # As the ERPs do: a customer is billed only in its currency, its credit kept in it.
+        raise refuse(
+            "UNSUPPORTED_CURRENCY",
+            f"customer {body.customer_id} is billed in {customer['currency']}, not "
+            f"{body.currency}",
+        )
     numbers = [line.line_number for line in body.lines]
     if len(set(numbers)) != len(numbers):
         raise refuse("INVALID_ORDER", f"line numbers repeat: {sorted(numbers)}")

@@ -133,7 +133,9 @@ def judge_credit(
         rejection = (
             _credit_rejection(request, position)
             if position is not None
-            else checks.customer_rejection(customer.id, None, request.legal_entity)
+            else checks.customer_rejection(
+                customer.id, None, request.legal_entity, request.currency
+            )
         )
     return CreditAnswer(
         decision="approved" if rejection is None else "held",
@@ -152,9 +154,13 @@ def _customer_rejection(
     request: CreditRequest, customer: Customer | None
 ) -> checks.Rejection | None:
     if customer is not None:
-        return checks.customer_rejection(customer.id, customer, request.legal_entity)
+        return checks.customer_rejection(
+            customer.id, customer, request.legal_entity, request.currency
+        )
     if request.customer_id is not None:
-        return checks.customer_rejection(request.customer_id, None, request.legal_entity)
+        return checks.customer_rejection(
+            request.customer_id, None, request.legal_entity, request.currency
+        )
     assert request.account_id is not None  # the request names one or the other
     return checks.unmastered(request.account_id)
 

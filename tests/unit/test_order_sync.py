@@ -529,6 +529,15 @@ def test_a_blocked_customer_is_refused() -> None:
     assert rejection.message == "ERP customer C-10042 is blocked"
 
 
+def test_an_order_in_another_currency_than_its_customer_is_billed_in_is_refused() -> None:
+    """The ERP would refuse it too: a customer's credit is kept in its own currency."""
+    rejection = judge(customer=replace(CUSTOMER, currency="EUR"))
+
+    assert rejection == checks.Rejection(
+        RejectionReason.UNSUPPORTED_CURRENCY, "ERP customer C-10042 is billed in EUR, not USD"
+    )
+
+
 def test_a_currency_the_legal_entity_does_not_invoice_in_is_refused() -> None:
     rules = RULES.model_copy(update={"currencies": frozenset({"EUR", "CHF"})})
 

@@ -1,10 +1,11 @@
 """One source of truth: every case of order_sync's rule tests (tests/unit/test_order_sync.py,
 each call its tests make to order-time validation, parametrized ones once per parameter) put
 to the process API's pricing and credit answers as a quote of the same order. Where order-time
-validation rejects the order for its customer, the credit answer holds it for the same reason
-in the same words; for its prices, products or currency, the pricing answer refuses it the
-same way, offending products and all; where the order passes (or breaks only a rule a quote is
-not asked about: a PO number, the limit for automatic entry), both answers pass."""
+validation rejects the order for its customer (its currency among them), the credit answer
+holds it for the same reason in the same words; for its prices, products or currency, the
+pricing answer refuses it the same way, offending products and all; where the order passes (or
+breaks only a rule a quote is not asked about: a PO number, the limit for automatic entry),
+both answers pass."""
 
 from __future__ import annotations
 
@@ -139,6 +140,16 @@ def quoted(case: Case) -> tuple[PricingAnswer, CreditAnswer]:
     )
 
 
+def customer_verdict(case: Case) -> checks.Rejection | None:
+    """What order-time validation says of the case's customer alone (its currency too)."""
+    order = case.order
+    if order.erp_customer_id is None:
+        return None
+    return checks.customer_rejection(
+        order.erp_customer_id, case.customer, order.legal_entity, order.currency
+    )
+
+
 def test_every_rule_test_of_order_sync_is_a_case() -> None:
     assert len(CASES) >= 30
     assert {case.verdict.reason for case in CASES if case.verdict} == (
@@ -154,7 +165,7 @@ def test_the_quote_answers_agree_with_order_time_validation(case: Case) -> None:
     if verdict is None or verdict.reason in NOT_QUOTED:
         assert pricing.accepted, pricing.message
         assert credit.decision == "approved", credit.message
-    elif verdict.reason in CUSTOMER_REASONS:
+    elif verdict.reason in CUSTOMER_REASONS or verdict == customer_verdict(case):
         assert (credit.decision, credit.reason, credit.message) == (
             "held",
             verdict.reason,

@@ -68,9 +68,11 @@ def unmastered(crm_account_id: str) -> Rejection:
 
 
 def customer_rejection(
-    customer_id: str, customer: Customer | None, legal_entity: str
+    customer_id: str, customer: Customer | None, legal_entity: str, currency: str
 ) -> Rejection | None:
-    """The ERP customer exists, is mastered in the order's legal entity, and takes orders."""
+    """The ERP customer exists, is mastered in the order's legal entity, takes orders, and is
+    billed in the order's currency (the ERPs refuse an order in another: the customer's
+    credit is kept in its own)."""
     if customer is None:
         return Rejection(
             RejectionReason.CUSTOMER_NOT_MASTERED, f"ERP customer {customer_id} does not exist"
@@ -85,6 +87,11 @@ def customer_rejection(
         return Rejection(RejectionReason.CREDIT_HOLD, f"ERP customer {customer.id} is on hold")
     if customer.status is CustomerStatus.BLOCKED:
         return Rejection(RejectionReason.OTHER, f"ERP customer {customer.id} is blocked")
+    if customer.currency != currency:
+        return Rejection(
+            RejectionReason.UNSUPPORTED_CURRENCY,
+            f"ERP customer {customer.id} is billed in {customer.currency}, not {currency}",
+        )
     return None
 
 
@@ -198,7 +205,9 @@ def validate(
     """Whether the ERP may take the order; the first rule it breaks, if any."""
     if order.erp_customer_id is None:
         return unmastered(order.crm_account_id)
-    rejection = customer_rejection(order.erp_customer_id, customer, order.legal_entity)
+    rejection = customer_rejection(
+        order.erp_customer_id, customer, order.legal_entity, order.currency
+    )
     if rejection is None:
         rejection = price_book_rejection(
             order.currency, order.legal_entity, order.price_book_id, price_book, rules
