@@ -39,6 +39,7 @@ from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psycopg
+from prometheus_client import Counter, Gauge
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
@@ -71,6 +72,24 @@ from revsync.migrations import Tables
 from revsync.security import POSTGRES_SERVICE
 
 log = logging.getLogger(__name__)
+
+EVENTS = Counter(
+    "revsync_erp_inbound_netsuite_events_total",
+    "NetSuite changes written as events, by record kind and by what found them: the poll or "
+    "an afterSubmit post.",
+    ["kind", "via"],
+)
+POLL_FAILURES = Counter(
+    "revsync_erp_inbound_netsuite_poll_failures_total",
+    "Polls of a record kind that failed (NetSuite or the database away, throttling); its "
+    "watermark stays where its last written page left it.",
+    ["kind"],
+)
+WATERMARK = Gauge(
+    "revsync_erp_inbound_netsuite_watermark_timestamp_seconds",
+    "The last-modified time the poll has read up to, by record kind.",
+    ["kind"],
+)
 
 SOURCE = "netsuite"
 QUERY_PATH = "/services/rest/query/v1/suiteql"
@@ -360,6 +379,8 @@ class Read:
     applications: dict[str, list[tuple[dict[str, str], Application]]] = field(default_factory=dict)
     broken: dict[str, RowInvalid] = field(default_factory=dict)
     """Rows whose detail could not be read, by record id."""
+    exposures: dict[str, Exposure] = field(default_factory=dict)
+    """Of customers whose credit moved since what was published of them: their exposure."""
 
 
 @dataclass(frozen=True)
@@ -400,6 +421,7 @@ class NetSuiteInbound:
             try:
                 written += self.poll_kind(kind)
             except Exception as error:  # raised after the other kinds
+                POLL_FAILURES.labels(kind.value).inc()
                 log.warning("netsuite %s: polling failed: %s", kind, described(error))
                 failure = failure or error
         if failure is not None:
@@ -534,10 +556,19 @@ class NetSuiteInbound:
 
     def details(self, kind: Kind, rows: list[dict[str, str]]) -> Read:
         """What the rows' events need beyond their own columns: the sales orders documents
-        were created from, a fulfilment's lines, a payment's applications."""
+        were created from, a fulfilment's lines, a payment's applications, the exposure of a
+        customer whose credit moved. All read before the page's transaction, which then
+        holds no lock while NetSuite answers."""
         read = Read(kind, rows)
         ids = [row["id"] for row in rows if "id" in row]
-        if kind is Kind.CUSTOMER or not ids:
+        if kind is Kind.CUSTOMER:
+            customers = self.versions(rows)
+            if customers:
+                with self.pool.connection() as connection, connection.cursor() as cursor:
+                    before = self.credit(cursor, list(customers))
+                read.exposures = self.exposures(_moved(customers, before))
+            return read
+        if not ids:
             return read
         if kind in (Kind.INVOICE, Kind.FULFILLMENT):
             for row in self.query_all(SALES_ORDERS.format(ids=id_list(ids))):
@@ -609,6 +640,11 @@ class NetSuiteInbound:
                     "excluded.watermark), advanced_at = now()",
                     (account, read.kind.value, advance_to),
                 )
+        EVENTS.labels(read.kind.value, "after_submit" if advance_to is None else "poll").inc(
+            written.published
+        )
+        if advance_to is not None:
+            WATERMARK.labels(read.kind.value).set(advance_to.timestamp())
         return written.published
 
     def changes(
@@ -636,7 +672,7 @@ class NetSuiteInbound:
                 refused.append((self.unreadable(read.kind, row, read_at), str(error)))
         newer: dict[str, CustomerVersion] = {}
         if customers:
-            customer_made, newer = self.customer_changes(cursor, customers, read_at)
+            customer_made, newer = self.customer_changes(cursor, customers, read, read_at)
             made.extend(customer_made)
         return made, refused, newer
 
@@ -659,26 +695,24 @@ class NetSuiteInbound:
         self,
         cursor: psycopg.Cursor[Any],
         customers: Mapping[str, CustomerVersion],
+        read: Read,
         read_at: datetime,
     ) -> tuple[list[Made], dict[str, CustomerVersion]]:
         """The events of customers' new versions (not older than what was published of
         them: a page read before an afterSubmit post wrote a later version), and those
-        versions. A credit that moved needs the customer's exposure, read from NetSuite."""
+        versions. A credit that moved needs the customer's exposure: read with the page, or
+        (when another writer published a version since) now."""
         before = self.credit(cursor, list(customers))
         newer = {
             customer_id: customer
             for customer_id, customer in customers.items()
             if _newer(customer, before.get(customer_id))
         }
-        moved = [
-            customer_id
-            for customer_id, customer in newer.items()
-            if credit_moved(_state(before.get(customer_id)), customer.credit)
-        ]
-        exposures: dict[str, Exposure] = {}
-        if moved:
-            for row in self.query_all(EXPOSURES.format(ids=id_list(moved))):
-                exposures[row["id"]] = Exposure(row.get("exposure") or "0")
+        moved = _moved(customers, before)
+        exposures = {
+            **read.exposures,
+            **self.exposures([c for c in moved if c not in read.exposures]),
+        }
         made = []
         for customer_id, customer in newer.items():
             for change in customer_changes(
@@ -690,6 +724,29 @@ class NetSuiteInbound:
             ):
                 made.append(Made(change, customer_id, customer.version))
         return made, newer
+
+    def versions(self, rows: Iterable[Mapping[str, str]]) -> dict[str, CustomerVersion]:
+        """The customer versions of a page's rows that can be read (the others are refused
+        when the page is written)."""
+        customers: dict[str, CustomerVersion] = {}
+        for row in rows:
+            try:
+                customer = customer_version(row, self.account)
+            except RowInvalid:
+                continue
+            if customer is not None:
+                customers[customer.customer_id] = customer
+        return customers
+
+    def exposures(self, customer_ids: Sequence[str]) -> dict[str, Exposure]:
+        """Each customer's exposure, read from NetSuite (nil for one with nothing open)."""
+        if not customer_ids:
+            return {}
+        owed = {
+            row["id"]: row.get("exposure") or "0"
+            for row in self.query_all(EXPOSURES.format(ids=id_list(customer_ids)))
+        }
+        return {customer_id: Exposure(owed.get(customer_id, "0")) for customer_id in customer_ids}
 
     def credit(
         self, cursor: psycopg.Cursor[Any], customer_ids: Sequence[str]
@@ -854,6 +911,19 @@ def _new(known: tuple[bool, str] | None, modified: str) -> bool:
         return True
     refused, refused_version = known
     return refused and refused_version != modified
+
+
+def _moved(
+    customers: Mapping[str, CustomerVersion], before: Mapping[str, tuple[CreditState, datetime]]
+) -> list[str]:
+    """The customers whose version is newer than what was published of them and whose
+    credit moved with it."""
+    return [
+        customer_id
+        for customer_id, customer in customers.items()
+        if _newer(customer, before.get(customer_id))
+        and credit_moved(_state(before.get(customer_id)), customer.credit)
+    ]
 
 
 def _state(before: tuple[CreditState, datetime] | None) -> CreditState | None:

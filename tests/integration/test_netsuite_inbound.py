@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client import REGISTRY
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 from pydantic import SecretStr
@@ -364,6 +365,20 @@ def signed(body: dict[str, Any]) -> tuple[bytes, str]:
     return raw, "sha256=" + hmac.new(SECRET.encode(), raw, hashlib.sha256).hexdigest()
 
 
+FAILURES = "revsync_erp_inbound_netsuite_poll_failures_total"
+
+
+def counter(kind: Kind, via: str) -> float:
+    labels = {"kind": kind.value, "via": via}
+    return REGISTRY.get_sample_value("revsync_erp_inbound_netsuite_events_total", labels) or 0.0
+
+
+def watermark_gauge(kind: Kind) -> float | None:
+    return REGISTRY.get_sample_value(
+        "revsync_erp_inbound_netsuite_watermark_timestamp_seconds", {"kind": kind.value}
+    )
+
+
 def assert_each_once(rows: list[Row]) -> None:
     ids = [row.id for row in rows]
     assert len(ids) == len(set(ids))
@@ -383,9 +398,17 @@ def test_documents_the_books_make_on_their_clock_are_each_one_event(
     control.set_clock(invoice_delay_s=0, ship_delay_s=0, payment_delay_s=0)
     wait_for(lambda: books_count(simulator, "payments") == 3)
     inbound = make_inbound()
+    counted = {kind: counter(kind, "poll") for kind in Kind}
 
     written = inbound.poll()
 
+    assert {kind: counter(kind, "poll") - counted[kind] for kind in Kind} == {
+        Kind.INVOICE: 3,
+        Kind.FULFILLMENT: 3,
+        Kind.PAYMENT: 3,
+        Kind.CUSTOMER: 3,
+    }
+    assert watermark_gauge(Kind.INVOICE) == watermarks(pool)["invoice"].timestamp()
     for event_type in (InvoicePosted, ShipmentConfirmed, PaymentReceived):
         assert sorted(row.aggregateid for row in of_type(pool, event_type)) == sorted(orders)
     # The customers the CRM masters (ACTIVE, HELD, BLOCKED), each as its first version.
@@ -419,14 +442,17 @@ def test_a_customers_credit_change_is_written_once_and_a_change_of_terms_is_no_c
     make_inbound: Callable[..., NetSuiteInbound],
     pool: ConnectionPool[Any],
     serde: EventSerde,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     inbound = make_inbound()
     inbound.poll()
     before = len(outbox(pool))
+    asked_while_writing = watch_queries_while_writing(inbound, monkeypatch)
 
     time.sleep(1.1)  # a second later: NetSuite's times are read to the second
     control.edit_customer(ACTIVE.id, credit_limit=Decimal(25000), status=CustomerStatus.CREDIT_HOLD)
     assert inbound.poll() == 2
+    assert asked_while_writing == [], "the exposure is read before the page's transaction"
     (credit_row,) = of_type(pool, CreditStatusChanged)
     credit = serde.deserialize(credit_row.topic, credit_row.payload)
     assert isinstance(credit, CreditStatusChanged)
@@ -445,6 +471,31 @@ def test_a_customers_credit_change_is_written_once_and_a_change_of_terms_is_no_c
         CustomerMastered.event_type,
     ]
     assert len(of_type(pool, CreditStatusChanged)) == 1
+
+
+def watch_queries_while_writing(
+    inbound: NetSuiteInbound, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """The SuiteQL queries ``inbound`` makes from now on while a page's transaction is open."""
+    writing = threading.Event()
+    asked: list[str] = []
+    write, suiteql = inbound.write, inbound.client.suiteql
+
+    def watched_write(read: netsuite.Read, advance_to: datetime | None) -> int:
+        writing.set()
+        try:
+            return write(read, advance_to)
+        finally:
+            writing.clear()
+
+    def watched_suiteql(query: str, limit: int, offset: int) -> Mapping[str, Any]:
+        if writing.is_set():
+            asked.append(query)
+        return suiteql(query, limit=limit, offset=offset)
+
+    monkeypatch.setattr(inbound, "write", watched_write)
+    monkeypatch.setattr(inbound.client, "suiteql", watched_suiteql)
+    return asked
 
 
 def ledger(pool: ConnectionPool[Any], kind: str) -> list[tuple[str, str]]:
@@ -697,8 +748,10 @@ def test_an_after_submit_post_writes_its_records_events_once_and_the_poll_then_n
         {"recordType": "invoice", "id": invoice_id, "type": "create", "account": ACCOUNT}
     )
 
+    posted = counter(Kind.INVOICE, "after_submit")
     assert inbound.after_submit(body, signature) == 1
     assert inbound.after_submit(body, signature) == 0
+    assert counter(Kind.INVOICE, "after_submit") - posted == 1
     assert [row.aggregateid for row in of_type(pool, InvoicePosted)] == [order]
     # The watermark has not moved: the poll reads the invoice, and writes it no second time.
     assert Kind.INVOICE.value not in watermarks(pool)
@@ -770,9 +823,11 @@ def test_netsuite_down_leaves_the_watermark_where_it_was(
     time.sleep(1.1)
     later = invoiced(simulator, control, 2)
     control.set_faults(error_rate=1.0)
+    failed = REGISTRY.get_sample_value(FAILURES, {"kind": "invoice"}) or 0.0
     with pytest.raises(TransientError):
         inbound.poll()
     assert watermarks(pool) == before
+    assert REGISTRY.get_sample_value(FAILURES, {"kind": "invoice"}) == failed + 1
 
     # The loop outlives the outage, and once NetSuite is back, reads on from the watermark.
     stop = threading.Event()
