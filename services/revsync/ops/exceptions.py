@@ -144,8 +144,9 @@ class Page:
 # and facets. Held keys whose blocker is an open dead letter are that dead letter's (its
 # ``held`` flag), not a second line. Each item's order is looked up by its key, one at a time
 # (LATERAL ... LIMIT 1, which the planner does not turn into a join over every order revsync
-# has recorded), so the worklist's cost grows with its items; stuck orders are found among
-# those still on their way (a partial index holds them).
+# has recorded), so the worklist's cost grows with its items; stuck orders are read stage by
+# stage from the partial index of the orders waiting there, oldest first, so only those past
+# the stage's age are read however many orders are on their way.
 _WITH = """
 WITH items AS (
     SELECT 'e' || e.id AS ref, e.kind, e.status, e.order_key, e.consumer, e.reason, e.summary,
@@ -174,30 +175,26 @@ WITH items AS (
     WHERE NOT EXISTS (SELECT 1 FROM revsync_exceptions e WHERE e.status = 'open'
                       AND e.consumer = k.consumer AND e.blocker = k.blocker)
     UNION ALL
-    SELECT 'stuck:' || o.crm_order_id, %(stuck)s, 'open', o.crm_order_id,
-           CASE WHEN o.accepted_at IS NULL THEN 'order-sync'
-                WHEN o.invoiced_at IS NULL THEN 'invoice-sync' ELSE 'fulfillment-sync' END,
-           CASE WHEN o.accepted_at IS NULL THEN 'not accepted'
-                WHEN o.invoiced_at IS NULL THEN 'not invoiced' ELSE 'not shipped' END,
-           CASE WHEN o.accepted_at IS NULL THEN 'activated, not accepted by the ERP after '
-                WHEN o.invoiced_at IS NULL THEN 'accepted, not invoiced after '
-                ELSE 'invoiced, not shipped after ' END
-             || justify_interval(date_trunc('minute', now() - coalesce(o.invoiced_at,
-                o.accepted_at, o.activated_at)))::text,
-           coalesce(o.invoiced_at, o.accepted_at, o.activated_at), NULL, '{}'::text[], NULL,
-           NULL, NULL, NULL, NULL, NULL, false,
+    SELECT 'stuck:' || o.crm_order_id, %(stuck)s, 'open', o.crm_order_id, o.consumer,
+           o.reason, o.stage || justify_interval(date_trunc('minute', now() - o.since))::text,
+           o.since, NULL, '{}'::text[], NULL, NULL, NULL, NULL, NULL, NULL, false,
            o.crm_order_number, o.erp_order_number, o.correlation_id, o.region,
            o.legal_entity, coalesce(o.product_lines, '{}') AS product_lines
-    FROM revsync_orders o
-    WHERE o.cancelled_at IS NULL AND o.activated_at IS NOT NULL AND o.shipped_at IS NULL
-      AND (o.accepted_at IS NOT NULL OR o.invoiced_at IS NOT NULL OR o.rejected_at IS NULL
-           OR o.rejected_at < o.activated_at)
-      AND (
-        (o.accepted_at IS NULL AND (o.rejected_at IS NULL OR o.rejected_at < o.activated_at)
-         AND o.activated_at < now() - %(accepted)s)
-        OR (o.accepted_at IS NOT NULL AND o.invoiced_at IS NULL
-            AND o.accepted_at < now() - %(invoiced)s)
-        OR (o.invoiced_at IS NOT NULL AND o.invoiced_at < now() - %(shipped)s))
+    FROM (SELECT *, 'order-sync' AS consumer, 'not accepted' AS reason,
+                 'activated, not accepted by the ERP after ' AS stage, activated_at AS since
+          FROM revsync_orders WHERE cancelled_at IS NULL AND shipped_at IS NULL
+            AND accepted_at IS NULL AND (rejected_at IS NULL OR rejected_at < activated_at)
+            AND activated_at < now() - %(accepted)s
+          UNION ALL
+          SELECT *, 'invoice-sync', 'not invoiced', 'accepted, not invoiced after ', accepted_at
+          FROM revsync_orders WHERE cancelled_at IS NULL AND shipped_at IS NULL
+            AND accepted_at IS NOT NULL AND invoiced_at IS NULL
+            AND accepted_at < now() - %(invoiced)s
+          UNION ALL
+          SELECT *, 'fulfillment-sync', 'not shipped', 'invoiced, not shipped after ', invoiced_at
+          FROM revsync_orders WHERE cancelled_at IS NULL AND shipped_at IS NULL
+            AND accepted_at IS NOT NULL AND invoiced_at IS NOT NULL
+            AND invoiced_at < now() - %(shipped)s) o
 )
 """
 _ITEMS = (

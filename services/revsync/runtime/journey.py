@@ -92,12 +92,19 @@ CREATE INDEX IF NOT EXISTS revsync_orders_crm_number ON revsync_orders (crm_orde
 CREATE INDEX IF NOT EXISTS revsync_orders_erp_number ON revsync_orders (erp_order_number);
 CREATE INDEX IF NOT EXISTS revsync_orders_correlation ON revsync_orders (correlation_id);
 CREATE INDEX IF NOT EXISTS revsync_orders_activated ON revsync_orders (activated_at);
--- Orders still on their way (neither cancelled, shipped nor rejected since their activation),
--- among which the worklist finds those stuck past a stage's age.
-CREATE INDEX IF NOT EXISTS revsync_orders_on_their_way ON revsync_orders (activated_at)
-    WHERE cancelled_at IS NULL AND activated_at IS NOT NULL AND shipped_at IS NULL
-      AND (accepted_at IS NOT NULL OR invoiced_at IS NOT NULL OR rejected_at IS NULL
-           OR rejected_at < activated_at);
+-- Orders waiting at each stage (neither cancelled nor shipped, and not rejected since their
+-- activation), by the time they reached it: the worklist reads only those stuck past a stage's
+-- age, however many orders are on their way.
+DROP INDEX IF EXISTS revsync_orders_on_their_way;
+CREATE INDEX IF NOT EXISTS revsync_orders_awaiting_acceptance ON revsync_orders (activated_at)
+    WHERE cancelled_at IS NULL AND shipped_at IS NULL AND accepted_at IS NULL
+      AND (rejected_at IS NULL OR rejected_at < activated_at);
+CREATE INDEX IF NOT EXISTS revsync_orders_awaiting_invoice ON revsync_orders (accepted_at)
+    WHERE cancelled_at IS NULL AND shipped_at IS NULL AND accepted_at IS NOT NULL
+      AND invoiced_at IS NULL;
+CREATE INDEX IF NOT EXISTS revsync_orders_awaiting_shipment ON revsync_orders (invoiced_at)
+    WHERE cancelled_at IS NULL AND shipped_at IS NULL AND accepted_at IS NOT NULL
+      AND invoiced_at IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS revsync_exceptions (
     id             bigserial   PRIMARY KEY,
