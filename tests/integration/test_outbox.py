@@ -164,6 +164,11 @@ def test_a_notify_wakes_the_relay_long_before_its_poll(
         with psycopg.connect(settings.postgres_dsn.get_secret_value()) as db:
             insert_rows(db, table, topic, [("order-x", 1)])
         wait_for(lambda: unpublished(settings, table) == 0, timeout_s=20)
+        # Asleep again a minute from its next poll, it stops when asked (the join gives it
+        # half that minute), not at that poll.
+        time.sleep(0.5)
+        stop([waiting], threads)
+        assert not threads[0].is_alive()
     finally:
         stop([waiting], threads)
 

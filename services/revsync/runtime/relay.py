@@ -30,6 +30,8 @@ from revsync.runtime.outbox import OUTBOX_CHANNEL
 
 log = logging.getLogger(__name__)
 FLUSH_TIMEOUT_S = 30
+STOP_CHECK_S = 0.5
+"""How often a relay waiting for rows looks whether it was asked to stop."""
 
 
 @dataclass(frozen=True)
@@ -247,7 +249,7 @@ class OutboxRelay:
                 if not leader:
                     leader = self._try_lead(control)
                     if not leader:
-                        time.sleep(self.poll_interval_s)
+                        self._stopping.wait(self.poll_interval_s)
                         continue
                     log.info("outbox %s: this relay is the leader", self.name)
                 published = self.publish_batch(work)
@@ -339,12 +341,18 @@ class OutboxRelay:
         return published
 
     def _wait_for_rows(self, control: psycopg.Connection[Any]) -> None:
+        """Until a NOTIFY (at once), the poll interval (the fallback) or a stop (within
+        :data:`STOP_CHECK_S`, however long the interval)."""
         if not self.table.notify_channel:
-            time.sleep(self.poll_interval_s)
+            self._stopping.wait(self.poll_interval_s)
             return
-        # A NOTIFY wakes the relay at once; the timeout is the polling fallback.
-        for _ in control.notifies(timeout=self.poll_interval_s, stop_after=1):
-            pass
+        deadline = time.monotonic() + self.poll_interval_s
+        while not self._stopping.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            for _ in control.notifies(timeout=min(left, STOP_CHECK_S), stop_after=1):
+                return
 
     def _report_backlog(self, connection: psycopg.Connection[Any]) -> None:
         t = self.table
