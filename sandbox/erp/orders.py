@@ -133,8 +133,7 @@ def book(connection: Connection, body: OrderBody) -> tuple[DictRow, list[dict[st
         # As the ERPs do: a customer is billed only in its currency, its credit kept in it.
         raise refuse(
             "UNSUPPORTED_CURRENCY",
-            f"customer {body.customer_id} is billed in {customer['currency']}, not "
-            f"{body.currency}",
+            f"customer {body.customer_id} is billed in {customer['currency']}, not {body.currency}",
         )
     numbers = [line.line_number for line in body.lines]
     if len(set(numbers)) != len(numbers):
