@@ -31,6 +31,7 @@ from typer.testing import CliRunner
 
 from revsync.cli import app
 from revsync.contracts.events import OrderCreated
+from revsync.contracts.topics import watermarks
 from revsync.deployables import input_decoder
 from revsync.errors import BusinessRuleViolation
 from revsync.ops import dead_letters as dl
@@ -104,10 +105,7 @@ def replayed(world: RuntimeWorld) -> list[str]:
     reader = Consumer(world.settings.kafka_config(**{"group.id": f"counter-{uuid.uuid4()}"}))
     try:
         partitions = reader.list_topics(topic, timeout=10).topics[topic].partitions
-        count = sum(
-            reader.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in partitions
-        )
+        count = sum(watermarks(reader, TopicPartition(topic, p))[1] for p in partitions)
     finally:
         reader.close()
     records = read_topic(world.settings, topic, count)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import yaml
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 from typer.testing import CliRunner
 
 from contract_fixtures import (
@@ -284,3 +284,36 @@ def test_a_topic_one_broker_does_not_know_yet_is_waited_for_not_a_failure(
     answers.append(KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED)))
     with pytest.raises(KafkaException):
         topics._await_convergence(None, load_catalog(SCHEMAS_DIR))  # type: ignore[arg-type]
+
+
+class BetweenLeaders:
+    """A consumer whose partition answers ``errors`` in turn, then its watermarks."""
+
+    def __init__(self, *errors: int) -> None:
+        self.errors = list(errors)
+        self.asked = 0
+
+    def get_watermark_offsets(self, partition: TopicPartition, timeout: float) -> tuple[int, int]:
+        self.asked += 1
+        if self.errors:
+            raise KafkaException(KafkaError(self.errors.pop(0)))
+        return 3, 42
+
+
+def test_watermarks_are_asked_again_while_a_partition_is_between_leaders() -> None:
+    consumer = BetweenLeaders(KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+
+    assert topics.watermarks(cast(Any, consumer), TopicPartition("t", 0)) == (3, 42)
+    assert consumer.asked == 3
+
+
+def test_watermarks_raise_any_other_failure_at_once_and_a_lasting_one_in_time() -> None:
+    refused = BetweenLeaders(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    with pytest.raises(KafkaException):
+        topics.watermarks(cast(Any, refused), TopicPartition("t", 0))
+    assert refused.asked == 1
+
+    leaderless = BetweenLeaders(*[KafkaError.NOT_LEADER_FOR_PARTITION] * 100)
+    with pytest.raises(KafkaException):
+        topics.watermarks(cast(Any, leaderless), TopicPartition("t", 0), timeout_s=0.3)
+    assert 1 < leaderless.asked < 100

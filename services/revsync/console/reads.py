@@ -16,6 +16,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg.rows import dict_row
 
 from revsync.contracts.catalog import Catalog
+from revsync.contracts.topics import watermarks
 
 log = logging.getLogger(__name__)
 
@@ -300,9 +301,7 @@ def _lags(catalog: Catalog, kafka_config: dict[str, Any], names: Sequence[str]) 
                 continue
             total = 0
             for tp in committed.topic_partitions:
-                _, high = reader.get_watermark_offsets(
-                    TopicPartition(tp.topic, tp.partition), timeout=5
-                )
+                _, high = watermarks(reader, TopicPartition(tp.topic, tp.partition), 5.0)
                 total += max(high - max(tp.offset, 0), 0)
             lags[name] = total
     except Exception:

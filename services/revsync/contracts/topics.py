@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import (
     AdminClient,
     AlterConfigOpType,
@@ -162,6 +162,38 @@ def await_topic(
             return metadata
         if time.monotonic() > deadline:
             raise KafkaException(metadata.error)
+        time.sleep(0.1)
+
+
+BETWEEN_LEADERS = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+"""What a partition answers for a moment while it has no leader the client knows: just
+created, or its broker restarting."""
+
+
+def watermarks(
+    consumer: Consumer, partition: TopicPartition, timeout_s: float = 10.0
+) -> tuple[int, int]:
+    """The partition's low and high watermarks, asked again while it is between leaders
+    (until ``timeout_s`` has passed); any other failure is raised at once."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                partition, timeout=max(deadline - time.monotonic(), 0.1)
+            )
+            return low, high
+        except KafkaException as error:
+            reason = error.args[0] if error.args else None
+            if not isinstance(reason, KafkaError) or reason.code() not in BETWEEN_LEADERS:
+                raise
+            if time.monotonic() > deadline:
+                raise
         time.sleep(0.1)
 
 

@@ -24,6 +24,7 @@ from revsync.connectors.cdc import RecordChange
 from revsync.contracts.catalog import Catalog
 from revsync.contracts.events import Event
 from revsync.contracts.serde import FRAME, MAGIC_BYTE
+from revsync.contracts.topics import watermarks
 from revsync.errors import MalformedHeader, RevsyncError
 from revsync.runtime import headers as h
 from revsync.runtime.records import Decoder
@@ -264,9 +265,7 @@ def scan(
         assignment = []
         for topic, partitions in partitions_of(consumer, topics, timeout_s).items():
             for number in partitions:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, number), timeout=timeout_s
-                )
+                low, high = watermarks(consumer, TopicPartition(topic, number), timeout_s)
                 if from_offsets is not None:
                     low = max(low, from_offsets.get(topic, {}).get(str(number), high))
                 if high > low:

@@ -27,6 +27,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from revsync.contracts.catalog import Catalog, load_catalog
 from revsync.contracts.schemas import SchemaRepository
 from revsync.contracts.serde import EventSerde
+from revsync.contracts.topics import watermarks
 from revsync.migrations import ensure
 from revsync.ops import dead_letters as dl
 from revsync.ops import exceptions, ledger, masking
@@ -323,7 +324,7 @@ class Operations:
             positions = {}
             for tp in found:
                 if tp.offset < 0:  # nothing at or after the time: the end
-                    tp.offset = consumer.get_watermark_offsets(tp, timeout=10)[1]
+                    tp.offset = watermarks(consumer, tp)[1]
                 positions[(tp.topic, tp.partition)] = tp.offset
             return positions
         finally:

@@ -28,6 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from psycopg.types.json import Jsonb
 
 from revsync.contracts.catalog import Catalog
+from revsync.contracts.topics import watermarks
 from revsync.ops import dead_letters as dl
 from revsync.ops import ledger
 from revsync.runtime import headers as h
@@ -446,8 +447,7 @@ class ReplayJobs:
                 )
             return {
                 topic: {
-                    str(p): consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                    for p in partitions
+                    str(p): watermarks(consumer, TopicPartition(topic, p))[1] for p in partitions
                 }
                 for topic, partitions in found.items()
             }
