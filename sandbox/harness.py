@@ -159,6 +159,10 @@ class Pipeline:
     ship_delay_s: float = 1.0
     erp_system: str = "reference"
     """The ERP the pipeline runs on: reference, netsuite or business-central."""
+    erp_routes: Mapping[str, str] = field(default_factory=dict)
+    """Instead of one ERP for all, the ERP of each legal entity (``{"US01": "netsuite",
+    "DE01": "business-central"}``): a simulator of each ERP named runs, and the services are
+    given the routes."""
     service_env: Mapping[str, str] = field(default_factory=dict)
     processes: dict[str, Process] = field(default_factory=dict)
     crm_url: str = ""
@@ -185,9 +189,21 @@ class Pipeline:
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.catalog: Catalog = load_catalog(self.schemas_dir)
-        self.sandbox_erp = SandboxErp(self.erp_system, self.workdir, free_port())
-        self.deployables = tuple(name for name in DEPLOYABLES if name != self.sandbox_erp.idle)
-        """The deployables this pipeline runs: all but the one its ERP has no use for."""
+        systems = sorted(set(self.erp_routes.values())) or [self.erp_system]
+        inbound_port = free_port()  # one erp-inbound hears every ERP reached through an API
+        self.sandbox_erps = {
+            system: SandboxErp(system, self.workdir, inbound_port) for system in systems
+        }
+        """The ERPs the pipeline runs on, each its simulator; the first is :attr:`erp`'s."""
+        self.sandbox_erp = self.sandbox_erps[systems[0]]
+        unused = {erp.idle for erp in self.sandbox_erps.values()} - {
+            erp.publisher for erp in self.sandbox_erps.values()
+        }
+        self.deployables = tuple(name for name in DEPLOYABLES if name not in unused)
+        """The deployables this pipeline runs: all but those its ERPs have no use for."""
+        self.erp_urls: dict[str, str] = {}
+        self.erps: dict[str, ErpSandbox] = {}
+        """Each ERP's books, by system (:attr:`erp` is the first's)."""
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -200,15 +216,18 @@ class Pipeline:
             report("starting the CRM and ERP sandboxes")
             crm = self._sandbox("crm", ["--keepalive-s", str(KEEPALIVE_S)])
             self.crm_url, self.pubsub_url = crm["url"], f"grpc://{crm['pubsub']}"
-            self.erp_url = self._sandbox(
-                self.sandbox_erp.module,
-                ["--dsn", self.settings.postgres_dsn.get_secret_value(), "--reset"],
-                ["--invoice-delay-s", str(self.invoice_delay_s)],
-                ["--ship-delay-s", str(self.ship_delay_s)],
-                *self.sandbox_erp.options(),
-            )["url"]
+            for system, sandbox_erp in self.sandbox_erps.items():
+                self.erp_urls[system] = self._sandbox(
+                    sandbox_erp.module,
+                    ["--dsn", self.settings.postgres_dsn.get_secret_value(), "--reset"],
+                    ["--invoice-delay-s", str(self.invoice_delay_s)],
+                    ["--ship-delay-s", str(self.ship_delay_s)],
+                    *sandbox_erp.options(),
+                )["url"]
+                self.erps[system] = ErpSandbox(self.erp_urls[system])
+            self.erp_url = self.erp_urls[self.sandbox_erp.system]
             self.crm = CrmSandbox(self.crm_url)
-            self.erp = ErpSandbox(self.erp_url)
+            self.erp = self.erps[self.sandbox_erp.system]
             self.idp_issuer = self._sandbox("idp", ["--audience", PROCESS_API_AUDIENCE])["issuer"]
             self.process_api_url = f"http://127.0.0.1:{free_port()}"
             report(f"starting {', '.join(self.deployables)}")
@@ -233,7 +252,7 @@ class Pipeline:
                     print(f"could not stop {process.name}: {error}", file=sys.stderr)
             for process in group:
                 process.wait_stopped()
-        for client in (getattr(self, "crm", None), getattr(self, "erp", None)):
+        for client in (getattr(self, "crm", None), *self.erps.values()):
             if client is not None:
                 client.close()
 
@@ -393,12 +412,22 @@ class Pipeline:
             "REVSYNC_CRM_CLIENT_SECRET": DEFAULT_CLIENT_SECRET,
             "REVSYNC_CRM_INTEGRATION_USER_ID": INTEGRATION_USER_ID,
             **self._bridge_environment(),
-            **(self.sandbox_erp.environment(self.erp_url, self.via) if self.erp_url else {}),
+            **self._erp_environment(),
             **self._process_api_environment(),
             "REVSYNC_HEALTH_PORT": "0",
             "REVSYNC_SESSION_TIMEOUT_MS": "6000",
             **self.service_env,
         }
+
+    def _erp_environment(self) -> dict[str, str]:
+        """Each ERP's settings; with routes, the routes instead of one ERP for all."""
+        environment: dict[str, str] = {}
+        for system, url in self.erp_urls.items():
+            environment.update(self.sandbox_erps[system].environment(url, self.via))
+        if self.erp_routes and environment:
+            environment.pop("REVSYNC_ERP_SYSTEM", None)
+            environment["REVSYNC_ERP_ROUTES"] = json.dumps(dict(self.erp_routes))
+        return environment
 
     def _bridge_environment(self) -> dict[str, str]:
         if not self.pubsub_url:  # asked before the sandboxes run (registering the contracts)

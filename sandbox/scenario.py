@@ -7,16 +7,15 @@ no ERP customer yet (one of them a duplicate of an ERP customer by its tax id)."
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from revsync.contracts.events import RejectionReason
 from revsync.ports.erp import Customer, CustomerStatus, PriceBook, Product, StockLevel
 from sandbox.crm.control import CrmSandbox
-from sandbox.erp.control import ErpSandbox
 
 CENT = Decimal("0.01")
 TAX_RATE = Decimal("0.08")
@@ -94,7 +93,20 @@ class CrmOnlyAccount:
     """The ERP customer it matches by tax id (another account's), if made to."""
 
 
-def seed(crm: CrmSandbox, erp: ErpSandbox, rng: random.Random) -> MasterData:
+class Books(Protocol):
+    """Where master data is seeded: an ERP's books (:class:`sandbox.erp.ErpSandbox`), or
+    several ERPs' alike."""
+
+    def seed_products(self, products: Iterable[Product]) -> int: ...
+
+    def seed_price_books(self, price_books: Iterable[PriceBook]) -> int: ...
+
+    def seed_customers(self, customers: Iterable[Customer]) -> int: ...
+
+    def seed_stock(self, levels: Iterable[StockLevel]) -> int: ...
+
+
+def seed(crm: CrmSandbox, erp: Books, rng: random.Random) -> MasterData:
     """Seed products, price books, customers and accounts in both systems, consistently."""
     data = MasterData()
     data.prices = {

@@ -180,6 +180,7 @@ def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[...,
         ship_delay_s: float = 0.0,
         erp_system: str = "reference",
         service_env: Mapping[str, str] | None = None,
+        erp_routes: Mapping[str, str] | None = None,
     ) -> Pipeline:
         contracts = isolated_contracts(tmp_path / "contracts")
         with_consumer_settings(contracts, retry_tiers=E2E_RETRY_TIERS)
@@ -190,6 +191,7 @@ def start_pipeline(settings: Settings, tmp_path: Path) -> Iterator[Callable[...,
             invoice_delay_s=invoice_delay_s,
             ship_delay_s=ship_delay_s,
             erp_system=erp_system,
+            erp_routes=erp_routes or {},
             service_env=service_env or {},
         )
         started.append(pipeline)
