@@ -736,3 +736,35 @@ def test_a_part_that_fails_on_its_own_holds_back_only_its_own_key(world: Runtime
             "SELECT record_key FROM revsync_key_holds WHERE consumer = %s", (world.consumer,)
         ).fetchall()
     assert [bytes(key) for (key,) in held] == [part_key]
+
+
+def test_journey_steps_past_their_retention_are_purged_and_younger_ones_kept(
+    world: RuntimeWorld,
+) -> None:
+    """The loop's upkeep deletes journey steps older than the journey's retention."""
+    events = [order(8301)]
+    world.produce(events)
+    dsn = world.settings.postgres_dsn.get_secret_value()
+    now = datetime.now(UTC)
+    with psycopg.connect(dsn) as db:
+        for key, age in (("purge-old", timedelta(days=31)), ("purge-young", timedelta(days=29))):
+            db.execute(
+                "INSERT INTO revsync_journey (at, order_key, consumer, outcome, topic) "
+                "VALUES (%s, %s, %s, 'processed', 't')",
+                (now - age, key, world.consumer),
+            )
+
+    world.loop(
+        world.handler(),
+        inbox_purge_interval_s=0.0,
+        journey_retention=timedelta(days=30),
+    ).run(max_idle_s=2)
+
+    with psycopg.connect(dsn) as db:
+        kept = db.execute(
+            "SELECT order_key FROM revsync_journey WHERE consumer = %s AND order_key LIKE "
+            "'purge-%%'",
+            (world.consumer,),
+        ).fetchall()
+    assert kept == [("purge-young",)]
+    assert world.effects()  # the loop handled its event all the same
