@@ -5,20 +5,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import httpx
-
 from revsync.connectors.salesforce import decode_json, encode_json
+from sandbox.http import ControlClient
 
 
-class CrmSandbox:
-    """Seeds, drives and inspects a running CRM simulator as a sales rep and an operator.
-    Use it with :func:`contextlib.closing`, or call :meth:`close`."""
+class CrmSandbox(ControlClient):
+    """Seeds, drives and inspects a running CRM simulator as a sales rep and an operator."""
 
     def __init__(self, url: str, timeout_s: float = 60.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/__sandbox", timeout=timeout_s)
-
-    def close(self) -> None:
-        self._http.close()
+        super().__init__(url.rstrip("/") + "/__sandbox", timeout_s)
 
     def insert(self, sobject: str, records: Sequence[Mapping[str, Any]]) -> list[str]:
         """Create records (Accounts, Product2, Pricebook2...) and return their ids."""
@@ -133,7 +128,9 @@ class CrmSandbox:
     ) -> Any:
         content = None if body is None else encode_json(body)
         headers = {"Content-Type": "application/json"} if content else None
-        response = self._http.request(method, path, content=content, headers=headers, params=params)
+        response = self._client.request(
+            method, path, content=content, headers=headers, params=params
+        )
         if response.is_error:
             raise RuntimeError(
                 f"CRM sandbox {method} {path}: HTTP {response.status_code}: {response.text}"

@@ -5,33 +5,17 @@ has the same methods."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from types import TracebackType
 from typing import Any
 
-import httpx
-
+from sandbox.http import ControlClient
 from sandbox.idp.model import IdpSettings
 
 
-class IdpSandbox:
+class IdpSandbox(ControlClient):
     """One method per control route of the identity provider at ``url``."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
-        self._http = httpx.Client(base_url=url.rstrip("/") + "/__sandbox", timeout=timeout_s)
-
-    def __enter__(self) -> IdpSandbox:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
+        super().__init__(url.rstrip("/") + "/__sandbox", timeout_s)
 
     def add_client(
         self,
@@ -121,7 +105,7 @@ class IdpSandbox:
         self._call("POST", "/reset")
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        response = self._http.request(method, path, json=body)
+        response = self._client.request(method, path, json=body)
         if response.is_error:
             raise RuntimeError(
                 f"identity provider {method} {path}: HTTP {response.status_code}: {response.text}"
