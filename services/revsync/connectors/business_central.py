@@ -299,7 +299,7 @@ class BusinessCentralAdapter(ErpPort):
 
     def price_book(self, price_book_id: str) -> PriceBook | None:
         for entity, company in self._company_ids().by_entity.items():
-            response = self._send(
+            response = self.wire.send(
                 "GET",
                 f"{self._extension}/companies({company})/priceLists({_key(price_book_id)})",
                 params={"$expand": "priceListLines"},
@@ -403,7 +403,7 @@ class BusinessCentralAdapter(ErpPort):
         body = _link_body(draft)
         existing = self._link_by_account(draft.crm_account_id)
         if existing is None:
-            response = self._send(
+            response = self.wire.send(
                 "POST",
                 f"{self._extension}/companies({company})/customerLinks",
                 json_body={"crmAccountId": draft.crm_account_id, **body},
@@ -426,11 +426,11 @@ class BusinessCentralAdapter(ErpPort):
             )
         path = f"{self._extension}/companies({company})/customerLinks({_key(str(link['id']))})"
         for attempt in range(2):
-            response = self._send(
+            response = self.wire.send(
                 "PATCH", path, json_body=body, headers={"If-Match": str(link["@odata.etag"])}
             )
             if response.status_code == 412 and attempt == 0:
-                link = self._expect(self._send("GET", path), 200)
+                link = self._expect(self.wire.send("GET", path), 200)
                 continue
             if response.status_code == 412:
                 raise TransientError(
@@ -461,7 +461,7 @@ class BusinessCentralAdapter(ErpPort):
         self._check_price_book(request)
         created: dict[str, Any] | None = None
         try:
-            response = self._send(
+            response = self.wire.send(
                 "POST",
                 f"{STANDARD}/companies({company})/salesOrders",
                 json_body=_order_body(request),
@@ -504,11 +504,11 @@ class BusinessCentralAdapter(ErpPort):
     def _delete_order(self, company: str, order_id: str, etag: str) -> None:
         path = f"{STANDARD}/companies({company})/salesOrders({_key(order_id)})"
         for attempt in range(2):
-            response = self._send("DELETE", path, headers={"If-Match": etag})
+            response = self.wire.send("DELETE", path, headers={"If-Match": etag})
             if response.status_code in (204, 404):
                 return
             if response.status_code == 412 and attempt == 0:
-                etag = str(self._expect(self._send("GET", path), 200)["@odata.etag"])
+                etag = str(self._expect(self.wire.send("GET", path), 200)["@odata.etag"])
                 continue
             self._raise_for_refusal(response, "INVALID_ORDER")
             raise BusinessCentralUnexpected(failed_call(SYSTEM, response, answered_code(response)))
@@ -528,7 +528,7 @@ class BusinessCentralAdapter(ErpPort):
                 )
             return _sales_order(state)
         if state.get("state") != "Canceled":
-            response = self._send(
+            response = self.wire.send(
                 "POST",
                 f"{self._extension}/companies({company})/salesOrderStates"
                 f"({_key(str(state['id']))})/Microsoft.NAV.cancel",
@@ -605,7 +605,7 @@ class BusinessCentralAdapter(ErpPort):
     def _link(self, customer_id: str) -> tuple[dict[str, Any], str] | None:
         """The customer's link record and its legal entity, asked company by company."""
         for entity, company in self._ordered_companies(self._customer_company.get(customer_id)):
-            response = self._send(
+            response = self.wire.send(
                 "GET",
                 f"{self._extension}/companies({company})/customerLinks({_key(customer_id)})",
             )
@@ -677,7 +677,7 @@ class BusinessCentralAdapter(ErpPort):
         self, company: str, key: str, digest: str, document_id: str, created: bool
     ) -> None:
         """Writes down the key of a request that succeeded; one already written is kept."""
-        response = self._send(
+        response = self.wire.send(
             "POST",
             f"{self._extension}/companies({company})/requestKeys",
             json_body={
@@ -692,7 +692,7 @@ class BusinessCentralAdapter(ErpPort):
 
     def _collection(self, path: str, params: Mapping[str, str] | None) -> Iterator[dict[str, Any]]:
         """Every record of a collection, following ``@odata.nextLink``."""
-        response = self._send("GET", path, params=params)
+        response = self.wire.send("GET", path, params=params)
         while True:
             document = self._expect(response, 200)
             values = document.get("value")
@@ -711,20 +711,9 @@ class BusinessCentralAdapter(ErpPort):
                     f"{SYSTEM}: GET {response.request.url.path} answered a next link outside "
                     "the environment"
                 )
-            response = self._send("GET", following)
+            response = self.wire.send("GET", following)
 
-    # --- the wire ------------------------------------------------------------------------
-
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str] | None = None,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
-    ) -> httpx.Response:
-        return self.wire.send(method, path, params=params, json_body=json_body, headers=headers)
+    # --- answers -------------------------------------------------------------------------
 
     @staticmethod
     def _raise_for_refusal(response: httpx.Response, kind: str) -> None:

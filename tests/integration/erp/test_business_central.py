@@ -300,7 +300,7 @@ def test_a_create_whose_answer_is_lost_in_the_call_is_found_by_its_re_read(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     request = order_request()
-    send = adapter._send
+    send = adapter.wire.send
 
     def lose_the_create(method: str, path: str, **options: Any) -> httpx.Response:
         answer = send(method, path, **options)
@@ -308,7 +308,7 @@ def test_a_create_whose_answer_is_lost_in_the_call_is_found_by_its_re_read(
             raise TransientError("business-central: POST salesOrders timed out")
         return answer
 
-    monkeypatch.setattr(adapter, "_send", lose_the_create)
+    monkeypatch.setattr(adapter.wire, "send", lose_the_create)
     order = adapter.create_sales_order(request, a_key())
 
     assert order.external_id == request.external_id
